@@ -1,0 +1,68 @@
+"""Where each stage's outputs live and how they are read back: the files between stages.
+
+- ``data/raw/<dataset>/``: the downloaded dumps, unchanged (download stage).
+- ``data/processed/interactions.parquet``: user (int32), item (int32), rating (float32),
+  timestamp (int64), split (category train/valid/test) (graph stage).
+- ``data/processed/items.parquet``: item (int32), asin, text, image_url (nullable) (graph).
+- ``data/processed/stats.json``: counts before and after k-core, per split (graph).
+- ``data/features/<modality>.npy``: float32 [n_items, dim], row i = item i, with
+  ``<modality>.json`` beside it: encoder, weights, coverage counts (feature stages).
+- ``models/sea.pt``: best-validation state dict + the config it was trained with (train).
+- ``reports/``: history.csv, metrics.json, learning_curves.png, report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sea.io import DataError, atomic_path
+
+PROCESSED = Path("data/processed")
+INTERACTIONS = PROCESSED / "interactions.parquet"
+ITEMS = PROCESSED / "items.parquet"
+GRAPH_STATS = PROCESSED / "stats.json"
+FEATURES = Path("data/features")
+IMAGE_CACHE = Path("data/cache/images")
+MODEL = Path("models/sea.pt")
+TRAIN_SUMMARY = Path("models/train.json")
+REPORTS = Path("reports")
+HISTORY = REPORTS / "history.csv"
+METRICS = REPORTS / "metrics.json"
+CURVES_PNG = REPORTS / "learning_curves.png"
+REPORT_MD = REPORTS / "report.md"
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_features(modality: str, matrix: np.ndarray, info: dict, root: Path = FEATURES) -> None:
+    """``<modality>.npy`` (float32) and ``<modality>.json``, each written atomically."""
+    with atomic_path(root / f"{modality}.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(matrix, dtype=np.float32))
+    with atomic_path(root / f"{modality}.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_features(modalities: list[str], n_items: int, root: Path = FEATURES) -> dict[str, np.ndarray]:
+    """Load the feature matrices, checking they are aligned with the item table."""
+    out = {}
+    for m in modalities:
+        path = root / f"{m}.npy"
+        x = np.load(path, allow_pickle=False)
+        if x.ndim != 2 or x.shape[0] != n_items:
+            raise DataError(f"{path}: expected [{n_items}, dim] features, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: features contain NaN or inf")
+        out[m] = x.astype(np.float32, copy=False)
+    return out
+
+
+def read_feature_info(modality: str, root: Path = FEATURES) -> dict:
+    return json.loads((root / f"{modality}.json").read_text())

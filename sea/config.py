@@ -1,0 +1,285 @@
+"""One typed, validated config per ``params.yaml`` section.
+
+Each stage script reads only the sections it declares in ``dvc.yaml``. Unknown keys are an
+error (a typo in ``dvc exp run -S`` must not be silently ignored), and every value is
+checked once here so the library code can trust its arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml value that is missing, unknown or out of range."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    return params
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (str, int, float, bool, list[...], X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(f"{name}[{i}]", inner, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-4 (no dot) as a string: accept numeric strings
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {name}")  # a bug in this module
+
+
+class Section:
+    """Mixin: build a dataclass from a params.yaml mapping, checking names and types."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, section: str):
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"params.yaml [{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                kwargs[f.name] = tp.from_dict(data[f.name], f"{section}.{f.name}")
+            else:
+                kwargs[f.name] = _coerce(f"{section}.{f.name}", tp, data[f.name])
+        obj = cls(**kwargs)
+        obj.validate(section)
+        return obj
+
+    def validate(self, section: str) -> None:  # overridden where ranges matter
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(cond: bool, section: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"params.yaml [{section}]: {msg}")
+
+
+def _choice(value: str, choices: tuple[str, ...], section: str, name: str) -> None:
+    _check(value in choices, section, f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class DatasetConfig(Section):
+    """Where the raw dumps come from. URLs: http(s)://, file:// or a path relative to the repo."""
+
+    name: str = "sample"
+    reviews_url: str = ""
+    reviews_sha256: str | None = None
+    meta_url: str | None = None
+    meta_sha256: str | None = None
+    allow_truncated: bool = False
+
+    def validate(self, section: str) -> None:
+        _check(bool(self.name) and "/" not in self.name, section, "name must be a non-empty folder name")
+        _check(bool(self.reviews_url), section, "reviews_url is required")
+
+    @property
+    def raw_dir(self) -> Path:
+        return Path("data/raw") / self.name
+
+    @staticmethod
+    def local_name(url: str) -> str:
+        """File name a URL is saved under: its last path component."""
+        return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+
+
+@dataclass
+class GraphConfig(Section):
+    k_core: int = 5
+
+    def validate(self, section: str) -> None:
+        _check(self.k_core >= 1, section, "k_core must be >= 1")
+
+
+@dataclass
+class SplitConfig(Section):
+    method: str = "mmrec"
+    seed: int = 999
+
+    def validate(self, section: str) -> None:
+        _choice(self.method, ("mmrec", "temporal", "leave_one_out"), section, "method")
+
+
+@dataclass
+class TextFeatureConfig(Section):
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+    device: str = "auto"
+
+
+@dataclass
+class ImageFeatureConfig(Section):
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+    timeout: float = 10.0
+    workers: int = 8
+
+
+@dataclass
+class FeaturesConfig(Section):
+    text: TextFeatureConfig = field(default_factory=TextFeatureConfig)
+    image: ImageFeatureConfig = field(default_factory=ImageFeatureConfig)
+
+
+@dataclass
+class ModelConfig(Section):
+    """SEA's sizes. Feature widths come from the feature files, never from here."""
+
+    embedding_dim: int = 64
+    generic_fraction: float = 0.5
+    mlp_hidden_dim: int = 256
+    gcn_layers: int = 2
+    knn_k: int = 10
+    image_knn_weight: float = 0.1
+    head_dim: int = 32
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+
+    def validate(self, section: str) -> None:
+        _check(min(self.embedding_dim, self.mlp_hidden_dim, self.head_dim) > 0, section, "sizes must be positive")
+        _check(0.0 < self.generic_fraction < 1.0, section, "generic_fraction must be in (0, 1)")
+        _check(self.gcn_layers >= 0 and self.knn_k >= 1, section, "gcn_layers >= 0 and knn_k >= 1")
+        _check(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
+        _check(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
+               section, "modalities must be a non-empty list without repeats")
+        for m in self.modalities:
+            _choice(m, ("image", "text"), section, "modalities[]")
+
+
+@dataclass
+class LossConfig(Section):
+    club_weight: float = 0.006
+    solosim_weight: float = 0.012
+    temperature: float = 0.2
+    distance: str = "club"
+
+    def validate(self, section: str) -> None:
+        _check(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
+        _check(self.temperature > 0, section, "temperature must be > 0")
+        _choice(self.distance, ("club", "l2"), section, "distance")
+
+
+@dataclass
+class ClubConfig(Section):
+    steps: int = 50
+    lr: float = 1e-4
+    hidden_dim: int = 16
+    pairing: str = "paper"
+
+    def validate(self, section: str) -> None:
+        _check(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0,
+               section, "steps >= 0, lr > 0, sizes > 0")
+        _choice(self.pairing, ("paper", "reference"), section, "pairing")
+
+
+@dataclass
+class TrainConfig(Section):
+    device: str = "auto"
+    lr: float = 1e-4
+    batch_size: int = 2048
+    max_epochs: int = 1000
+    patience: int = 20
+    seed: int = 999
+    eval_every: int = 1
+
+    def validate(self, section: str) -> None:
+        _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
+               "lr, batch_size and max_epochs must be positive")
+        _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
+
+
+@dataclass
+class EvalConfig(Section):
+    topk: list[int] = field(default_factory=lambda: [10, 20])
+    select: str = "recall@20"
+    batch_size: int = 4096
+
+    def validate(self, section: str) -> None:
+        _check(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
+        metric, _, k = self.select.partition("@")
+        _check(metric in ("recall", "ndcg", "precision", "map", "hit") and k.isdigit(), section,
+               f"select must look like recall@20, got {self.select!r}")
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the train and evaluate stages read: model + loss + club + train + eval."""
+
+    model: ModelConfig
+    loss: LossConfig
+    club: ClubConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
+        return cls(
+            model=ModelConfig.from_dict(params.get("model"), "model"),
+            loss=LossConfig.from_dict(params.get("loss"), "loss"),
+            club=ClubConfig.from_dict(params.get("club"), "club"),
+            train=TrainConfig.from_dict(params.get("train"), "train"),
+            eval=EvalConfig.from_dict(params.get("eval"), "eval"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in ("model", "loss", "club", "train", "eval")}

@@ -1,0 +1,60 @@
+"""Per-user train/valid/test splits, seeded and reproducible.
+
+Methods (``split.method``):
+
+- ``mmrec`` (the benchmark protocol, SEA.md §2): each user's interactions in a seeded random
+  order; users with fewer than 10 get n−2 train, 1 valid, 1 test; others keep
+  n − floor(0.2·n) for train and the floor(0.2·n) rest is halved, valid getting
+  floor(rest / 2) and test the remainder.
+- ``temporal``: the same counts, but the order is by timestamp (then item), so valid and
+  test hold each user's latest interactions.
+- ``leave_one_out``: by timestamp; the last interaction is test, the one before valid.
+
+Users with fewer than 3 interactions keep all of them in train. Every valid/test user
+therefore has training interactions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "valid", "test")
+
+
+def _held_out_counts(n: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Number of valid and test interactions for users with ``n`` interactions."""
+    if method == "leave_one_out":
+        n_valid = np.ones_like(n)
+        n_test = np.ones_like(n)
+    else:
+        rest = np.where(n < 10, 2, np.floor(0.2 * n).astype(np.int64))
+        n_valid = rest // 2
+        n_test = rest - n_valid
+    small = n < 3
+    return np.where(small, 0, n_valid), np.where(small, 0, n_test)
+
+
+def split(df: pd.DataFrame, method: str = "mmrec", seed: int = 999) -> pd.DataFrame:
+    """Return ``df`` sorted by (user, position) with a categorical ``split`` column.
+
+    ``df`` needs ``user``, ``item`` and ``timestamp`` columns. The result depends only on
+    the rows (not their order in ``df``), the method and the seed.
+    """
+    if method not in ("mmrec", "temporal", "leave_one_out"):
+        raise ValueError(f"unknown split method {method!r}")
+    base = df.sort_values(["user", "item"], kind="stable").reset_index(drop=True)
+    if method == "mmrec":
+        key = np.random.default_rng(seed).random(len(base))
+        base = base.assign(_key=key).sort_values(["user", "_key"], kind="stable")
+    else:
+        base = base.assign(_key=0.0).sort_values(["user", "timestamp", "item"], kind="stable")
+    base = base.reset_index(drop=True)
+
+    n = base.groupby("user")["item"].transform("size").to_numpy()
+    pos = base.groupby("user").cumcount().to_numpy()
+    n_valid, n_test = _held_out_counts(n, method)
+    n_train = n - n_valid - n_test
+    label = np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2))
+    base["split"] = pd.Categorical.from_codes(label, categories=list(SPLITS))
+    return base.drop(columns="_key")
