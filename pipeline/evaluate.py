@@ -13,7 +13,8 @@ from sea.config import TrainingSetup, load_params
 from sea.io import write_json, write_text
 from sea.metrics import evaluate_ranking
 from sea.report import markdown_report, plot_learning_curves
-from sea.train import build_model, evaluate, load_pipeline_data, resolve_device
+from sea.features import resolve_device
+from sea.train import build_model, evaluate, load_pipeline_data
 
 
 def most_popular(data, split: str, ks: list[int], batch_size: int) -> dict[str, float]:
@@ -25,7 +26,7 @@ def most_popular(data, split: str, ks: list[int], batch_size: int) -> dict[str, 
 
 def main() -> None:
     params = load_params()
-    device = resolve_device(TrainingSetup.from_params(params).train.device)
+    device = torch.device(resolve_device(TrainingSetup.from_params(params).train.device))
     checkpoint = torch.load(artifacts.MODEL, map_location=device, weights_only=True)
     # The model is rebuilt with the config it was trained with; [eval] comes from params.
     setup = TrainingSetup.from_params(checkpoint["config"] | {"eval": params.get("eval")})

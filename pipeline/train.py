@@ -10,7 +10,8 @@ import torch
 from sea import artifacts
 from sea.config import TrainingSetup, load_params
 from sea.io import atomic_path, write_json
-from sea.train import build_model, check_setup, count_parameters, fit, load_pipeline_data, resolve_device, seed_everything
+from sea.features import resolve_device
+from sea.train import build_model, check_setup, count_parameters, fit, load_pipeline_data, seed_everything
 
 
 def write_history(history: list[dict]) -> None:
@@ -24,7 +25,7 @@ def write_history(history: list[dict]) -> None:
 def main() -> None:
     setup = TrainingSetup.from_params(load_params())
     check_setup(setup)
-    device = resolve_device(setup.train.device)
+    device = torch.device(resolve_device(setup.train.device))
     seed_everything(setup.train.seed)
     data = load_pipeline_data(setup, device)
     model, estimators = build_model(data, setup)

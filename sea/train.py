@@ -27,13 +27,6 @@ from sea.models.graphs import item_item_graph, user_item_adjacency
 from sea.models.sea import SEA, SEAOutput
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the GPU when one is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -79,8 +72,8 @@ def load_graph_data(
     return GraphData(
         n_users=n_users,
         n_items=n_items,
-        train_users=torch.as_tensor(tu, device=device),
-        train_items=torch.as_tensor(ti, device=device),
+        train_users=torch.as_tensor(tu.copy(), device=device),
+        train_items=torch.as_tensor(ti.copy(), device=device),
         features={m: x.to(device) for m, x in feats.items()},
         adj=user_item_adjacency(tu, ti, n_users, n_items).to(device),
         item_graph=item_item_graph(feats, knn_k, image_knn_weight).to(device),

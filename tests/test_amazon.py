@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sea.data.graph import dedupe, k_core
 from sea.data.amazon import (
     TruncatedFileWarning,
     clean_text,
@@ -31,13 +32,8 @@ BEAUTY_REVIEWS = "2018/all_beauty/All_Beauty_5.json.gz"
 
 
 def five_core(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
-    """Deduplicated (user, item) pairs, filtered until every user and item has >= k."""
-    df = df.drop_duplicates(["user", "item"])
-    while True:
-        keep = (df["user"].map(df["user"].value_counts()) >= k) & (df["item"].map(df["item"].value_counts()) >= k)
-        if keep.all():
-            return df
-        df = df[keep]
+    """The graph stage's own dedupe + iterative k-core, checked against the measured counts."""
+    return k_core(dedupe(df), k)
 
 
 def write_lines(path: Path, lines: list[str], *, newline_at_end: bool = True) -> Path:

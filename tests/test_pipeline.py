@@ -1,0 +1,186 @@
+"""The real pipeline: stage scripts on bad input, and one end-to-end `dvc repro` in a
+temporary copy of the repository (then a no-op repro, an experiment and a metrics diff)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+                         "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1"}
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(ROOT / "pipeline" / f"{name}.py")], cwd, check=False)
+
+
+def write_params(cwd: Path, **dataset) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dataset"] = dataset
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ------------------------------------------------------------ bad input, stage by stage
+
+
+def test_download_with_wrong_sha256_leaves_nothing(tmp_path):
+    src = ROOT / "data/sample/reviews_Sample_5.json.gz"
+    write_params(tmp_path, name="bad", reviews_url=str(src), reviews_sha256="0" * 64)
+    proc = stage("download", tmp_path)
+    assert proc.returncode != 0
+    assert "sha256 mismatch" in proc.stderr and "reviews_Sample_5.json.gz" in proc.stderr
+    assert leftovers(tmp_path / "data/raw") == []
+
+
+def test_download_of_unreachable_url_fails_clearly(tmp_path):
+    write_params(tmp_path, name="gone", reviews_url="http://127.0.0.1:9/reviews.json.gz")
+    proc = stage("download", tmp_path)
+    assert proc.returncode != 0
+    assert "http://127.0.0.1:9/reviews.json.gz" in proc.stderr
+    assert leftovers(tmp_path / "data/raw") == []
+
+
+def test_download_over_http_then_graph(tmp_path, serve_dir):
+    """The download stage fetches over real HTTP and the graph stage parses what arrived."""
+    src = ROOT / "data/sample"
+    base = serve_dir(src)
+    reviews, meta = src / "reviews_Sample_5.json.gz", src / "meta_Sample.json.gz"
+    write_params(tmp_path, name="http", reviews_url=f"{base}/{reviews.name}", reviews_sha256=sha(reviews),
+                 meta_url=f"{base}/{meta.name}", meta_sha256=sha(meta))
+    assert stage("download", tmp_path).returncode == 0
+    raw = tmp_path / "data/raw/http"
+    assert sha(raw / reviews.name) == sha(reviews)
+    assert json.loads((raw / "SOURCE.json").read_text())["meta"]["sha256"] == sha(meta)
+    proc = stage("graph", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import pandas as pd
+
+    items = pd.read_parquet(tmp_path / "data/processed/items.parquet")
+    # relative image links resolve against the metadata's own (http) URL
+    assert items["image_url"].dropna().str.startswith(f"{base}/images/").all()
+
+
+def test_graph_on_truncated_gzip_names_the_file(tmp_path, amazon_real):
+    src = amazon_real / "2014/digital_music/reviews_Digital_Music_5.truncated.json.gz"
+    write_params(tmp_path, name="dm", reviews_url=str(src), reviews_sha256=sha(src))
+    assert stage("download", tmp_path).returncode == 0
+    proc = stage("graph", tmp_path)
+    assert proc.returncode != 0
+    assert "reviews_Digital_Music_5.truncated.json.gz" in proc.stderr and "allow_truncated" in proc.stderr
+    assert leftovers(tmp_path / "data/processed") == []
+
+
+def test_graph_with_malformed_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "reviews_bad.json.gz"
+    good = json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1})
+    bad.write_bytes(gzip.compress(f"{good}\n{good}\n{{not json\n".encode(), mtime=0))
+    write_params(tmp_path, name="bad", reviews_url=str(bad), reviews_sha256=sha(bad))
+    assert stage("download", tmp_path).returncode == 0
+    proc = stage("graph", tmp_path)
+    assert proc.returncode != 0
+    assert "reviews_bad.json.gz:3" in proc.stderr
+    assert leftovers(tmp_path / "data/processed") == []
+
+
+def test_graph_that_k_core_empties(tmp_path, amazon_real):
+    src = amazon_real / "2018/all_beauty/All_Beauty_5.json.gz"
+    write_params(tmp_path, name="beauty", reviews_url=str(src), reviews_sha256=sha(src))
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["graph"]["k_core"] = 50
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage("download", tmp_path).returncode == 0
+    proc = stage("graph", tmp_path)
+    assert proc.returncode != 0
+    assert "All_Beauty_5.json.gz" in proc.stderr and "50-core" in proc.stderr
+    assert leftovers(tmp_path / "data/processed") == []
+
+
+def test_unknown_param_is_rejected(tmp_path):
+    write_params(tmp_path, name="x", reviews_url="a.json", colour="red")
+    proc = stage("download", tmp_path)
+    assert proc.returncode != 0 and "unknown key" in proc.stderr and "colour" in proc.stderr
+
+
+# ------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A git repository holding the current tree (tracked and untracked, not ignored)."""
+    dest = tmp_path_factory.mktemp("clone") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    for f in ("dvc.lock", "reports/metrics.json"):  # start from a never-run pipeline
+        (dest / f).unlink(missing_ok=True)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "config", "user.email", "ci@example.invalid"], dest)
+    run(["git", "config", "user.name", "CI"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(project):
+    proc = run(["dvc", "repro"], project)
+    for name in ("download", "graph", "text_features", "image_features", "train", "evaluate"):
+        assert f"Running stage '{name}'" in proc.stdout, proc.stdout
+
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    sea, pop = metrics["sea"]["test"], metrics["most_popular"]["test"]
+    assert set(sea) >= {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (10, 20)}
+    assert sea["recall@20"] > 1.3 * pop["recall@20"], (sea, pop)
+    report = (project / "reports/report.md").read_text()
+    assert "randomly initialised" in report and "no pretrained visual meaning" in report
+    assert (project / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout, again.stdout
+    assert "up to date" in again.stdout
+
+    # commit the baseline, then an experiment on a branch, then compare branches
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    run(["git", "checkout", "-qb", "club"], project)
+    exp = run(["dvc", "exp", "run", "-S", "loss.club_weight=0.1"], project)
+    assert "Running stage 'train'" in exp.stdout and "Running stage 'evaluate'" in exp.stdout
+    assert "Running stage 'image_features'" not in exp.stdout
+    assert yaml.safe_load((project / "params.yaml").read_text())["loss"]["club_weight"] == 0.1
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "club_weight 0.1"], project)
+    diff = run(["dvc", "metrics", "diff", "main", "club", "--json"], project)
+    changes = json.loads(diff.stdout)["reports/metrics.json"]
+    assert any(v.get("diff") for v in changes.values()), changes
