@@ -54,8 +54,8 @@ class CannedServer:
                     if not chunk:
                         break
                     request += chunk
+                self.served += 1  # before answering: the client may finish first
                 conn.sendall(response)
-                self.served += 1
 
     def close(self) -> None:
         self.sock.close()
