@@ -6,12 +6,14 @@ from __future__ import annotations
 import sys
 import urllib.parse
 
+import numpy as np
 import pandas as pd
 
 from sea import artifacts
 from sea.config import DatasetConfig, GraphConfig, SplitConfig, load_params
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.graph import dedupe, k_core, reindex
+from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
 from sea.io import DataError, write_json
 
@@ -34,12 +36,8 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     return items.assign(text=text, image_url=[resolve(u) for u in m["image_url"]])
 
 
-def main() -> None:
-    params = load_params()
-    ds = DatasetConfig.from_dict(params["dataset"], "dataset")
-    gc = GraphConfig.from_dict(params.get("graph"), "graph")
-    sc = SplitConfig.from_dict(params.get("split"), "split")
-
+def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Parse, dedupe, k-core, re-index and split the raw Amazon dumps."""
     reviews_path = ds.raw_dir / ds.local_name(ds.reviews_url)
     raw = read_reviews(reviews_path, allow_truncated=ds.allow_truncated)
     unique = dedupe(raw)
@@ -49,32 +47,56 @@ def main() -> None:
         raise DataError(f"{reviews_path}: {e}") from None
     core, users, asins = reindex(core)
     inter = split(core, sc.method, sc.seed)[["user", "item", "rating", "timestamp", "split"]]
-    inter = inter.astype({"rating": "float32", "timestamp": "int64"})
-
-    meta = None
-    if ds.meta_url:
-        meta = read_metadata(ds.raw_dir / ds.local_name(ds.meta_url))
+    meta = read_metadata(ds.raw_dir / ds.local_name(ds.meta_url)) if ds.meta_url else None
     items = item_table(asins, meta, ds.meta_url)
-
-    counts = inter["split"].value_counts()
     stats = {
-        "dataset": ds.name,
         "raw": {"reviews": len(raw), "users": int(raw["user"].nunique()), "items": int(raw["item"].nunique())},
         "deduplicated": {"interactions": len(unique), "duplicates_dropped": len(raw) - len(unique)},
         "k_core": gc.k_core,
-        "after_k_core": {"users": len(users), "items": len(asins), "interactions": len(inter),
-                         "density": len(inter) / (len(users) * len(asins))},
-        "split": {"method": sc.method, "seed": sc.seed} | {s: int(counts.get(s, 0)) for s in SPLITS},
-        "items": {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0,
-                  "with_text": int((items["text"] != "").sum()),
-                  "with_image_url": int(items["image_url"].notna().sum())},
+        "split": {"method": sc.method, "seed": sc.seed},
+        "items": {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0},
     }
+    return inter, items, stats
+
+
+def mmrec_tables(ds: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Take an MMRec folder's interactions and split as they are (no k-core, no re-split)."""
+    path = inter_file(ds.raw_dir)
+    inter = read_inter(path)
+    n_items = int(inter["item"].max()) + 1
+    asins = read_item_ids(ds.raw_dir, n_items)
+    items = pd.DataFrame({"item": np.arange(n_items, dtype="int32"), "asin": asins, "text": "", "image_url": None})
+    stats = {
+        "raw": {"reviews": len(inter), "users": int(inter["user"].nunique()), "items": int(inter["item"].nunique())},
+        "deduplicated": {"interactions": int((~inter.duplicated(["user", "item"])).sum()),
+                         "duplicates_dropped": 0},
+        "k_core": f"as given in {path.name}",
+        "split": {"method": f"as given in {path.name} (x_label)", "seed": None},
+        "items": {"with_metadata": 0},
+    }
+    return inter, items, stats
+
+
+def main() -> None:
+    params = load_params()
+    ds = DatasetConfig.from_dict(params["dataset"], "dataset")
+    gc = GraphConfig.from_dict(params.get("graph"), "graph")
+    sc = SplitConfig.from_dict(params.get("split"), "split")
+    inter, items, stats = mmrec_tables(ds) if ds.source == "mmrec" else amazon_tables(ds, gc, sc)
+    inter = inter.astype({"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"})
+
+    n_users, n_items = int(inter["user"].max()) + 1, len(items)
+    counts = inter["split"].value_counts()
+    stats = {"dataset": ds.name, "source": ds.source} | stats
+    stats["after_k_core"] = {"users": n_users, "items": n_items, "interactions": len(inter),
+                             "density": len(inter) / (n_users * n_items)}
+    stats["split"] |= {s: int(counts.get(s, 0)) for s in SPLITS}
+    stats["items"] |= {"with_text": int((items["text"] != "").sum()),
+                       "with_image_url": int(items["image_url"].notna().sum())}
     artifacts.write_parquet(inter, artifacts.INTERACTIONS)
     artifacts.write_parquet(items, artifacts.ITEMS)
     write_json(artifacts.GRAPH_STATS, stats)
-    a = stats["after_k_core"]
-    print(f"{ds.name}: {a['users']} users, {a['items']} items, {a['interactions']} interactions "
-          f"after {gc.k_core}-core; split {stats['split']}")
+    print(f"{ds.name}: {n_users} users, {n_items} items, {len(inter)} interactions; split {stats['split']}")
 
 
 if __name__ == "__main__":

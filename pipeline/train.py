@@ -1,5 +1,6 @@
 """Stage train: fit SEA (params model, loss, club, train, eval.select) with early stopping
-on validation; save the best-validation weights and the per-epoch history."""
+on validation, once per seed of ``train.seeds`` (or ``train.seed``); save each seed's
+best-validation weights and the per-epoch history."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 
 from sea import artifacts
 from sea.config import TrainingSetup, load_params
-from sea.io import atomic_path, write_json
 from sea.features import resolve_device
+from sea.io import atomic_path, write_json
 from sea.train import build_model, check_setup, count_parameters, fit, load_pipeline_data, seed_everything
 
 
@@ -26,36 +27,46 @@ def main() -> None:
     setup = TrainingSetup.from_params(load_params())
     check_setup(setup)
     device = torch.device(resolve_device(setup.train.device))
-    seed_everything(setup.train.seed)
     data = load_pipeline_data(setup, device)
-    model, estimators = build_model(data, setup)
-    n_params = count_parameters(model)
-    print(f"SEA on {device}: {data.n_users} users, {data.n_items} items, {len(data.train_users)} "
-          f"training interactions, {n_params:,} parameters, modalities {setup.model.modalities}")
-    result = fit(model, estimators, data, setup, device)
+    runs, history, summaries = {}, [], {}
+    for seed in setup.train.run_seeds:
+        seed_everything(seed)
+        model, estimators = build_model(data, setup)
+        n_params, n_est = count_parameters(model), count_parameters(estimators)
+        print(f"SEA seed {seed} on {device}: {data.n_users} users, {data.n_items} items, "
+              f"{len(data.train_users)} training interactions, {n_params:,} parameters, "
+              f"modalities {setup.model.modalities}")
+        result = fit(model, estimators, data, setup, device, seed=seed)
+        runs[str(seed)] = {"state_dict": result.best_state, "best_epoch": result.best_epoch}
+        history += [{"seed": seed} | row for row in result.history]
+        summaries[str(seed)] = {
+            "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid, "seconds": round(result.seconds, 2),
+            "seconds_per_epoch": round(result.seconds / max(len(result.history), 1), 3),
+        }
+        print(f"seed {seed}: best valid {setup.eval.select} "
+              f"{result.best_valid.get(setup.eval.select, float('nan')):.4f} at epoch "
+              f"{result.best_epoch} of {len(result.history)} ({result.seconds:.1f} s)")
 
     with atomic_path(artifacts.MODEL) as tmp:
         torch.save({
-            "state_dict": result.best_state,
             "config": setup.to_dict(),
             "feature_dims": {m: int(data.features[m].shape[1]) for m in setup.model.modalities},
             "n_users": data.n_users,
             "n_items": data.n_items,
-            "best_epoch": result.best_epoch,
+            "runs": runs,
         }, tmp)
-    write_history(result.history)
+    write_history(history)
+    total = sum(s["seconds"] for s in summaries.values())
+    epochs = sum(s["epochs_run"] for s in summaries.values())
     write_json(artifacts.TRAIN_SUMMARY, {
         "device": str(device),
         "parameters": n_params,
-        "estimator_parameters": count_parameters(estimators),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "best_valid": result.best_valid,
-        "seconds": round(result.seconds, 2),
-        "seconds_per_epoch": round(result.seconds / max(len(result.history), 1), 3),
+        "estimator_parameters": n_est,
+        "seeds": summaries,
+        "seconds": round(total, 2),
+        "seconds_per_epoch": round(total / max(epochs, 1), 3),
     })
-    print(f"best valid {setup.eval.select} {result.best_valid.get(setup.eval.select, float('nan')):.4f} "
-          f"at epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.1f} s)")
 
 
 if __name__ == "__main__":

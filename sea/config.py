@@ -118,18 +118,29 @@ def _choice(value: str, choices: tuple[str, ...], section: str, name: str) -> No
 
 @dataclass
 class DatasetConfig(Section):
-    """Where the raw dumps come from. URLs: http(s)://, file:// or a path relative to the repo."""
+    """Where the data comes from.
+
+    ``source: amazon``: raw review + metadata dumps at URLs (http(s)://, file:// or a path
+    relative to the repo). ``source: mmrec``: an MMRec folder at ``path`` (``<name>.inter``,
+    ``image_feat.npy``, ``text_feat.npy``) used in place of parsing, splitting and encoding.
+    """
 
     name: str = "sample"
+    source: str = "amazon"
     reviews_url: str = ""
     reviews_sha256: str | None = None
     meta_url: str | None = None
     meta_sha256: str | None = None
     allow_truncated: bool = False
+    path: str | None = None
 
     def validate(self, section: str) -> None:
         _check(bool(self.name) and "/" not in self.name, section, "name must be a non-empty folder name")
-        _check(bool(self.reviews_url), section, "reviews_url is required")
+        _choice(self.source, ("amazon", "mmrec"), section, "source")
+        if self.source == "amazon":
+            _check(bool(self.reviews_url), section, "reviews_url is required with source: amazon")
+        else:
+            _check(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
 
     @property
     def raw_dir(self) -> Path:
@@ -240,9 +251,16 @@ class TrainConfig(Section):
     max_epochs: int = 1000
     patience: int = 20
     seed: int = 999
+    seeds: list[int] = field(default_factory=list)
     eval_every: int = 1
 
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds to train: ``seeds`` when given, else ``[seed]``."""
+        return list(self.seeds) or [self.seed]
+
     def validate(self, section: str) -> None:
+        _check(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
                "lr, batch_size and max_epochs must be positive")
         _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")

@@ -11,33 +11,41 @@ from sea.io import atomic_path
 
 
 def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None:
+    """Training losses and validation metrics per epoch, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for col in ("loss", "bpr", "club", "solosim"):
-        if col in history:
-            ax_loss.plot(history["epoch"], history[col], label=col)
+    groups = list(history.groupby("seed")) if "seed" in history else [(None, history)]
+    valid_cols = [c for c in history.columns if c.startswith(("valid_recall@", "valid_ndcg@"))]
+    for seed, run in groups:
+        tag = "" if len(groups) == 1 else f" (seed {seed})"
+        for col in ("loss", "bpr", "club", "solosim"):
+            if col in run:
+                ax_loss.plot(run["epoch"], run[col], label=col + tag)
+        for col in valid_cols:
+            ax_valid.plot(run["epoch"], run[col], marker=".", label=col.removeprefix("valid_") + tag)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training losses (batch means)")
-    ax_loss.legend()
-    for col in [c for c in history.columns if c.startswith("valid_recall@") or c.startswith("valid_ndcg@")]:
-        ax_valid.plot(history["epoch"], history[col], marker=".", label=col.removeprefix("valid_"))
+    ax_loss.legend(fontsize="small")
     ax_valid.set_xlabel("epoch")
     ax_valid.set_title(f"validation (model selection on {select})")
-    ax_valid.legend()
+    ax_valid.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def _table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+def metric_table(rows: dict[str, dict[str, float]], columns: list[str],
+                 std: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown table, one row per model; ``std`` adds ± values for the rows it names."""
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, values in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |")
+        cells = [f"{values[c]:.4f}" + (f" ± {std[name][c]:.4f}" if std and name in std else "") for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -78,6 +86,15 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
     modalities = setup["model"]["modalities"]
     if len(modalities) == 1:
         parts += ["", f"Only one modality ({modalities[0]}) is used: the cross-modal Solosim term is off."]
+    seeds = train["seeds"]
+    epochs = ", ".join(f"seed {k}: best epoch {v['best_epoch']} of {v['epochs_run']}" for k, v in seeds.items())
+    std = metrics.get("sea_std")
+    sea_name = "SEA" if std is None else f"SEA (mean ± std, {len(seeds)} seeds)"
+
+    def table(split: str) -> str:
+        rows = {sea_name: metrics["sea"][split], "most popular": metrics["most_popular"][split]}
+        return metric_table(rows, cols, {sea_name: std[split]} if std else None)
+
     parts += [
         "",
         "## Model and training",
@@ -86,19 +103,19 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         f"- loss: club_weight {setup['loss']['club_weight']}, solosim_weight {setup['loss']['solosim_weight']}, "
         f"temperature {setup['loss']['temperature']}, distance {setup['loss']['distance']}, "
         f"CLUB pairing {setup['club']['pairing']} with {setup['club']['steps']} estimator steps",
-        f"- {train['epochs_run']} epochs on {train['device']} in {train['seconds']:.1f} s "
-        f"({train['seconds_per_epoch']:.2f} s/epoch); best validation {setup['eval']['select']} at epoch "
-        f"{train['best_epoch']} — test metrics are reported at that epoch only",
+        f"- trained on {train['device']} in {train['seconds']:.1f} s ({train['seconds_per_epoch']:.2f} s/epoch); "
+        f"{epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "
+        "are reported at that epoch only",
         "",
         "## Metrics (full ranking, training items masked)",
         "",
         "Validation:",
         "",
-        _table({"SEA": metrics["sea"]["valid"], "most popular": metrics["most_popular"]["valid"]}, cols),
+        table("valid"),
         "",
         "Test:",
         "",
-        _table({"SEA": metrics["sea"]["test"], "most popular": metrics["most_popular"]["test"]}, cols),
+        table("test"),
         "",
         "![learning curves](learning_curves.png)",
         "",

@@ -222,15 +222,19 @@ def fit(
     setup: TrainingSetup,
     device: torch.device,
     log: Callable[[str], None] = print,
+    seed: int | None = None,
 ) -> FitResult:
     """Train until ``train.patience`` evaluations pass without a better ``eval.select``
-    on validation, or ``train.max_epochs``; return the history and the best state."""
+    on validation, or ``train.max_epochs``; return the history and the best state.
+
+    ``seed`` (default ``train.seed``) drives the batch order and the negatives; the
+    model's initialisation follows the global seed set before :func:`build_model`."""
     tc, select = setup.train, setup.eval.select
     model.to(device)
     estimators.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     est_opt = torch.optim.Adam(estimators.parameters(), lr=setup.club.lr) if len(estimators) else None
-    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    gen = torch.Generator(device=device).manual_seed(tc.seed if seed is None else seed)
     sampler = NegativeSampler(data.train_users, data.train_items, data.n_items, gen)
     n_train = len(data.train_users)
 

@@ -156,7 +156,7 @@ def project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(project):
     proc = run(["dvc", "repro"], project)
-    for name in ("download", "graph", "text_features", "image_features", "train", "evaluate"):
+    for name in ("download", "graph", "text_features", "image_features", "export_mmrec", "train", "evaluate"):
         assert f"Running stage '{name}'" in proc.stdout, proc.stdout
 
     metrics = json.loads((project / "reports/metrics.json").read_text())

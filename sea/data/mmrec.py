@@ -100,3 +100,11 @@ def write_folder(folder: Path, name: str, interactions: pd.DataFrame, features: 
     if asins is not None:
         with atomic_path(folder / "i_id_mapping.csv") as tmp:
             pd.DataFrame({"asin": asins.astype(str), "itemID": range(len(asins))}).to_csv(tmp, sep="\t", index=False)
+
+
+def precomputed_features(folder: Path, modality: str, n_items: int) -> tuple[np.ndarray, dict]:
+    """A feature stage's output taken from an MMRec folder instead of an encoder."""
+    x = read_features(folder, modality, n_items)[:n_items]
+    info = {"model": f"precomputed ({FEATURE_FILES[modality]} of the MMRec folder)", "source": "mmrec",
+            "dim": int(x.shape[1]), "n_items": n_items, "n_missing": 0}
+    return x, info

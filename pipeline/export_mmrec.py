@@ -1,0 +1,31 @@
+"""Stage export_mmrec: write the processed dataset (interactions with their split, and
+both feature matrices) as an MMRec folder, data/mmrec/<dataset>/, so that MMRec-based code
+(SEA's reference among it) trains on exactly the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sea import artifacts
+from sea.config import DatasetConfig, load_params
+from sea.data.mmrec import FEATURE_FILES, write_folder
+from sea.io import atomic_dir
+
+
+def main() -> None:
+    ds = DatasetConfig.from_dict(load_params()["dataset"], "dataset")
+    dest = Path("data/mmrec") / ds.name
+    inter = pd.read_parquet(artifacts.INTERACTIONS)
+    items = pd.read_parquet(artifacts.ITEMS)
+    features = {m: np.load(artifacts.FEATURES / f"{m}.npy", allow_pickle=False) for m in FEATURE_FILES}
+    with atomic_dir(dest) as tmp:
+        write_folder(tmp, ds.name, inter, features, items["asin"])
+    print(f"MMRec folder {dest}: {len(inter)} interactions, features "
+          f"{ {m: x.shape for m, x in features.items()} }")
+
+
+if __name__ == "__main__":
+    main()
