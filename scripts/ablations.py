@@ -49,7 +49,7 @@ def queue_and_run(seeds: list[int] | None, extra: list[str]) -> None:
 
 
 def collect() -> dict[str, dict]:
-    """Metrics of the finished abl-* experiments, read from their git commits."""
+    """Metrics of the finished abl-* experiments of the current commit, read from git."""
     out = {}
     for variant in VARIANTS:
         name = PREFIX + variant
@@ -63,11 +63,9 @@ def collect() -> dict[str, dict]:
 
 
 def _exp_ref(name: str) -> str:
-    """The ref path of an experiment (refs/exps/<..>/<baseline>/<name>)."""
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"],
-                          capture_output=True, text=True, check=True).stdout.split()
-    found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
-    return found[-1].removeprefix("refs/exps/") if found else name
+    """The ref path of experiment ``name`` on the current commit: <sha[:2]>/<sha[2:]>/<name>."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    return f"{head[:2]}/{head[2:]}/{name}"
 
 
 def cell(metrics: dict, split: str, key: str) -> str:

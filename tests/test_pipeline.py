@@ -184,3 +184,20 @@ def test_dvc_repro_end_to_end(project):
     diff = run(["dvc", "metrics", "diff", "main", "club", "--json"], project)
     changes = json.loads(diff.stdout)["reports/metrics.json"]
     assert any(v.get("diff") for v in changes.values()), changes
+
+
+@pytest.mark.slow
+def test_ablation_table(project):
+    """Every ablation variant runs as a queued DVC experiment and lands in the table."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "before ablations", "--allow-empty"], project)
+    run([sys.executable, "scripts/ablations.py", "-S", "train.max_epochs=1", "-S", "club.steps=1"], project)
+    table = (project / "reports/ablations.md").read_text()
+    results = json.loads((project / "reports/ablations.json").read_text())
+    variants = ["full", "no_club", "no_solosim", "no_club_no_solosim", "l2_distance",
+                "reference_pairing", "text_only", "image_only"]
+    assert list(results) == variants
+    for v in variants:
+        assert f"| {v} |" in table
+        assert 0 <= results[v]["sea"]["test"]["recall@20"] <= 1
+    assert results["text_only"]["sea"]["test"] != results["full"]["sea"]["test"]
