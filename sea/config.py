@@ -233,7 +233,7 @@ class LossConfig(Section):
 @dataclass
 class ClubConfig(Section):
     steps: int = 50
-    lr: float = 1e-4
+    lr: float = 1e-3
     hidden_dim: int = 16
     pairing: str = "paper"
 
