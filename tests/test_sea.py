@@ -116,7 +116,7 @@ def test_club_is_near_zero_for_independent_samples():
 # ------------------------------------------------------------------ model
 
 
-@pytest.mark.parametrize("dims", [{"image": 24, "text": 20}, {"image": 48, "text": 7}])
+@pytest.mark.parametrize("dims", [{"image": 24, "text": 20}, {"image": 48, "text": 7}, {"image": 4096, "text": 384}])
 def test_any_feature_width_works(dims):
     setup, data, model, _ = make(feature_dims=dims)
     out = model(data.features, data.adj, data.item_graph)
