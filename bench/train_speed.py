@@ -31,9 +31,10 @@ PRESETS = {  # users, items, training interactions, image dim, text dim
 
 def synthetic(n_users: int, n_items: int, n_train: int, dims: dict[str, int], seed: int = 0):
     rng = np.random.default_rng(seed)
-    users = rng.integers(0, n_users, n_train * 12 // 10)
+    n_total = n_train * 5 // 4  # about 80 % of the pairs end up in train
+    users = rng.integers(0, n_users, n_total * 2)
     items = (rng.zipf(1.3, len(users)) - 1) % n_items
-    df = pd.DataFrame({"user": users, "item": items}).drop_duplicates().head(n_train)
+    df = pd.DataFrame({"user": users, "item": items}).drop_duplicates().head(n_total)
     split = np.where(rng.random(len(df)) < 0.8, "train", np.where(rng.random(len(df)) < 0.5, "valid", "test"))
     df = df.assign(split=pd.Categorical(split, categories=["train", "valid", "test"]))
     feats = {m: rng.normal(size=(n_items, d)).astype(np.float32) for m, d in dims.items()}
