@@ -30,7 +30,7 @@ def main() -> None:
     data = load_pipeline_data(setup, device)
     runs, history, summaries = {}, [], {}
     for seed in setup.train.run_seeds:
-        seed_everything(seed)
+        seed_everything(seed, deterministic=device.type == "cpu")
         model, estimators = build_model(data, setup)
         n_params, n_est = count_parameters(model), count_parameters(estimators)
         print(f"SEA seed {seed} on {device}: {data.n_users} users, {data.n_items} items, "

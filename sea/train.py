@@ -27,10 +27,17 @@ from sea.models.graphs import item_item_graph, user_item_adjacency
 from sea.models.sea import SEA, SEAOutput
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic``, also make torch's CPU kernels
+    deterministic (multi-threaded sparse products otherwise differ from run to run).
+
+    On CUDA, some kernels used here have no deterministic version: pass
+    ``deterministic=False`` there; GPU runs are seeded but not bit-reproducible.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @dataclass
