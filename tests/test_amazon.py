@@ -163,6 +163,20 @@ def test_item_sentence_on_real_record(dm_meta):
     assert row["brand"] in text and row["categories"] in text and text.endswith(row["description"])
 
 
+@pytest.mark.parametrize("rel", [DM_META, GC_META])
+def test_metadata_restricted_to_asins_equals_filtered_full_read(amazon_real, rel):
+    full = read_metadata(amazon_real / rel)
+    wanted = set(full["asin"].iloc[::7]) | {"NOT-AN-ASIN"}
+    part = read_metadata(amazon_real / rel, asins=wanted)
+    expected = full[full["asin"].isin(wanted)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part, expected)
+
+
+def test_metadata_with_none_of_the_asins(amazon_real):
+    with pytest.raises(DataError, match="none of the 1 reviewed products"):
+        read_metadata(amazon_real / DM_META, asins={"NOT-AN-ASIN"})
+
+
 def test_item_sentence_parts():
     assert item_sentence("", "", "", "") == ""
     assert item_sentence("  T  ", "", "A > B", " d\n e ") == "T A > B d e"
