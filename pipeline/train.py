@@ -5,13 +5,14 @@ best-validation weights and the per-epoch history."""
 from __future__ import annotations
 
 import csv
+import sys
 
 import torch
 
 from sea import artifacts
 from sea.config import TrainingSetup, load_params
 from sea.features import resolve_device
-from sea.io import atomic_path, write_json
+from sea.io import DataError, atomic_path, write_json
 from sea.train import build_model, check_setup, count_parameters, fit, load_pipeline_data, seed_everything
 
 
@@ -70,4 +71,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"train stage failed: {e}")

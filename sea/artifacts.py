@@ -51,10 +51,15 @@ def write_features(modality: str, matrix: np.ndarray, info: dict, root: Path = F
 
 
 def read_features(modalities: list[str], n_items: int, root: Path = FEATURES) -> dict[str, np.ndarray]:
-    """Load the feature matrices, checking they are aligned with the item table."""
+    """Load the feature matrices, checking they are aligned with the item table and that
+    their encoder saw at least one real input."""
     out = {}
     for m in modalities:
         path = root / f"{m}.npy"
+        info = read_feature_info(m, root) if (root / f"{m}.json").exists() else {}
+        if info.get("n_decoded", info.get("n_with_text")) == 0:
+            raise DataError(f"{path}: no item had a usable {m} (see {m}.json): the features are empty; "
+                            f"fix the inputs, or leave {m} out of model.modalities")
         x = np.load(path, allow_pickle=False)
         if x.ndim != 2 or x.shape[0] != n_items:
             raise DataError(f"{path}: expected [{n_items}, dim] features, got shape {x.shape}")

@@ -177,10 +177,12 @@ def test_missing_checkpoint_file_is_an_error(tmp_path) -> None:
         load_clip("ViT-B-32", str(tmp_path / "absent.pt"), device="cpu")
 
 
-def test_no_decodable_image_is_an_error(clip_seed0, image_paths) -> None:
+def test_no_decodable_image_gives_flagged_zeros(clip_seed0, image_paths) -> None:
     model, preprocess, _ = clip_seed0
-    with pytest.raises(ValueError, match="none of the 2 images could be decoded"):
-        encode_images([None, image_paths[4]], model, preprocess, device="cpu")
+    with pytest.warns(UserWarning, match="none of the 2 images could be fetched and decoded"):
+        x, info = encode_images([None, image_paths[4]], model, preprocess, device="cpu")
+    assert x.shape == (2, 512) and not x.any()
+    assert info["n_decoded"] == 0
 
 
 # --------------------------------------------------------------------------- fetching

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -202,3 +203,16 @@ def test_ablation_table(project):
         assert f"| {v} |" in table
         assert 0 <= results[v]["sea"]["test"]["recall@20"] <= 1
     assert results["text_only"]["sea"]["test"] != results["full"]["sea"]["test"]
+
+
+def test_empty_image_features_are_refused_by_training(tmp_path):
+    """Offline on a real dump no image arrives: the image stage writes flagged zeros and
+    the train stage refuses them with the remedy, instead of training on nothing."""
+    from sea.artifacts import read_features, write_features
+    from sea.io import DataError
+
+    write_features("image", np.zeros((4, 8), np.float32), {"n_items": 4, "n_decoded": 0}, root=tmp_path)
+    write_features("text", np.ones((4, 3), np.float32), {"n_items": 4, "n_with_text": 4}, root=tmp_path)
+    assert read_features(["text"], 4, root=tmp_path)["text"].shape == (4, 3)
+    with pytest.raises(DataError, match="leave image out of model.modalities"):
+        read_features(["image", "text"], 4, root=tmp_path)

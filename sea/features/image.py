@@ -237,10 +237,12 @@ def encode_images(
     Returns a float32 array ``[len(paths), d]`` (``d`` from the model; features are not
     normalised) and an info dict (``dim``, ``n_items``, ``n_decoded``, ``n_missing`` for
     ``None`` paths, ``n_undecodable`` for files PIL cannot read). Missing and undecodable
-    items get the mean feature of the decoded ones. Raises ``ValueError`` when no image
-    decodes. The model is moved to ``device``.
+    items get the mean feature of the decoded ones. When no image decodes, every row is
+    zero (with a warning; ``n_decoded`` is 0 and the train stage refuses such features).
+    The model is moved to ``device``.
     """
     import torch
+    from PIL import Image
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
@@ -264,9 +266,15 @@ def encode_images(
                 decoded.extend(batch_idx)
             bar.update(len(wanted[start:start + batch_size]))
 
-    if not decoded:
-        raise ValueError(f"none of the {len(paths)} images could be decoded ({len(wanted)} had a file)")
-    features = fill_missing_with_mean(np.concatenate(chunks), decoded, len(paths))
+    if decoded:
+        features = fill_missing_with_mean(np.concatenate(chunks), decoded, len(paths))
+    else:  # e.g. offline: no image host reachable. Zeros, flagged in info; training refuses them.
+        msg = (f"none of the {len(paths)} images could be fetched and decoded ({len(wanted)} had a file): "
+               "the image features are all zero and carry no information")
+        warnings.warn(msg)
+        with torch.inference_mode():
+            dim = model.encode_image(preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(dev)).shape[1]
+        features = np.zeros((len(paths), dim), dtype=np.float32)
     info = {
         "dim": int(features.shape[1]),
         "n_items": len(paths),
