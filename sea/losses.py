@@ -61,11 +61,25 @@ class CLUBEstimator(nn.Module):
     def fit(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> float:
         """Take ``steps`` optimiser steps maximising log q(y|x) on fixed (detached) pairs;
         return the last log-likelihood."""
-        x, y = x.detach(), y.detach()
-        ll = torch.tensor(float("nan"))
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            ll = self.log_likelihood(x, y)
-            (-ll).backward()
-            optimizer.step()
-        return float(ll.detach())
+        return fit_estimators({"": (self, x, y)}, optimizer, steps)[""]
+
+
+def fit_estimators(
+    jobs: dict[str, tuple[CLUBEstimator, torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+) -> dict[str, float]:
+    """Fit several estimators at once, each on its own fixed (x, y) pairs.
+
+    Their parameters are disjoint and their losses separate, so one backward pass and one
+    optimiser step on the summed loss give each estimator exactly the update it would get
+    alone, with half the steps' overhead for two modalities.
+    """
+    jobs = {k: (est, x.detach(), y.detach()) for k, (est, x, y) in jobs.items()}
+    lls = {k: torch.tensor(float("nan")) for k in jobs}
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        lls = {k: est.log_likelihood(x, y) for k, (est, x, y) in jobs.items()}
+        (-torch.stack(list(lls.values())).sum()).backward()
+        optimizer.step()
+    return {k: float(v.detach()) for k, v in lls.items()}

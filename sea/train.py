@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sea.config import TrainingSetup
-from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
+from sea.losses import CLUBEstimator, bpr_loss, fit_estimators, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking, to_csr
 from sea.models.graphs import item_item_graph, user_item_adjacency
 from sea.models.sea import SEA, SEAOutput
@@ -152,10 +152,8 @@ def auxiliary_losses(
         if loss.distance == "l2":
             parts = [l2_distance_loss(g, s) for g, s in pairs.values()]
         elif club.pairing == "paper":
-            parts = []
-            for m, (g, s) in pairs.items():
-                estimators[m].fit(g, s, est_opt, club.steps)
-                parts.append(estimators[m].bound(g, s))
+            fit_estimators({m: (estimators[m], g, s) for m, (g, s) in pairs.items()}, est_opt, club.steps)
+            parts = [estimators[m].bound(g, s) for m, (g, s) in pairs.items()]
         else:  # reference: shared estimator fitted text→image, used within modality, clamped
             est = estimators["shared"]
             (gt, st), (gv, sv) = pairs["text"], pairs["image"]

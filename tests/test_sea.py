@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sea.config import TrainingSetup
 from sea.data.split import split
-from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
+from sea.losses import CLUBEstimator, bpr_loss, fit_estimators, l2_distance_loss, solosim_loss
 from sea.train import build_model, evaluate, fit, load_graph_data, seed_everything, train_step
 
 
@@ -110,6 +110,20 @@ def test_club_is_near_zero_for_independent_samples():
         return torch.randn(2000, 4, generator=g), torch.randn(2000, 4, generator=g)
 
     assert abs(_club_estimate(draw)) < 0.1
+
+
+def test_joint_fit_equals_separate_fits():
+    g = torch.Generator().manual_seed(5)
+    data = {m: (torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)) for m in ("a", "b")}
+    torch.manual_seed(0)
+    joint = {m: CLUBEstimator(4, 4, 8) for m in data}
+    separate = copy.deepcopy(joint)
+    opt = torch.optim.Adam([p for e in joint.values() for p in e.parameters()], lr=1e-2)
+    fit_estimators({m: (joint[m], *data[m]) for m in data}, opt, 10)
+    for m, est in separate.items():
+        est.fit(*data[m], torch.optim.Adam(est.parameters(), lr=1e-2), 10)
+        for p, q in zip(est.parameters(), joint[m].parameters()):
+            assert torch.equal(p, q)
 
 
 # ------------------------------------------------------------------ model
