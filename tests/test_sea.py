@@ -122,7 +122,7 @@ def test_joint_fit_equals_separate_fits():
     fit_estimators({m: (joint[m], *data[m]) for m in data}, opt, 10)
     for m, est in separate.items():
         est.fit(*data[m], torch.optim.Adam(est.parameters(), lr=1e-2), 10)
-        for p, q in zip(est.parameters(), joint[m].parameters()):
+        for p, q in zip(est.parameters(), joint[m].parameters(), strict=True):
             assert torch.equal(p, q)
 
 
@@ -166,7 +166,7 @@ def test_zero_weights_mean_plain_bpr():
     out = reference(data.features, data.adj, data.item_graph)
     bpr_loss(out.user[users], out.item[pos], out.item[neg]).backward()
     ref_opt.step()
-    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+    for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-7), name
 
 

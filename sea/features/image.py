@@ -271,7 +271,7 @@ def encode_images(
     else:  # e.g. offline: no image host reachable. Zeros, flagged in info; training refuses them.
         msg = (f"none of the {len(paths)} images could be fetched and decoded ({len(wanted)} had a file): "
                "the image features are all zero and carry no information")
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         with torch.inference_mode():
             dim = model.encode_image(preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(dev)).shape[1]
         features = np.zeros((len(paths), dim), dtype=np.float32)
