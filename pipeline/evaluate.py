@@ -16,7 +16,7 @@ from sea.features import resolve_device
 from sea.io import write_json, write_text
 from sea.metrics import evaluate_ranking
 from sea.report import markdown_report, plot_learning_curves
-from sea.train import GraphData, build_model, evaluate, load_pipeline_data
+from sea.train import GraphData, build_model, embed, evaluate, load_pipeline_data
 
 SPLITS = ("valid", "test")
 
@@ -48,7 +48,8 @@ def main() -> None:
         model, _ = build_model(data, setup)
         model.load_state_dict(run["state_dict"])
         model.to(device)
-        per_seed[seed] = {s: evaluate(model, data, s, ks, bs) for s in SPLITS} | {"best_epoch": run["best_epoch"]}
+        out = embed(model, data)
+        per_seed[seed] = {s: evaluate(model, data, s, ks, bs, out=out) for s in SPLITS} | {"best_epoch": run["best_epoch"]}
     metrics = {"sea": aggregate(per_seed, np.mean)}
     if len(per_seed) > 1:
         metrics["sea_std"] = aggregate(per_seed, np.std)

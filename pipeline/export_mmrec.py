@@ -4,8 +4,6 @@ both feature matrices) as an MMRec folder, data/mmrec/<dataset>/, so that MMRec-
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -17,7 +15,7 @@ from sea.io import atomic_dir
 
 def main() -> None:
     ds = DatasetConfig.from_dict(load_params()["dataset"], "dataset")
-    dest = Path("data/mmrec") / ds.name
+    dest = artifacts.MMREC / ds.name
     inter = pd.read_parquet(artifacts.INTERACTIONS)
     items = pd.read_parquet(artifacts.ITEMS)
     features = {m: np.load(artifacts.FEATURES / f"{m}.npy", allow_pickle=False) for m in FEATURE_FILES}

@@ -13,7 +13,7 @@ from sea import artifacts
 from sea.config import TrainingSetup, load_params
 from sea.features import resolve_device
 from sea.io import DataError, atomic_path, write_json
-from sea.train import build_model, check_setup, count_parameters, fit, load_pipeline_data, seed_everything
+from sea.train import build_model, count_parameters, fit, load_pipeline_data, seed_everything
 
 
 def write_history(history: list[dict]) -> None:
@@ -26,7 +26,6 @@ def write_history(history: list[dict]) -> None:
 
 def main() -> None:
     setup = TrainingSetup.from_params(load_params())
-    check_setup(setup)
     device = torch.device(resolve_device(setup.train.device))
     data = load_pipeline_data(setup, device)
     runs, history, summaries = {}, [], {}

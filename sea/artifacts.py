@@ -7,6 +7,7 @@
 - ``data/processed/stats.json``: counts before and after k-core, per split (graph).
 - ``data/features/<modality>.npy``: float32 [n_items, dim], row i = item i, with
   ``<modality>.json`` beside it: encoder, weights, coverage counts (feature stages).
+- ``data/mmrec/<dataset>/``: the processed dataset in MMRec's folder format (export_mmrec).
 - ``models/sea.pt``: best-validation state dict + the config it was trained with (train).
 - ``reports/``: history.csv, metrics.json, learning_curves.png, report.md.
 """
@@ -27,6 +28,7 @@ ITEMS = PROCESSED / "items.parquet"
 GRAPH_STATS = PROCESSED / "stats.json"
 FEATURES = Path("data/features")
 IMAGE_CACHE = Path("data/cache/images")
+MMREC = Path("data/mmrec")  # export_mmrec: data/mmrec/<dataset>/
 MODEL = Path("models/sea.pt")
 TRAIN_SUMMARY = Path("models/train.json")
 REPORTS = Path("reports")

@@ -291,13 +291,17 @@ class TrainingSetup:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
-        return cls(
+        setup = cls(
             model=ModelConfig.from_dict(params.get("model"), "model"),
             loss=LossConfig.from_dict(params.get("loss"), "loss"),
             club=ClubConfig.from_dict(params.get("club"), "club"),
             train=TrainConfig.from_dict(params.get("train"), "train"),
             eval=EvalConfig.from_dict(params.get("eval"), "eval"),
         )
+        if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
+            raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: "
+                              "it needs both modalities")
+        return setup
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k).to_dict() for k in ("model", "loss", "club", "train", "eval")}

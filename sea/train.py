@@ -107,11 +107,6 @@ def build_model(data: GraphData, setup: TrainingSetup) -> tuple[SEA, nn.ModuleDi
     return model, estimators
 
 
-def check_setup(setup: TrainingSetup) -> None:
-    if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
-        raise ValueError("club.pairing: reference pairs text with image: it needs both modalities")
-
-
 class NegativeSampler:
     """Uniform negatives that are not among the user's training items (seeded)."""
 
@@ -201,9 +196,13 @@ def embed(model: SEA, data: GraphData) -> SEAOutput:
     return model(data.features, data.adj, data.item_graph)
 
 
-def evaluate(model: SEA, data: GraphData, split: str, ks: list[int], batch_size: int = 4096) -> dict[str, float]:
-    """Full-ranking metrics on ``split`` ('valid' or 'test'), masking training items only."""
-    out = embed(model, data)
+def evaluate(model: SEA, data: GraphData, split: str, ks: list[int], batch_size: int = 4096,
+             out: SEAOutput | None = None) -> dict[str, float]:
+    """Full-ranking metrics on ``split`` ('valid' or 'test'), masking training items only.
+
+    ``out``: embeddings from :func:`embed` to reuse across splits (computed when absent).
+    """
+    out = embed(model, data) if out is None else out
     dev = out.user.device
     return evaluate_ranking(
         lambda u: SEA.score(out, u.to(dev)), data.csr["train"], data.csr[split],

@@ -50,6 +50,20 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
 
 
+def graph_failure(cwd: Path, reviews: Path, k_core: int | None = None) -> str:
+    """Download ``reviews``, run the graph stage, check it failed leaving nothing; its stderr."""
+    write_params(cwd, name="bad", reviews_url=str(reviews), reviews_sha256=sha(reviews))
+    if k_core is not None:
+        params = yaml.safe_load((cwd / "params.yaml").read_text())
+        params["graph"]["k_core"] = k_core
+        (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage("download", cwd).returncode == 0
+    proc = stage("graph", cwd)
+    assert proc.returncode != 0
+    assert leftovers(cwd / "data/processed") == []
+    return proc.stderr
+
+
 # ------------------------------------------------------------ bad input, stage by stage
 
 
@@ -91,38 +105,20 @@ def test_download_over_http_then_graph(tmp_path, serve_dir):
 
 
 def test_graph_on_truncated_gzip_names_the_file(tmp_path, amazon_real):
-    src = amazon_real / "2014/digital_music/reviews_Digital_Music_5.truncated.json.gz"
-    write_params(tmp_path, name="dm", reviews_url=str(src), reviews_sha256=sha(src))
-    assert stage("download", tmp_path).returncode == 0
-    proc = stage("graph", tmp_path)
-    assert proc.returncode != 0
-    assert "reviews_Digital_Music_5.truncated.json.gz" in proc.stderr and "allow_truncated" in proc.stderr
-    assert leftovers(tmp_path / "data/processed") == []
+    stderr = graph_failure(tmp_path, amazon_real / "2014/digital_music/reviews_Digital_Music_5.truncated.json.gz")
+    assert "reviews_Digital_Music_5.truncated.json.gz" in stderr and "allow_truncated" in stderr
 
 
 def test_graph_with_malformed_line_names_file_and_line(tmp_path):
     bad = tmp_path / "reviews_bad.json.gz"
     good = json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1})
     bad.write_bytes(gzip.compress(f"{good}\n{good}\n{{not json\n".encode(), mtime=0))
-    write_params(tmp_path, name="bad", reviews_url=str(bad), reviews_sha256=sha(bad))
-    assert stage("download", tmp_path).returncode == 0
-    proc = stage("graph", tmp_path)
-    assert proc.returncode != 0
-    assert "reviews_bad.json.gz:3" in proc.stderr
-    assert leftovers(tmp_path / "data/processed") == []
+    assert "reviews_bad.json.gz:3" in graph_failure(tmp_path, bad)
 
 
 def test_graph_that_k_core_empties(tmp_path, amazon_real):
-    src = amazon_real / "2018/all_beauty/All_Beauty_5.json.gz"
-    write_params(tmp_path, name="beauty", reviews_url=str(src), reviews_sha256=sha(src))
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["graph"]["k_core"] = 50
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert stage("download", tmp_path).returncode == 0
-    proc = stage("graph", tmp_path)
-    assert proc.returncode != 0
-    assert "All_Beauty_5.json.gz" in proc.stderr and "50-core" in proc.stderr
-    assert leftovers(tmp_path / "data/processed") == []
+    stderr = graph_failure(tmp_path, amazon_real / "2018/all_beauty/All_Beauty_5.json.gz", k_core=50)
+    assert "All_Beauty_5.json.gz" in stderr and "50-core" in stderr
 
 
 def test_unknown_param_is_rejected(tmp_path):
