@@ -1,0 +1,183 @@
+"""The contract between the trainer and every model, and the registry of models.
+
+A model is one file in ``sea/models/`` holding one :class:`Recommender` subclass, decorated
+with :func:`register`, plus one ``params.yaml`` section named after it (its ``Config``).
+The trainer never looks inside a model: per epoch it calls :meth:`Recommender.on_epoch_start`;
+per batch :meth:`~Recommender.forward` (all users and items),
+:meth:`~Recommender.auxiliary_step` (separately optimised parts, e.g. SEA's CLUB
+estimators), the ranking loss chosen by ``loss.kind`` on the batch's rows of
+``emb.user`` / ``emb.item``, plus :meth:`~Recommender.extra_losses`; then one optimiser
+step over :meth:`~Recommender.main_parameters`. Evaluation calls ``forward`` in eval mode
+and :meth:`~Recommender.score`.
+
+:class:`GraphData` is what every model may read: sizes, the training edges, the
+normalised user–item adjacency, item features (only for models with ``uses_features``)
+and the per-split user → items lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from sea.config import ConfigError, Section
+from sea.metrics import to_csr
+from sea.models.graphs import user_item_adjacency
+
+
+@dataclass
+class GraphData:
+    """Everything training and evaluation read, as tensors on one device.
+
+    ``adj`` is the symmetric-normalised bipartite adjacency of the *training* edges over
+    users ``[0, U)`` then items ``[U, U + I)`` (no self-loops), as CSR. ``features`` holds
+    the modalities of ``model.modalities`` (empty for models without features), each
+    ``[n_items, dim]`` float32. ``csr[split]`` is (indptr, indices) of each user's items in
+    that split, on the CPU.
+    """
+
+    n_users: int
+    n_items: int
+    train_users: torch.Tensor  # [n_train] long
+    train_items: torch.Tensor  # [n_train] long
+    adj: torch.Tensor  # [(U + I), (U + I)] CSR
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    csr: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_users.device
+
+    @classmethod
+    def build(
+        cls,
+        interactions: pd.DataFrame,
+        n_items: int,
+        features: dict[str, np.ndarray] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "GraphData":
+        """From the interactions table (user, item, split) and optional feature matrices."""
+        features = features or {}
+        n_users = int(interactions["user"].max()) + 1
+        for m, x in features.items():
+            if x.shape[0] != n_items:
+                raise ValueError(f"{m} features have {x.shape[0]} rows for {n_items} items")
+        if int(interactions["item"].max()) >= n_items:
+            raise ValueError(f"interactions reference item {int(interactions['item'].max())} "
+                             f"but there are {n_items} items")
+        csr = {}
+        for name in ("train", "valid", "test"):
+            part = interactions[interactions["split"] == name]
+            csr[name] = to_csr(part["user"].to_numpy(np.int64), part["item"].to_numpy(np.int64), n_users)
+        train = interactions[interactions["split"] == "train"]
+        tu, ti = train["user"].to_numpy(np.int64), train["item"].to_numpy(np.int64)
+        device = torch.device(device)
+        return cls(
+            n_users=n_users,
+            n_items=n_items,
+            train_users=torch.as_tensor(tu.copy(), device=device),
+            train_items=torch.as_tensor(ti.copy(), device=device),
+            adj=user_item_adjacency(tu, ti, n_users, n_items).to(device),
+            features={m: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32).to(device)
+                      for m, x in features.items()},
+            csr=csr,
+        )
+
+
+@dataclass
+class Embeddings:
+    """A forward pass: one vector per user and per item (same width), plus whatever the
+    model's own losses need (``extras``, e.g. SEA's generic/unique parts)."""
+
+    user: torch.Tensor  # [n_users, d]
+    item: torch.Tensor  # [n_items, d]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Batch(NamedTuple):
+    """One training batch: ``users[b]`` interacted with ``pos[b]``; ``neg[b, :]`` are its
+    sampled negatives (``train.negatives`` per positive)."""
+
+    users: torch.Tensor  # [B] long
+    pos: torch.Tensor  # [B] long
+    neg: torch.Tensor  # [B, N] long
+
+
+class Term(NamedTuple):
+    """A loss term: its unweighted value (logged) and the weight it enters the total with."""
+
+    value: torch.Tensor
+    weight: float
+
+
+class Recommender(nn.Module):
+    """Base class of every model the trainer serves.
+
+    Subclasses set ``name`` (the registry key and the ``params.yaml`` section), ``Config``
+    (a :class:`~sea.config.Section` dataclass for that section) and ``uses_features``, and
+    implement :meth:`build` and :meth:`forward`. The rest has defaults.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[Section]]
+    uses_features: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, data: GraphData, cfg: Section, setup: Any) -> "Recommender":
+        """The model sized from ``data``, with its own section ``cfg`` and the shared
+        sections in ``setup`` (``setup.loss``, ``setup.club``, ``setup.model.modalities``)."""
+        raise NotImplementedError
+
+    def forward(self, data: GraphData) -> Embeddings:
+        """Embed every user and item. In training mode a model may use a perturbed graph
+        (FREEDOM's pruned edges); in eval mode it must be deterministic."""
+        raise NotImplementedError
+
+    def score(self, emb: Embeddings, users: torch.Tensor) -> torch.Tensor:
+        """Scores of ``users`` against every item: ``[len(users), n_items]``."""
+        return emb.user[users] @ emb.item.T
+
+    def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
+        """The model's own loss terms besides the ranking loss (regularisation, SEA's CLUB
+        and Solosim, FREEDOM's feature BPR). Terms with weight 0 should not be computed."""
+        return {}
+
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+        """Fit separately optimised parts (their own optimiser, no gradient into the model)
+        before the main loss of this batch; returns values to log. Default: nothing."""
+        return {}
+
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        """Per-epoch work drawn from the trainer's ``generator`` (edge pruning, schedules)."""
+
+    def main_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of the main optimiser (default: all; SEA leaves out its estimators)."""
+        return self.parameters()
+
+
+REGISTRY: dict[str, type[Recommender]] = {}
+
+
+def register(cls: type[Recommender]) -> type[Recommender]:
+    """Class decorator: make ``cls`` selectable as ``model.name: <cls.name>``."""
+    if not (isinstance(getattr(cls, "name", None), str) and dataclasses.is_dataclass(getattr(cls, "Config", None))):
+        raise TypeError(f"{cls.__name__} needs a `name` string and a `Config` dataclass")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise TypeError(f"two models are called {cls.name!r}: {REGISTRY[cls.name].__name__} and {cls.__name__}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The model registered as ``name``; a ConfigError listing the known names otherwise."""
+    import sea.models  # noqa: F401  (imports every model file, filling the registry)
+
+    if name not in REGISTRY:
+        raise ConfigError(f"params.yaml [model]: name {name!r} is not a known model; known: {sorted(REGISTRY)}")
+    return REGISTRY[name]
