@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sea import artifacts
+from sea.cli import run_stage
 from sea.config import DatasetConfig, load_params
 from sea.data.mmrec import FEATURE_FILES, write_folder
 from sea.io import atomic_dir
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "export_mmrec")

@@ -3,13 +3,13 @@ re-index, split with a seed; write the interactions and items tables and their s
 
 from __future__ import annotations
 
-import sys
 import urllib.parse
 
 import numpy as np
 import pandas as pd
 
 from sea import artifacts
+from sea.cli import run_stage
 from sea.config import DatasetConfig, GraphConfig, SplitConfig, load_params
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.graph import dedupe, k_core, reindex
@@ -100,7 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        sys.exit(f"graph stage failed: {e}")
+    run_stage(main, "graph")

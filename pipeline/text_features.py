@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sea import artifacts
+from sea.cli import run_stage
 from sea.config import DatasetConfig, TextFeatureConfig, load_params
 from sea.data.mmrec import precomputed_features
 from sea.features.text import encode_texts
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "text_features")

@@ -8,6 +8,8 @@ checked once here so the library code can trust its arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -62,16 +64,20 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML reads 1e-4 (no dot) as a string: accept numeric strings
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:  # YAML reads 1e-4 (no dot) as a string: accept numeric strings
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
+        if "\0" in value:
+            raise ConfigError(f"{name}: must not contain a NUL character, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp} for {name}")  # a bug in this module
 
@@ -116,6 +122,36 @@ def _choice(value: str, choices: tuple[str, ...], section: str, name: str) -> No
     _check(value in choices, section, f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+_DEVICE = re.compile(r"(auto|cpu|cuda)(:(\d+))?")
+#: Longest file or folder name most file systems accept, in UTF-8 bytes.
+MAX_NAME_BYTES = 255
+
+
+def check_device(value: str, section: str, name: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
+    m = _DEVICE.fullmatch(value)
+    _check(m is not None and (m[3] is None or m[1] == "cuda"), section,
+           f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    if m[1] == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m[3] or 0)
+        _check(index < count, section, f"{name}: {value!r} asked for, but this machine has "
+               f"{count} CUDA device(s); use auto or cpu")
+
+
+def check_folder_name(value: str, section: str, name: str) -> None:
+    """One plain folder name: not empty, '.' or '..', no path separator or control
+    character, at most 255 bytes — it names a folder that stages replace whole."""
+    _check(value not in ("", ".", "..") and not any(c in value for c in "/\\")
+           and all(c.isprintable() for c in value) and value == value.strip(), section,
+           f"{name} must be one plain folder name (no '/', '\\', '.' or '..', no control "
+           f"characters or surrounding spaces), got {value!r}")
+    _check(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
+           f"{name} is longer than {MAX_NAME_BYTES} bytes")
+
+
 @dataclass
 class DatasetConfig(Section):
     """Where the data comes from.
@@ -135,7 +171,7 @@ class DatasetConfig(Section):
     path: str | None = None
 
     def validate(self, section: str) -> None:
-        _check(bool(self.name) and "/" not in self.name, section, "name must be a non-empty folder name")
+        check_folder_name(self.name, section, "name")
         _choice(self.source, ("amazon", "mmrec"), section, "source")
         if self.source == "amazon":
             _check(bool(self.reviews_url), section, "reviews_url is required with source: amazon")
@@ -167,6 +203,7 @@ class SplitConfig(Section):
 
     def validate(self, section: str) -> None:
         _choice(self.method, ("mmrec", "temporal", "leave_one_out"), section, "method")
+        _check(self.seed >= 0, section, "seed must be >= 0")
 
 
 @dataclass
@@ -174,6 +211,11 @@ class TextFeatureConfig(Section):
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "auto"
+
+    def validate(self, section: str) -> None:
+        _check(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
+        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        check_device(self.device, section)
 
 
 @dataclass
@@ -185,6 +227,33 @@ class ImageFeatureConfig(Section):
     seed: int = 0
     timeout: float = 10.0
     workers: int = 8
+
+    def validate(self, section: str) -> None:
+        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        _check(self.seed >= 0, section, "seed must be >= 0")
+        _check(self.timeout > 0, section, "timeout must be > 0 seconds")
+        _check(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
+        check_device(self.device, section)
+        self.check_clip()
+
+    def check_clip(self) -> None:
+        """The open_clip architecture exists, and ``pretrained`` is none, an existing local
+        checkpoint or a tag open_clip knows for it — before any image is fetched."""
+        import open_clip
+
+        section = "features.image"
+        models = open_clip.list_models()
+        _check(self.model in models, section,
+               f"model {self.model!r} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
+        tag = (self.pretrained or "").strip()
+        if tag.lower() in ("", "none"):
+            return
+        if "/" in tag or "\\" in tag or Path(tag).suffix:
+            _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {tag!r} does not exist")
+            return
+        tags = open_clip.list_pretrained_tags_by_model(self.model)
+        _check(tag in tags, section, f"pretrained {tag!r} is not an open_clip tag for {self.model} "
+               f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
 
 
 @dataclass
@@ -261,6 +330,8 @@ class TrainConfig(Section):
 
     def validate(self, section: str) -> None:
         _check(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
+        _check(self.seed >= 0 and all(s >= 0 for s in self.seeds), section, "seeds must be >= 0")
+        check_device(self.device, section)
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
                "lr, batch_size and max_epochs must be positive")
         _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
@@ -274,9 +345,13 @@ class EvalConfig(Section):
 
     def validate(self, section: str) -> None:
         _check(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
+        _check(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
+        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
         metric, _, k = self.select.partition("@")
         _check(metric in ("recall", "ndcg", "precision", "map", "hit") and k.isdigit(), section,
                f"select must look like recall@20, got {self.select!r}")
+        _check(int(k) in self.topk, section,
+               f"select {self.select!r} needs {k} in topk {self.topk} (metrics are computed at those cut-offs)")
 
 
 @dataclass

