@@ -551,7 +551,10 @@ def open_public_http(url: str, deadline: Deadline, *,
     """
     current = url
     for _ in range(max_redirects + 1):
-        parts = urllib.parse.urlsplit(current)
+        try:
+            parts = urllib.parse.urlsplit(current)
+        except ValueError as e:  # e.g. an unclosed [IPv6 bracket
+            raise RefusedError(f"refusing {url}: {current!r}: {e}", reason="bad_url") from e
         if parts.scheme not in ("http", "https"):
             raise RefusedError(f"refusing {url}: it leads to {current!r}, which is not http(s)",
                                reason="refused_scheme")
@@ -578,7 +581,10 @@ def open_public_http(url: str, deadline: Deadline, *,
                 location = resp.getheader("Location")
                 if not location:
                     raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} without a Location")
-                current = urllib.parse.urljoin(current, location.strip())
+                try:
+                    current = urllib.parse.urljoin(current, location.strip())
+                except ValueError as e:
+                    raise RefusedError(f"refusing {url}: redirect to {location!r}: {e}", reason="bad_url") from e
                 continue
             if resp.status != 200:
                 raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} {resp.reason}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import ssl
 import struct
 import subprocess
 import sys
@@ -59,7 +60,7 @@ class Hostile:
     Request paths are recorded in :attr:`hits`.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.hits: list[str] = []
         self.stop = threading.Event()
         outer = self
@@ -135,9 +136,11 @@ class Hostile:
 
         self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
-        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.server.server_address[1]}"
 
     def close(self) -> None:
         self.stop.set()
@@ -310,11 +313,75 @@ def test_every_redirect_hop_is_checked(hostile):
         second.close()
 
 
+def test_malformed_urls_are_counted_not_raised(tmp_path, hostile):
+    urls = ["http://[::1/x.png", f"{hostile.url}/redirect?to=http://[bad/x.png", "http:///x.png",
+            f"http://127.0.0.1:99999/x.png"]
+    with pytest.warns(UserWarning, match="bad_url 4"):
+        paths, failures = fetch_images(urls, tmp_path / "cache", allow_private_hosts=True)
+    assert paths == [None] * 4 and failures == {"bad_url": 4}
+
+
 def test_redirect_loop_is_bounded(tmp_path, hostile):
     with pytest.warns(UserWarning, match="too_many_redirects 1"):
         _, failures = fetch_images([f"{hostile.url}/loop"], tmp_path / "cache", allow_private_hosts=True)
     assert failures == {"too_many_redirects": 1}
     assert len(hostile.hits) == 6  # the first request and 5 redirects
+
+
+def self_signed_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and the
+    certificate's file (to trust it on the client side)."""
+    pytest.importorskip("cryptography", reason="the TLS test makes its certificate with `cryptography`")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx, cert_file
+
+
+def test_https_images_are_verified_and_bounded(tmp_path, monkeypatch):
+    import sea.io
+
+    ctx, cert_file = self_signed_tls(tmp_path)
+    server = Hostile(tls=ctx)
+    try:
+        cache = tmp_path / "cache"
+        urls = [f"{server.url}/ok.png", f"{server.url}/slow-headers", f"{server.url}/endless"]
+        # not trusted yet: the certificate check fails, nothing is cached
+        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        with pytest.warns(UserWarning, match="unreachable 3.*CERTIFICATE_VERIFY_FAILED"):
+            paths, _ = fetch_images(urls, cache, allow_private_hosts=True)
+        assert paths == [None] * 3 and leftovers(cache) == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        with pytest.warns(UserWarning, match="2 of 3 images"):
+            paths, failures = fetch_images(urls, cache, allow_private_hosts=True, timeout=2, max_bytes=MB)
+        assert paths[0].read_bytes() == PNG and paths[1:] == [None, None]
+        assert failures == {"timeout": 1, "too_large": 1}
+        assert leftovers(cache) == [paths[0].name]
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize(("ip", "public"), [

@@ -227,6 +227,9 @@ def fetch_images(
                 except OSError as e:  # writing the cache
                     fail(FetchError(f"{url}: {e}", reason="unreachable"), len(remote[url]))
                     continue
+                except ValueError as e:  # a URL or answer the HTTP client cannot even parse
+                    fail(FetchError(f"{url}: {e}", reason="bad_url"), len(remote[url]))
+                    continue
                 for i in remote[url]:
                     result[i] = path
 
