@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 
 from sea.config import ConfigError, DatasetConfig
-from sea.io import (MB, DataError, Deadline, FetchError, FetchTimeoutError, IncompleteError, RefusedError,
+from sea.io import (MB, DataError, Deadline, FetchTimeoutError, RefusedError,
                     TooLargeError, atomic_dir, atomic_path, fetch, is_public_address, open_public_http,
                     write_json)
 
