@@ -169,6 +169,8 @@ class DatasetConfig(Section):
     meta_sha256: str | None = None
     allow_truncated: bool = False
     path: str | None = None
+    max_download_mb: float = 20000.0  # size cap per dump file (MB = 10^6 bytes)
+    download_timeout: float = 3600.0  # seconds per dump file, all attempts together
 
     def validate(self, section: str) -> None:
         check_folder_name(self.name, section, "name")
@@ -177,6 +179,9 @@ class DatasetConfig(Section):
             _check(bool(self.reviews_url), section, "reviews_url is required with source: amazon")
         else:
             _check(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
+
+        _check(self.max_download_mb > 0 and self.download_timeout > 0, section,
+               "max_download_mb and download_timeout must be > 0")
 
     @property
     def raw_dir(self) -> Path:
@@ -225,8 +230,15 @@ class ImageFeatureConfig(Section):
     batch_size: int = 64
     device: str = "auto"
     seed: int = 0
-    timeout: float = 10.0
+    timeout: float = 10.0  # seconds per image in total: connect, redirects and body
     workers: int = 8
+    max_image_mb: float = 20.0  # size cap per image file, downloaded or local (MB = 10^6 bytes)
+    allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
+    allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
+
+    def validate(self, section: str) -> None:
+        _check(self.timeout > 0 and self.max_image_mb > 0, section, "timeout and max_image_mb must be > 0")
+        _check(self.workers >= 1 and self.batch_size >= 1, section, "workers and batch_size must be >= 1")
 
     def validate(self, section: str) -> None:
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")

@@ -1,9 +1,15 @@
-"""Atomic writes and verified downloads.
+"""Atomic writes and bounded, verified downloads.
 
-Every file a stage declares as a DVC output is written through :func:`atomic_path`: the
-bytes go to a temporary file beside the target and are renamed into place only when the
-writer finished without an exception, so a failed stage never leaves a partial output
-for DVC to cache.
+Every file a stage declares as a DVC output is written through :func:`atomic_path` (or a
+whole folder through :func:`atomic_dir`): the bytes go to a temporary ``.<name>.*.tmp``
+beside the target and are renamed into place only when the writer finished without an
+exception, so a failed stage never leaves a partial output for DVC to cache. They refuse
+a target whose name is not one plain file or folder name, and delete nothing but their
+own target and its own stale temporaries.
+
+Downloads are bounded in size and in total time. :func:`fetch` takes user-given URLs (the
+dumps in params.yaml); :func:`open_public_http` follows URLs found in downloaded data and
+only talks to public internet addresses, checked again on every redirect hop.
 """
 
 from __future__ import annotations
@@ -11,18 +17,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import json
+import math
 import os
+import re
 import shutil
+import socket
+import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 1 << 20
+MB = 1_000_000  #: the unit of the ``*_mb`` params
+#: How many redirects :func:`open_public_http` follows before giving up.
+MAX_REDIRECTS = 5
+USER_AGENT = "sea-pipeline/0.1"
 
 
 class DataError(ValueError):
@@ -30,7 +46,113 @@ class DataError(ValueError):
 
 
 class FetchError(RuntimeError):
-    """A download that failed: unreachable URL, HTTP error or checksum mismatch."""
+    """A download that failed: unreachable URL, HTTP error or checksum mismatch.
+
+    ``reason`` names the kind of failure in one word (counted per reason where many URLs
+    are fetched, e.g. the item images).
+    """
+
+    reason = "unreachable"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ChecksumError(FetchError):
+    """The downloaded bytes do not have the sha256 the params promise."""
+
+    reason = "checksum"
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with an error status (4xx, 5xx) or a redirect without target."""
+
+    reason = "http_error"
+
+
+class IncompleteError(FetchError):
+    """The body broke off or was shorter than its Content-Length."""
+
+    reason = "incomplete"
+
+
+class TooLargeError(FetchError):
+    """The body is larger than the size cap."""
+
+    reason = "too_large"
+
+
+class FetchTimeoutError(FetchError):
+    """The whole download took longer than its time cap."""
+
+    reason = "timeout"
+
+
+class RefusedError(FetchError):
+    """A URL the policy does not follow: a private address, a file outside the dataset,
+    an unsupported scheme. Never retried."""
+
+    reason = "refused"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+#: mkstemp/mkdtemp put 8 characters of [a-z0-9_] between prefix and suffix.
+_TMP_RANDOM = r"[a-z0-9_]{8}"
+
+
+def is_plain_name(name: str) -> bool:
+    """True when ``name`` is one ordinary file or folder name: not empty, not ``.`` or
+    ``..``, without a path separator (``/`` or ``\\``) or NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _checked_target(target: str | os.PathLike) -> Path:
+    """``target`` as a Path, or a DataError when its last component is not a plain name.
+
+    Checked on the string as given: ``Path("data/raw/.")`` would silently become
+    ``data/raw``, whose replacement deletes every sibling dataset.
+    """
+    text = os.fspath(target)
+    name = text.replace(os.altsep or os.sep, os.sep).rsplit(os.sep, 1)[-1]
+    if not is_plain_name(name):
+        raise DataError(f"refusing to write {text!r}: its last component {name!r} is not a plain "
+                        "file or folder name (empty, '.', '..', or with a separator or NUL)")
+    return Path(text)
+
+
+def _remove_path(path: Path) -> None:
+    """Delete ``path`` itself: a link or file is unlinked (never followed), a folder removed."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temporaries(target: Path) -> list[str]:
+    """Delete the ``.<target name>.XXXXXXXX.tmp`` siblings a killed writer of ``target``
+    left behind (and nothing else); return their names."""
+    pattern = re.compile(re.escape(f".{target.name}.") + _TMP_RANDOM + r"\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name):
+            _remove_path(Path(entry.path))
+            removed.append(entry.name)
+    return removed
+
+
+def _default_mode(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create 0600/0700; outputs get the usual mode under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 @contextlib.contextmanager
@@ -38,24 +160,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     On any exception the temporary file (or directory) is removed and ``target`` is left
-    as it was.
+    as it was. Stale temporaries of this same target (from a killed run) are removed
+    first; ``target`` must have a plain name (see :func:`is_plain_name`). One writer per
+    target at a time.
     """
-    target = Path(target)
+    target = _checked_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual mode
+    _default_mode(tmp_path, 0o666)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     except BaseException:
-        if tmp_path.is_dir():
-            shutil.rmtree(tmp_path, ignore_errors=True)
-        else:
-            tmp_path.unlink(missing_ok=True)
+        _remove_path(tmp_path)
         raise
 
 
@@ -64,18 +184,39 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` whole.
 
     On any exception the temporary folder is removed and ``target`` is left as it was.
+    Only ``target`` itself is ever replaced (a link there is unlinked, not followed), and
+    only this target's stale temporaries are cleaned up; ``target`` must have a plain name.
     """
-    target = Path(target)
+    target = _checked_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _default_mode(tmp, 0o777)
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target``; an old folder there is moved aside first (into a
+    temporary of the same target) and deleted only once ``new`` is in place."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    if not target.exists():
+        os.replace(new, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.replace(target, aside / "old")
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(aside / "old", target)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -97,40 +238,172 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def resolve_url(url: str, base_dir: str | os.PathLike = ".") -> str:
-    """Turn a relative path or ``file:`` URL into an absolute ``file://`` URL.
+def local_path(url: str, base_dir: str | os.PathLike = ".") -> Path | None:
+    """The filesystem path a bare path or ``file:`` URL names, made absolute against
+    ``base_dir`` but not resolved (links and ``..`` kept); ``None`` for http(s) URLs.
 
-    ``http(s)://`` URLs are returned unchanged. A bare path (no scheme) or a ``file:``
-    URL with a relative path is taken relative to ``base_dir``.
+    ``file://localhost/abs/path`` is the standard spelling of ``file:///abs/path``; any
+    other "host" is taken as the first component of a relative path (``file://data/x``).
+    Other schemes raise a :class:`RefusedError` (reason ``refused_scheme``).
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme in ("http", "https"):
-        return url
+        return None
     if parsed.scheme == "file":
-        # file://localhost/abs/path is the standard spelling of file:///abs/path; any other
-        # "host" is taken as the first component of a relative path (file://data/x.json).
         netloc = "" if parsed.netloc.lower() == "localhost" else parsed.netloc
         path = urllib.parse.unquote(netloc + parsed.path)
     elif parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a Windows drive)
         path = url
     else:
-        raise FetchError(f"unsupported URL scheme {parsed.scheme!r} in {url!r} (use http(s)://, file:// or a path)")
+        raise RefusedError(f"unsupported URL scheme {parsed.scheme!r} in {url!r} (use http(s)://, file:// or a path)",
+                           reason="refused_scheme")
+    if "\0" in path:
+        raise RefusedError(f"NUL character in the path of {url!r}", reason="bad_url")
     p = Path(path)
-    if not p.is_absolute():
-        p = Path(base_dir).resolve() / p
-    return p.resolve().as_uri()
+    return p if p.is_absolute() else Path(base_dir).resolve() / p
+
+
+def resolve_url(url: str, base_dir: str | os.PathLike = ".") -> str:
+    """Turn a relative path or ``file:`` URL into an absolute ``file://`` URL (links and
+    ``..`` resolved); ``http(s)://`` URLs are returned unchanged. See :func:`local_path`."""
+    path = local_path(url, base_dir)
+    return url if path is None else path.resolve().as_uri()
 
 
 def open_url(url: str, timeout: float = 60.0):
-    """Open ``url`` (http(s):// or file://) for reading bytes; raise FetchError if unreachable."""
+    """Open ``url`` (http(s):// or file://) for reading bytes; raise FetchError if unreachable.
+
+    Redirects are followed by urllib (to http(s) and ftp only, never to file://); use it
+    for user-given URLs. URLs found in downloaded data go through :func:`open_public_http`.
+    """
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": "sea-pipeline/0.1"})
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        raise FetchError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from e
-    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise HTTPStatusError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(f"cannot fetch {url}: {reason}") from e
+
+
+# --------------------------------------------------------------------------- bounded reading
+
+
+class Deadline:
+    """A total time budget for one download, over every connection, redirect and read.
+
+    The socket given to :meth:`watch` is shut down when the time is up, so no connect,
+    TLS handshake, header line or body read can block past the deadline (a server that
+    trickles one byte per second included). Use as a context manager.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._expired = False
+        self._timer: threading.Timer | None = None
+        if math.isfinite(seconds):
+            self._timer = threading.Timer(max(0.0, seconds), self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def __enter__(self) -> "Deadline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut ``sock`` down at the deadline (or now, if it has passed)."""
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self._expired:
+                _shutdown(sock)
+
+    @property
+    def expired(self) -> bool:
+        return self._expired or time.monotonic() >= self.at
+
+    def remaining(self) -> float:
+        """Seconds left; raises :class:`FetchTimeoutError` when none are."""
+        left = self.at - time.monotonic()
+        if self._expired or left <= 0:
+            raise FetchTimeoutError(f"took longer than {self.seconds:g} s in total")
+        return left
+
+    def check(self, url: str) -> None:
+        if self.expired:
+            raise FetchTimeoutError(f"download of {url} took longer than {self.seconds:g} s in total")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # the plain socket method: SSLSocket.shutdown would also drop its SSL object under a
+    # reader in another thread
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def content_length(resp) -> int | None:
+    """The response's Content-Length as a non-negative int, or None (absent or invalid)."""
+    headers = getattr(resp, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
+def copy_body(resp, out: BinaryIO, url: str, *, max_bytes: int | None, deadline: Deadline,
+              on_chunk=None) -> tuple[int, str]:
+    """Copy a response body into ``out``; return its size and sha256 hex digest.
+
+    Reads at most one socket read at a time (``read1``), so the size cap and the deadline
+    are checked after every piece that arrives. Raises :class:`TooLargeError` past
+    ``max_bytes``, :class:`FetchTimeoutError` past the deadline, and
+    :class:`IncompleteError` when the body breaks off or is shorter than its
+    Content-Length (a body cut short by the deadline counts as a timeout).
+    """
+    expected = content_length(resp)
+    if max_bytes is not None and expected is not None and expected > max_bytes:
+        raise TooLargeError(f"{url} is {expected:,} bytes, over the cap of {max_bytes:,}")
+    read = getattr(resp, "read1", resp.read)
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        deadline.check(url)
+        try:
+            chunk = read(CHUNK)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            deadline.check(url)
+            raise IncompleteError(f"download of {url} broke off: {e}") from e
+        if not chunk:
+            break
+        n += len(chunk)
+        if max_bytes is not None and n > max_bytes:
+            raise TooLargeError(f"{url} is over the cap of {max_bytes:,} bytes")
+        out.write(chunk)
+        h.update(chunk)
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+    if expected is not None and n == expected:
+        return n, h.hexdigest()
+    deadline.check(url)  # the watchdog ends a stalled body with an EOF: that is a timeout
+    if expected is not None:
+        raise IncompleteError(f"download of {url} ended early: {n} of {expected} bytes")
+    return n, h.hexdigest()
+
+
+# --------------------------------------------------------------------------- user-given URLs
 
 
 def fetch(
@@ -142,53 +415,184 @@ def fetch(
     timeout: float = 60.0,
     retries: int = 3,
     progress: bool = True,
+    max_bytes: int | None = None,
+    total_timeout: float | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically and verify its sha256 (when given).
 
-    ``url`` may be http(s)://, file:// or a path relative to ``base_dir``. Network errors
-    are retried ``retries`` times with a short back-off; a checksum mismatch is not.
-    ``dest`` is only created when the whole file arrived and matched.
+    ``url`` may be http(s)://, file:// or a path relative to ``base_dir`` (a user-given
+    URL: any host and path are allowed). ``timeout`` bounds each socket operation,
+    ``total_timeout`` the whole file (all attempts together) and ``max_bytes`` its size.
+    Network errors are retried ``retries`` times with a short back-off; a checksum
+    mismatch, an oversized body or the total timeout are not. ``dest`` is only created
+    when the whole file arrived and matched.
     """
     from tqdm.auto import tqdm
 
     dest = Path(dest)
     full = resolve_url(url, base_dir)
-    last_err: Exception | None = None
-    for attempt in range(1, retries + 1):
+    with Deadline(total_timeout if total_timeout is not None else float("inf")) as deadline:
+        for attempt in range(1, retries + 1):
+            try:
+                deadline.check(url)
+                with atomic_path(dest) as tmp:
+                    with open_url(full, min(timeout, deadline.remaining())) as resp, open(tmp, "wb") as out:
+                        total = content_length(resp)
+                        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                                  disable=not progress, leave=False) as bar:
+                            _, digest = copy_body(resp, out, url, max_bytes=max_bytes, deadline=deadline,
+                                                  on_chunk=bar.update)
+                    if sha256 and digest != sha256.lower():
+                        raise ChecksumError(
+                            f"sha256 mismatch for {url} (saving to {dest}): expected {sha256}, got {digest}"
+                        )
+                return dest
+            except (ChecksumError, TooLargeError, FetchTimeoutError, RefusedError):
+                raise
+            except FetchError:
+                if attempt < retries and full.startswith("http"):
+                    time.sleep(min(2 ** (attempt - 1), 8, max(0.0, deadline.at - time.monotonic())))
+                    continue
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+
+# --------------------------------------------------------------------------- URLs from data
+
+
+#: NAT64's well-known prefix: the low 32 bits are an IPv4 address.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REDIRECTS = (301, 302, 303, 307, 308)
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return addr.is_global and not (addr.is_private or addr.is_loopback or addr.is_link_local
+                                   or addr.is_multicast or addr.is_reserved or addr.is_unspecified
+                                   or getattr(addr, "is_site_local", False))
+
+
+def is_public_address(ip: str) -> bool:
+    """True for a global unicast address: not loopback, private, link-local, multicast,
+    reserved, unspecified or shared; IPv4 addresses inside IPv6 (mapped, 6to4, NAT64,
+    Teredo) must be public too."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return _is_public(addr.ipv4_mapped)
+        inner = [addr.sixtofour, *(addr.teredo or ())]
+        if addr in _NAT64:
+            inner.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+        if not all(_is_public(a) for a in inner if a is not None):
+            return False
+    return _is_public(addr)
+
+
+def _addresses(url: str, host: str, port: int, allow_address: Callable[[str], bool]) -> list[tuple]:
+    """Resolve ``host``; refuse it when any of its addresses is not allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise FetchError(f"cannot fetch {url}: cannot resolve {host}: {e}") from e
+    for info in infos:
+        if not allow_address(info[4][0]):
+            raise RefusedError(f"refusing {url}: {host} has the non-public address {info[4][0]}",
+                               reason="refused_private_host")
+    return infos
+
+
+def _connect(url: str, parts: urllib.parse.SplitResult, infos: list[tuple],
+             deadline: Deadline) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to exactly the vetted addresses (no second DNS lookup)."""
+    global _ssl_context
+    host = parts.hostname or ""
+    last: OSError | None = None
+    for family, type_, proto, _, sockaddr in infos:
+        sock = socket.socket(family, type_, proto)
+        deadline.watch(sock)
         try:
-            with atomic_path(dest) as tmp:
-                h = hashlib.sha256()
-                with open_url(full, timeout) as resp, open(tmp, "wb") as out:
-                    total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
-                    bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
-                               desc=f"download {dest.name}", disable=not progress, leave=False)
-                    try:
-                        for chunk in iter(lambda: resp.read(CHUNK), b""):
-                            out.write(chunk)
-                            h.update(chunk)
-                            bar.update(len(chunk))
-                    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-                        raise FetchError(f"download of {url} broke off: {e}") from e
-                    finally:
-                        bar.close()
-                    if total and out.tell() != int(total):
-                        raise FetchError(f"download of {url} ended early: {out.tell()} of {total} bytes")
-                digest = h.hexdigest()
-                if sha256 and digest != sha256.lower():
-                    raise ChecksumError(
-                        f"sha256 mismatch for {url} (saving to {dest}): expected {sha256}, got {digest}"
-                    )
-            return dest
-        except ChecksumError:
-            raise
-        except FetchError as e:
-            last_err = e
-            if attempt < retries and full.startswith("http"):
-                time.sleep(min(2 ** (attempt - 1), 8))
+            sock.settimeout(deadline.remaining())
+            sock.connect(sockaddr)
+            break
+        except OSError as e:
+            sock.close()
+            last = e
+            deadline.check(url)
+    else:
+        raise FetchError(f"cannot fetch {url}: cannot connect to {host}: {last}")
+    if parts.scheme == "https":
+        if _ssl_context is None:
+            _ssl_context = ssl.create_default_context()
+        try:
+            sock = _ssl_context.wrap_socket(sock, server_hostname=host)
+        except OSError as e:
+            sock.close()
+            deadline.check(url)
+            raise FetchError(f"cannot fetch {url}: TLS: {e}") from e
+        deadline.watch(sock)
+        conn = http.client.HTTPSConnection(host, parts.port, timeout=deadline.remaining())
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=deadline.remaining())
+    conn.sock = sock
+    return conn
+
+
+@contextlib.contextmanager
+def open_public_http(url: str, deadline: Deadline, *,
+                     allow_address: Callable[[str], bool] = is_public_address,
+                     max_redirects: int = MAX_REDIRECTS) -> Iterator[http.client.HTTPResponse]:
+    """GET a URL found in downloaded data; yield the ``200`` response.
+
+    Only http(s) is followed, and only to hosts whose every address passes
+    ``allow_address`` (by default: public internet addresses), checked again on every
+    redirect hop (at most ``max_redirects``); the connection goes to the checked address. Refusals raise :class:`RefusedError`
+    (reason ``refused_scheme`` or ``refused_private_host``); other statuses
+    :class:`HTTPStatusError`; the ``deadline`` bounds everything.
+    """
+    current = url
+    for _ in range(max_redirects + 1):
+        try:
+            parts = urllib.parse.urlsplit(current)
+        except ValueError as e:  # e.g. an unclosed [IPv6 bracket
+            raise RefusedError(f"refusing {url}: {current!r}: {e}", reason="bad_url") from e
+        if parts.scheme not in ("http", "https"):
+            raise RefusedError(f"refusing {url}: it leads to {current!r}, which is not http(s)",
+                               reason="refused_scheme")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as e:
+            raise RefusedError(f"refusing {url}: {e}", reason="bad_url") from e
+        if not parts.hostname:
+            raise RefusedError(f"refusing {url}: no host in {current!r}", reason="bad_url")
+        infos = _addresses(url, parts.hostname, port, allow_address)
+        conn = _connect(url, parts, infos, deadline)
+        resp: http.client.HTTPResponse | None = None
+        try:
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            try:
+                conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                deadline.check(url)
+                raise FetchError(f"cannot fetch {url}: {e}") from e
+            except ValueError as e:  # http.client's InvalidURL, a non-ASCII host
+                raise RefusedError(f"refusing {url}: {e}", reason="bad_url") from e
+            if resp.status in _REDIRECTS:
+                location = resp.getheader("Location")
+                if not location:
+                    raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} without a Location")
+                try:
+                    current = urllib.parse.urljoin(current, location.strip())
+                except ValueError as e:
+                    raise RefusedError(f"refusing {url}: redirect to {location!r}: {e}", reason="bad_url") from e
                 continue
-            raise
-    raise FetchError(str(last_err))  # pragma: no cover - the loop always returns or raises
-
-
-class ChecksumError(FetchError):
-    """The downloaded bytes do not have the sha256 the params promise."""
+            if resp.status != 200:
+                raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} {resp.reason}")
+            yield resp
+            return
+        finally:
+            if resp is not None:
+                resp.close()
+            conn.close()
+            deadline.watch(None)
+    raise FetchError(f"cannot fetch {url}: more than {max_redirects} redirects", reason="too_many_redirects")

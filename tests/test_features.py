@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from sea.features import resolve_device
 from sea.features.image import cache_name, encode_images, fetch_images, load_clip
+from sea.io import sha256_file
 
 # --------------------------------------------------------------------------- helpers
 
@@ -152,7 +153,8 @@ def test_image_features_shape_and_fill(features_seed0: tuple[np.ndarray, dict]) 
     np.testing.assert_allclose(x[3], decoded.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(x[3], x[4])
     assert not np.allclose(x[0], x[1])
-    assert info == {"dim": 512, "n_items": 6, "n_decoded": 4, "n_missing": 1, "n_undecodable": 1}
+    assert info == {"dim": 512, "n_items": 6, "n_decoded": 4, "n_missing": 1, "n_undecodable": 1,
+                    "undecodable_reasons": {"undecodable": 1}}
 
 
 def test_random_clip_is_seeded(image_paths, features_seed0) -> None:
@@ -166,16 +168,24 @@ def test_random_clip_is_seeded(image_paths, features_seed0) -> None:
     assert not np.allclose(other, features_seed0[0])
 
 
-def test_local_checkpoint_reproduces_saved_model(tmp_path, clip_seed0, image_paths, features_seed0) -> None:
+def test_local_checkpoint_reproduces_saved_model(tmp_path, monkeypatch, clip_seed0, image_paths,
+                                                  features_seed0) -> None:
+    import json
+
     import torch
+
+    from sea.io import sha256_file
 
     ckpt = tmp_path / "vit_b_32_random.pt"
     torch.save(clip_seed0[0].state_dict(), ckpt)
+    monkeypatch.chdir(tmp_path)  # the checkpoint given relative to the working folder, as in params.yaml
     # another seed, so the features only match if the checkpoint really was loaded
-    model, preprocess, info = load_clip("ViT-B-32", str(ckpt), device="cpu", seed=7)
+    model, preprocess, info = load_clip("ViT-B-32", ckpt.name, device="cpu", seed=7)
     loaded, _ = encode_images(image_paths, model, preprocess, batch_size=4, device="cpu")
     np.testing.assert_array_equal(loaded, features_seed0[0])
-    assert info["pretrained_weights"] is True and str(ckpt.resolve()) in info["note"]
+    assert info["pretrained_weights"] is True and info["pretrained"] == ckpt.name
+    assert info["checkpoint_sha256"] == sha256_file(ckpt)
+    assert f"local checkpoint {ckpt.name}" in info["note"] and str(tmp_path) not in json.dumps(info)
 
 
 def test_missing_checkpoint_file_is_an_error(tmp_path) -> None:
@@ -218,24 +228,27 @@ def test_fetch_images(serve_dir, tmp_path: Path) -> None:
         None,  # no image at all: None, not counted as a failure
         "img/c.png",  # relative to base_dir
         local.as_uri(),  # file:// URL
-        str(tmp_path / "nowhere.png"),  # missing local file
+        str(base_dir / "nowhere.png"),  # missing local file
         closed_port_url(),  # unreachable
         f"{url}/a.png",  # listed twice, fetched once
         "ftp://example.org/d.png",  # unsupported scheme
     ]
+    # the server is on 127.0.0.1: allowed here (by default only public hosts are contacted)
     with pytest.warns(UserWarning, match="4 of 10 images could not be fetched"):
-        got = fetch_images(urls, cache, base_dir=base_dir, timeout=5, workers=4)
+        got, failures = fetch_images(urls, cache, base_dir=base_dir, dataset_root=base_dir, timeout=5,
+                                     workers=4, allow_private_hosts=True)
 
-    assert got[0] == cache / cache_name(urls[0]) and got[0].read_bytes() == a.read_bytes()
-    assert got[1] == cache / cache_name(urls[1]) and got[1].read_bytes() == b.read_bytes()
+    assert failures == {"http_error": 1, "missing_file": 1, "refused_scheme": 1, "unreachable": 1}
+    assert got[0] == cache / cache_name(urls[0], sha256_file(a)) and got[0].read_bytes() == a.read_bytes()
+    assert got[1] == cache / cache_name(urls[1], sha256_file(b)) and got[1].read_bytes() == b.read_bytes()
     assert got[8] == got[0]
     assert got[4] == local.resolve() and got[5] == local.resolve()  # used in place, not copied
     assert [got[i] for i in (2, 3, 6, 7, 9)] == [None] * 5
     assert sorted(serve_dir.hits) == ["/a.png", "/missing.png", "/sub%20dir/b.png"]
-    assert sorted(p.name for p in cache.iterdir()) == sorted([cache_name(urls[0]), cache_name(urls[1])])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([got[0].name, got[1].name])
 
     # second call: everything comes from the cache, the server sees no new request
     hits_before = len(serve_dir.hits)
-    again = fetch_images(urls[:2], cache, base_dir=base_dir)
-    assert again == got[:2]
+    again, failures = fetch_images(urls[:2], cache, base_dir=base_dir, allow_private_hosts=True)
+    assert again == got[:2] and failures == {}
     assert len(serve_dir.hits) == hits_before

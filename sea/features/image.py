@@ -1,10 +1,15 @@
 """Image features: fetch item images and embed them with an open_clip image tower.
 
-:func:`fetch_images` turns image URLs into local files (http(s) downloads are cached
-under a folder named by the sha1 of the URL; ``file://`` URLs and paths are used in
-place). :func:`load_clip` builds an open_clip model from a pretrained tag, a local
-checkpoint file or a seeded random initialisation, and :func:`encode_images` embeds the
-files with ``model.encode_image``. The feature width always comes from the model.
+:func:`fetch_images` turns the image URLs of the item metadata into local files. Those
+URLs come from downloaded data, so they are not trusted: http(s) downloads only go to
+public internet addresses (checked on every redirect hop), are capped in size and total
+time, and are cached under a name carrying the URL's sha1 and the body's sha256 (written
+atomically, verified when reused); local paths and ``file://`` URLs are used in place,
+but only inside the dataset's own folder. :func:`load_clip` builds an open_clip model from
+a pretrained tag, a local checkpoint file or a seeded random initialisation, and
+:func:`encode_images` embeds the files with ``model.encode_image``, refusing images whose
+header announces too many pixels or an extreme aspect ratio before decoding them. The
+feature width always comes from the model.
 """
 
 from __future__ import annotations
@@ -12,19 +17,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
+import os
+import re
+import stat
+import tempfile
 import urllib.parse
 import urllib.request
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device
-from sea.io import FetchError, atomic_path, open_url, resolve_url
+from sea.io import (Deadline, FetchError, RefusedError, TooLargeError, copy_body, is_public_address,
+                    open_public_http, resolve_url, sha256_file)
 
 if TYPE_CHECKING:
     import torch
@@ -35,14 +44,35 @@ log = logging.getLogger(__name__)
 RANDOM_INIT = (None, "", "none")
 #: File suffixes that mark a ``pretrained`` value as a checkpoint path, not a tag.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+#: Images are refused, undecoded, above this many pixels (the header says how many) ...
+MAX_PIXELS = 40_000_000
+#: ... or when the long side is more than this many times the short one: CLIP resizes the
+#: short side to 224 px, so a 200000x1 strip would become 44.8 million x 224 pixels.
+MAX_ASPECT = 20
+#: The image formats PIL may open (no plugins that call out to other programs).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 # --------------------------------------------------------------------------- fetching
 
 
-def cache_name(url: str) -> str:
-    """File name under which the download of ``url`` is cached: the sha1 hex of the URL."""
+def cache_key(url: str) -> str:
+    """The sha1 hex of the URL: the first part of its cache file's name."""
     return hashlib.sha1(url.encode("utf-8")).hexdigest()
+
+
+def cache_name(url: str, sha256: str) -> str:
+    """Name of the cached download of ``url`` whose bytes have the sha256 ``sha256``."""
+    return f"{cache_key(url)}-{sha256}"
+
+
+_CACHE_FILE = re.compile(r"([0-9a-f]{40})-([0-9a-f]{64})")
+_CACHE_TMP = re.compile(r"\.[0-9a-f]{40}\.[a-z0-9_]{8}\.tmp")
+
+
+def any_address(ip: str) -> bool:
+    """The address policy of ``allow_private_hosts: true``: every address is allowed."""
+    return True
 
 
 def _local_path(file_url: str) -> Path:
@@ -50,14 +80,77 @@ def _local_path(file_url: str) -> Path:
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(file_url).path))
 
 
-def _download(url: str, dest: Path, timeout: float) -> Path:
-    """Download ``url`` to ``dest`` atomically, unless ``dest`` is already there."""
-    if dest.is_file():
-        return dest
-    with atomic_path(dest) as tmp:
-        with open_url(url, timeout) as resp, open(tmp, "wb") as out:
-            shutil.copyfileobj(resp, out)
-    return dest
+class ImageCache:
+    """Downloaded images, one file per URL named ``<sha1 of URL>-<sha256 of bytes>``.
+
+    A file enters the cache only when its whole body arrived (Content-Length checked)
+    and is renamed into place atomically; a cached file is reused only when it is not
+    empty, within the size cap, and its bytes still have the sha256 in its name (else
+    it is deleted and fetched again). Stale ``.<sha1>.*.tmp`` files of a killed run are
+    removed when the cache is opened.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index: dict[str, str] = {}
+        for name in sorted(os.listdir(self.folder)):
+            if _CACHE_TMP.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / name).unlink()
+            elif (m := _CACHE_FILE.fullmatch(name)) and m.group(1) not in self.index:
+                self.index[m.group(1)] = name
+
+    def get(self, url: str, max_bytes: int) -> Path | None:
+        """The verified cached file of ``url``, or None."""
+        name = self.index.get(cache_key(url))
+        if name is None:
+            return None
+        path = self.folder / name
+        try:
+            size = path.lstat()
+            ok = stat.S_ISREG(size.st_mode) and 0 < size.st_size <= max_bytes and sha256_file(path) == name[41:]
+        except OSError:
+            ok = False
+        if not ok:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return path if ok else None
+
+    def download(self, url: str, *, timeout: float, max_bytes: int, allow_private: bool) -> Path:
+        """Fetch ``url`` into the cache (see :func:`fetch_images` for the limits)."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache_key(url)}.", suffix=".tmp", dir=self.folder)
+        tmp_path = Path(tmp)
+        try:
+            with Deadline(timeout) as deadline, os.fdopen(fd, "wb") as out:
+                allow = any_address if allow_private else is_public_address
+                with open_public_http(url, deadline, allow_address=allow) as resp:
+                    n, digest = copy_body(resp, out, url, max_bytes=max_bytes, deadline=deadline)
+            if n == 0:
+                raise FetchError(f"{url}: empty body", reason="incomplete")
+            path = self.folder / cache_name(url, digest)
+            os.replace(tmp_path, path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _local_image(full_url: str, dataset_root: Path | None, allow_outside: bool, max_bytes: int) -> Path:
+    """The checked local file of a ``file://`` URL (links and ``..`` already resolved)."""
+    path = _local_path(full_url)
+    if not allow_outside and (dataset_root is None or not path.is_relative_to(dataset_root)):
+        where = f"outside the dataset folder {dataset_root}" if dataset_root else "not allowed: the metadata is remote"
+        raise RefusedError(f"refusing {path}: {where}", reason="refused_outside_dataset")
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise FetchError(f"no such file: {path}", reason="missing_file") from e
+    if not stat.S_ISREG(info.st_mode):
+        raise FetchError(f"not a regular file: {path}", reason="missing_file")
+    if info.st_size > max_bytes:
+        raise TooLargeError(f"{path} is {info.st_size:,} bytes, over the cap of {max_bytes:,}")
+    return path
 
 
 def fetch_images(
@@ -65,62 +158,90 @@ def fetch_images(
     cache_dir: Path,
     *,
     base_dir: Path = Path("."),
+    dataset_root: Path | None = None,
     timeout: float = 10.0,
+    max_bytes: int = 20_000_000,
+    allow_private_hosts: bool = False,
+    allow_files_outside: bool = False,
     workers: int = 8,
-) -> list[Path | None]:
-    """Return a local file for each image URL, or ``None`` where there is none.
+) -> tuple[list[Path | None], dict[str, int]]:
+    """Return a local file for each image URL (``None`` where there is none) and the
+    number of failures per reason.
 
-    ``http(s)://`` URLs are downloaded concurrently into ``cache_dir`` (file name: sha1 of
-    the URL, written atomically); a file already in the cache is reused without a request,
-    and a URL listed twice is fetched once. ``file://`` URLs and plain paths (relative ones
-    taken against ``base_dir``) are returned in place, not copied. ``None``/empty entries,
-    unreachable URLs, HTTP errors, unsupported schemes and missing files give ``None``;
-    failures are counted and reported with one warning, never raised.
+    * ``http(s)://`` URLs are downloaded concurrently into ``cache_dir`` (see
+      :class:`ImageCache`); a URL listed twice is fetched once. Each download gets
+      ``timeout`` seconds in total (connect, redirects and body) and at most
+      ``max_bytes``; only public addresses are contacted, on every redirect hop, unless
+      ``allow_private_hosts``.
+    * Plain paths (relative ones taken against ``base_dir``) and ``file://`` URLs are used
+      in place, after resolving links and ``..``, when they lie inside ``dataset_root``
+      (``None``: no local file is allowed) or ``allow_files_outside`` is set.
+
+    Failure reasons: ``refused_private_host``, ``refused_outside_dataset``,
+    ``refused_scheme``, ``bad_url``, ``too_large``, ``timeout``, ``http_error``,
+    ``incomplete``, ``too_many_redirects``, ``unreachable``, ``missing_file``. Failures
+    are summed up in one warning, never raised; ``None``/empty entries are not failures.
     """
     from tqdm.auto import tqdm
 
-    cache_dir = Path(cache_dir)
+    root = Path(dataset_root).resolve() if dataset_root is not None else None
     result: list[Path | None] = [None] * len(urls)
     remote: dict[str, list[int]] = {}  # http(s) URL -> positions that want it
-    failures: list[str] = []
+    failures: Counter[str] = Counter()
+    first: dict[str, str] = {}
+
+    def fail(e: FetchError, n: int = 1) -> None:
+        failures[e.reason] += n
+        first.setdefault(e.reason, str(e))
 
     for i, url in enumerate(urls):
         if not url:
             continue
         try:
             full = resolve_url(url, base_dir)
+            if full.startswith(("http://", "https://")):
+                remote.setdefault(full, []).append(i)
+            else:
+                result[i] = _local_image(full, root, allow_files_outside, max_bytes)
         except FetchError as e:
-            failures.append(str(e))
-            continue
-        if full.startswith(("http://", "https://")):
-            remote.setdefault(full, []).append(i)
-            continue
-        path = _local_path(full)
-        if path.is_file():
-            result[i] = path
-        else:
-            failures.append(f"no such file: {path}")
+            fail(e)
+        except (OSError, ValueError) as e:  # e.g. a path too long to resolve
+            fail(FetchError(f"{url!r}: {e}", reason="bad_url"))
 
     if remote:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache = ImageCache(cache_dir)
+
+        def obtain(url: str) -> Path:
+            return cache.get(url, max_bytes) or cache.download(
+                url, timeout=timeout, max_bytes=max_bytes, allow_private=allow_private_hosts)
+
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(_download, u, cache_dir / cache_name(u), timeout): u for u in remote}
+            futures = {pool.submit(obtain, u): u for u in remote}
             for future in tqdm(as_completed(futures), total=len(futures), desc="fetch images", unit="img"):
                 url = futures[future]
                 try:
                     path = future.result()
-                except (FetchError, OSError, HTTPException, ValueError) as e:
-                    failures.append(f"{url}: {e}")
+                except FetchError as e:
+                    fail(e, len(remote[url]))
+                    continue
+                except OSError as e:  # writing the cache
+                    fail(FetchError(f"{url}: {e}", reason="unreachable"), len(remote[url]))
+                    continue
+                except ValueError as e:  # a URL or answer the HTTP client cannot even parse
+                    fail(FetchError(f"{url}: {e}", reason="bad_url"), len(remote[url]))
                     continue
                 for i in remote[url]:
                     result[i] = path
 
-    if failures:
-        msg = (f"{len(failures)} of {len(urls)} images could not be fetched "
-               f"(they will get the mean image feature); first: {failures[0]}")
+    counts = dict(sorted(failures.items()))
+    if counts:
+        n = sum(counts.values())
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        msg = (f"{n} of {len(urls)} images could not be fetched (they get the mean image feature): "
+               f"{summary}; e.g. {first[next(iter(counts))]}")
         log.warning(msg)
         warnings.warn(msg, stacklevel=2)
-    return result
+    return result, counts
 
 
 # --------------------------------------------------------------------------- model
@@ -148,7 +269,8 @@ def load_clip(
     * anything else: an open_clip pretrained tag such as ``"openai"`` (downloads weights).
 
     Returns ``(model, preprocess, info)`` with info keys ``model``, ``pretrained``,
-    ``pretrained_weights`` (False for random init), ``seed`` and a plain-words ``note``.
+    ``pretrained_weights`` (False for random init), ``seed``, a plain-words ``note`` and, for a
+    checkpoint, ``checkpoint_sha256``. Paths are recorded as given, never made absolute.
     """
     import open_clip
     import torch
@@ -158,7 +280,8 @@ def load_clip(
     if random_init:
         source, kind = None, "random"
     elif Path(pretrained).is_file():
-        # absolute, so open_clip cannot mistake a file called e.g. "openai" for a tag
+        # absolute, so open_clip cannot mistake a file called e.g. "openai" for a tag (only
+        # handed to open_clip: the info records the path as given, and the file's sha256)
         source, kind = str(Path(pretrained).resolve()), "checkpoint"
     elif _looks_like_path(pretrained):
         raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
@@ -179,7 +302,7 @@ def load_clip(
         note = (f"image features come from a randomly initialised {model_name} (pretrained: none, "
                 f"seed {seed}): they carry no pretrained visual meaning")
     elif kind == "checkpoint":
-        note = f"image features come from {model_name} with weights loaded from the local checkpoint {source}"
+        note = f"image features come from {model_name} with weights loaded from the local checkpoint {pretrained}"
     else:
         note = f"image features come from {model_name} with open_clip pretrained weights '{source}'"
     info = {
@@ -189,6 +312,8 @@ def load_clip(
         "seed": seed,
         "note": note,
     }
+    if kind == "checkpoint":
+        info["checkpoint_sha256"] = sha256_file(pretrained)
     return model, preprocess, info
 
 
@@ -212,16 +337,27 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _decode(path: Path, preprocess: Callable):
-    """Open ``path`` as RGB and apply ``preprocess``; ``None`` if PIL cannot decode it."""
+def _open_rgb(path: Path, max_pixels: int, max_aspect: float):
+    """Decode ``path`` to an RGB PIL image, or return the reason it is refused.
+
+    The size comes from the header (``Image.open`` is lazy): images over ``max_pixels`` or
+    with a side ratio over ``max_aspect`` are refused before any pixel is decoded.
+    """
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            return preprocess(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            width, height = img.size
+            if width < 1 or height < 1:
+                return "undecodable"
+            if width * height > max_pixels:
+                return "too_many_pixels"
+            if max(width, height) > max_aspect * min(width, height):
+                return "extreme_aspect_ratio"
+            return img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - hostile files make PIL raise all kinds of errors
         log.debug("cannot decode %s: %s", path, e)
-        return None
+        return "undecodable"
 
 
 def encode_images(
@@ -231,13 +367,18 @@ def encode_images(
     *,
     batch_size: int = 64,
     device: str = "auto",
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
 ) -> tuple[np.ndarray, dict]:
     """Embed image files with ``model.encode_image`` (batched, under inference mode).
 
     Returns a float32 array ``[len(paths), d]`` (``d`` from the model; features are not
     normalised) and an info dict (``dim``, ``n_items``, ``n_decoded``, ``n_missing`` for
-    ``None`` paths, ``n_undecodable`` for files PIL cannot read). Missing and undecodable
-    items get the mean feature of the decoded ones. When no image decodes, every row is
+    ``None`` paths, ``n_undecodable`` for files that are not decoded, and
+    ``undecodable_reasons``: how many were not images PIL reads (``undecodable``), had more
+    than ``max_pixels`` pixels (``too_many_pixels``) or a side ratio over ``max_aspect``
+    (``extreme_aspect_ratio``); the last two are refused from the header, undecoded).
+    Missing and undecodable items get the mean feature of the decoded ones. When no image decodes, every row is
     zero (with a warning; ``n_decoded`` is 0 and the train stage refuses such features).
     The model is moved to ``device``.
     """
@@ -249,6 +390,7 @@ def encode_images(
     model = model.to(dev).eval()
     wanted = [i for i, p in enumerate(paths) if p is not None]
     decoded: list[int] = []
+    refused: Counter[str] = Counter()
     chunks: list[np.ndarray] = []
 
     with torch.inference_mode(), tqdm(total=len(wanted), desc="encode images", unit="img") as bar:
@@ -256,10 +398,12 @@ def encode_images(
             tensors, batch_idx = [], []
             with _torch_threads(1):
                 for i in wanted[start:start + batch_size]:
-                    tensor = _decode(Path(paths[i]), preprocess)
-                    if tensor is not None:
-                        tensors.append(tensor)
-                        batch_idx.append(i)
+                    image = _open_rgb(Path(paths[i]), max_pixels, max_aspect)
+                    if isinstance(image, str):
+                        refused[image] += 1
+                        continue
+                    tensors.append(preprocess(image))
+                    batch_idx.append(i)
             if tensors:
                 out = model.encode_image(torch.stack(tensors).to(dev))
                 chunks.append(out.float().cpu().numpy())
@@ -281,5 +425,6 @@ def encode_images(
         "n_decoded": len(decoded),
         "n_missing": len(paths) - len(wanted),
         "n_undecodable": len(wanted) - len(decoded),
+        "undecodable_reasons": dict(sorted(refused.items())),
     }
     return features, info
