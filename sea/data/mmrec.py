@@ -7,15 +7,24 @@ A folder ``<path>/`` holds:
 - ``image_feat.npy``, ``text_feat.npy``: float32 [n_items, dim], row i = itemID i;
 - optionally ``i_id_mapping.csv`` / ``u_id_mapping.csv`` (tab-separated ``asin itemID`` /
   ``userID_raw userID``) linking the ids back to Amazon's.
+
+The readers check every cell (see :func:`read_inter`, :func:`read_item_ids` and
+:func:`sea.data.arrays.load_features`) and read text through :class:`sea.data.lines.Lines`
+(line-size limit, byte-order mark dropped, gzip checked).
 """
 
 from __future__ import annotations
 
+import csv
+from array import array
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
+from sea.data.arrays import load_features
+from sea.data.lines import Lines, check_id, decode, parse_finite, parse_id, parse_timestamp, require_newline
 from sea.data.split import SPLITS
 from sea.io import DataError, atomic_path
 
@@ -31,54 +40,154 @@ def inter_file(folder: Path) -> Path:
     return found[0]
 
 
-def read_inter(path: Path) -> pd.DataFrame:
-    """An MMRec ``.inter`` file as our interactions table (user, item, rating, timestamp, split)."""
-    try:
-        df = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a tab-separated .inter file: {e}") from None
-    missing = [c for c in ("userID", "itemID", "x_label") if c not in df.columns]
+def _header(lines: Iterator[tuple[int, bytes]], path: Path, required: tuple[str, ...]) -> list[str]:
+    """The column names of line 1 (tab-separated), checked: required present, none twice."""
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{path}: empty file (expected a header line with {', '.join(required)})")
+    where = f"{path}:{first[0]}"
+    require_newline(first[1], where)
+    names = _fields(first[1], where)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{where}: duplicate column(s) {twice} in the header {names}")
+    missing = [c for c in required if c not in names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
-    for col in ("userID", "itemID", "x_label"):
-        if not pd.api.types.is_integer_dtype(df[col]):
-            bad = df.index[pd.to_numeric(df[col], errors="coerce").isna()]
-            line = int(bad[0]) + 2 if len(bad) else "?"
-            raise DataError(f"{path}:{line}: column {col} must hold integers")
-    if not df["x_label"].isin([0, 1, 2]).all():
-        line = int(df.index[~df["x_label"].isin([0, 1, 2])][0]) + 2
-        raise DataError(f"{path}:{line}: x_label must be 0, 1 or 2 (train/valid/test)")
-    if len(df) == 0:
+        raise DataError(f"{where}: missing column(s) {missing}; found {names}")
+    return names
+
+
+def _fields(line: bytes, where: str) -> list[str]:
+    """One tab-separated row (quoted as pandas writes it)."""
+    try:
+        return next(csv.reader((decode(line, where),), delimiter="\t"), [])
+    except csv.Error as e:
+        raise DataError(f"{where}: not a tab-separated row ({e})") from None
+
+
+def _check_dense(ids: np.ndarray, name: str, path: Path, linenos: array) -> None:
+    """0-based ids are used as row numbers: refuse ranges that are mostly unused."""
+    n = int(ids.max()) + 1
+    distinct = len(np.unique(ids))
+    if n > 2 * distinct:
+        line = linenos[int(ids.argmax())]
+        raise DataError(
+            f"{path}:{line}: {name} {n - 1:,} is out of proportion: only {distinct:,} distinct {name}s "
+            f"occur, so most of 0..{n - 1:,} would be unused. MMRec ids are 0-based and dense (at least "
+            f"half of 0..max must occur); the file is damaged or its ids were not remapped"
+        )
+
+
+def read_inter(path: Path) -> pd.DataFrame:
+    """An MMRec ``.inter`` file as our interactions table (user, item, rating, timestamp, split).
+
+    Tab-separated with a header line naming the columns (each at most once; other columns
+    are ignored): ``userID``, ``itemID`` (0-based ids, ``0 <= id < 2**31 - 1``, dense: the
+    largest id + 1 is at most twice the number of distinct ids), ``x_label`` (0, 1 or 2 =
+    train/valid/test), optional ``rating`` (finite, within float32; 1.0 when absent) and
+    ``timestamp`` (whole number, ``0 <= ts < 2**63``; 0 when absent). Every cell is checked;
+    blank lines are skipped; the last line must end with a newline.
+
+    Raises:
+        DataError: naming the file and 1-based line of the first bad cell or row.
+    """
+    path = Path(path)
+    lines = Lines(path)
+    it = iter(lines)
+    names = _header(it, path, ("userID", "itemID", "x_label"))
+    n_fields = len(names)
+    iu, ii, ix = names.index("userID"), names.index("itemID"), names.index("x_label")
+    ir = names.index("rating") if "rating" in names else None
+    it_ = names.index("timestamp") if "timestamp" in names else None
+    users, items, labels, ratings, times = array("i"), array("i"), array("b"), array("f"), array("q")
+    linenos = array("q")
+    for lineno, line in it:
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        require_newline(line, where)
+        row = _fields(line, where)
+        if len(row) != n_fields:
+            raise DataError(f"{where}: {len(row)} fields, but the header has {n_fields} ({', '.join(names)})")
+        label = row[ix]
+        if label not in ("0", "1", "2"):
+            raise DataError(f"{where}: x_label must be 0, 1 or 2 (train/valid/test), got {label!r:.50}")
+        users.append(parse_id(row[iu], "userID", where))
+        items.append(parse_id(row[ii], "itemID", where))
+        labels.append(int(label))
+        ratings.append(1.0 if ir is None else parse_finite(row[ir], "rating", where))
+        times.append(0 if it_ is None else parse_timestamp(row[it_], "timestamp", where))
+        linenos.append(lineno)
+    lines.check_complete()
+    if not users:
         raise DataError(f"{path}: no interactions")
+    user, item = np.frombuffer(users, dtype=np.int32), np.frombuffer(items, dtype=np.int32)
+    _check_dense(user, "userID", path, linenos)
+    _check_dense(item, "itemID", path, linenos)
     return pd.DataFrame({
-        "user": df["userID"].astype("int32"),
-        "item": df["itemID"].astype("int32"),
-        "rating": (df["rating"] if "rating" in df else pd.Series(1.0, index=df.index)).astype("float32"),
-        "timestamp": (df["timestamp"] if "timestamp" in df else pd.Series(0, index=df.index)).astype("int64"),
-        "split": pd.Categorical.from_codes(df["x_label"].to_numpy(), categories=list(SPLITS)),
+        "user": user.copy(),
+        "item": item.copy(),
+        "rating": np.frombuffer(ratings, dtype=np.float32).copy(),
+        "timestamp": np.frombuffer(times, dtype=np.int64).copy(),
+        "split": pd.Categorical.from_codes(np.frombuffer(labels, dtype=np.int8).astype(np.int64),
+                                           categories=list(SPLITS)),
     })
 
 
 def read_item_ids(folder: Path, n_items: int) -> pd.Series:
-    """Item asins from ``i_id_mapping.csv`` when present, else the item numbers as strings."""
+    """Item asins from ``i_id_mapping.csv`` when present, else the item numbers as strings.
+
+    The file (tab-separated, header with ``asin`` and ``itemID``) must map ``0..m-1`` one
+    to one onto distinct asins (non-blank text without control characters), with
+    ``m >= n_items``; the asins of items ``0..n_items-1`` are returned.
+
+    Raises:
+        DataError: a bad row (file and 1-based line), an itemID or asin given twice, ids
+            that are not ``0..m-1``, or fewer than ``n_items`` items.
+    """
     path = Path(folder) / "i_id_mapping.csv"
-    asins = pd.Series([str(i) for i in range(n_items)])
-    if path.exists():
-        mapping = pd.read_csv(path, sep="\t")
-        if {"asin", "itemID"} <= set(mapping.columns):
-            found = mapping.set_index("itemID")["asin"].astype(str)
-            asins = found.reindex(range(n_items)).fillna(asins).reset_index(drop=True)
-    return asins
+    if not path.exists():
+        return pd.Series([str(i) for i in range(n_items)])
+    lines = Lines(path)
+    it = iter(lines)
+    names = _header(it, path, ("asin", "itemID"))
+    ia, ii = names.index("asin"), names.index("itemID")
+    asin_of: dict[int, str] = {}
+    line_of_id: dict[int, int] = {}
+    line_of_asin: dict[str, int] = {}
+    for lineno, line in it:
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        require_newline(line, where)
+        row = _fields(line, where)
+        if len(row) != len(names):
+            raise DataError(f"{where}: {len(row)} fields, but the header has {len(names)} ({', '.join(names)})")
+        asin = check_id(row[ia], "asin", where)
+        item = parse_id(row[ii], "itemID", where)
+        if item in line_of_id:
+            raise DataError(f"{where}: itemID {item} is mapped again (first at line {line_of_id[item]})")
+        if asin in line_of_asin:
+            raise DataError(f"{where}: asin {asin!r} is mapped again (first at line {line_of_asin[asin]})")
+        asin_of[item], line_of_id[item], line_of_asin[asin] = asin, lineno, lineno
+    lines.check_complete()
+    m = len(asin_of)
+    if m and max(asin_of) >= m:
+        item = max(asin_of)
+        raise DataError(f"{path}:{line_of_id[item]}: itemID {item} but only {m:,} items are mapped: "
+                        f"the itemIDs must be exactly 0..{m - 1:,}, each once")
+    if m < n_items:
+        raise DataError(f"{path}: maps {m:,} items, but the interactions have {n_items:,} "
+                        f"(itemIDs 0..{n_items - 1:,})")
+    return pd.Series([asin_of[i] for i in range(n_items)])
 
 
 def read_features(folder: Path, modality: str, n_items: int) -> np.ndarray:
-    path = Path(folder) / FEATURE_FILES[modality]
-    if not path.exists():
-        raise DataError(f"{path}: missing ({modality} features of the MMRec folder)")
-    x = np.load(path, allow_pickle=False)
-    if x.ndim != 2 or x.shape[0] < n_items:
-        raise DataError(f"{path}: expected at least {n_items} rows of features, got shape {x.shape}")
-    return np.asarray(x, dtype=np.float32)
+    """The ``[n_items, dim]`` float32 features of the folder (its first ``n_items`` rows).
+
+    See :func:`sea.data.arrays.load_features` for what is refused.
+    """
+    return load_features(Path(folder) / FEATURE_FILES[modality], n_items, modality, extra_rows=True)
 
 
 def write_folder(folder: Path, name: str, interactions: pd.DataFrame, features: dict[str, np.ndarray],
@@ -104,7 +213,7 @@ def write_folder(folder: Path, name: str, interactions: pd.DataFrame, features: 
 
 def precomputed_features(folder: Path, modality: str, n_items: int) -> tuple[np.ndarray, dict]:
     """A feature stage's output taken from an MMRec folder instead of an encoder."""
-    x = read_features(folder, modality, n_items)[:n_items]
+    x = read_features(folder, modality, n_items)
     info = {"model": f"precomputed ({FEATURE_FILES[modality]} of the MMRec folder)", "source": "mmrec",
             "dim": int(x.shape[1]), "n_items": n_items, "n_missing": 0}
     return x, info
