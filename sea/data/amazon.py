@@ -150,7 +150,7 @@ def _parse_csv_review(line: bytes, where: str) -> tuple[str, str, float, int]:
     require_newline(line, where)
     text = decode(line, where)
     try:
-        row = next(csv.reader((text,)), [])
+        row = next(csv.reader((text,), strict=True), [])
     except csv.Error as e:
         raise DataError(f"{where}: not a CSV row ({e})") from None
     if len(row) != 4:

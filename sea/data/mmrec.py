@@ -60,7 +60,7 @@ def _header(lines: Iterator[tuple[int, bytes]], path: Path, required: tuple[str,
 def _fields(line: bytes, where: str) -> list[str]:
     """One tab-separated row (quoted as pandas writes it)."""
     try:
-        return next(csv.reader((decode(line, where),), delimiter="\t"), [])
+        return next(csv.reader((decode(line, where),), delimiter="\t", strict=True), [])
     except csv.Error as e:
         raise DataError(f"{where}: not a tab-separated row ({e})") from None
 
@@ -86,7 +86,7 @@ def read_inter(path: Path) -> pd.DataFrame:
     largest id + 1 is at most twice the number of distinct ids), ``x_label`` (0, 1 or 2 =
     train/valid/test), optional ``rating`` (finite, within float32; 1.0 when absent) and
     ``timestamp`` (whole number, ``0 <= ts < 2**63``; 0 when absent). Every cell is checked;
-    blank lines are skipped; the last line must end with a newline.
+    empty lines are skipped; the last line must end with a newline.
 
     Raises:
         DataError: naming the file and 1-based line of the first bad cell or row.
@@ -102,8 +102,8 @@ def read_inter(path: Path) -> pd.DataFrame:
     users, items, labels, ratings, times = array("i"), array("i"), array("b"), array("f"), array("q")
     linenos = array("q")
     for lineno, line in it:
-        if not line.strip():
-            continue
+        if not line.rstrip(b"\r\n"):
+            continue  # an empty line (one of spaces or tabs is a row of empty fields)
         where = f"{path}:{lineno}"
         require_newline(line, where)
         row = _fields(line, where)
@@ -156,8 +156,8 @@ def read_item_ids(folder: Path, n_items: int) -> pd.Series:
     line_of_id: dict[int, int] = {}
     line_of_asin: dict[str, int] = {}
     for lineno, line in it:
-        if not line.strip():
-            continue
+        if not line.rstrip(b"\r\n"):
+            continue  # an empty line (one of spaces or tabs is a row of empty fields)
         where = f"{path}:{lineno}"
         require_newline(line, where)
         row = _fields(line, where)
