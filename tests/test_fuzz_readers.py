@@ -330,9 +330,19 @@ def inter_files(draw) -> bytes:
     return draw(mutated_lines(lines)) if draw(st.integers(0, 4)) else b"".join(line + b"\n" for line in lines)
 
 
+@pytest.fixture(scope="module")
+def small_chunks():
+    """Check .inter cells 4 rows at a time, so that the fuzzed files span several chunks."""
+    from sea.data import mmrec
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmrec, "_CHUNK_ROWS", 4)
+        yield
+
+
 @fuzz(700)
 @given(data=inter_files())
-def test_fuzz_inter(fuzz_dir, data):
+def test_fuzz_inter(fuzz_dir, small_chunks, data):
     path = fuzz_dir / "x.inter"
     path.write_bytes(data)
     df = _check_frame_or_error(lambda: read_inter(path), path)

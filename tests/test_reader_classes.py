@@ -273,6 +273,27 @@ def test_inter_cells_are_checked(tmp_path, row, column):
         read_inter(path)
 
 
+def test_inter_cells_are_checked_in_chunks(tmp_path, monkeypatch):
+    from sea.data import mmrec
+
+    monkeypatch.setattr(mmrec, "_CHUNK_ROWS", 4)  # several chunks, the last one partial
+    rows = [f"{u % 3}\t{u % 5}\t{u}.5\t{1000 + u}\t{u % 3}" for u in range(10)]
+    df = read_inter(write(tmp_path / "x.inter", inter(rows[:3] + [""] + rows[3:])))  # an empty line too
+    assert df["rating"].tolist() == [u + 0.5 for u in range(10)]
+    assert df["timestamp"].tolist() == [1000 + u for u in range(10)]
+    assert df["split"].cat.codes.tolist() == [u % 3 for u in range(10)]
+    rows[6] = "1\t1\t5.0\t1e3\t0"  # row 7, line 9 (header and the empty line before it)
+    with raises_at(f"{tmp_path / 'x.inter'}:9", "timestamp '1e3'"):
+        read_inter(write(tmp_path / "x.inter", inter(rows[:3] + [""] + rows[3:])))
+
+
+def test_unreadable_file(tmp_path):
+    with raises_at(str(tmp_path / "missing.json"), "cannot be read"):
+        read_reviews(tmp_path / "missing.json")
+    with raises_at(str(tmp_path), "cannot be read"):
+        read_reviews(tmp_path, fmt="json")
+
+
 def test_inter_reads_integral_float_timestamps(tmp_path):
     df = read_inter(write(tmp_path / "x.inter", inter(["0\t0\t5\t10.0\t0", "1\t1\t4.5\t1658002729837\t1"])))
     assert df["timestamp"].tolist() == [10, 1658002729837] and df["rating"].tolist() == [5.0, 4.5]

@@ -64,9 +64,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _PROGRESS_EVERY = 1 << 14  # lines between progress-bar updates
 
 # Plain ASCII numbers only: float() and int() would also take "nan", "inf", " 5", "1_0", "٥".
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?", re.ASCII)
-_UINT = re.compile(r"[0-9]{1,19}", re.ASCII)
-_UINT_DOT_ZERO = re.compile(r"([0-9]{1,19})(?:\.0*)?", re.ASCII)
+# (The patterns are also applied, anchored, by pyarrow to whole columns: keep them RE2-safe.)
+FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?"
+ID_PATTERN = r"[0-9]{1,10}"
+TIMESTAMP_PATTERN = r"([0-9]{1,19})(?:\.0*)?"
+_FLOAT = re.compile(FLOAT_PATTERN, re.ASCII)
+_ID = re.compile(ID_PATTERN, re.ASCII)
+_UINT_DOT_ZERO = re.compile(TIMESTAMP_PATTERN, re.ASCII)
 # Characters no id may hold: C0/C1 controls (tab, newline, NUL...), lone surrogates, BOM.
 _BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufeff]")
 
@@ -96,7 +100,11 @@ class Lines:
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         from tqdm.auto import tqdm
 
-        with open(self.path, "rb") as raw, tqdm(
+        try:
+            raw = open(self.path, "rb")
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot be read ({e.strerror or e})") from None
+        with raw, tqdm(
             unit="lines", unit_scale=True, desc=f"read {self.path.name}", disable=None, leave=False
         ) as bar:
             is_gzip = raw.read(2) == _GZIP_MAGIC
@@ -266,7 +274,7 @@ def parse_timestamp(text: str, name: str, where: str) -> int:
 
 def parse_id(text: str, name: str, where: str) -> int:
     """A 0-based integer id field: ASCII digits, 0 <= id < 2**31 - 1."""
-    if not _UINT.fullmatch(text) or int(text) >= MAX_ID:
+    if not _ID.fullmatch(text) or int(text) >= MAX_ID:
         raise DataError(f"{where}: {name} {text!r:.100} is not an id (a whole number 0 <= id < 2**31 - 1)")
     return int(text)
 

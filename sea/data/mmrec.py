@@ -22,9 +22,25 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sea.data.arrays import load_features
-from sea.data.lines import Lines, check_id, decode, parse_finite, parse_id, parse_timestamp, require_newline
+from sea.data.lines import (
+    FLOAT32_MAX,
+    FLOAT_PATTERN,
+    ID_PATTERN,
+    MAX_ID,
+    MAX_TIMESTAMP,
+    TIMESTAMP_PATTERN,
+    Lines,
+    check_id,
+    decode,
+    parse_finite,
+    parse_id,
+    parse_timestamp,
+    require_newline,
+)
 from sea.data.split import SPLITS
 from sea.io import DataError, atomic_path
 
@@ -59,8 +75,11 @@ def _header(lines: Iterator[tuple[int, bytes]], path: Path, required: tuple[str,
 
 def _fields(line: bytes, where: str) -> list[str]:
     """One tab-separated row (quoted as pandas writes it)."""
+    text = decode(line, where)
+    if '"' not in text:  # the usual row: plain split (the csv module only matters for quotes)
+        return text.split("\t") if text else []
     try:
-        return next(csv.reader((decode(line, where),), delimiter="\t", strict=True), [])
+        return next(csv.reader((text,), delimiter="\t", strict=True), [])
     except csv.Error as e:
         raise DataError(f"{where}: not a tab-separated row ({e})") from None
 
@@ -76,6 +95,53 @@ def _check_dense(ids: np.ndarray, name: str, path: Path, linenos: array) -> None
             f"occur, so most of 0..{n - 1:,} would be unused. MMRec ids are 0-based and dense (at least "
             f"half of 0..max must occur); the file is damaged or its ids were not remapped"
         )
+
+
+# Each column of an .inter file: the anchored pattern every cell must match, its scalar
+# parser (which gives the message for a bad cell) and the dtype it is stored in.
+_INTER_CELLS = {
+    "userID": (f"^{ID_PATTERN}$", parse_id, np.int32),
+    "itemID": (f"^{ID_PATTERN}$", parse_id, np.int32),
+    "x_label": ("^[012]$", lambda text, name, where: parse_label(text, where), np.int8),
+    "rating": (f"^{FLOAT_PATTERN}$", parse_finite, np.float32),
+    "timestamp": (f"^{TIMESTAMP_PATTERN}$", parse_timestamp, np.int64),
+}
+_CHUNK_ROWS = 1 << 16  # rows checked at a time (bounds the memory of the cells as text)
+
+
+def parse_label(text: str, where: str) -> int:
+    """An ``x_label`` cell: 0, 1 or 2 (train/valid/test)."""
+    if text not in ("0", "1", "2"):
+        raise DataError(f"{where}: x_label must be 0, 1 or 2 (train/valid/test), got {text!r:.50}")
+    return int(text)
+
+
+def _parse_column(cells: list[str], name: str, path: Path, linenos: array) -> np.ndarray:
+    """One column of ``.inter`` cells, each checked by the rules of its scalar parser (with
+    pyarrow, a column at a time); the first bad cell raises with its line number."""
+    pattern, parse, dtype = _INTER_CELLS[name]
+    text = pa.array(cells, type=pa.string())
+    bad = ~pc.match_substring_regex(text, pattern).to_numpy(zero_copy_only=False)
+    values = np.zeros(len(cells), dtype=dtype)
+    if not bad.any():
+        if name == "timestamp":
+            whole = pc.cast(pc.replace_substring_regex(text, r"\.0*$", ""), pa.uint64()).to_numpy()
+            bad = whole >= MAX_TIMESTAMP
+            values = whole.astype(np.int64)
+        elif name == "rating":
+            x = pc.cast(text, pa.float64()).to_numpy()
+            bad = ~(np.abs(x) <= FLOAT32_MAX)
+            values = x.astype(np.float32)
+        else:
+            x = pc.cast(text, pa.int64()).to_numpy()
+            bad = x >= MAX_ID
+            values = x.astype(dtype)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        where = f"{path}:{linenos[first]}"
+        parse(cells[first], name, where)  # raises with the reason
+        raise DataError(f"{where}: {name} {cells[first]!r:.50} is not valid")
+    return values
 
 
 def read_inter(path: Path) -> pd.DataFrame:
@@ -95,42 +161,43 @@ def read_inter(path: Path) -> pd.DataFrame:
     lines = Lines(path)
     it = iter(lines)
     names = _header(it, path, ("userID", "itemID", "x_label"))
-    n_fields = len(names)
-    iu, ii, ix = names.index("userID"), names.index("itemID"), names.index("x_label")
-    ir = names.index("rating") if "rating" in names else None
-    it_ = names.index("timestamp") if "timestamp" in names else None
-    users, items, labels, ratings, times = array("i"), array("i"), array("b"), array("f"), array("q")
+    used = {name: names.index(name) for name in _INTER_CELLS if name in names}
+    cells: dict[str, list[str]] = {name: [] for name in used}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in used}
     linenos = array("q")
+
+    def check_chunk() -> None:
+        for name, column in cells.items():
+            parts[name].append(_parse_column(column, name, path, linenos[len(linenos) - len(column):]))
+            column.clear()
+
     for lineno, line in it:
         if not line.rstrip(b"\r\n"):
             continue  # an empty line (one of spaces or tabs is a row of empty fields)
         where = f"{path}:{lineno}"
         require_newline(line, where)
         row = _fields(line, where)
-        if len(row) != n_fields:
-            raise DataError(f"{where}: {len(row)} fields, but the header has {n_fields} ({', '.join(names)})")
-        label = row[ix]
-        if label not in ("0", "1", "2"):
-            raise DataError(f"{where}: x_label must be 0, 1 or 2 (train/valid/test), got {label!r:.50}")
-        users.append(parse_id(row[iu], "userID", where))
-        items.append(parse_id(row[ii], "itemID", where))
-        labels.append(int(label))
-        ratings.append(1.0 if ir is None else parse_finite(row[ir], "rating", where))
-        times.append(0 if it_ is None else parse_timestamp(row[it_], "timestamp", where))
+        if len(row) != len(names):
+            raise DataError(f"{where}: {len(row)} fields, but the header has {len(names)} ({', '.join(names)})")
+        for name, i in used.items():
+            cells[name].append(row[i])
         linenos.append(lineno)
+        if len(cells["userID"]) == _CHUNK_ROWS:
+            check_chunk()
+    check_chunk()
     lines.check_complete()
-    if not users:
+    if not linenos:
         raise DataError(f"{path}: no interactions")
-    user, item = np.frombuffer(users, dtype=np.int32), np.frombuffer(items, dtype=np.int32)
-    _check_dense(user, "userID", path, linenos)
-    _check_dense(item, "itemID", path, linenos)
+    column = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    _check_dense(column["userID"], "userID", path, linenos)
+    _check_dense(column["itemID"], "itemID", path, linenos)
+    n = len(linenos)
     return pd.DataFrame({
-        "user": user.copy(),
-        "item": item.copy(),
-        "rating": np.frombuffer(ratings, dtype=np.float32).copy(),
-        "timestamp": np.frombuffer(times, dtype=np.int64).copy(),
-        "split": pd.Categorical.from_codes(np.frombuffer(labels, dtype=np.int8).astype(np.int64),
-                                           categories=list(SPLITS)),
+        "user": column["userID"],
+        "item": column["itemID"],
+        "rating": column.get("rating", np.ones(n, dtype=np.float32)),
+        "timestamp": column.get("timestamp", np.zeros(n, dtype=np.int64)),
+        "split": pd.Categorical.from_codes(column["x_label"].astype(np.int64), categories=list(SPLITS)),
     })
 
 
