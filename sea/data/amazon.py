@@ -38,7 +38,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Collection
 
 import numpy as np
 import pandas as pd

@@ -97,23 +97,23 @@ def _check_dense(ids: np.ndarray, name: str, path: Path, linenos: array) -> None
         )
 
 
+def _parse_label(text: str, name: str, where: str) -> int:
+    """An ``x_label`` cell: 0, 1 or 2 (train/valid/test)."""
+    if text not in ("0", "1", "2"):
+        raise DataError(f"{where}: {name} must be 0, 1 or 2 (train/valid/test), got {text!r:.50}")
+    return int(text)
+
+
 # Each column of an .inter file: the anchored pattern every cell must match, its scalar
 # parser (which gives the message for a bad cell) and the dtype it is stored in.
 _INTER_CELLS = {
     "userID": (f"^{ID_PATTERN}$", parse_id, np.int32),
     "itemID": (f"^{ID_PATTERN}$", parse_id, np.int32),
-    "x_label": ("^[012]$", lambda text, name, where: parse_label(text, where), np.int8),
+    "x_label": ("^[012]$", _parse_label, np.int8),
     "rating": (f"^{FLOAT_PATTERN}$", parse_finite, np.float32),
     "timestamp": (f"^{TIMESTAMP_PATTERN}$", parse_timestamp, np.int64),
 }
 _CHUNK_ROWS = 1 << 16  # rows checked at a time (bounds the memory of the cells as text)
-
-
-def parse_label(text: str, where: str) -> int:
-    """An ``x_label`` cell: 0, 1 or 2 (train/valid/test)."""
-    if text not in ("0", "1", "2"):
-        raise DataError(f"{where}: x_label must be 0, 1 or 2 (train/valid/test), got {text!r:.50}")
-    return int(text)
 
 
 def _parse_column(cells: list[str], name: str, path: Path, linenos: array) -> np.ndarray:
@@ -122,26 +122,22 @@ def _parse_column(cells: list[str], name: str, path: Path, linenos: array) -> np
     pattern, parse, dtype = _INTER_CELLS[name]
     text = pa.array(cells, type=pa.string())
     bad = ~pc.match_substring_regex(text, pattern).to_numpy(zero_copy_only=False)
-    values = np.zeros(len(cells), dtype=dtype)
     if not bad.any():
         if name == "timestamp":
-            whole = pc.cast(pc.replace_substring_regex(text, r"\.0*$", ""), pa.uint64()).to_numpy()
-            bad = whole >= MAX_TIMESTAMP
-            values = whole.astype(np.int64)
+            x = pc.cast(pc.replace_substring_regex(text, r"\.0*$", ""), pa.uint64()).to_numpy()
+            bad = x >= MAX_TIMESTAMP
         elif name == "rating":
             x = pc.cast(text, pa.float64()).to_numpy()
             bad = ~(np.abs(x) <= FLOAT32_MAX)
-            values = x.astype(np.float32)
         else:
             x = pc.cast(text, pa.int64()).to_numpy()
             bad = x >= MAX_ID
-            values = x.astype(dtype)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         where = f"{path}:{linenos[first]}"
         parse(cells[first], name, where)  # raises with the reason
         raise DataError(f"{where}: {name} {cells[first]!r:.50} is not valid")
-    return values
+    return x.astype(dtype)
 
 
 def read_inter(path: Path) -> pd.DataFrame:
