@@ -32,14 +32,20 @@ __all__ = [
     "MAX_ID",
     "MAX_TIMESTAMP",
     "FLOAT32_MAX",
+    "FLOAT_PATTERN",
+    "ID_PATTERN",
+    "TIMESTAMP_PATTERN",
     "TruncatedFileWarning",
     "Lines",
+    "decode",
+    "require_newline",
     "check_id",
     "check_text",
-    "parse_finite",
-    "parse_timestamp",
     "check_rating",
     "check_timestamp",
+    "parse_id",
+    "parse_finite",
+    "parse_timestamp",
 ]
 
 #: The longest line any reader accepts, in bytes (uncompressed). The largest line of the
@@ -48,9 +54,9 @@ __all__ = [
 MAX_LINE_BYTES = 1 << 20
 
 #: A gzip stream that expands more than this many times is refused as a decompression
-#: bomb (checked once 64 MiB are out). The real dumps expand 3-7 times.
+#: bomb (checked after every 64 MiB out). The real dumps expand 3-7 times.
 MAX_GZIP_RATIO = 100
-_RATIO_CHECK_AFTER = 64 << 20
+_RATIO_CHECK_EVERY = 64 << 20
 
 #: Integer ids (MMRec ``userID``/``itemID``) must lie in ``0 <= id < MAX_ID`` (int32).
 MAX_ID = 2**31 - 1
@@ -111,6 +117,7 @@ class Lines:
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
             pending: bytes | None = None
+            next_ratio_check = _RATIO_CHECK_EVERY
             try:
                 while line := stream.readline(MAX_LINE_BYTES + 1):
                     if len(line) > MAX_LINE_BYTES:
@@ -124,8 +131,9 @@ class Lines:
                     self.n_bytes += len(line)
                     if self.n_lines % _PROGRESS_EVERY == 0:
                         bar.update(_PROGRESS_EVERY)
-                        if is_gzip and self.n_bytes > _RATIO_CHECK_AFTER:
-                            self._check_ratio(raw.tell())
+                    if is_gzip and self.n_bytes >= next_ratio_check:
+                        self._check_ratio(raw.tell())
+                        next_ratio_check += _RATIO_CHECK_EVERY
                     yield self.n_lines, line
             except EOFError as e:
                 self.truncated = f"the gzip stream ends early ({e})"
