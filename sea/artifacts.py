@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sea.data.arrays import load_features
 from sea.io import DataError, atomic_path
 
 PROCESSED = Path("data/processed")
@@ -53,8 +54,9 @@ def write_features(modality: str, matrix: np.ndarray, info: dict, root: Path = F
 
 
 def read_features(modalities: list[str], n_items: int, root: Path = FEATURES) -> dict[str, np.ndarray]:
-    """Load the feature matrices, checking they are aligned with the item table and that
-    their encoder saw at least one real input."""
+    """Load the feature matrices (float32, C order), checking they are aligned with the item
+    table, finite, not all zero, and that their encoder saw at least one real input
+    (see :func:`sea.data.arrays.load_features`)."""
     out = {}
     for m in modalities:
         path = root / f"{m}.npy"
@@ -62,12 +64,7 @@ def read_features(modalities: list[str], n_items: int, root: Path = FEATURES) ->
         if info.get("n_decoded", info.get("n_with_text")) == 0:
             raise DataError(f"{path}: no item had a usable {m} (see {m}.json): the features are empty; "
                             f"fix the inputs, or leave {m} out of model.modalities")
-        x = np.load(path, allow_pickle=False)
-        if x.ndim != 2 or x.shape[0] != n_items:
-            raise DataError(f"{path}: expected [{n_items}, dim] features, got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{path}: features contain NaN or inf")
-        out[m] = x.astype(np.float32, copy=False)
+        out[m] = load_features(path, n_items, m)
     return out
 
 

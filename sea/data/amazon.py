@@ -16,29 +16,45 @@ Metadata (:func:`read_metadata`) is one record a line: JSON in 2018, a Python di
 (single quotes) in 2014. A line is parsed with :func:`json.loads` and, failing that, with
 :func:`ast.literal_eval`, which only accepts literals: nothing in a file is ever executed.
 
-A gzip stream that ends early (an interrupted download) is an error that names the file
-and how many complete lines could be read; ``allow_truncated=True`` keeps those lines
-(never the incomplete one after them) and emits a :class:`TruncatedFileWarning`.
+Files are read with :class:`sea.data.lines.Lines`: a line over ``MAX_LINE_BYTES`` (1 MiB)
+is refused before it is parsed, a UTF-8 byte-order mark at the start of the file is dropped,
+and a corrupt gzip stream (CRC or length check, bad deflate data) is always an error. A gzip
+stream that only ends early (an interrupted download) is an error that names the file and
+how many complete lines could be read; ``allow_truncated=True`` keeps those lines (never the
+incomplete one after them) and emits a :class:`TruncatedFileWarning`.
+
+Every value is checked: ids are non-blank text without control characters or lone
+surrogates, ratings finite numbers within float32's range, timestamps whole numbers with
+``0 <= ts < 2**63``. Anything else is a :class:`~sea.io.DataError` naming the file and the
+1-based line.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
-import gzip
 import html
 import json
 import logging
-import math
 import re
-import warnings
-import zlib
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Collection
 
 import numpy as np
 import pandas as pd
 
+from sea.data.lines import (
+    Lines,
+    TruncatedFileWarning,
+    check_id,
+    check_rating,
+    check_text,
+    check_timestamp,
+    decode,
+    parse_finite,
+    parse_timestamp,
+    require_newline,
+)
 from sea.io import DataError
 
 __all__ = [
@@ -64,9 +80,6 @@ CATEGORY_SEPARATOR = " > "
 #: then the 2014 single URL.
 IMAGE_KEYS = ("imageURLHighRes", "imageURL", "image", "imUrl")
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_PROGRESS_EVERY = 1 << 14  # lines between progress-bar updates
-
 _TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
 # An opening tag cut off at the end of the text, as in some 2018 titles
 # ('<span class="a-size-medium a-color-secondary"').
@@ -76,83 +89,6 @@ _SPACE = re.compile(r"\s+")
 # ".../I/317ZQtCvFzL._SX38_SY50_CR,0,0,38,50_.jpg"; without them the URL names the
 # full-size image ".../I/317ZQtCvFzL.jpg" (the 2018 imageURLHighRes lists are exactly that).
 _SIZE_MODIFIER = re.compile(r"^(?P<stem>.*/[^/.]+)\._[^/]*_(?P<ext>\.[A-Za-z0-9]+)$")
-
-
-class TruncatedFileWarning(UserWarning):
-    """A damaged gzip file was read up to its last complete line (``allow_truncated=True``)."""
-
-
-# --------------------------------------------------------------------------- lines
-
-
-class _Lines:
-    """Iterate over the complete lines of a plain or gzip file, with 1-based line numbers.
-
-    A gzip stream that ends early or is corrupt stops the iteration without an exception;
-    :meth:`check_complete` then raises (or warns), so that callers decide after reading.
-    A last line without a newline is yielded only when the stream ended properly.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.n_lines = 0  # complete lines yielded so far
-        self.n_bytes = 0  # uncompressed bytes in those lines
-        self.damage: str | None = None  # what went wrong with the gzip stream
-        self.dropped_partial = False  # an incomplete last line was discarded
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        from tqdm.auto import tqdm
-
-        with open(self.path, "rb") as raw, tqdm(
-            unit="lines", unit_scale=True, desc=f"read {self.path.name}", disable=None, leave=False
-        ) as bar:
-            is_gzip = raw.read(2) == _GZIP_MAGIC
-            raw.seek(0)
-            stream = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
-            pending: bytes | None = None
-            try:
-                for line in stream:
-                    if not line.endswith(b"\n"):  # only ever the last line of the stream
-                        pending = line
-                        continue
-                    self.n_lines += 1
-                    self.n_bytes += len(line)
-                    if self.n_lines % _PROGRESS_EVERY == 0:
-                        bar.update(_PROGRESS_EVERY)
-                    yield self.n_lines, line
-            except EOFError as e:
-                self.damage = f"the gzip stream ends early ({e})"
-            except (zlib.error, gzip.BadGzipFile) as e:
-                self.damage = f"the gzip stream is corrupt ({e})"
-            if pending is not None:
-                if self.damage is None:
-                    self.n_lines += 1
-                    self.n_bytes += len(pending)
-                    yield self.n_lines, pending
-                else:
-                    self.dropped_partial = True
-            bar.update(self.n_lines % _PROGRESS_EVERY)
-
-    def check_complete(self, allow_truncated: bool) -> None:
-        """Raise DataError for a damaged stream, or warn when ``allow_truncated``."""
-        if self.damage is None:
-            return
-        size = self.path.stat().st_size
-        partial = " (the incomplete line after them was dropped)" if self.dropped_partial else ""
-        if not allow_truncated:
-            raise DataError(
-                f"{self.path}: {self.damage}; only {self.n_lines:,} complete lines "
-                f"({self.n_bytes:,} uncompressed bytes, up to compressed byte {size:,}) could be "
-                f"read{partial}. The file is probably an interrupted download: re-download it "
-                f"(and check its sha256), or pass allow_truncated=True to use the "
-                f"{self.n_lines:,} complete lines only."
-            )
-        warnings.warn(
-            f"{self.path}: {self.damage}; kept the {self.n_lines:,} complete lines read before "
-            f"the damage{partial} because allow_truncated=True. The data set is incomplete.",
-            TruncatedFileWarning,
-            stacklevel=3,
-        )
 
 
 def _where(path: Path, lineno: int) -> str:
@@ -180,9 +116,10 @@ def _review_format(path: Path, fmt: str) -> str:
 
 
 def _parse_json_review(line: bytes, where: str) -> tuple[str, str, float, int]:
+    text = decode(line, where)
     try:
-        rec = json.loads(line)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        rec = _load_json(text)
+    except ValueError as e:  # JSONDecodeError, and ints over Python's 4,300-digit limit
         raise DataError(f"{where}: not a valid JSON line ({e})") from None
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object (a review), got {type(rec).__name__}")
@@ -191,47 +128,49 @@ def _parse_json_review(line: bytes, where: str) -> tuple[str, str, float, int]:
     except KeyError as e:
         raise DataError(
             f"{where}: review lacks the required field {e.args[0]!r} "
-            f"(required: reviewerID, asin, overall, unixReviewTime; present: {', '.join(rec)})"
+            f"(required: reviewerID, asin, overall, unixReviewTime; present: {', '.join(rec)[:300]})"
         ) from None
-    return _check_review(user, item, rating, ts, where)
+    return (
+        check_id(user, "reviewerID", where),
+        check_id(item, "asin", where),
+        check_rating(rating, "overall", where),
+        check_timestamp(ts, "unixReviewTime", where),
+    )
+
+
+def _load_json(text: str) -> Any:
+    """``json.loads``, with a nesting too deep for it reported as a ValueError too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def _parse_csv_review(line: bytes, where: str) -> tuple[str, str, float, int]:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 text ({e})") from None
-    row = next(csv.reader((text,)), [])
+    require_newline(line, where)
+    text = decode(line, where)
+    if '"' not in text:  # the usual row: plain split (the csv module only matters for quotes)
+        row = text.split(",") if text else []
+    else:
+        try:
+            row = next(csv.reader((text,), strict=True), [])
+        except csv.Error as e:
+            raise DataError(f"{where}: not a CSV row ({e})") from None
     if len(row) != 4:
         raise DataError(
             f"{where}: expected 4 comma-separated fields item,user,rating,timestamp "
             f"(the 2018 ratings CSV has no header), got {len(row)}: {text.strip()[:200]!r}"
         )
-    item, user, rating_s, ts_s = row
+    item, user, rating, ts = row
     try:
-        rating = float(rating_s)
-        ts = int(ts_s)
-    except ValueError:
-        raise DataError(
-            f"{where}: rating {rating_s!r} or timestamp {ts_s!r} is not a number "
-            f"(columns are item,user,rating,timestamp with no header row)"
-        ) from None
-    return _check_review(user, item, rating, ts, where)
-
-
-def _check_review(user: Any, item: Any, rating: Any, ts: Any, where: str) -> tuple[str, str, float, int]:
-    """Validate the types of one review's fields; return them normalised."""
-    if not isinstance(user, str) or not user:
-        raise DataError(f"{where}: reviewerID/user must be a non-empty string, got {user!r}")
-    if not isinstance(item, str) or not item:
-        raise DataError(f"{where}: asin/item must be a non-empty string, got {item!r}")
-    if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
-        raise DataError(f"{where}: overall/rating must be a number, got {rating!r}")
-    if isinstance(ts, float) and ts.is_integer():
-        ts = int(ts)
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise DataError(f"{where}: unixReviewTime/timestamp must be an integer, got {ts!r}")
-    return user, item, float(rating), ts
+        return (
+            check_id(user, "user", where),
+            check_id(item, "item", where),
+            parse_finite(rating, "rating", where),
+            parse_timestamp(ts, "timestamp", where),
+        )
+    except DataError as e:
+        raise DataError(f"{e} (columns are item,user,rating,timestamp with no header row)") from None
 
 
 def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool = False) -> pd.DataFrame:
@@ -245,13 +184,16 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
             and warn (:class:`TruncatedFileWarning`) instead of raising.
 
     Returns:
-        One row per line, in file order, duplicates kept: ``user`` (str, reviewerID),
-        ``item`` (str, asin), ``rating`` (float32), ``timestamp`` (int64, unix seconds).
+        One row per non-blank line, in file order, duplicates kept: ``user`` (str,
+        reviewerID), ``item`` (str, asin), ``rating`` (float32, finite), ``timestamp``
+        (int64, unix seconds, or milliseconds in 2023 files; ``0 <= ts < 2**63``).
         The string columns have pandas' default string dtype (``str`` from pandas 3).
 
     Raises:
-        DataError: a malformed line, a missing or mistyped field (the message names the
-            file and the 1-based line), a damaged gzip stream, or a file with no reviews.
+        DataError: a malformed line, a missing or mistyped field, a value out of range
+            (the message names the file and the 1-based line), a CSV file whose last line
+            has no newline (it may be cut off mid-value), a line over ``MAX_LINE_BYTES``,
+            a damaged gzip stream, or a file with no reviews.
     """
     path = Path(path)
     kind = _review_format(path, fmt)
@@ -260,7 +202,7 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
     items: list[str] = []
     ratings: list[float] = []
     times: list[int] = []
-    lines = _Lines(path)
+    lines = Lines(path)
     for lineno, line in lines:
         if not line.strip():
             continue
@@ -296,15 +238,16 @@ def clean_text(text: str) -> str:
 
 def _parse_meta_line(line: bytes, where: str) -> dict:
     """Parse one metadata line: JSON first, then a Python literal (never code)."""
+    text = decode(line, where).strip()
     try:
-        rec = json.loads(line)
+        rec = _load_json(text)
     except ValueError:
         try:
-            rec = ast.literal_eval(line.decode("utf-8").strip())
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as e:
+            rec = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError) as e:
             raise DataError(
                 f"{where}: neither a JSON object nor a Python dict literal "
-                f"({type(e).__name__}: {e}); only plain literals are accepted, never code"
+                f"({type(e).__name__}: {str(e)[:200]}); only plain literals are accepted, never code"
             ) from None
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected one product record (a dict), got {type(rec).__name__}")
@@ -317,9 +260,9 @@ def _text_field(rec: dict, key: str, where: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return clean_text(value)
+        return check_text(clean_text(value), key, where)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return clean_text(" ".join(value))
+        return check_text(clean_text(" ".join(value)), key, where)
     raise DataError(f"{where}: field {key!r} must be text or a list of text, got {type(value).__name__}")
 
 
@@ -341,7 +284,7 @@ def _category_path(rec: dict, where: str) -> str:
             f"strings (2018), got {value!r:.200}"
         )
     levels = (clean_text(v) for v in value)
-    return CATEGORY_SEPARATOR.join(v for v in levels if v)
+    return check_text(CATEGORY_SEPARATOR.join(v for v in levels if v), key, where)
 
 
 def _full_size_url(url: str) -> str:
@@ -366,21 +309,35 @@ def _image_url(rec: dict, where: str) -> str | None:
         for url in candidates:
             if not isinstance(url, str):
                 raise DataError(f"{where}: field {key!r} holds a non-string URL {url!r:.100}")
-            url = url.strip()
+            url = check_text(url.strip(), key, where)
             if url:
                 return _full_size_url(url) if key in ("imageURL", "image") else url
     return None
 
 
-_ASIN_BYTES = re.compile(rb"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+# The pre-filter of read_metadata: an "asin" key with a plain value (no quote, no escape),
+# followed by the end of the value (so 'B0' 'X', an implicit concatenation, is not taken
+# for 'B0').
+_ASIN_KEY = re.compile(rb"""['"]asin['"]\s*:\s*(['"])([^'"\\\n]*)\1\s*[,}]""")
+# What could spell a key "asin" without the bytes `asin`: an escape ('\x61sin', "\u0061sin")
+# or adjacent string literals ('as' 'in').
+_HIDDEN_KEY = re.compile(rb"""\\[xuUN0-7]|['"](?:a|as|asi)['"]\s*[uUrR]?['"]""")
 
 
 def _wanted(line: bytes, asins: Collection[str] | None) -> bool:
-    """False only for a line whose asin is plainly visible and not among ``asins``."""
+    """False only for a line certain to be the record of a product not in ``asins``.
+
+    The line is skipped unparsed only when every ``asin`` in it is a plainly written key
+    with a plain value, none of those values is wanted, and no escape or string
+    concatenation could spell another ``asin`` key. A title holding ``'asin': 'X'`` makes
+    the line hold two such keys: it is kept when either value is wanted.
+    """
     if asins is None:
         return True
-    found = _ASIN_BYTES.search(line)
-    return found is None or found.group(1).decode("utf-8", "replace").strip() in asins
+    values = _ASIN_KEY.findall(line)
+    if not values or len(values) != line.count(b"asin") or _HIDDEN_KEY.search(line):
+        return True  # not certain without parsing
+    return any(v.decode("utf-8", "replace").strip() in asins for _, v in values)
 
 
 def read_metadata(
@@ -389,8 +346,9 @@ def read_metadata(
     """Read an Amazon metadata dump (2014 Python-literal lines or 2018 JSON lines).
 
     With ``asins``, only the records of those products are parsed: other lines are skipped
-    on a quick look at their ``asin`` field, without being checked. A full 2014 category
-    file has about 1.5M Python-literal lines, and parsing them all takes minutes.
+    on a quick look at their ``asin`` field, without being checked (see :func:`_wanted`:
+    a line is skipped only when that look is certain). A full 2014 category file has
+    about 1.5M Python-literal lines, and parsing them all takes minutes.
 
     Text fields are cleaned with :func:`clean_text` (HTML tags stripped, entities
     unescaped, whitespace squeezed); a 2018 ``description`` list is joined with spaces.
@@ -401,18 +359,19 @@ def read_metadata(
 
     Returns:
         A frame with columns ``asin, title, brand, categories, description, image_url``,
-        one row per distinct asin, in file order.
+        one row per distinct asin (in ``asins`` when given), in file order.
 
     Raises:
         DataError: a line that is not a dict literal / JSON object, a record without
-            ``asin`` or with a mistyped field (file and 1-based line in the message), a
-            damaged gzip stream, or a file with no records.
+            ``asin`` or with a mistyped field or invalid text (file and 1-based line in
+            the message), a line over ``MAX_LINE_BYTES``, a damaged gzip stream, or a
+            file with no records.
     """
     path = Path(path)
     rows: list[tuple[str, str, str, str, str, str | None]] = []
     seen: set[str] = set()
     duplicates = 0
-    lines = _Lines(path)
+    lines = Lines(path)
     for lineno, line in lines:
         if not line.strip() or not _wanted(line, asins):
             continue
@@ -421,7 +380,9 @@ def read_metadata(
         asin = rec.get("asin")
         if not isinstance(asin, str) or not asin.strip():
             raise DataError(f"{where}: product record lacks a string 'asin' (got {asin!r:.100})")
-        asin = asin.strip()
+        asin = check_id(asin.strip(), "asin", where)
+        if asins is not None and asin not in asins:
+            continue  # kept by the pre-filter only because it could not be sure
         if asin in seen:
             duplicates += 1
             continue
