@@ -13,7 +13,8 @@ import torch
 
 from sea.config import ConfigError, load_params
 from sea.models.base import Batch, GraphData, model_class
-from sea.models.freedom import FREEDOMConfig, bpr
+from sea.losses import bpr_loss
+from sea.models.freedom import FREEDOMConfig
 from sea.models.graphs import item_item_graph, user_item_adjacency
 from sea.models.vbpr import VBPRConfig
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step, train
@@ -34,7 +35,8 @@ def tiny_data(dims=None) -> GraphData:
 def build(name: str, data: GraphData, cfg: dict | None = None, loss: dict | None = None):
     cls = model_class(name)
     torch.manual_seed(0)
-    return cls.build(data, cls.Config.from_dict(cfg or {}, name), make_setup(loss, None, list(data.features)))
+    setup = make_setup(name, cfg, loss=loss, modalities=list(data.features))
+    return cls.build(data, setup.model_cfg, setup)
 
 
 def test_registered_with_their_sections():
@@ -223,12 +225,12 @@ def test_freedom_feature_bpr_matches_its_formula():
     assert plain.projections is None and plain.extra_losses(plain(data), batch) == {}
 
 
-def test_bpr_with_several_negatives_matches_its_definition():
+def test_bpr_with_several_negatives_matches_its_definition():  # the feature terms rely on it
     g = torch.Generator().manual_seed(4)
     u, p, n = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g), torch.randn(5, 4, 3, generator=g)
     expected = np.mean([-math.log(1 / (1 + math.exp(-(u[b] @ p[b] - u[b] @ n[b, j]).item())))
                         for b in range(5) for j in range(4)])
-    assert bpr(u, p, n).item() == pytest.approx(expected, rel=1e-5)
+    assert bpr_loss(u, p, n).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_freedom_sea_adds_the_separation_terms_and_trains_every_parameter():

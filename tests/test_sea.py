@@ -1,15 +1,14 @@
 """SEA's losses, its separation component and the SEA model, checked against their
 definitions through the Recommender interface (sea/models/base.py).
 
-The helpers at the top (toy data, a setup, one training step, a small training loop that
-calls the hooks in the trainer's order) are shared with tests/test_models_mm.py.
+The helpers at the top (toy data, params, a model built and trained by the real trainer,
+sea/train.py) are shared with tests/test_models_mm.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,14 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sea.config import ClubConfig, ConfigError, LossConfig
+from sea.config import ConfigError, TrainingSetup
 from sea.data.split import split
 from sea.losses import CLUBEstimator, bpr_loss, fit_estimators, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking
 from sea.models.base import Batch, GraphData, Recommender, model_class
-from sea.models.freedom import bpr
 from sea.models.graphs import item_item_graph
 from sea.models.sea import SEAConfig
+from sea.train import build_model, fit, seed_everything, train_step
 
 # ------------------------------------------------------------------ helpers (shared)
 
@@ -44,24 +43,24 @@ def toy_data(feature_dims=None, seed: int = 0, n_users: int = 120, n_items: int 
     return inter, feats
 
 
-def make_setup(loss: dict | None = None, club: dict | None = None, modalities=("image", "text")):
-    """The shared sections a model's build reads: setup.loss, setup.club, setup.model.modalities."""
-    return SimpleNamespace(
-        loss=LossConfig.from_dict(loss, "loss"),
-        club=ClubConfig.from_dict({"steps": 3} | (club or {}), "club"),
-        model=SimpleNamespace(modalities=list(modalities)),
-    )
+def make_setup(name: str = "sea", cfg: dict | None = None, *, loss: dict | None = None, club: dict | None = None,
+               modalities=("image", "text"), train: dict | None = None) -> TrainingSetup:
+    """The params a run of model ``name`` reads (3 estimator steps instead of 50)."""
+    return TrainingSetup.from_params({
+        "model": {"name": name, "modalities": list(modalities)}, name: cfg or {},
+        "loss": loss or {}, "club": {"steps": 3} | (club or {}),
+        "train": {"lr": 1e-2, "batch_size": 128, "max_epochs": 8, "patience": 8} | (train or {}),
+    })
 
 
 def make(name: str = "sea", cfg: dict | None = None, *, loss=None, club=None, modalities=("image", "text"),
          feature_dims=None, init_seed: int = 0, **sizes) -> tuple[Recommender, GraphData]:
-    """Model ``name`` built on the toy data, as the trainer builds it."""
-    setup = make_setup(loss, club, modalities)
+    """Model ``name`` built on the toy data by the trainer's build_model."""
+    setup = make_setup(name, cfg, loss=loss, club=club, modalities=modalities)
     inter, feats = toy_data(feature_dims, **sizes)
     data = GraphData.build(inter, len(next(iter(feats.values()))), {m: feats[m] for m in modalities})
-    cls = model_class(name)
-    torch.manual_seed(init_seed)
-    return cls.build(data, cls.Config.from_dict(cfg or {}, name), setup), data
+    seed_everything(init_seed)  # as the train stage does: deterministic CPU kernels too
+    return build_model(data, setup), data
 
 
 def make_batch(data: GraphData, n: int = 64, negatives: int = 1, seed: int = 0) -> Batch:
@@ -71,32 +70,15 @@ def make_batch(data: GraphData, n: int = 64, negatives: int = 1, seed: int = 0) 
 
 
 def step(model: Recommender, data: GraphData, batch: Batch, opt: torch.optim.Optimizer) -> dict[str, float]:
-    """One training step in the trainer's order; returns the unweighted terms and the
-    auxiliary logs."""
-    model.train()
-    emb = model(data)
-    logs = model.auxiliary_step(emb, batch)
-    terms = {"bpr": (bpr(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]), 1.0)}
-    terms |= {k: (t.value, t.weight) for k, t in model.extra_losses(emb, batch).items()}
-    total = sum(w * v for v, w in terms.values())
-    opt.zero_grad(set_to_none=True)
-    total.backward()
-    opt.step()
-    return {k: float(v.detach()) for k, (v, _) in terms.items()} | logs
+    """The trainer's step; returns the unweighted terms and the auxiliary logs."""
+    return {k: float(v) for k, v in train_step(model, opt, data, batch, "bpr").items()}
 
 
-def train(model: Recommender, data: GraphData, epochs: int, lr: float = 1e-2, batch_size: int = 128,
-          seed: int = 5) -> None:
-    """A small trainer: seeded batches and uniform negatives, on_epoch_start per epoch."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.main_parameters(), lr=lr)
-    for epoch in range(1, epochs + 1):
-        model.on_epoch_start(epoch, gen)
-        order = torch.randperm(len(data.train_users), generator=gen)
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            neg = torch.randint(data.n_items, (len(idx), 1), generator=gen)
-            step(model, data, Batch(data.train_users[idx], data.train_items[idx], neg), opt)
+def train(model: Recommender, data: GraphData, epochs: int, seed: int = 5) -> None:
+    """The trainer's fit (lr 1e-2, batches of 128) for ``epochs`` epochs, best state kept."""
+    setup = make_setup(model.name, modalities=list(data.features),
+                       train={"max_epochs": epochs, "patience": epochs})
+    fit(model, data, setup, seed, log=lambda s: None)
 
 
 def recall_at_10(model: Recommender, data: GraphData) -> float:
@@ -256,7 +238,7 @@ def test_zero_weights_mean_plain_bpr():
     opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
     reference.train()
     emb = reference(data)
-    bpr(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]).backward()
+    bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]).backward()
     opt.step()
     for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-7), name

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sea.config import ConfigError, Section
+from sea.losses import bpr_loss
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph, user_item_adjacency
 from sea.models.separation import Separation, check_separation_params, parameters_except
@@ -66,13 +66,6 @@ class FREEDOMConfig(Section):
         check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         check(self.reg_weight >= 0, "reg_weight must be >= 0")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
-
-
-def bpr(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """BPR of ``user`` [B, d] against ``pos`` [B, d] and each of its negatives ``neg``
-    [B, N, d]: mean over the B·N pairs of −log σ(⟨u, i⁺⟩ − ⟨u, i⁻⟩)."""
-    margin = (user * pos).sum(-1, keepdim=True) - torch.einsum("bd,bnd->bn", user, neg)
-    return -F.logsigmoid(margin).mean()
 
 
 @register
@@ -210,7 +203,7 @@ class FREEDOM(Recommender):
         total = 0.0
         for m in self.modalities:
             x = emb.extras["content"][m]
-            total = total + bpr(user, self.projections[m](x[batch.pos]), self.projections[m](x[batch.neg]))
+            total = total + bpr_loss(user, self.projections[m](x[batch.pos]), self.projections[m](x[batch.neg]))
         return total
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:

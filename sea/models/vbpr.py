@@ -22,6 +22,7 @@ from torch import nn
 
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
+from sea.models.bprmf import embedding_l2
 from sea.models.separation import Separation, check_separation_params, parameters_except
 
 
@@ -45,12 +46,6 @@ class VBPRConfig(Section):
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
-def embedding_l2(*rows: torch.Tensor) -> torch.Tensor:
-    """MMRec's embedding penalty: the sum of each tensor's Frobenius norm, divided by the
-    batch size (the first dimension of the first tensor)."""
-    return sum(torch.linalg.vector_norm(r) for r in rows) / rows[0].shape[0]
-
-
 @register
 class VBPR(Recommender):
     """VBPR recommender.
@@ -59,7 +54,8 @@ class VBPR(Recommender):
         n_users, n_items: graph sizes.
         feature_dims: modality name -> raw feature width; f_i concatenates them in this order.
         embedding_dim: d, the width of the id part and of the content part (64).
-        reg_weight: weight of the embedding L2 penalty (:func:`embedding_l2`).
+        reg_weight: weight of the embedding L2 penalty (:func:`~sea.models.bprmf.embedding_l2`,
+            as BPR-MF's).
         separation: keyword arguments of :class:`Separation` (without ``feature_dims``)
             for VBPR+SEA, or None for plain VBPR.
     """
