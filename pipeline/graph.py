@@ -53,7 +53,8 @@ def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[
         raise DataError(f"{reviews_path}: {e}") from None
     core, users, asins = reindex(core)
     inter = split(core, sc.method, sc.seed)[["user", "item", "rating", "timestamp", "split"]]
-    meta = read_metadata(ds.raw_dir / ds.local_name(ds.meta_url), asins=set(asins)) if ds.meta_url else None
+    meta = read_metadata(ds.raw_dir / ds.local_name(ds.meta_url), asins=set(asins),
+                         allow_truncated=ds.allow_truncated) if ds.meta_url else None
     items = item_table(asins, meta, ds.meta_url)
     stats = {
         "raw": {"reviews": len(raw), "users": int(raw["user"].nunique()), "items": int(raw["item"].nunique())},
