@@ -78,7 +78,7 @@ def test_pipeline_trains_from_an_mmrec_folder(tmp_path, processed):
     import json
 
     metrics = json.loads((work / "reports/metrics.json").read_text())
-    assert 0 < metrics["sea"]["test"]["recall@20"] <= 1
+    assert 0 < metrics["test"]["recall@20"] <= 1
     report = (work / "reports/report.md").read_text()
     assert "precomputed (image_feat.npy of the MMRec folder)" in report
     # exported again: the same interactions, split and features as the folder it came from
