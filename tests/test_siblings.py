@@ -1,0 +1,350 @@
+"""The sibling methods of SEA (issue 8): LIRDRec, SimpleX, the cosine contrastive loss and
+cross-batch negative sampling, each checked against its definition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+from sea.config import ConfigError
+from sea.data.split import split
+from sea.losses import bpr_loss
+from sea.models.base import Batch, GraphData, model_class
+from sea.models.lirdrec import LIRDRec, LIRDRecConfig, dct_matrix, mixing_weight, transform_features
+from sea.models.simplex import SimpleX, SimpleXConfig
+
+
+def toy_graph(n_users: int = 40, n_items: int = 30, feature_dims=None, seed: int = 0,
+              duplicate_item: bool = False) -> GraphData:
+    """Users who each like one of 3 clusters; the features reveal an item's cluster.
+    With ``duplicate_item``, item 1 gets exactly item 0's features."""
+    feature_dims = feature_dims or {"image": 12, "text": 10}
+    rng = np.random.default_rng(seed)
+    user_c, item_c = rng.integers(0, 3, n_users), np.arange(n_items) % 3
+    rows = [(u, i, 5.0, int(rng.integers(1e9)))
+            for u in range(n_users)
+            for i in rng.choice(np.flatnonzero(item_c == user_c[u]), 5, replace=False)]
+    inter = split(pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]), "mmrec", 1)
+    onehot = np.eye(3)[item_c]
+    feats = {m: (onehot @ rng.normal(size=(3, d)) + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
+             for m, d in feature_dims.items()}
+    if duplicate_item:
+        for x in feats.values():
+            x[1] = x[0]
+    return GraphData.build(inter, n_items, feats)
+
+
+def random_batch(data: GraphData, n: int = 32, negatives: int = 4, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train_users), generator=g)[:n]
+    return Batch(data.train_users[idx], data.train_items[idx], torch.randint(data.n_items, (n, negatives), generator=g))
+
+
+def lirdrec(data: GraphData, **overrides) -> LIRDRec:
+    torch.manual_seed(0)
+    return LIRDRec.build(data, LIRDRecConfig.from_dict({"embedding_dim": 8, "mlp_hidden_dim": 16,
+                                                       "attention_hidden_dim": 4, "knn_k": 3} | overrides,
+                                                      "lirdrec"))
+
+
+def simplex(data: GraphData, **overrides) -> SimpleX:
+    torch.manual_seed(0)
+    return SimpleX.build(data, SimpleXConfig.from_dict({"embedding_dim": 8, "dropout": 0.0} | overrides, "simplex"))
+
+
+def bpr_step(model, data: GraphData, batch: Batch) -> torch.Tensor:
+    """The ranking loss plus the model's own terms on one batch (BPR, first negative)."""
+    emb = model(data)
+    loss = bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg[:, 0]])
+    for term in model.extra_losses(emb, batch).values():
+        loss = loss + term.weight * term.value
+    return loss
+
+
+def held_loss(model, data: GraphData) -> float:
+    """BPR (+ extra terms) in eval mode on a fixed batch of 100 training pairs."""
+    model.eval()
+    with torch.no_grad():
+        return bpr_step(model, data, random_batch(data, n=100, seed=12345)).item()
+
+
+def train_briefly(model, data: GraphData, epochs: int, steps_per_epoch: int = 8, lr: float = 1e-2) -> list[float]:
+    """A plain loop (on_epoch_start, then per step: forward, BPR + extra terms, Adam);
+    returns :func:`held_loss` before training and after each epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    losses = [held_loss(model, data)]
+    for epoch in range(1, epochs + 1):
+        model.train()
+        model.on_epoch_start(epoch, gen)
+        for step in range(steps_per_epoch):
+            loss = bpr_step(model, data, random_batch(data, n=64, seed=epoch * steps_per_epoch + step))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses.append(held_loss(model, data))
+    return losses
+
+
+def assert_every_parameter_gets_gradient(model, data: GraphData) -> None:
+    model.train()
+    model.zero_grad()
+    bpr_step(model, data, random_batch(data)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_both_models_are_registered():
+    assert model_class("lirdrec") is LIRDRec
+    assert model_class("simplex") is SimpleX
+    assert LIRDRec.uses_features and not SimpleX.uses_features
+
+
+# ------------------------------------------------------------------ LIRDRec
+
+
+def test_dct_matrix_is_the_orthonormal_dct_ii():
+    x = torch.randn(5, 13, dtype=torch.float64)
+    c = dct_matrix(13).double()
+    torch.testing.assert_close(c @ c.T, torch.eye(13, dtype=torch.float64), atol=1e-6, rtol=0)
+    expected = scipy.fft.dct(x.numpy(), type=2, norm="ortho", axis=-1)
+    torch.testing.assert_close(x @ c.T, torch.as_tensor(expected), atol=1e-6, rtol=0)
+
+
+def test_shared_input_is_the_per_item_dct_of_each_modality_concatenated():
+    data = toy_graph()
+    shared = transform_features(data.features)
+    expected = np.concatenate([scipy.fft.dct(data.features[m].numpy(), norm="ortho", axis=-1)
+                               for m in ("image", "text")], axis=1)
+    np.testing.assert_allclose(shared.numpy(), expected, atol=1e-5)
+
+
+def test_lirdrec_item_vectors_depend_only_on_the_features():
+    data = toy_graph(duplicate_item=True)
+    model = lirdrec(data)
+    # No parameter is sized by the number of items: there is no item id embedding.
+    assert all(data.n_items not in p.shape for p in model.parameters())
+    shared = transform_features(data.features)
+    branches = model.encode_items(data.features, shared)
+    assert len(branches) == 3  # image, text, shared
+    for b in branches:  # equal up to the rounding of batched matrix products
+        torch.testing.assert_close(b[0], b[1], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(b[0], b[2])
+    # Changing another item's features leaves this item's vectors unchanged.
+    changed = {m: x.clone() for m, x in data.features.items()}
+    changed["image"][5] += 1.0
+    changed["text"][7] -= 1.0
+    again = model.encode_items(changed, transform_features(changed))
+    keep = torch.ones(data.n_items, dtype=torch.bool)
+    keep[[5, 7]] = False
+    for b, c in zip(branches, again, strict=True):
+        torch.testing.assert_close(b[keep], c[keep], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(b[5], c[5]) or not torch.equal(b[7], c[7])
+
+
+def test_lirdrec_with_one_modality_has_two_branches():
+    data = toy_graph(feature_dims={"text": 10})
+    model = lirdrec(data)
+    emb = model(data)
+    assert emb.user.shape == (data.n_users, 16) and emb.item.shape == (data.n_items, 16)
+
+
+@pytest.mark.parametrize("w0,base", [(0.9, 0.9), (0.99, 0.5), (0.6, 1.0)])
+def test_mixing_weight_follows_the_reference_recursion(w0, base):
+    """The reference updates (w1, w2) ← normalise(w1 · base^epoch, w2) at each epoch start."""
+    w1, w2 = w0, 1.0 - w0
+    assert mixing_weight(0, w0, base) == pytest.approx(w0)
+    for epoch in range(1, 12):
+        w1, w2 = w1 * base**epoch, w2
+        w1, w2 = w1 / (w1 + w2), w2 / (w1 + w2)
+        assert mixing_weight(epoch, w0, base) == pytest.approx(w1, rel=1e-9, abs=1e-300)
+
+
+def test_mixing_weight_far_out_is_zero_without_overflow():
+    assert mixing_weight(10_000, 0.9, 0.9) == 0.0
+    assert mixing_weight(10_000, 0.9, 1.0) == pytest.approx(0.9)  # base 1: no decay
+
+
+def test_lirdrec_fusion_uses_the_epoch_weight_and_copies_the_last_weights():
+    data = toy_graph()
+    model = lirdrec(data, initial_weight=0.8, decay_base=0.7)
+    fusion = model.fusion
+    gen = torch.Generator().manual_seed(0)
+    assert float(fusion.weight) == pytest.approx(0.8)
+    theta0 = fusion.theta.detach().clone()
+    model.train()
+    model.on_epoch_start(1, gen)
+    assert float(fusion.weight) == pytest.approx(mixing_weight(1, 0.8, 0.7))
+    torch.testing.assert_close(fusion.theta.detach(), theta0)  # nothing learned yet to copy
+
+    # The fusion weights are softmax(w · scores + (1 − w) · θ), recomputed here by hand.
+    parts = [torch.randn(data.n_users, 8) for _ in range(3)]
+    scores = torch.cat([f(p) for f, p in zip(fusion.scorers, parts, strict=True)], dim=1)
+    w = mixing_weight(1, 0.8, 0.7)
+    expected = torch.softmax(w * scores + (1 - w) * theta0, dim=1)
+    out = fusion(parts)
+    torch.testing.assert_close(out, torch.cat([expected[:, k:k + 1] * p for k, p in enumerate(parts)], dim=1))
+
+    # A training forward remembers its weights; an eval forward does not.
+    emb = model(data)
+    seen = fusion.last_weights.clone()
+    torch.testing.assert_close(seen.sum(1), torch.ones(data.n_users))
+    model.eval()
+    with torch.no_grad():
+        model(data)
+    torch.testing.assert_close(fusion.last_weights, seen, rtol=0, atol=0)
+    model.train()
+    model.on_epoch_start(2, gen)
+    assert float(fusion.weight) == pytest.approx(mixing_weight(2, 0.8, 0.7))
+    torch.testing.assert_close(fusion.theta.detach(), seen, rtol=0, atol=0)
+    assert emb.user.shape == (data.n_users, 24)
+
+
+def test_lirdrec_state_dict_carries_the_schedule_but_not_the_fixed_inputs():
+    data = toy_graph()
+    model = lirdrec(data)
+    model.on_epoch_start(4, torch.Generator())
+    state = model.state_dict()
+    assert "fusion.weight" in state and "fusion.last_weights" in state
+    assert not any(k.startswith(("shared_input", "graph_")) for k in state)
+    other = lirdrec(data)
+    other.load_state_dict(state)
+    model.eval(), other.eval()
+    with torch.no_grad():
+        a, b = model(data), other(data)
+    torch.testing.assert_close(a.user, b.user, rtol=0, atol=0)
+    torch.testing.assert_close(a.item, b.item, rtol=0, atol=0)
+
+
+def test_lirdrec_gradients_reach_every_parameter():
+    data = toy_graph()
+    model = lirdrec(data)
+    model.on_epoch_start(1, torch.Generator())
+    assert_every_parameter_gets_gradient(model, data)
+
+
+def test_lirdrec_item_vector_adds_one_hop_over_the_item_graph():
+    data = toy_graph()
+    with_hop, without = lirdrec(data, item_layers=1), lirdrec(data, item_layers=0)
+    without.load_state_dict(with_hop.state_dict())
+    with torch.no_grad():
+        a, b = with_hop.eval()(data), without.eval()(data)
+    torch.testing.assert_close(a.user, b.user)
+    torch.testing.assert_close(a.item, b.item + torch.sparse.mm(with_hop.item_graph, b.item))
+
+
+def test_lirdrec_trains():
+    data = toy_graph()
+    losses = train_briefly(lirdrec(data), data, epochs=5)
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("params,name", [
+    ({"embedding_dim": 0}, "embedding_dim"), ({"initial_weight": 1.0}, "initial_weight"),
+    ({"decay_base": 0.0}, "decay_base"), ({"ui_layers": -1}, "ui_layers"),
+    ({"image_knn_weight": 2.0}, "image_knn_weight"), ({"reg_weight": -1.0}, "reg_weight"),
+    ({"decay": 0.9}, "decay"),
+])
+def test_lirdrec_config_errors_name_the_param(params, name):
+    with pytest.raises(ConfigError, match=name):
+        LIRDRecConfig.from_dict(params, "lirdrec")
+
+
+# ------------------------------------------------------------------ SimpleX
+
+
+def explicit_simplex_users(model: SimpleX, data: GraphData) -> torch.Tensor:
+    """SimpleX's user vectors computed user by user from the definition (a Python loop)."""
+    indptr, indices = data.csr["train"]
+    e_user, e_item = model.user_emb.weight.detach(), model.item_emb.weight.detach()
+    rows = []
+    for u in range(data.n_users):
+        hist = torch.as_tensor(np.unique(indices[indptr[u]:indptr[u + 1]]))
+        if len(hist) == 0:
+            pooled = torch.zeros(e_user.shape[1])
+        else:
+            items = e_item[hist]
+            if model.aggregator == "mean":
+                alpha = torch.full((len(hist),), 1.0 / len(hist))
+            else:
+                keys = torch.tanh(items @ model.key[0].weight.detach().T + model.key[0].bias.detach())
+                query = model.query.detach() if model.aggregator == "self_attention" else e_user[u]
+                alpha = torch.softmax(keys @ query, dim=0)
+            pooled = alpha @ items
+        rows.append(model.gamma * e_user[u] + (1 - model.gamma) * model.value.weight.detach() @ pooled)
+    return F.normalize(torch.stack(rows), dim=1)
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "self_attention", "user_attention"])
+def test_simplex_user_vector_matches_its_definition(aggregator):
+    data = toy_graph()
+    model = simplex(data, aggregator=aggregator, gamma=0.3)
+    with torch.no_grad():
+        for p in model.parameters():  # move away from the tiny initialisation
+            p.normal_()
+        emb = model.eval()(data)
+    torch.testing.assert_close(emb.user, explicit_simplex_users(model, data), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(emb.item, F.normalize(model.item_emb.weight.detach(), dim=1))
+    # The score is the cosine similarity.
+    users = torch.tensor([0, 3, 7])
+    expected = F.cosine_similarity(emb.user[users, None, :], model.item_emb.weight.detach()[None], dim=-1)
+    torch.testing.assert_close(model.score(emb, users), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_simplex_counts_a_repeated_interaction_once_and_handles_users_without_history():
+    rows = pd.DataFrame({"user": [0, 0, 0, 1, 2, 2], "item": [0, 0, 1, 2, 1, 2],
+                         "split": ["train", "train", "train", "train", "valid", "test"]})
+    data = GraphData.build(rows, n_items=3)
+    model = simplex(data, gamma=0.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+        emb = model.eval()(data)
+    torch.testing.assert_close(emb.user, explicit_simplex_users(model, data), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(emb.user).all()  # user 2 has no training item: zero aggregate
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "self_attention", "user_attention"])
+def test_simplex_gradients_reach_every_parameter(aggregator):
+    data = toy_graph()
+    model = simplex(data, aggregator=aggregator)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    assert_every_parameter_gets_gradient(model, data)
+
+
+def test_simplex_dropout_only_in_training():
+    data = toy_graph()
+    model = simplex(data, dropout=0.5)
+    with torch.no_grad():
+        a, b = model.eval()(data), model(data)
+    torch.testing.assert_close(a.user, b.user, rtol=0, atol=0)
+    with torch.no_grad():
+        c = model.train()(data)
+    assert not torch.equal(a.user, c.user)
+
+
+def test_simplex_trains():
+    data = toy_graph()
+    losses = train_briefly(simplex(data, aggregator="user_attention"), data, epochs=5)
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("params,name", [
+    ({"aggregator": "max"}, "aggregator"), ({"gamma": 1.5}, "gamma"), ({"dropout": 1.0}, "dropout"),
+    ({"embedding_dim": -3}, "embedding_dim"),
+])
+def test_simplex_config_errors_name_the_param(params, name):
+    with pytest.raises(ConfigError, match=name):
+        SimpleXConfig.from_dict(params, "simplex")
