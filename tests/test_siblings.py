@@ -12,12 +12,13 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from sea.config import ConfigError
+from sea.config import ConfigError, LossConfig, TrainingSetup, load_params
 from sea.data.split import split
-from sea.losses import bpr_loss
-from sea.models.base import Batch, GraphData, model_class
+from sea.losses import bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
+from sea.models.base import Batch, Embeddings, GraphData, model_class
 from sea.models.lirdrec import LIRDRec, LIRDRecConfig, dct_matrix, mixing_weight, transform_features
 from sea.models.simplex import SimpleX, SimpleXConfig
+from sea.train import CrossBatchMemory, RankingLoss, build_model, embed, evaluate, fit, seed_everything, train_step
 
 
 def toy_graph(n_users: int = 40, n_items: int = 30, feature_dims=None, seed: int = 0,
@@ -348,3 +349,265 @@ def test_simplex_trains():
 def test_simplex_config_errors_name_the_param(params, name):
     with pytest.raises(ConfigError, match=name):
         SimpleXConfig.from_dict(params, "simplex")
+
+
+# ------------------------------------------------------------------ params
+
+
+def test_params_yaml_holds_the_defaults_of_both_sections():
+    params = load_params()
+    assert LIRDRecConfig.from_dict(params["lirdrec"], "lirdrec") == LIRDRecConfig()
+    assert SimpleXConfig.from_dict(params["simplex"], "simplex") == SimpleXConfig()
+    assert LossConfig.from_dict(params["loss"], "loss") == LossConfig()
+    assert params["train"]["sampler"] == "uniform" and params["loss"]["kind"] == "auto"
+
+
+def setup_for(name: str, loss: dict | None = None, train: dict | None = None,
+              modalities=("image", "text")) -> TrainingSetup:
+    return TrainingSetup.from_params({
+        "model": {"name": name, "modalities": list(modalities)}, name: {},
+        "loss": loss or {}, "club": {"steps": 2},
+        "train": {"lr": 1e-2, "batch_size": 32, "max_epochs": 2, "patience": 2} | (train or {}),
+    })
+
+
+@pytest.mark.parametrize("name,kind", [("simplex", "ccl"), ("lightgcn", "bpr"), ("sea", "bpr"), ("lirdrec", "bpr")])
+def test_loss_kind_auto_is_the_models_preferred_loss(name, kind):
+    setup = setup_for(name)
+    assert setup.loss.kind == "auto" and setup.ranking_loss == kind
+    assert setup.ranks_by_cosine == (kind == "ccl")
+    assert setup_for(name, loss={"kind": "bpr"}).ranking_loss == "bpr"
+    assert setup_for(name, loss={"kind": "softmax"}).ranking_loss == "softmax"
+
+
+@pytest.mark.parametrize("section,params,match", [
+    ("loss", {"kind": "hinge"}, "kind"), ("loss", {"ccl_margin": 1.0}, "ccl_margin"),
+    ("loss", {"ccl_negative_weight": -1}, "ccl_negative_weight"),
+    ("loss", {"softmax_temperature": 0}, "softmax_temperature"),
+    ("train", {"sampler": "popular"}, "sampler"), ("train", {"cbns_memory_batches": -1}, "cbns_memory_batches"),
+    ("train", {"cbns_warmup_steps": -2}, "cbns_warmup_steps"),
+    ("train", {"sampler": "cross_batch"}, "sampler: cross_batch"),  # the loss is not softmax
+])
+def test_loss_and_sampler_config_errors_name_the_param(section, params, match):
+    with pytest.raises(ConfigError, match=match):
+        setup_for("lightgcn", **{section: params})
+
+
+# ------------------------------------------------------------------ CCL
+
+
+def ccl_by_hand(user, pos, negs, margin, weight) -> float:
+    """The CCL formula, row by row and negative by negative."""
+    total = 0.0
+    for b in range(len(user)):
+        cos = lambda x, y: float(x @ y / (x.norm() * y.norm()))  # noqa: E731
+        hinge = [max(0.0, cos(user[b], negs[b, n]) - margin) for n in range(negs.shape[1])]
+        total += (1.0 - cos(user[b], pos[b])) + weight / len(hinge) * sum(hinge)
+    return total / len(user)
+
+
+@pytest.mark.parametrize("margin,weight", [(0.9, 150.0), (0.0, 1.0), (-0.2, 3.0)])
+def test_ccl_matches_its_formula(margin, weight):
+    g = torch.Generator().manual_seed(3)
+    user, pos = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    negs = torch.randn(6, 7, 5, generator=g, dtype=torch.float64)
+    negs[:, 0] = user + 0.01 * negs[:, 0]  # some negatives above any margin: the hinge is active
+    pos_cos = F.cosine_similarity(user, pos, dim=-1)
+    neg_cos = F.cosine_similarity(user[:, None], negs, dim=-1)
+    assert ccl_loss(pos_cos, neg_cos, margin, weight).item() == pytest.approx(
+        ccl_by_hand(user, pos, negs, margin, weight), rel=1e-9)
+
+
+def test_ccl_hinge_ignores_negatives_below_the_margin():
+    user = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[1.0, 1.0]])
+    neg = torch.tensor([[[0.0, 1.0], [1.0, 0.1], [-1.0, 0.0]]], requires_grad=True)  # cos 0, ~0.995, -1
+    pos_cos = F.cosine_similarity(user, pos, dim=-1)
+    neg_cos = F.cosine_similarity(user[:, None], neg, dim=-1)
+    loss = ccl_loss(pos_cos, neg_cos, margin=0.9, negative_weight=3.0)
+    expected = (1 - 1 / math.sqrt(2)) + 3.0 / 3 * (1 / math.sqrt(1.01) - 0.9)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert neg.grad[0, 0].abs().sum() == 0 and neg.grad[0, 2].abs().sum() == 0
+    assert neg.grad[0, 1].abs().sum() > 0
+
+
+def test_candidate_cosines_two_ways_agree_with_the_definition():
+    g = torch.Generator().manual_seed(4)
+    user, items = torch.randn(5, 3, generator=g), torch.randn(40, 3, generator=g)
+    few = torch.randint(40, (5, 2), generator=g)  # 2 · 3 < 40: gathers the vectors
+    many = torch.randint(40, (5, 20), generator=g)  # 20 · 3 ≥ 40: picks from the full matrix
+    for ids in (few, many):
+        expected = torch.stack([torch.stack([F.cosine_similarity(user[b], items[ids[b, n]], dim=0)
+                                             for n in range(ids.shape[1])]) for b in range(5)])
+        torch.testing.assert_close(candidate_cosines(user, items, ids), expected)
+
+
+def test_ccl_ranking_loss_on_embeddings_matches_the_formula():
+    g = torch.Generator().manual_seed(5)
+    emb = Embeddings(torch.randn(10, 4, generator=g, dtype=torch.float64),
+                     torch.randn(30, 4, generator=g, dtype=torch.float64))
+    batch = Batch(torch.tensor([0, 3, 3, 9]), torch.tensor([1, 2, 5, 29]), torch.randint(30, (4, 50), generator=g))
+    loss = RankingLoss("ccl", LossConfig(ccl_margin=0.2, ccl_negative_weight=7.0))
+    expected = ccl_by_hand(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg], 0.2, 7.0)
+    assert loss(emb, batch).item() == pytest.approx(expected, rel=1e-9)
+
+
+# ------------------------------------------------------------------ softmax and CBNS
+
+
+def softmax_by_hand(user, pos, pos_ids, tau, log_q=None, extra=None, extra_ids=None) -> float:
+    """Cross-entropy of each row over [in-batch positives; extra], one row at a time."""
+    cands = list(zip(pos_ids.tolist(), pos, strict=True))
+    if extra is not None:
+        cands += list(zip(extra_ids.tolist(), extra, strict=True))
+    total = 0.0
+    for b in range(len(user)):
+        logits = []
+        for c, (item, v) in enumerate(cands):
+            if item == int(pos_ids[b]) and c != b:
+                continue  # the row's own item elsewhere in the candidates: not a negative
+            logit = float(F.cosine_similarity(user[b], v, dim=0)) / tau
+            logits.append(logit - (float(log_q[item]) if log_q is not None else 0.0))
+        own = float(F.cosine_similarity(user[b], pos[b], dim=0)) / tau - (float(log_q[pos_ids[b]]) if log_q is not None else 0.0)
+        total += -(own - math.log(sum(math.exp(x) for x in logits)))
+    return total / len(user)
+
+
+def test_sampled_softmax_matches_its_formula_with_duplicates_logq_and_extra_candidates():
+    g = torch.Generator().manual_seed(6)
+    user, pos = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    pos_ids = torch.tensor([3, 1, 3, 0, 2])  # item 3 twice
+    log_q = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.35, 0.05], dtype=torch.float64))
+    extra, extra_ids = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.tensor([4, 1, 0])
+    for kwargs in ({}, {"log_q": log_q}, {"log_q": log_q, "extra": extra, "extra_ids": extra_ids}):
+        got = sampled_softmax_loss(user, pos, pos_ids, 0.3, **kwargs).item()
+        assert got == pytest.approx(softmax_by_hand(user, pos, pos_ids, 0.3, **kwargs), rel=1e-9)
+
+
+def test_cross_batch_memory_keeps_the_last_m_batches_in_order():
+    memory = CrossBatchMemory(n_batches=2, warmup_steps=3)
+    assert memory.entries() is None and memory.negatives() is None
+    pushed = []
+    for step in range(4):
+        ids = torch.arange(3) + 10 * step
+        vectors = torch.full((3, 2), float(step))
+        memory.push(ids, vectors)
+        pushed.append((ids, vectors))
+        ids_in, vectors_in = memory.entries()
+        last = pushed[-2:]
+        torch.testing.assert_close(ids_in, torch.cat([i for i, _ in last]))  # oldest first
+        torch.testing.assert_close(vectors_in, torch.cat([v for _, v in last]))
+        assert (memory.negatives() is None) == (step + 1 < 3)  # served from the 3rd push on
+    assert memory.entries()[0].tolist() == [20, 21, 22, 30, 31, 32]
+
+
+def test_cross_batch_memory_entries_carry_no_gradient_and_do_not_follow_the_model():
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    memory = CrossBatchMemory(n_batches=3, warmup_steps=0)
+    memory.push(torch.tensor([0, 1]), table[[0, 1]])
+    memory.push(torch.arange(6), table)  # even a parameter itself is stored as a copy
+    ids, stored = memory.entries()
+    assert not stored.requires_grad and stored.grad_fn is None
+    before = stored.clone()
+    with torch.no_grad():
+        table.add_(1.0)
+    torch.testing.assert_close(memory.entries()[1], before, rtol=0, atol=0)
+
+    # In a loss, only the in-batch candidates carry gradient back to the model.
+    user = torch.randn(2, 3, requires_grad=True)
+    pos_ids = torch.tensor([2, 3])
+    loss = sampled_softmax_loss(user, table[pos_ids], pos_ids, 0.5, extra=stored, extra_ids=ids)
+    loss.backward()
+    assert table.grad[[2, 3]].abs().sum() > 0
+    assert table.grad[[0, 1, 4, 5]].abs().sum() == 0  # rows only in the memory get none
+
+
+def test_cbns_with_an_empty_memory_is_the_plain_in_batch_softmax():
+    g = torch.Generator().manual_seed(7)
+    emb = Embeddings(torch.randn(12, 4, generator=g, dtype=torch.float64),
+                     torch.randn(9, 4, generator=g, dtype=torch.float64))
+    cfg = LossConfig(kind="softmax", softmax_temperature=0.2)
+    log_q = torch.log(torch.full((9,), 1 / 9, dtype=torch.float64) + torch.arange(9) / 100)
+    cbns = RankingLoss("softmax", cfg, log_q, CrossBatchMemory(n_batches=0, warmup_steps=0))
+    for step in range(3):
+        batch = Batch(torch.randint(12, (6,), generator=g), torch.randint(9, (6,), generator=g),
+                      torch.zeros(6, 1, dtype=torch.long))
+        expected = softmax_by_hand(emb.user[batch.users], emb.item[batch.pos], batch.pos, 0.2, log_q)
+        assert cbns(emb, batch).item() == pytest.approx(expected, rel=1e-9)
+    assert cbns.memory.entries() is None
+
+
+def test_cbns_uses_the_memory_after_the_warm_up():
+    g = torch.Generator().manual_seed(8)
+    emb = Embeddings(torch.randn(12, 4, generator=g, dtype=torch.float64),
+                     torch.randn(20, 4, generator=g, dtype=torch.float64))
+    cfg = LossConfig(kind="softmax", softmax_temperature=0.5)
+    cbns = RankingLoss("softmax", cfg, None, CrossBatchMemory(n_batches=2, warmup_steps=2))
+    batches = [Batch(torch.randint(12, (5,), generator=g), torch.randperm(20, generator=g)[:5],
+                     torch.zeros(5, 1, dtype=torch.long)) for _ in range(4)]
+    for step, batch in enumerate(batches):
+        user, pos = emb.user[batch.users], emb.item[batch.pos]
+        if step < 2:  # warming up: in-batch only
+            expected = softmax_by_hand(user, pos, batch.pos, 0.5)
+        else:  # + the item vectors of the two previous batches
+            ids = torch.cat([batches[step - 2].pos, batches[step - 1].pos])
+            expected = softmax_by_hand(user, pos, batch.pos, 0.5, extra=emb.item[ids], extra_ids=ids)
+        assert cbns(emb, batch).item() == pytest.approx(expected, rel=1e-9)
+
+
+# ------------------------------------------------------------------ through the real trainer
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "sea", "simplex", "lirdrec"])
+@pytest.mark.parametrize("loss,train", [
+    ({"kind": "ccl"}, {"negatives": 50}),
+    ({"kind": "softmax"}, {"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 3}),
+])
+def test_ccl_and_cbns_train_each_model_through_the_trainer(name, loss, train):
+    data = toy_graph(n_users=60, n_items=36)
+    setup = setup_for(name, loss=loss, train=train)
+    seed_everything(0)
+    model = build_model(data, setup)
+    assert model.rank_by_cosine
+    result = fit(model, data, setup, seed=1, log=lambda s: None)
+    kind = loss["kind"]
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert all(math.isfinite(row[kind]) and row[kind] > 0 for row in result.history)
+    emb = embed(model, data)  # ranks by cosine: unit vectors
+    torch.testing.assert_close(emb.user.norm(dim=1), torch.ones(data.n_users))
+    torch.testing.assert_close(emb.item.norm(dim=1), torch.ones(data.n_items))
+    assert 0.0 <= evaluate(model, data, "valid", [10])["recall@10"] <= 1.0
+
+
+def test_cbns_memory_fills_during_a_real_step_and_runs_are_reproducible():
+    data = toy_graph(n_users=60, n_items=36)
+    setup = setup_for("lightgcn", loss={"kind": "softmax"},
+                      train={"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 1})
+    seed_everything(0)
+    model = build_model(data, setup)
+    ranking = RankingLoss.from_setup(setup, data)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = [random_batch(data, n=16, negatives=1, seed=s) for s in range(3)]
+    for batch in batches:
+        train_step(model, opt, data, batch, ranking)
+    ids, vectors = ranking.memory.entries()
+    assert ids.tolist() == torch.cat([batches[1].pos, batches[2].pos]).tolist()
+    assert vectors.shape == (32, 64) and not vectors.requires_grad
+    counts = torch.bincount(data.train_items, minlength=data.n_items).float()
+    torch.testing.assert_close(ranking.log_q, (counts / counts.sum()).log())
+
+    runs = []
+    for _ in range(2):
+        seed_everything(0)
+        model = build_model(data, setup)
+        runs.append(fit(model, data, setup, seed=3, log=lambda s: None).history)
+    assert [r["softmax"] for r in runs[0]] == [r["softmax"] for r in runs[1]]
+
+
+def test_a_model_trained_with_bpr_ranks_by_its_own_score():
+    data = toy_graph()
+    model = build_model(data, setup_for("lightgcn"))
+    assert not model.rank_by_cosine
+    emb = embed(model, data)
+    assert not torch.allclose(emb.item.norm(dim=1), torch.ones(data.n_items))
