@@ -16,7 +16,7 @@ from sea.config import ConfigError, LossConfig, TrainingSetup, load_params
 from sea.data.split import split
 from sea.losses import bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
 from sea.models.base import Batch, Embeddings, GraphData, model_class
-from sea.models.lirdrec import LIRDRec, LIRDRecConfig, dct_matrix, mixing_weight, transform_features
+from sea.models.lirdrec import LIRDRec, LIRDRecConfig, dct, mixing_weight, transform_features
 from sea.models.simplex import SimpleX, SimpleXConfig
 from sea.train import CrossBatchMemory, RankingLoss, build_model, embed, evaluate, fit, seed_everything, train_step
 
@@ -114,12 +114,14 @@ def test_both_models_are_registered():
 # ------------------------------------------------------------------ LIRDRec
 
 
-def test_dct_matrix_is_the_orthonormal_dct_ii():
-    x = torch.randn(5, 13, dtype=torch.float64)
-    c = dct_matrix(13).double()
-    torch.testing.assert_close(c @ c.T, torch.eye(13, dtype=torch.float64), atol=1e-6, rtol=0)
+@pytest.mark.parametrize("d", [1, 2, 7, 16])
+def test_dct_is_the_orthonormal_dct_ii(d):
+    x = torch.randn(5, d, dtype=torch.float64)
     expected = scipy.fft.dct(x.numpy(), type=2, norm="ortho", axis=-1)
-    torch.testing.assert_close(x @ c.T, torch.as_tensor(expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dct(x), torch.as_tensor(expected), atol=1e-10, rtol=0)
+    # orthonormal: lengths are kept
+    torch.testing.assert_close(dct(x).norm(dim=1), x.norm(dim=1), atol=1e-10, rtol=0)
+    assert dct(x.float()).dtype == torch.float32
 
 
 def test_shared_input_is_the_per_item_dct_of_each_modality_concatenated():
@@ -217,7 +219,7 @@ def test_lirdrec_state_dict_carries_the_schedule_but_not_the_fixed_inputs():
     model.on_epoch_start(4, torch.Generator())
     state = model.state_dict()
     assert "fusion.weight" in state and "fusion.last_weights" in state
-    assert not any(k.startswith(("shared_input", "graph_")) for k in state)
+    assert not any(k.startswith(("shared_input", "item_graph")) for k in state)
     other = lirdrec(data)
     other.load_state_dict(state)
     model.eval(), other.eval()
@@ -241,7 +243,7 @@ def test_lirdrec_item_vector_adds_one_hop_over_the_item_graph():
     with torch.no_grad():
         a, b = with_hop.eval()(data), without.eval()(data)
     torch.testing.assert_close(a.user, b.user)
-    torch.testing.assert_close(a.item, b.item + torch.sparse.mm(with_hop.item_graph, b.item))
+    torch.testing.assert_close(a.item, b.item + torch.sparse.mm(with_hop.item_graph.matrix, b.item))
 
 
 def test_lirdrec_trains():
