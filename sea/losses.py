@@ -87,13 +87,18 @@ def sampled_softmax_loss(
     cand, cand_ids = pos, pos_ids
     if extra is not None and len(extra):
         cand, cand_ids = torch.cat([pos, extra]), torch.cat([pos_ids, extra_ids])
-    logits = F.normalize(user, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
+    # [B, K] passes are the cost here: scale the B users rather than the B·K logits, and
+    # fold the correction into the product (addmm) and the mask into its output, in place.
+    user = F.normalize(user, dim=-1) / temperature
+    cand = F.normalize(cand, dim=-1)
     if log_q is not None:
-        logits = logits - log_q[cand_ids]
+        logits = torch.addmm(-log_q[cand_ids].unsqueeze(0), user, cand.T)
+    else:
+        logits = user @ cand.T
     rows = torch.arange(len(pos_ids), device=pos_ids.device)
     same = cand_ids.unsqueeze(0) == pos_ids.unsqueeze(1)
     same[rows, rows] = False
-    return F.cross_entropy(logits.masked_fill(same, -math.inf), rows)
+    return F.cross_entropy(logits.masked_fill_(same, -math.inf), rows)
 
 
 def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:
