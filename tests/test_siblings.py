@@ -471,7 +471,8 @@ def softmax_by_hand(user, pos, pos_ids, tau, log_q=None, extra=None, extra_ids=N
                 continue  # the row's own item elsewhere in the candidates: not a negative
             logit = float(F.cosine_similarity(user[b], v, dim=0)) / tau
             logits.append(logit - (float(log_q[item]) if log_q is not None else 0.0))
-        own = float(F.cosine_similarity(user[b], pos[b], dim=0)) / tau - (float(log_q[pos_ids[b]]) if log_q is not None else 0.0)
+        own = float(F.cosine_similarity(user[b], pos[b], dim=0)) / tau
+        own -= float(log_q[pos_ids[b]]) if log_q is not None else 0.0
         total += -(own - math.log(sum(math.exp(x) for x in logits)))
     return total / len(user)
 
