@@ -53,7 +53,7 @@ def collect() -> dict[str, dict]:
     out = {}
     for variant in VARIANTS:
         name = PREFIX + variant
-        proc = subprocess.run(["git", "show", f"refs/exps/{_exp_ref(name)}:reports/metrics.json"],
+        proc = subprocess.run(["git", "show", f"refs/exps/{_exp_ref(name)}:reports/metrics_detail.json"],
                               capture_output=True, text=True)
         if proc.returncode == 0:
             out[variant] = json.loads(proc.stdout)
@@ -69,8 +69,8 @@ def _exp_ref(name: str) -> str:
 
 
 def cell(metrics: dict, split: str, key: str) -> str:
-    mean = metrics["sea"][split][key]
-    std = metrics.get("sea_std", {}).get(split, {}).get(key)
+    mean = metrics["mean"][split][key]
+    std = (metrics["std"] if len(metrics["seeds"]) > 1 else {}).get(split, {}).get(key)
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
