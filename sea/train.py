@@ -178,8 +178,10 @@ def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, 
                loss: str | RankingLoss) -> dict[str, torch.Tensor | float]:
     """One optimiser step on a batch; returns the total loss and every term (unweighted)
     and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync.
-    ``loss``: a :class:`RankingLoss`, or a kind name with the default params."""
-    loss = RankingLoss(loss) if isinstance(loss, str) else loss
+    ``loss``: a :class:`RankingLoss`, or a kind name (``auto``: the model's preferred
+    loss) with the default params."""
+    if isinstance(loss, str):
+        loss = RankingLoss(getattr(model, "preferred_loss", "bpr") if loss == "auto" else loss)
     model.train()
     emb = model(data)
     logs = model.auxiliary_step(emb, batch)
