@@ -19,8 +19,15 @@ from typing import Any
 import yaml
 
 
-#: The ranking losses ``loss.kind`` may name (see :func:`sea.losses.ranking_loss`).
-RANKING_LOSSES = ("bpr",)
+#: The ranking losses ``loss.kind`` may name (see :func:`sea.losses.ranking_loss`), besides
+#: ``auto`` (the model's ``preferred_loss``: ccl for SimpleX, bpr for every other model).
+RANKING_LOSSES = ("bpr", "ccl", "softmax")
+#: The ranking losses that compare cosines: a model trained with one ranks by cosine too.
+COSINE_LOSSES = ("ccl", "softmax")
+#: Where ``train.sampler`` takes negatives from: ``uniform`` draws ``train.negatives`` item
+#: ids per positive; ``cross_batch`` (CBNS) also keeps a memory of recent batches' item
+#: vectors as extra negatives of the softmax loss.
+SAMPLERS = ("uniform", "cross_batch")
 
 
 class ConfigError(ValueError):
@@ -299,17 +306,26 @@ class ModelConfig(Section):
 class LossConfig(Section):
     """The ranking loss every model trains with (``kind``) and SEA's separation terms."""
 
-    kind: str = "bpr"
+    kind: str = "auto"
     club_weight: float = 0.006
     solosim_weight: float = 0.012
     temperature: float = 0.2
     distance: str = "club"
+    # kind: ccl (SimpleX's cosine contrastive loss)
+    ccl_margin: float = 0.9
+    ccl_negative_weight: float = 150.0
+    # kind: softmax (in-batch sampled softmax, + the CBNS memory with train.sampler: cross_batch)
+    softmax_temperature: float = 0.1
+    softmax_logq: bool = True
 
     def validate(self, section: str) -> None:
-        _choice(self.kind, RANKING_LOSSES, section, "kind")
+        _choice(self.kind, ("auto",) + RANKING_LOSSES, section, "kind")
         _check(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
         _check(self.temperature > 0, section, "temperature must be > 0")
         _choice(self.distance, ("club", "l2"), section, "distance")
+        _check(-1.0 <= self.ccl_margin < 1.0, section, "ccl_margin must be in [-1, 1) (a cosine)")
+        _check(self.ccl_negative_weight >= 0, section, "ccl_negative_weight must be >= 0")
+        _check(self.softmax_temperature > 0, section, "softmax_temperature must be > 0")
 
 
 @dataclass
@@ -336,6 +352,9 @@ class TrainConfig(Section):
     seeds: list[int] = field(default_factory=list)
     eval_every: int = 1
     negatives: int = 1  # uniform negatives per positive
+    sampler: str = "uniform"  # uniform | cross_batch (CBNS: needs loss.kind softmax)
+    cbns_memory_batches: int = 4  # M: the memory holds the item vectors of the last M batches
+    cbns_warmup_steps: int = 100  # W: the memory's entries serve as negatives from step W on
 
     @property
     def run_seeds(self) -> list[int]:
@@ -350,6 +369,9 @@ class TrainConfig(Section):
                "lr, batch_size and max_epochs must be positive")
         _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
         _check(self.negatives >= 1, section, "negatives must be >= 1")
+        _choice(self.sampler, SAMPLERS, section, "sampler")
+        _check(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
+               "cbns_memory_batches and cbns_warmup_steps must be >= 0")
 
 
 @dataclass
@@ -398,7 +420,25 @@ class TrainingSetup:
         if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
             raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: "
                               "it needs both modalities")
+        if setup.train.sampler == "cross_batch" and setup.ranking_loss != "softmax":
+            raise ConfigError(f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "
+                              f"loss.kind is {setup.ranking_loss!r} (set loss.kind: softmax)")
         return setup
+
+    @property
+    def ranking_loss(self) -> str:
+        """``loss.kind``, with ``auto`` resolved to the model's ``preferred_loss`` (SimpleX:
+        ccl; every model that names none: bpr)."""
+        from sea.models.base import model_class
+
+        if self.loss.kind != "auto":
+            return self.loss.kind
+        return getattr(model_class(self.model.name), "preferred_loss", "bpr")
+
+    @property
+    def ranks_by_cosine(self) -> bool:
+        """Whether the ranking loss compares cosines (then evaluation ranks by cosine too)."""
+        return self.ranking_loss in COSINE_LOSSES
 
     def to_dict(self) -> dict[str, Any]:
         """The params sections this setup was built from (the model's under its name)."""

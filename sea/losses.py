@@ -1,8 +1,11 @@
-"""Losses: the ranking loss every model trains with (``loss.kind``: BPR), and SEA's: the
+"""Losses: the ranking losses a model trains with (``loss.kind``: BPR; SimpleX's cosine
+contrastive loss, CCL; the in-batch sampled softmax that CBNS extends), and SEA's: the
 CLUB mutual-information upper bound (with its variational estimator), the ℓ2 distance
 alternative, and Solosim (InfoNCE between generic parts)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +33,72 @@ def ranking_loss(kind: str, user: torch.Tensor, pos: torch.Tensor, neg: torch.Te
     if kind == "bpr":
         return bpr_loss(user, pos, neg)
     raise ValueError(f"unknown ranking loss {kind!r}")  # config validation rules this out
+
+
+def candidate_cosines(user: torch.Tensor, items: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """cos(user_b, items[ids[b, n]]) as ``[B, N]``, in one batched product.
+
+    Args:
+        user: ``[B, d]``; items: ``[n_items, d]`` (all items); ids: ``[B, N]`` item ids.
+
+    With ``N · d ≥ n_items`` the ``[B, n_items]`` cosine matrix is smaller than the gathered
+    ``[B, N, d]`` vectors: it is computed whole and the candidates picked from it.
+    """
+    user, items = F.normalize(user, dim=-1), F.normalize(items, dim=-1)
+    if ids.shape[1] * items.shape[1] >= items.shape[0]:
+        return (user @ items.T).gather(1, ids)
+    return torch.einsum("bd,bnd->bn", user, items[ids])
+
+
+def ccl_loss(pos_cos: torch.Tensor, neg_cos: torch.Tensor, margin: float, negative_weight: float) -> torch.Tensor:
+    """Cosine contrastive loss (SimpleX, Mao et al., CIKM 2021), mean over the rows of
+    (1 − cos(u, i⁺)) + (w / N) · Σₙ max(0, cos(u, i⁻ₙ) − m).
+
+    Args:
+        pos_cos: ``[B]`` cosines of the positives; neg_cos: ``[B, N]`` of the negatives.
+        margin: m; negatives less similar than m cost nothing.
+        negative_weight: w, the weight of the negatives' mean against the positive term.
+    """
+    return ((1.0 - pos_cos) + negative_weight * F.relu(neg_cos - margin).mean(dim=1)).mean()
+
+
+def sampled_softmax_loss(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    pos_ids: torch.Tensor,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
+    extra_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-batch sampled softmax: each row must pick its own positive among the batch's
+    positives (and the ``extra`` candidates, e.g. the CBNS memory), by cosine / ``temperature``.
+
+    logit(b, c) = cos(u_b, v_c) / τ − log q(c): ``log_q`` (``[n_items]``, the log of each
+    item's share of the training pairs) corrects for candidates being drawn by popularity
+    (Yi et al., RecSys 2019), as CBNS does; ``None`` leaves it out. A candidate that is the
+    row's own positive item but not its own column (the same item twice in a batch, or in
+    the memory) is masked out. The mean cross-entropy over rows is returned.
+
+    Args:
+        user, pos: ``[B, d]``; pos_ids: ``[B]`` item ids of the positives.
+        extra, extra_ids: ``[K, d]`` and ``[K]`` further candidates (no gradient is needed).
+    """
+    cand, cand_ids = pos, pos_ids
+    if extra is not None and len(extra):
+        cand, cand_ids = torch.cat([pos, extra]), torch.cat([pos_ids, extra_ids])
+    # [B, K] passes are the cost here: scale the B users rather than the B·K logits, and
+    # fold the correction into the product (addmm) and the mask into its output, in place.
+    user = F.normalize(user, dim=-1) / temperature
+    cand = F.normalize(cand, dim=-1)
+    if log_q is not None:
+        logits = torch.addmm(-log_q[cand_ids].unsqueeze(0), user, cand.T)
+    else:
+        logits = user @ cand.T
+    rows = torch.arange(len(pos_ids), device=pos_ids.device)
+    same = cand_ids.unsqueeze(0) == pos_ids.unsqueeze(1)
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill_(same, -math.inf), rows)
 
 
 def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -3,8 +3,10 @@
 Read top to bottom: :func:`seed_everything`; :func:`load_graph_data` turns the graph and
 feature stages' files into a :class:`~sea.models.base.GraphData`; :func:`build_model`
 makes the model ``model.name`` names; :class:`UniformNegatives` draws negatives;
-:func:`train_step` is one optimiser step; :func:`evaluate` ranks every item in eval mode;
-:func:`fit` runs the epochs with early stopping on validation and keeps the best state.
+:class:`RankingLoss` is the ranking term ``loss.kind`` names (with the CBNS memory,
+:class:`CrossBatchMemory`, for ``train.sampler: cross_batch``); :func:`train_step` is one
+optimiser step; :func:`evaluate` ranks every item in eval mode; :func:`fit` runs the epochs
+with early stopping on validation and keeps the best state.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,11 +22,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sea import artifacts
-from sea.config import TrainingSetup
-from sea.losses import ranking_loss
+from sea.config import LossConfig, TrainingSetup
+from sea.losses import candidate_cosines, ccl_loss, ranking_loss, sampled_softmax_loss
 from sea.metrics import evaluate_ranking, per_user_metrics
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, model_class
 
@@ -54,8 +58,14 @@ def load_graph_data(setup: TrainingSetup, device: torch.device | str = "cpu", ro
 
 
 def build_model(data: GraphData, setup: TrainingSetup) -> Recommender:
-    """The model ``model.name`` names, sized from ``data``, with its own params section."""
-    return model_class(setup.model.name).build(data, setup.model_cfg, setup).to(data.device)
+    """The model ``model.name`` names, sized from ``data``, with its own params section.
+
+    A model trained with a cosine loss (``loss.kind`` ccl or softmax) is marked
+    ``rank_by_cosine``: :func:`embed` then returns unit vectors, so evaluation and
+    recommendations rank by the cosine the loss trained (its vectors' norms are free)."""
+    model = model_class(setup.model.name).build(data, setup.model_cfg, setup).to(data.device)
+    model.rank_by_cosine = setup.ranks_by_cosine
+    return model
 
 
 class UniformNegatives:
@@ -94,14 +104,88 @@ class UniformNegatives:
         return self.nth_negative(users, r)
 
 
+class CrossBatchMemory:
+    """CBNS's first-in-first-out memory (Wang, Zhu and He, "Cross-Batch Negative Sampling
+    for Training Two-Tower Recommenders", SIGIR 2021): the item vectors encoded in the last
+    ``n_batches`` training steps (the batches' positives), detached, with their item ids.
+
+    :meth:`negatives` serves them, oldest first, once ``warmup_steps`` steps have been
+    pushed (before that the encoders still move too fast for old vectors to be good
+    negatives, and it serves nothing); with ``n_batches = 0`` it never holds anything.
+    """
+
+    def __init__(self, n_batches: int, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+        self.batches: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=n_batches)
+        self.steps = 0
+
+    def push(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Enqueue one step's item ids ``[b]`` and vectors ``[b, d]`` (the oldest step leaves);
+        stored as detached copies, so later updates of the model never reach them."""
+        self.batches.append((ids.detach().clone(), vectors.detach().clone()))
+        self.steps += 1
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(ids ``[K]``, vectors ``[K, d]``) of every stored step, oldest first; None if empty."""
+        if not self.batches:
+            return None
+        ids, vectors = zip(*self.batches, strict=True)
+        return torch.cat(ids), torch.cat(vectors)
+
+    def negatives(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`entries` once the warm-up is over, else None."""
+        return self.entries() if self.steps >= self.warmup_steps else None
+
+
+class RankingLoss:
+    """The ranking term of a training step: ``kind`` (``bpr``, ``ccl`` or ``softmax``) with
+    its params from ``cfg``. For ``softmax``, ``log_q`` (log of each item's share of the
+    training pairs) corrects for popularity, and ``memory`` (CBNS) adds the vectors of
+    recent batches as negatives; every call then enqueues the batch's positives."""
+
+    def __init__(self, kind: str, cfg: LossConfig | None = None, log_q: torch.Tensor | None = None,
+                 memory: CrossBatchMemory | None = None):
+        self.kind, self.cfg, self.log_q, self.memory = kind, cfg or LossConfig(), log_q, memory
+
+    @classmethod
+    def from_setup(cls, setup: TrainingSetup, data: GraphData) -> "RankingLoss":
+        kind, tc = setup.ranking_loss, setup.train
+        log_q = None
+        if kind == "softmax" and setup.loss.softmax_logq:
+            counts = torch.bincount(data.train_items, minlength=data.n_items).float()
+            log_q = (counts / counts.sum()).log()  # -inf only for items never a positive
+        memory = CrossBatchMemory(tc.cbns_memory_batches, tc.cbns_warmup_steps) if tc.sampler == "cross_batch" else None
+        return cls(kind, setup.loss, log_q, memory)
+
+    def __call__(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
+        user, pos = emb.user[batch.users], emb.item[batch.pos]
+        if self.kind == "ccl":
+            pos_cos = F.cosine_similarity(user, pos, dim=-1)
+            neg_cos = candidate_cosines(user, emb.item, batch.neg)
+            return ccl_loss(pos_cos, neg_cos, self.cfg.ccl_margin, self.cfg.ccl_negative_weight)
+        if self.kind == "softmax":
+            extra = self.memory.negatives() if self.memory is not None else None
+            extra_ids, extra_vectors = extra if extra is not None else (None, None)
+            loss = sampled_softmax_loss(user, pos, batch.pos, self.cfg.softmax_temperature, self.log_q,
+                                        extra_vectors, extra_ids)
+            if self.memory is not None:
+                self.memory.push(batch.pos, pos)
+            return loss
+        return ranking_loss(self.kind, user, pos, emb.item[batch.neg])
+
+
 def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, batch: Batch,
-               kind: str) -> dict[str, torch.Tensor | float]:
+               loss: str | RankingLoss) -> dict[str, torch.Tensor | float]:
     """One optimiser step on a batch; returns the total loss and every term (unweighted)
-    and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync."""
+    and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync.
+    ``loss``: a :class:`RankingLoss`, or a kind name (``auto``: the model's preferred
+    loss) with the default params."""
+    if isinstance(loss, str):
+        loss = RankingLoss(getattr(model, "preferred_loss", "bpr") if loss == "auto" else loss)
     model.train()
     emb = model(data)
     logs = model.auxiliary_step(emb, batch)
-    terms = {kind: Term(ranking_loss(kind, emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]), 1.0)}
+    terms = {loss.kind: Term(loss(emb, batch), 1.0)}
     terms |= model.extra_losses(emb, batch)
     total = sum(t.weight * t.value for t in terms.values())
     opt.zero_grad(set_to_none=True)
@@ -112,9 +196,13 @@ def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, 
 
 @torch.no_grad()
 def embed(model: Recommender, data: GraphData) -> Embeddings:
-    """All user and item vectors, recomputed in eval mode."""
+    """All user and item vectors, recomputed in eval mode (unit vectors for a model marked
+    ``rank_by_cosine`` by :func:`build_model`)."""
     model.eval()
-    return model(data)
+    emb = model(data)
+    if getattr(model, "rank_by_cosine", False):
+        emb = Embeddings(F.normalize(emb.user, dim=1), F.normalize(emb.item, dim=1), emb.extras)
+    return emb
 
 
 def score_fn(model: Recommender, emb: Embeddings) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -160,6 +248,7 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     opt = torch.optim.Adam(model.main_parameters(), lr=tc.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
+    ranking = RankingLoss.from_setup(setup, data)
     n_train = len(data.train_users)
 
     history: list[dict] = []
@@ -177,7 +266,7 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
             idx = order[b:b + tc.batch_size]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
-            for k, v in train_step(model, opt, data, batch, setup.loss.kind).items():
+            for k, v in train_step(model, opt, data, batch, ranking).items():
                 sums[k] = sums.get(k, 0.0) + v
         # one host sync per epoch: the batch means of every logged value
         means = (torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
