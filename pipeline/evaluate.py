@@ -78,7 +78,7 @@ def main() -> None:
 
     mean = over_seeds(np.mean)
     detail = {"model": name, "select": setup.eval.select, "seeds": per_seed, "mean": mean,
-              "std": over_seeds(np.std), "most_popular": summary(per_user[per_user["model"] == "most_popular"], metric_names)}
+              "std": over_seeds(lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0), "most_popular": summary(per_user[per_user["model"] == "most_popular"], metric_names)}
     headline = [f"{m}@{k}" for m in HEADLINE for k in ks]
     write_json(artifacts.METRICS, {s: {m: mean[s][m] for m in headline} for s in SPLITS})
     write_json(artifacts.METRICS_DETAIL, detail)

@@ -433,7 +433,7 @@ class TrainingSetup:
 
         if self.loss.kind != "auto":
             return self.loss.kind
-        return getattr(model_class(self.model.name), "preferred_loss", "bpr")
+        return model_class(self.model.name).preferred_loss
 
     @property
     def ranks_by_cosine(self) -> bool:

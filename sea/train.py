@@ -181,7 +181,7 @@ def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, 
     ``loss``: a :class:`RankingLoss`, or a kind name (``auto``: the model's preferred
     loss) with the default params."""
     if isinstance(loss, str):
-        loss = RankingLoss(getattr(model, "preferred_loss", "bpr") if loss == "auto" else loss)
+        loss = RankingLoss(model.preferred_loss if loss == "auto" else loss)
     model.train()
     emb = model(data)
     logs = model.auxiliary_step(emb, batch)

@@ -127,6 +127,8 @@ class Recommender(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[Section]]
     uses_features: ClassVar[bool] = False
+    #: The ranking loss ``loss.kind: auto`` gives this model (SimpleX: ``ccl``).
+    preferred_loss: ClassVar[str] = "bpr"
 
     @classmethod
     def build(cls, data: GraphData, cfg: Section, setup: Any) -> "Recommender":
