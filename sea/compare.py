@@ -233,16 +233,15 @@ def compare(
 
     if MOST_POPULAR in frames:
         raise DataError(f"a variant may not be called {MOST_POPULAR!r}")
-    sources = dict(frames)
     pop = _most_popular(frames, metrics)
-    names = list(sources) + ([MOST_POPULAR] if pop is not None else [])
+    names = list(frames) + ([MOST_POPULAR] if pop is not None else [])
     if baseline not in names:
         raise DataError(f"baseline {baseline!r} is not among the variants {names}")
 
     def rows_of(name: str, split: str) -> pd.DataFrame:
         if name == MOST_POPULAR:
             return pop[pop["split"] == split]
-        return _trained_rows(sources[name], split)
+        return _trained_rows(frames[name], split)
 
     overrides = overrides or {}
     rows = []
@@ -254,7 +253,7 @@ def compare(
                 raise DataError(f"variant {name!r} has no rows for split {split!r}")
             stat[split] = summarise(part, metrics)  # most popular: one value per user, so no std
         seeds = [] if name == MOST_POPULAR else sorted(
-            int(s) for s in sources[name].loc[sources[name]["model"] != MOST_POPULAR, "seed"].unique())
+            int(s) for s in frames[name].loc[frames[name]["model"] != MOST_POPULAR, "seed"].unique())
         rows.append(Row(name, seeds, stat, list(overrides.get(name, []))))
 
     tests: dict[str, dict[str, dict[str, PairedTest]]] = {}
