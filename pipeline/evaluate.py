@@ -1,6 +1,10 @@
-"""Stage evaluate: full-ranking metrics of the best-validation SEA (each seed, and their
-mean and standard deviation) on valid and test, next to a most-popular baseline; metrics
-JSON, learning-curve PNG and a markdown report."""
+"""Stage evaluate: full-ranking metrics of the trained model at each seed's best
+validation epoch, on valid and test, next to a most-popular baseline.
+
+Writes ``reports/metrics.json`` (the DVC metrics: mean over seeds of recall and ndcg at
+each K of ``eval.topk``), ``reports/metrics_detail.json`` (every metric per seed, mean,
+std, most popular), ``reports/per_user.parquet`` (every metric per user), the learning
+curves and the markdown report."""
 
 from __future__ import annotations
 
@@ -11,64 +15,87 @@ import pandas as pd
 import torch
 
 from sea import artifacts
+from sea.checkpoint import load_checkpoint
+from sea.cli import run_stage
 from sea.config import TrainingSetup, load_params
 from sea.features import resolve_device
 from sea.io import write_json, write_text
-from sea.metrics import evaluate_ranking
+from sea.metrics import per_user_metrics
+from sea.models.base import GraphData
+from sea.recommend import load_model
 from sea.report import markdown_report, plot_learning_curves
-from sea.train import GraphData, build_model, embed, evaluate, load_pipeline_data
+from sea.train import embed, evaluate_per_user, load_graph_data
 
 SPLITS = ("valid", "test")
+HEADLINE = ("recall", "ndcg")  # the metrics of metrics.json, at each K
 
 
-def most_popular(data: GraphData, split: str, ks: list[int], batch_size: int) -> dict[str, float]:
-    """Rank every user's candidates by training popularity."""
+def most_popular(data: GraphData, split: str, ks: list[int], batch_size: int):
+    """Per-user metrics of ranking every user's candidates by training popularity."""
     pop = torch.bincount(data.train_items.cpu(), minlength=data.n_items).float()
-    return evaluate_ranking(lambda u: pop.expand(len(u), -1), data.csr["train"], data.csr[split],
+    return per_user_metrics(lambda u: pop.expand(len(u), -1), data.csr["train"], data.csr[split],
                             data.n_items, ks, batch_size)
 
 
-def aggregate(per_seed: dict[str, dict], reduce) -> dict[str, dict[str, float]]:
-    """Reduce (mean or std) each metric of each split over the seeds."""
-    first = next(iter(per_seed.values()))
-    return {s: {k: float(reduce([r[s][k] for r in per_seed.values()])) for k in first[s]} for s in SPLITS}
+def per_user_rows(model: str, seed: int, split: str, users: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({"model": model, "seed": np.full(len(users), seed, dtype=np.int64), "split": split,
+                         "user": users.astype(np.int32)} | values)
+
+
+def summary(table: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, float]]:
+    """Mean of each metric per split over the users of ``table`` (one model, one seed)."""
+    return {s: {m: float(table.loc[table["split"] == s, m].mean()) for m in metrics}
+            | {"users": int((table["split"] == s).sum())} for s in SPLITS}
 
 
 def main() -> None:
-    params = load_params()
-    device = torch.device(resolve_device(TrainingSetup.from_params(params).train.device))
-    checkpoint = torch.load(artifacts.MODEL, map_location=device, weights_only=True)
-    # The model is rebuilt with the config it was trained with; [eval] comes from params.
-    setup = TrainingSetup.from_params(checkpoint["config"] | {"eval": params.get("eval")})
-    data = load_pipeline_data(setup, device)
-    ks, bs = setup.eval.topk, setup.eval.batch_size
+    ckpt = load_checkpoint(artifacts.MODEL)
+    # The model is rebuilt with the params it was trained with; [eval] comes from params.yaml.
+    setup = TrainingSetup.from_params(ckpt.params | {"eval": load_params().get("eval")})
+    device = torch.device(resolve_device(setup.train.device))
+    name, ks, bs = setup.model.name, setup.eval.topk, setup.eval.batch_size
+    data = load_graph_data(setup, device)
 
-    per_seed = {}
-    for seed, run in checkpoint["runs"].items():
-        model, _ = build_model(data, setup)
-        model.load_state_dict(run["state_dict"])
-        model.to(device)
-        out = embed(model, data)
-        per_seed[seed] = {s: evaluate(model, data, s, ks, bs, out=out) for s in SPLITS} | {"best_epoch": run["best_epoch"]}
-    metrics = {"sea": aggregate(per_seed, np.mean)}
-    if len(per_seed) > 1:
-        metrics["sea_std"] = aggregate(per_seed, np.std)
-    metrics |= {"most_popular": {s: most_popular(data, s, ks, bs) for s in SPLITS}, "seeds": per_seed}
-    write_json(artifacts.METRICS, metrics)
+    tables = []
+    for run in ckpt.runs:
+        model = load_model(ckpt, data, run.seed)
+        emb = embed(model, data)
+        for split in SPLITS:
+            users, values = evaluate_per_user(model, data, split, ks, bs, emb)
+            tables.append(per_user_rows(name, run.seed, split, users, values))
+    for split in SPLITS:
+        tables.append(per_user_rows("most_popular", -1, split, *most_popular(data, split, ks, bs)))
+    per_user = pd.concat(tables, ignore_index=True)
+    artifacts.write_parquet(per_user, artifacts.PER_USER)
 
-    history = pd.read_csv(artifacts.HISTORY)
-    plot_learning_curves(history, artifacts.CURVES_PNG, setup.eval.select)
+    metric_names = [c for c in per_user.columns if "@" in c]
+    trained = per_user[per_user["model"] == name]
+    per_seed = {str(r.seed): {"best_epoch": r.best_epoch} | summary(trained[trained["seed"] == r.seed], metric_names)
+                for r in ckpt.runs}
+
+    def over_seeds(reduce) -> dict[str, dict[str, float]]:
+        return {s: {m: float(reduce([v[s][m] for v in per_seed.values()])) for m in metric_names} for s in SPLITS}
+
+    mean = over_seeds(np.mean)
+    detail = {"model": name, "select": setup.eval.select, "seeds": per_seed, "mean": mean,
+              "std": over_seeds(np.std), "most_popular": summary(per_user[per_user["model"] == "most_popular"], metric_names)}
+    headline = [f"{m}@{k}" for m in HEADLINE for k in ks]
+    write_json(artifacts.METRICS, {s: {m: mean[s][m] for m in headline} for s in SPLITS})
+    write_json(artifacts.METRICS_DETAIL, detail)
+
+    plot_learning_curves(pd.read_csv(artifacts.HISTORY), artifacts.CURVES_PNG, setup.eval.select)
+    uses_features = bool(ckpt.feature_dims)
     report = markdown_report(
         stats=json.loads(artifacts.GRAPH_STATS.read_text()),
-        feature_info={m: artifacts.read_feature_info(m) for m in setup.model.modalities},
+        feature_info={m: artifacts.read_feature_info(m) for m in ckpt.feature_dims} if uses_features else {},
         train=json.loads(artifacts.TRAIN_SUMMARY.read_text()),
-        metrics=metrics, setup=setup.to_dict(), ks=ks,
+        detail=detail, setup=setup.to_dict(), ks=ks,
     )
     write_text(artifacts.REPORT_MD, report)
     sel = setup.eval.select
-    print(f"test {sel}: SEA {metrics['sea']['test'][sel]:.4f} (mean of {len(per_seed)} seed(s)), "
-          f"most popular {metrics['most_popular']['test'][sel]:.4f}")
+    print(f"test {sel}: {name} {mean['test'][sel]:.4f} (mean of {len(per_seed)} seed(s)), "
+          f"most popular {detail['most_popular']['test'][sel]:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "evaluate")

@@ -1,5 +1,5 @@
 """Stage graph: parse the raw dumps, dedupe (user, item) pairs, iterative k-core,
-re-index, split with a seed; write the interactions and items tables and their stats."""
+re-index, split with a seed; write the interactions, items and users tables and their stats."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
 from sea.io import DataError, write_json
+
+
+def user_table(reviewer_ids) -> pd.DataFrame:
+    """One row per re-indexed user: its original reviewer id."""
+    ids = pd.Series(reviewer_ids).astype(str).to_numpy()
+    return pd.DataFrame({"user": np.arange(len(ids), dtype="int32"), "reviewer_id": ids})
 
 
 def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None) -> pd.DataFrame:
@@ -36,7 +42,7 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     return items.assign(text=text, image_url=[resolve(u) for u in m["image_url"]])
 
 
-def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Parse, dedupe, k-core, re-index and split the raw Amazon dumps."""
     reviews_path = ds.raw_dir / ds.local_name(ds.reviews_url)
     raw = read_reviews(reviews_path, allow_truncated=ds.allow_truncated)
@@ -56,10 +62,27 @@ def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[
         "split": {"method": sc.method, "seed": sc.seed},
         "items": {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0},
     }
-    return inter, items, stats
+    return inter, items, user_table(users), stats
 
 
-def mmrec_tables(ds: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def mmrec_user_ids(folder, n_users: int) -> list[str]:
+    """Raw user ids from ``u_id_mapping.csv`` (tab-separated, a ``userID`` column and one
+    other: the raw id) when present, else the user numbers as strings."""
+    ids = [str(u) for u in range(n_users)]
+    path = folder / "u_id_mapping.csv"
+    if path.exists():
+        try:
+            mapping = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a tab-separated mapping: {e}") from None
+        other = [c for c in mapping.columns if c != "userID"]
+        if "userID" in mapping.columns and len(other) == 1:
+            raw = dict(zip(mapping["userID"], mapping[other[0]]))
+            ids = [raw.get(u, u) for u in ids]
+    return ids
+
+
+def mmrec_tables(ds: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Take an MMRec folder's interactions and split as they are (no k-core, no re-split)."""
     path = inter_file(ds.raw_dir)
     inter = read_inter(path)
@@ -74,7 +97,7 @@ def mmrec_tables(ds: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "split": {"method": f"as given in {path.name} (x_label)", "seed": None},
         "items": {"with_metadata": 0},
     }
-    return inter, items, stats
+    return inter, items, user_table(mmrec_user_ids(ds.raw_dir, int(inter["user"].max()) + 1)), stats
 
 
 def main() -> None:
@@ -82,7 +105,7 @@ def main() -> None:
     ds = DatasetConfig.from_dict(params["dataset"], "dataset")
     gc = GraphConfig.from_dict(params.get("graph"), "graph")
     sc = SplitConfig.from_dict(params.get("split"), "split")
-    inter, items, stats = mmrec_tables(ds) if ds.source == "mmrec" else amazon_tables(ds, gc, sc)
+    inter, items, users, stats = mmrec_tables(ds) if ds.source == "mmrec" else amazon_tables(ds, gc, sc)
     inter = inter.astype({"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"})
 
     n_users, n_items = int(inter["user"].max()) + 1, len(items)
@@ -95,6 +118,7 @@ def main() -> None:
                        "with_image_url": int(items["image_url"].notna().sum())}
     artifacts.write_parquet(inter, artifacts.INTERACTIONS)
     artifacts.write_parquet(items, artifacts.ITEMS)
+    artifacts.write_parquet(users, artifacts.USERS)
     write_json(artifacts.GRAPH_STATS, stats)
     print(f"{ds.name}: {n_users} users, {n_items} items, {len(inter)} interactions; split {stats['split']}")
 

@@ -4,12 +4,21 @@
 - ``data/processed/interactions.parquet``: user (int32), item (int32), rating (float32),
   timestamp (int64), split (category train/valid/test) (graph stage).
 - ``data/processed/items.parquet``: item (int32), asin, text, image_url (nullable) (graph).
+- ``data/processed/users.parquet``: user (int32), reviewer_id (str) (graph).
 - ``data/processed/stats.json``: counts before and after k-core, per split (graph).
 - ``data/features/<modality>.npy``: float32 [n_items, dim], row i = item i, with
   ``<modality>.json`` beside it: encoder, weights, coverage counts (feature stages).
 - ``data/mmrec/<dataset>/``: the processed dataset in MMRec's folder format (export_mmrec).
-- ``models/sea.pt``: best-validation state dict + the config it was trained with (train).
-- ``reports/``: history.csv, metrics.json, learning_curves.png, report.md.
+- ``models/model.safetensors``: per seed, the best-validation state dict, with the model's
+  name and the params it was trained with (train; see :mod:`sea.checkpoint`).
+- ``models/train.json``: per seed, epochs run, best epoch, its validation metrics (train).
+- ``models/recommendations.parquet``: top-K per user and seed (seed, user, reviewer_id,
+  rank, item, asin, score) (train).
+- ``reports/history.csv``: per seed and epoch, losses and validation metrics (train).
+- ``reports/``: metrics.json, metrics_detail.json, per_user.parquet, learning_curves.png,
+  report.md (evaluate).
+- ``logs/train_timings.json``: seconds per seed and epoch (train; not a DVC output, ignored
+  by git: timings never enter hashed or committed files).
 """
 
 from __future__ import annotations
@@ -25,17 +34,22 @@ from sea.io import DataError, atomic_path
 PROCESSED = Path("data/processed")
 INTERACTIONS = PROCESSED / "interactions.parquet"
 ITEMS = PROCESSED / "items.parquet"
+USERS = PROCESSED / "users.parquet"
 GRAPH_STATS = PROCESSED / "stats.json"
 FEATURES = Path("data/features")
 IMAGE_CACHE = Path("data/cache/images")
 MMREC = Path("data/mmrec")  # export_mmrec: data/mmrec/<dataset>/
-MODEL = Path("models/sea.pt")
+MODEL = Path("models/model.safetensors")
 TRAIN_SUMMARY = Path("models/train.json")
+RECOMMENDATIONS = Path("models/recommendations.parquet")
 REPORTS = Path("reports")
 HISTORY = REPORTS / "history.csv"
 METRICS = REPORTS / "metrics.json"
+METRICS_DETAIL = REPORTS / "metrics_detail.json"
+PER_USER = REPORTS / "per_user.parquet"
 CURVES_PNG = REPORTS / "learning_curves.png"
 REPORT_MD = REPORTS / "report.md"
+TRAIN_TIMINGS = Path("logs/train_timings.json")
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:

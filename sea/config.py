@@ -17,6 +17,10 @@ from typing import Any
 import yaml
 
 
+#: The ranking losses ``loss.kind`` may name (see :func:`sea.losses.ranking_loss`).
+RANKING_LOSSES = ("bpr",)
+
+
 class ConfigError(ValueError):
     """A params.yaml value that is missing, unknown or out of range."""
 
@@ -195,22 +199,15 @@ class FeaturesConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    """SEA's sizes. Feature widths come from the feature files, never from here."""
+    """Which model to train (``name``: a registered model, see :mod:`sea.models`) and the
+    feature modalities it may read. The model's own sizes live in its own section,
+    named after it (``sea:``, ``lightgcn:``, …)."""
 
-    embedding_dim: int = 64
-    generic_fraction: float = 0.5
-    mlp_hidden_dim: int = 256
-    gcn_layers: int = 2
-    knn_k: int = 10
-    image_knn_weight: float = 0.1
-    head_dim: int = 32
+    name: str = "sea"
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
 
     def validate(self, section: str) -> None:
-        _check(min(self.embedding_dim, self.mlp_hidden_dim, self.head_dim) > 0, section, "sizes must be positive")
-        _check(0.0 < self.generic_fraction < 1.0, section, "generic_fraction must be in (0, 1)")
-        _check(self.gcn_layers >= 0 and self.knn_k >= 1, section, "gcn_layers >= 0 and knn_k >= 1")
-        _check(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
+        _check(bool(self.name), section, "name must name a model")
         _check(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
                section, "modalities must be a non-empty list without repeats")
         for m in self.modalities:
@@ -219,12 +216,16 @@ class ModelConfig(Section):
 
 @dataclass
 class LossConfig(Section):
+    """The ranking loss every model trains with (``kind``) and SEA's separation terms."""
+
+    kind: str = "bpr"
     club_weight: float = 0.006
     solosim_weight: float = 0.012
     temperature: float = 0.2
     distance: str = "club"
 
     def validate(self, section: str) -> None:
+        _choice(self.kind, RANKING_LOSSES, section, "kind")
         _check(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
         _check(self.temperature > 0, section, "temperature must be > 0")
         _choice(self.distance, ("club", "l2"), section, "distance")
@@ -253,6 +254,7 @@ class TrainConfig(Section):
     seed: int = 999
     seeds: list[int] = field(default_factory=list)
     eval_every: int = 1
+    negatives: int = 1  # uniform negatives per positive
 
     @property
     def run_seeds(self) -> list[int]:
@@ -264,6 +266,7 @@ class TrainConfig(Section):
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
                "lr, batch_size and max_epochs must be positive")
         _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
+        _check(self.negatives >= 1, section, "negatives must be >= 1")
 
 
 @dataclass
@@ -281,9 +284,12 @@ class EvalConfig(Section):
 
 @dataclass
 class TrainingSetup:
-    """Everything the train and evaluate stages read: model + loss + club + train + eval."""
+    """Everything the train and evaluate stages read: ``model`` (which model, which
+    modalities), the chosen model's own section (``model_cfg``, parsed with that model
+    class's ``Config``), ``loss``, ``club``, ``train`` and ``eval``."""
 
     model: ModelConfig
+    model_cfg: Section
     loss: LossConfig
     club: ClubConfig
     train: TrainConfig
@@ -291,8 +297,12 @@ class TrainingSetup:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
+        from sea.models.base import model_class  # sea.models imports this module
+
+        model = ModelConfig.from_dict(params.get("model"), "model")
         setup = cls(
-            model=ModelConfig.from_dict(params.get("model"), "model"),
+            model=model,
+            model_cfg=model_class(model.name).Config.from_dict(params.get(model.name), model.name),
             loss=LossConfig.from_dict(params.get("loss"), "loss"),
             club=ClubConfig.from_dict(params.get("club"), "club"),
             train=TrainConfig.from_dict(params.get("train"), "train"),
@@ -304,4 +314,6 @@ class TrainingSetup:
         return setup
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k).to_dict() for k in ("model", "loss", "club", "train", "eval")}
+        """The params sections this setup was built from (the model's under its name)."""
+        return {"model": self.model.to_dict(), self.model.name: self.model_cfg.to_dict()} | {
+            k: getattr(self, k).to_dict() for k in ("loss", "club", "train", "eval")}

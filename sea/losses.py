@@ -1,5 +1,6 @@
-"""SEA's losses: BPR, the CLUB mutual-information upper bound (with its variational
-estimator), the ℓ2 distance alternative, and Solosim (InfoNCE between generic parts)."""
+"""Losses: the ranking loss every model trains with (``loss.kind``: BPR), and SEA's: the
+CLUB mutual-information upper bound (with its variational estimator), the ℓ2 distance
+alternative, and Solosim (InfoNCE between generic parts)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,26 @@ from torch import nn
 
 
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Bayesian personalised ranking: mean −log σ(⟨u, i⁺⟩ − ⟨u, i⁻⟩) over the rows."""
-    margin = (user * pos).sum(-1) - (user * neg).sum(-1)
-    return -F.logsigmoid(margin).mean()
+    """Bayesian personalised ranking (Rendle et al., 2009) with N negatives per positive:
+    the mean over rows and negatives of −log σ(⟨u, i⁺⟩ − ⟨u, i⁻ₙ⟩).
+
+    Args:
+        user, pos: ``[B, d]``.
+        neg: ``[B, N, d]`` (or ``[B, d]`` for one negative).
+    """
+    if neg.dim() == 2:
+        neg = neg.unsqueeze(1)
+    pos_score = (user * pos).sum(-1)  # [B]
+    neg_score = torch.einsum("bd,bnd->bn", user, neg)  # [B, N]
+    return -F.logsigmoid(pos_score.unsqueeze(1) - neg_score).mean()
+
+
+def ranking_loss(kind: str, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """The ranking loss ``loss.kind`` names, on a batch's user ``[B, d]``, positive item
+    ``[B, d]`` and negative item ``[B, N, d]`` vectors."""
+    if kind == "bpr":
+        return bpr_loss(user, pos, neg)
+    raise ValueError(f"unknown ranking loss {kind!r}")  # config validation rules this out
 
 
 def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -48,9 +48,11 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: list[int
 
 def _csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_cols: int) -> torch.Tensor:
     """Dense 0/1 [len(rows), n_cols] matrix of the given CSR rows."""
+    starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
+    offsets = np.cumsum(lens) - lens  # where each row's entries start in the flat list
+    flat = np.arange(int(lens.sum())) - np.repeat(offsets, lens) + np.repeat(starts, lens)
     dense = torch.zeros(len(rows), n_cols, dtype=torch.bool)
-    for r, row in enumerate(rows):
-        dense[r, indices[indptr[row]:indptr[row + 1]]] = True
+    dense[torch.as_tensor(np.repeat(np.arange(len(rows)), lens)), torch.as_tensor(indices[flat])] = True
     return dense
 
 
@@ -63,6 +65,62 @@ def to_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarr
     return np.cumsum(indptr), items.astype(np.int64)
 
 
+@torch.no_grad()
+def top_k(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    exclude: tuple[np.ndarray, np.ndarray],
+    users: np.ndarray,
+    n_items: int,
+    k: int,
+    batch_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items of each of ``users`` and their scores, ``[len(users), k]`` each,
+    on the CPU, best first; each user's ``exclude`` items (CSR) are masked with −inf
+    (they come last, with score −inf, only when fewer than ``k`` items remain)."""
+    k = min(k, n_items)
+    items, scores = [], []
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        s = score_fn(torch.as_tensor(batch)).float()
+        s = s.masked_fill(_csr_rows(*exclude, batch, n_items).to(s.device), -torch.inf)
+        top = s.topk(k, dim=1)
+        items.append(top.indices.cpu())
+        scores.append(top.values.cpu())
+    if not items:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    return torch.cat(items), torch.cat(scores)
+
+
+def per_user_metrics(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    exclude: tuple[np.ndarray, np.ndarray],
+    truth: tuple[np.ndarray, np.ndarray],
+    n_items: int,
+    ks: list[int],
+    batch_size: int = 4096,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each metric for each user with at least one held-out item.
+
+    ``score_fn(users) -> [len(users), n_items]`` scores; ``exclude`` and ``truth`` are CSR
+    (indptr, indices) per user: the items to mask (training) and the held-out items.
+    Returns the users (ascending) and ``{"recall@10": float64 [len(users)], ...}`` in the
+    order of :data:`METRICS` then ``ks``.
+    """
+    t_ptr, t_idx = truth
+    n_rel_all = np.diff(t_ptr)
+    users = np.flatnonzero(n_rel_all > 0)
+    top, _ = top_k(score_fn, exclude, users, n_items, max(ks), batch_size)
+    values: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        hits = _csr_rows(t_ptr, t_idx, batch, n_items).gather(1, top[start:start + batch_size])
+        for name, v in metrics_from_hits(hits, torch.as_tensor(n_rel_all[batch]), ks).items():
+            values.setdefault(name, []).append(v)
+    ordered = [f"{m}@{k}" for m in METRICS for k in ks]
+    return users, {name: (torch.cat(values[name]).double().numpy() if name in values else np.zeros(0))
+                   for name in ordered}
+
+
 def evaluate_ranking(
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     exclude: tuple[np.ndarray, np.ndarray],
@@ -71,27 +129,7 @@ def evaluate_ranking(
     ks: list[int],
     batch_size: int = 4096,
 ) -> dict[str, float]:
-    """Mean of each metric over users with held-out items.
-
-    ``score_fn(users) -> [len(users), n_items]`` scores; ``exclude`` and ``truth`` are CSR
-    (indptr, indices) per user: the items to mask (training) and the held-out items.
-    """
-    t_ptr, t_idx = truth
-    n_rel_all = np.diff(t_ptr)
-    users = np.flatnonzero(n_rel_all > 0)
-    k_max = min(max(ks), n_items)
-    sums: dict[str, float] = {}
-    for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        scores = score_fn(torch.as_tensor(batch)).float()
-        mask = _csr_rows(*exclude, batch, n_items).to(scores.device)
-        scores = scores.masked_fill(mask, -torch.inf)
-        top = scores.topk(k_max, dim=1).indices.cpu()
-        relevant = _csr_rows(t_ptr, t_idx, batch, n_items)
-        hits = relevant.gather(1, top)
-        per_user = metrics_from_hits(hits, torch.as_tensor(n_rel_all[batch]), ks)
-        for name, values in per_user.items():
-            sums[name] = sums.get(name, 0.0) + float(values.sum())
-    n = max(len(users), 1)
-    ordered = [f"{m}@{k}" for m in METRICS for k in ks]
-    return {name: sums.get(name, 0.0) / n for name in ordered} | {"users": int(len(users))}
+    """Mean of each metric of :func:`per_user_metrics` over the users with held-out items,
+    plus ``users``: how many there are."""
+    users, values = per_user_metrics(score_fn, exclude, truth, n_items, ks, batch_size)
+    return {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()} | {"users": int(len(users))}

@@ -3,6 +3,7 @@ offline, unlike `dvc plots show`'s HTML) and a short markdown report."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,22 +12,35 @@ from sea.io import atomic_path
 
 
 def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None:
-    """Training losses and validation metrics per epoch, one line per seed."""
+    """Training losses and validation metrics per epoch: one colour per seed, one line
+    style per column, and each seed's best epoch (on validation ``select``) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8))
-    groups = list(history.groupby("seed")) if "seed" in history else [(None, history)]
+    if "seed" not in history:
+        history = history.assign(seed=0)
+    fixed = {"seed", "epoch", "best_epoch"}
+    loss_cols = [c for c in history.columns if c not in fixed and not c.startswith("valid_")]
     valid_cols = [c for c in history.columns if c.startswith(("valid_recall@", "valid_ndcg@"))]
-    for seed, run in groups:
+    styles = ["-", "--", ":", "-."]
+    groups = list(history.groupby("seed", sort=False))
+    for j, (seed, run) in enumerate(groups):
+        colour = f"C{j % 10}"
         tag = "" if len(groups) == 1 else f" (seed {seed})"
-        for col in ("loss", "bpr", "club", "solosim"):
-            if col in run:
-                ax_loss.plot(run["epoch"], run[col], label=col + tag)
-        for col in valid_cols:
-            ax_valid.plot(run["epoch"], run[col], marker=".", label=col.removeprefix("valid_") + tag)
+        for i, col in enumerate(loss_cols):
+            ax_loss.plot(run["epoch"], run[col], color=colour, linestyle=styles[i % len(styles)], label=col + tag)
+        evaluated = run.dropna(subset=valid_cols)
+        for i, col in enumerate(valid_cols):
+            ax_valid.plot(evaluated["epoch"], evaluated[col], color=colour, linestyle=styles[i % len(styles)],
+                          marker=".", label=col.removeprefix("valid_") + tag)
+        best = run[run["epoch"] == run["best_epoch"]] if "best_epoch" in run else run.iloc[:0]
+        if len(best) and f"valid_{select}" in run:
+            ax_valid.axvline(best["epoch"].iloc[0], color=colour, linewidth=0.8, alpha=0.6)
+            ax_valid.plot(best["epoch"], best[f"valid_{select}"], color=colour, marker="*", markersize=12,
+                          linestyle="none", label=f"best epoch {best['epoch'].iloc[0]}{tag}")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training losses (batch means)")
     ax_loss.legend(fontsize="small")
@@ -35,7 +49,7 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None
     ax_valid.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -58,13 +72,17 @@ def _feature_line(modality: str, info: dict) -> str:
             f"{missing} filled with the mean vector" + (f" — {info['note']}" if info.get("note") else ""))
 
 
-def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, metrics: dict,
+def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, detail: dict,
                     setup: dict, ks: list[int]) -> str:
+    """The evaluate stage's report: data, features (models that read them), the model and
+    its params, each seed's best epoch, metrics (mean ± std over seeds) next to most popular.
+    Nothing time-dependent: timings stay on the console and in logs/."""
     a = stats["after_k_core"]
     s = stats["split"]
+    name = detail["model"]
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks] + [f"{m}@{max(ks)}" for m in ("precision", "map", "hit")]
     parts = [
-        f"# SEA on `{stats['dataset']}`",
+        f"# {name} on `{stats['dataset']}`",
         "",
         "## Data",
         f"- raw: {stats['raw']['reviews']:,} reviews, {stats['raw']['users']:,} users, {stats['raw']['items']:,} items; "
@@ -76,36 +94,41 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         f"with an image URL {stats['items']['with_image_url']:,}",
         "",
         "## Features",
-        *[_feature_line(m, info) for m, info in feature_info.items()],
     ]
+    if feature_info:
+        parts += [_feature_line(m, info) for m, info in feature_info.items()]
+    else:
+        parts += [f"- none: {name} reads no item features"]
     image = feature_info.get("image")
     if image is not None and not image.get("pretrained_weights", True):
         parts += ["", "**Warning: the image features come from a randomly initialised CLIP encoder "
                   "(`features.image.pretrained: none`). They carry no pretrained visual meaning; "
                   "numbers here do not measure what real CLIP features would give.**"]
-    modalities = setup["model"]["modalities"]
-    if len(modalities) == 1:
-        parts += ["", f"Only one modality ({modalities[0]}) is used: the cross-modal Solosim term is off."]
     seeds = train["seeds"]
+    n_seeds = len(detail["seeds"])
     epochs = ", ".join(f"seed {k}: best epoch {v['best_epoch']} of {v['epochs_run']}" for k, v in seeds.items())
-    std = metrics.get("sea_std")
-    sea_name = "SEA" if std is None else f"SEA (mean ± std, {len(seeds)} seeds)"
+    own = setup.get(name, {})
+    trained = name if n_seeds == 1 else f"{name} (mean ± std, {n_seeds} seeds)"
 
     def table(split: str) -> str:
-        rows = {sea_name: metrics["sea"][split], "most popular": metrics["most_popular"][split]}
-        return metric_table(rows, cols, {sea_name: std[split]} if std else None)
+        rows = {trained: detail["mean"][split], "most popular": detail["most_popular"][split]}
+        return metric_table(rows, cols, {trained: detail["std"][split]} if n_seeds > 1 else None)
 
+    extra = train.get("parameters_fitted_separately", 0)
     parts += [
         "",
         "## Model and training",
-        f"- SEA, modalities {modalities}, {train['parameters']:,} trainable parameters "
-        f"(+ {train['estimator_parameters']:,} in the CLUB estimator(s))",
-        f"- loss: club_weight {setup['loss']['club_weight']}, solosim_weight {setup['loss']['solosim_weight']}, "
-        f"temperature {setup['loss']['temperature']}, distance {setup['loss']['distance']}, "
-        f"CLUB pairing {setup['club']['pairing']} with {setup['club']['steps']} estimator steps",
-        f"- trained on {train['device']} in {train['seconds']:.1f} s ({train['seconds_per_epoch']:.2f} s/epoch); "
-        f"{epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "
+        f"- model `{name}`: " + (", ".join(f"{k} {v}" for k, v in own.items()) or "no params of its own")
+        + f"; {train['parameters']:,} trainable parameters"
+        + (f" (+ {extra:,} fitted separately)" if extra else ""),
+        f"- modalities {setup['model']['modalities']}" if feature_info else "- modalities: not used",
+        f"- loss `{setup['loss']['kind']}` with {setup['train']['negatives']} negative(s) per positive; "
+        f"Adam lr {setup['train']['lr']}, batch {setup['train']['batch_size']}, at most "
+        f"{setup['train']['max_epochs']} epochs, patience {setup['train']['patience']} evaluations",
+        f"- {epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "
         "are reported at that epoch only",
+        "- every params section it was trained with: "
+        + "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in setup.items() if k != "eval"),
         "",
         "## Metrics (full ranking, training items masked)",
         "",
