@@ -61,3 +61,28 @@ def item_item_graph(features: dict[str, torch.Tensor], k: int, image_weight: flo
     weights = {"image": image_weight, "text": 1.0 - image_weight}
     combined = weights["image"] * graphs["image"] + weights["text"] * graphs["text"]
     return combined.coalesce().to_sparse_csr()
+
+
+class FrozenGraph(torch.nn.Module):
+    """A fixed sparse matrix a model holds (an item–item graph, a pruned adjacency).
+
+    Kept as its CSR parts in non-persistent buffers: it follows the model's ``.to()``,
+    deep-copies, and stays out of the state dict (the model's ``build`` rebuilds it).
+    """
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__()
+        csr = matrix.to_sparse_csr()
+        self.shape = tuple(csr.shape)
+        self.register_buffer("crow", csr.crow_indices(), persistent=False)
+        self.register_buffer("col", csr.col_indices(), persistent=False)
+        self.register_buffer("values", csr.values(), persistent=False)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The matrix as a CSR tensor (a view of the buffers, no copy)."""
+        return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The product ``matrix @ x``."""
+        return torch.sparse.mm(self.matrix, x)

@@ -1,102 +1,111 @@
-"""SEA: Separate Learning for multimedia recommendation (SEA.md §1), as one nn.Module.
+"""SEA: Separate Learning for multimedia recommendation (SEA.md §1), as one Recommender.
 
-Per modality m, an item's raw feature x_i^m is projected and split into a *generic* part
-g_i^m and a *unique* part s_i^m; an MLP of [g; s] gives the item node, a learnable vector
-gives the user node, and both are propagated without weights over the user–item graph
-(h = x + Âx + Â²x). Users fuse their modalities with learnable per-user weights; items
-concatenate them and take one hop over an item–item kNN graph. Scores are dot products.
-
-The auxiliary heads (CLUB projections, Solosim heads) only serve the training losses; the
-CLUB estimators live outside the model, in :mod:`sea.losses`, with their own optimiser.
-All sizes come from the constructor's arguments; feature widths from the data.
+Per modality m, an item's raw feature x_i^m is split into a *generic* part g_i^m and a
+*unique* part s_i^m (:class:`~sea.models.separation.Separation`); an MLP of [g; s] gives
+the item node, a learnable vector gives the user node, and both are L2-normalised and
+propagated without weights over the user–item graph (h = x + Âx + Â²x). Users fuse their
+modalities with learnable per-user weights; items concatenate them and take one hop over
+an item–item kNN graph built once from the raw features. Scores are dot products. The
+separation adds the CLUB (or ℓ2) and Solosim terms and fits the CLUB estimators.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import LGConv
 
+from sea.config import ConfigError, Section
+from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
+from sea.models.graphs import FrozenGraph, item_item_graph
+from sea.models.separation import Separation, parameters_except
+
 
 @dataclass
-class SEAOutput:
-    user: torch.Tensor  # [n_users, M * embedding_dim]
-    item: torch.Tensor  # [n_items, M * embedding_dim]
-    generic: dict[str, torch.Tensor]  # modality -> [n_items, generic_dim]
-    unique: dict[str, torch.Tensor]  # modality -> [n_items, unique_dim]
+class SEAConfig(Section):
+    """params.yaml [sea]. Feature widths come from the feature files, never from here."""
+
+    embedding_dim: int = 64  # width of each modality's user/item vectors
+    generic_fraction: float = 0.5  # share of each modality's split that is generic
+    mlp_hidden_dim: int = 256  # hidden width of the item MLP
+    gcn_layers: int = 2  # propagation hops: h = x + Âx + Â²x
+    knn_k: int = 10  # item–item graph: top-k cosine neighbours per modality
+    image_knn_weight: float = 0.1  # item–item graph = w·image kNN + (1 − w)·text kNN
+    head_dim: int = 32  # width of the CLUB projections and Solosim heads
+
+    def validate(self, section: str) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"params.yaml [{section}]: {msg}")
+
+        check(min(self.embedding_dim, self.mlp_hidden_dim, self.head_dim) > 0, "sizes must be positive")
+        check(0.0 < self.generic_fraction < 1.0, "generic_fraction must be in (0, 1)")
+        check(self.gcn_layers >= 0 and self.knn_k >= 1, "gcn_layers >= 0 and knn_k >= 1")
+        check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
 
 
 class ModalityEncoder(nn.Module):
-    """One modality's branch: generic/unique split, item MLP and user preference vectors."""
+    """One modality's branch: the item MLP of its split [g; s] and the users' vectors."""
 
-    def __init__(self, n_users: int, feature_dim: int, generic_dim: int, hidden_dim: int, embedding_dim: int):
+    def __init__(self, n_users: int, feature_dim: int, hidden_dim: int, embedding_dim: int):
         super().__init__()
-        if not 0 < generic_dim < feature_dim:
-            raise ValueError(f"generic_dim must be in (0, {feature_dim}), got {generic_dim}")
-        self.generic_dim = generic_dim
-        self.split = nn.Linear(feature_dim, feature_dim)
         self.item_mlp = nn.Sequential(
             nn.Linear(feature_dim, hidden_dim), nn.LeakyReLU(), nn.Linear(hidden_dim, embedding_dim)
         )
         self.user_pref = nn.Embedding(n_users, embedding_dim)
         nn.init.xavier_uniform_(self.user_pref.weight)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return L2-normalised user and item node vectors and the item's (generic, unique)."""
-        z = self.split(features)
-        generic, unique = z[:, : self.generic_dim], z[:, self.generic_dim :]
-        items = F.normalize(self.item_mlp(z), dim=1)
-        users = F.normalize(self.user_pref.weight, dim=1)
-        return users, items, generic, unique
+    def forward(self, split: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised (user, item) node vectors."""
+        return F.normalize(self.user_pref.weight, dim=1), F.normalize(self.item_mlp(split), dim=1)
 
 
-def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Solosim's 3-layer MLP with batch norm."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
-
-
-class SEA(nn.Module):
+@register
+class SEA(Recommender):
     """SEA recommender.
 
     Args:
         n_users, n_items: graph sizes.
         feature_dims: modality name ("image", "text") -> raw feature width, in fusion order.
+        item_graph: normalised item–item kNN graph [n_items, n_items], sparse (frozen, and
+            not saved in the state dict: :meth:`build` rebuilds it from the features).
         embedding_dim: width of each modality's node vectors (64).
-        generic_fraction: share of each modality's projection that is generic (0.5).
+        generic_fraction: share of each modality's split that is generic (0.5).
         mlp_hidden_dim: hidden width of the item MLP (256).
         gcn_layers: propagation hops over the user–item graph (2).
         head_dim: output width of the CLUB projections and Solosim heads (32).
+        loss, club: the shared ``loss`` and ``club`` sections (see :class:`Separation`).
     """
+
+    name = "sea"
+    Config = SEAConfig
+    uses_features = True
 
     def __init__(
         self,
         n_users: int,
         n_items: int,
         feature_dims: dict[str, int],
+        item_graph: torch.Tensor,
         *,
         embedding_dim: int = 64,
         generic_fraction: float = 0.5,
         mlp_hidden_dim: int = 256,
         gcn_layers: int = 2,
         head_dim: int = 32,
+        loss: Any,
+        club: Any,
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.modalities = list(feature_dims)
         self.gcn_layers = gcn_layers
-        generic = {m: max(1, min(d - 1, round(generic_fraction * d))) for m, d in feature_dims.items()}
-        self.generic_dims = generic
-        self.unique_dims = {m: feature_dims[m] - generic[m] for m in feature_dims}
         self.encoders = nn.ModuleDict({
-            m: ModalityEncoder(n_users, d, generic[m], mlp_hidden_dim, embedding_dim)
-            for m, d in feature_dims.items()
+            m: ModalityEncoder(n_users, d, mlp_hidden_dim, embedding_dim) for m, d in feature_dims.items()
         })
         # Per-user modality weights (softmax over modalities); absent with one modality,
         # where they could not receive a gradient.
@@ -104,13 +113,19 @@ class SEA(nn.Module):
             nn.Parameter(torch.zeros(n_users, len(feature_dims))) if len(feature_dims) > 1 else None
         )
         self.conv = LGConv(normalize=False)
-        # Auxiliary heads for the losses.
-        self.club_generic = nn.ModuleDict({m: nn.Linear(generic[m], head_dim) for m in feature_dims})
-        self.club_unique = nn.ModuleDict({m: nn.Linear(self.unique_dims[m], head_dim) for m in feature_dims})
-        self.has_cross_modal = {"image", "text"} <= set(feature_dims)
-        self.solosim_heads = (
-            nn.ModuleDict({m: projection_head(generic[m], embedding_dim, head_dim) for m in ("text", "image")})
-            if self.has_cross_modal else None
+        self.item_graph = FrozenGraph(item_graph)
+        self.separation = Separation(feature_dims, generic_fraction=generic_fraction, head_dim=head_dim,
+                                     head_hidden_dim=embedding_dim, loss=loss, club=club)
+
+    @classmethod
+    def build(cls, data: GraphData, cfg: SEAConfig, setup: Any) -> "SEA":
+        modalities = list(setup.model.modalities)
+        graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
+        return cls(
+            data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities}, graph.to(data.device),
+            embedding_dim=cfg.embedding_dim, generic_fraction=cfg.generic_fraction,
+            mlp_hidden_dim=cfg.mlp_hidden_dim, gcn_layers=cfg.gcn_layers, head_dim=cfg.head_dim,
+            loss=setup.loss, club=setup.club,
         )
 
     def propagate(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -121,44 +136,27 @@ class SEA(nn.Module):
             out = out + h
         return out
 
-    def forward(self, features: dict[str, torch.Tensor], adj: torch.Tensor, item_graph: torch.Tensor) -> SEAOutput:
-        """Embed every user and item.
-
-        Args:
-            features: modality -> raw item features [n_items, feature_dim].
-            adj: normalised user–item adjacency [(U + I), (U + I)], users first.
-            item_graph: normalised item–item kNN graph [I, I].
-        """
-        users, items, generic, unique = [], [], {}, {}
+    def forward(self, data: GraphData) -> Embeddings:
+        """Embed every user and item; ``extras["split"]`` holds each modality's [g; s]."""
+        split = self.separation(data.features)
+        users, items = [], []
         for m in self.modalities:
-            u, i, generic[m], unique[m] = self.encoders[m](features[m])
-            h = self.propagate(torch.cat([u, i]), adj)
+            u, i = self.encoders[m](split[m])
+            h = self.propagate(torch.cat([u, i]), data.adj)
             users.append(h[: self.n_users])
             items.append(h[self.n_users :])
         if self.user_modality_logits is not None:
             w = torch.softmax(self.user_modality_logits, dim=1)
             users = [w[:, j : j + 1] * u for j, u in enumerate(users)]
-        user = torch.cat(users, dim=1)
         item = torch.cat(items, dim=1)
-        item = item + torch.sparse.mm(item_graph, item)
-        return SEAOutput(user, item, generic, unique)
+        item = item + self.item_graph(item)
+        return Embeddings(torch.cat(users, dim=1), item, extras={"split": split})
 
-    def club_pairs(self, out: SEAOutput, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Modality -> (projected generic, projected unique) of ``items``."""
-        return {
-            m: (self.club_generic[m](out.generic[m][items]), self.club_unique[m](out.unique[m][items]))
-            for m in self.modalities
-        }
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+        return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))
 
-    def solosim_pair(self, out: SEAOutput, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text generic, image generic) of ``items`` through their Solosim heads."""
-        assert self.solosim_heads is not None, "Solosim needs both image and text"
-        return (
-            self.solosim_heads["text"](out.generic["text"][items]),
-            self.solosim_heads["image"](out.generic["image"][items]),
-        )
+    def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
+        return self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
 
-    @staticmethod
-    def score(out: SEAOutput, users: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users`` against every item: [len(users), n_items]."""
-        return out.user[users] @ out.item.T
+    def main_parameters(self) -> Iterator[nn.Parameter]:
+        return parameters_except(self, self.separation.estimator_parameters())
