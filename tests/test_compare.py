@@ -357,6 +357,8 @@ def copy_repo(dest: Path) -> Path:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
+    for f in ("dvc.lock", "reports/metrics.json"):  # start from a never-run pipeline
+        (dest / f).unlink(missing_ok=True)
     git_repo(dest)
     return dest
 
