@@ -34,13 +34,14 @@ from sea.cli import USER_ERRORS, one_line  # noqa: E402
 from sea.config import ConfigError, EvalConfig  # noqa: E402
 from sea.io import DataError, write_json, write_text  # noqa: E402
 
-#: variant -> overrides on top of params.yaml
+#: variant -> overrides on top of params.yaml (explicit, so params.yaml's defaults cannot
+#: turn a plain model into its +SEA version)
 VARIANTS: dict[str, list[str]] = {
     "bprmf": ["model.name=bprmf"],
     "lightgcn": ["model.name=lightgcn"],
-    "vbpr": ["model.name=vbpr"],
+    "vbpr": ["model.name=vbpr", "vbpr.separation=none"],
     "vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea"],
-    "freedom": ["model.name=freedom"],
+    "freedom": ["model.name=freedom", "freedom.separation=none"],
     "freedom_sea": ["model.name=freedom", "freedom.separation=sea"],
     "sea": ["model.name=sea"],
 }

@@ -247,6 +247,42 @@ def test_bad_inputs_are_data_errors(three_variants):
         compare.compare({"a": good, "b": good.drop(columns="ndcg@10")}, "a", "recall@10")
 
 
+# ------------------------------------------------------------------ scripts/compare.py's arguments
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_queues_each_variant_with_seeds_and_extras():
+    script = load_script()
+    queued = script.experiment_overrides(["vbpr", "vbpr_sea"], [1, 2], ["train.max_epochs=1"])
+    assert queued == {
+        "cmp-vbpr": ["model.name=vbpr", "vbpr.separation=none", "train.seeds=[1,2]", "train.max_epochs=1"],
+        "cmp-vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea", "train.seeds=[1,2]", "train.max_epochs=1"],
+    }
+    args = script.parse_args([])
+    assert args.variants == ["bprmf", "lightgcn", "vbpr", "vbpr_sea", "freedom", "freedom_sea", "sea"]
+    assert (args.baseline, args.seeds, args.extra) == ("lightgcn", [1, 2, 3], [])
+    assert script.parse_args(["--variants", "sea", "bprmf", "--baseline", "most_popular"]).baseline == "most_popular"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "sea", "gru4rec"], "unknown variant"),
+    (["--variants", "sea", "bprmf"], "--baseline lightgcn is not among"),
+    (["--variants", "sea", "sea", "--baseline", "sea"], "twice"),
+])
+def test_script_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_script().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ the runner on a tiny repo
 
 
