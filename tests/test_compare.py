@@ -10,8 +10,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -305,10 +307,12 @@ def git_repo(dest: Path) -> None:
 
 
 TINY_STAGE = """\
-import json, sys, yaml
+import json, sys, time, yaml
 p = yaml.safe_load(open("params.yaml"))
 if p["a"] < 0:
     sys.exit("negative a")
+if p["a"] == 50:
+    time.sleep(600)
 json.dump({"a": p["a"], "b": p["b"]}, open("out.json", "w"))
 """
 
@@ -362,6 +366,42 @@ def test_queued_leftovers_of_the_same_name_are_removed(tiny: Path):
     experiments.clean_queue(["t-left"], tiny)
     queued = {t.name for t in experiments.queue_status(tiny)[0] if t.status == "Queued"}
     assert queued == {"t-other"}
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (a crash of everything it started)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the crashed run's processes")
+def test_a_task_left_running_by_a_crash_is_cleared(tiny: Path):
+    """A run killed mid-experiment leaves its task "Running" with no worker; the next run
+    clears it instead of waiting for it forever."""
+    run(["dvc", "exp", "run", "--queue", "-n", "t-crash", "-S", "a=50"], tiny)
+    crashed = subprocess.Popen(["dvc", "exp", "run", "--run-all"], cwd=tiny, env=env(), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300  # a guard against hanging, not a timing check
+        while not any(t.status == "Running" for t in experiments.queue_status(tiny)[0]):
+            assert time.monotonic() < deadline and crashed.poll() is None, "the experiment never started"
+            time.sleep(1)
+    finally:
+        kill_session(crashed.pid)
+        crashed.wait()
+    tasks, active = experiments.queue_status(tiny)
+    assert active == 0 and [(t.name, t.status) for t in tasks] == [("t-crash", "Running")]
+
+    experiments.clean_queue(["t-next"], tiny)
+    assert experiments.queue_status(tiny)[0] == []
+    commits = experiments.run_variants({"t-next": ["a=4"]}, cwd=tiny)
+    assert json.loads(experiments.show_file(commits["t-next"], "out.json", tiny))["a"] == 4
 
 
 def test_runner_refuses_bad_names_and_overrides(tiny: Path):
