@@ -1,12 +1,12 @@
-"""Time SEA's training step and full-ranking evaluation on a synthetic graph of a given size.
+"""Time one model's training step and full-ranking evaluation on a synthetic graph of a
+given size, through the same trainer the pipeline uses (any registered model).
 
-    python bench/train_speed.py --preset sample              # the bundled sample's sizes
-    python bench/train_speed.py --preset baby --batches 5    # Amazon Baby's sizes (SEA.md §5)
-    python bench/train_speed.py --club-steps 0               # without the estimator loop
+    python bench/train_speed.py --preset sample                  # SEA at the bundled sample's sizes
+    python bench/train_speed.py --model lightgcn --preset baby   # Amazon Baby's sizes (SEA.md §5)
+    python bench/train_speed.py --club-steps 0                   # SEA without the estimator loop
 
 Prints seconds per batch (median over the timed batches, after warm-up), the projected
-seconds per epoch, evaluation seconds and peak GPU memory. Record results in BENCHMARKS.md
-with the device and the commit.
+seconds per epoch, evaluation seconds, peak GPU memory, the device and the commit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from sea.config import TrainingSetup
-from sea.train import NegativeSampler, build_model, evaluate, load_graph_data, seed_everything, train_step
+from sea.models.base import REGISTRY, Batch, GraphData, model_class
+from sea.train import UniformNegatives, build_model, evaluate, seed_everything, train_step
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
     "sample": (1534, 600, 11279, 512, 384),
@@ -47,36 +48,43 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    import sea.models  # noqa: F401  (fills the registry for --model's choices)
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(REGISTRY), default="sea", help="a registered model (default: sea)")
     p.add_argument("--preset", choices=PRESETS, default="sample")
     p.add_argument("--batches", type=int, default=10, help="timed batches (after 2 warm-up batches)")
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--club-steps", type=int, default=50)
+    p.add_argument("--negatives", type=int, default=1, help="negatives per positive")
+    p.add_argument("--club-steps", type=int, default=50, help="SEA's CLUB estimator steps per batch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
     n_users, n_items, n_train, d_img, d_txt = PRESETS[args.preset]
     device = torch.device(args.device)
-    setup = TrainingSetup.from_params({"train": {"batch_size": args.batch_size}, "club": {"steps": args.club_steps}})
+    setup = TrainingSetup.from_params({
+        "model": {"name": args.model},
+        "train": {"batch_size": args.batch_size, "negatives": args.negatives},
+        "club": {"steps": args.club_steps},
+    })
     df, feats = synthetic(n_users, n_items, n_train, {"image": d_img, "text": d_txt})
-    data = load_graph_data(df, feats, knn_k=10, image_knn_weight=0.1, device=device)
+    data = GraphData.build(df, n_items, feats if model_class(args.model).uses_features else {}, device)
     seed_everything(0, deterministic=device.type == "cpu")
-    model, est = build_model(data, setup)
-    model.to(device)
-    est.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    est_opt = torch.optim.Adam(est.parameters(), lr=setup.club.lr)
+    model = build_model(data, setup)
+    opt = torch.optim.Adam(model.main_parameters(), lr=setup.train.lr)
     gen = torch.Generator(device=device).manual_seed(0)
-    sampler = NegativeSampler(data.train_users, data.train_items, data.n_items, gen)
+    negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
+    model.on_epoch_start(1, gen)  # per-epoch work (FREEDOM's edge pruning) is not timed
 
     times = []
     for i in range(args.batches + 2):
         idx = torch.randint(len(data.train_users), (args.batch_size,), generator=gen, device=device)
-        users, pos = data.train_users[idx], data.train_items[idx]
+        users = data.train_users[idx]
+        batch = Batch(users, data.train_items[idx], negatives(users, args.negatives))
         sync(device)
         t0 = time.perf_counter()
-        train_step(model, est, opt, est_opt, data, users, pos, sampler(users), setup)
-        sync(device)
+        logs = train_step(model, opt, data, batch, setup.loss.kind)
+        float(logs["loss"])  # wait for the step (a host sync, as the epoch end does)
         if i >= 2:
             times.append(time.perf_counter() - t0)
     per_batch = statistics.median(times)
@@ -89,7 +97,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
-    print(f"preset={args.preset} device={name} commit={commit} batch={args.batch_size} club_steps={args.club_steps}")
+    print(f"model={args.model} preset={args.preset} device={name} commit={commit} batch={args.batch_size} "
+          f"negatives={args.negatives} club_steps={args.club_steps} (models with SEA's separation)")
     print(f"  {len(data.train_users):,} train interactions, {n_batches} batches/epoch")
     print(f"  {per_batch:.4f} s/batch (median of {len(times)}) -> {per_batch * n_batches:.2f} s/epoch; "
           f"evaluation {eval_s:.2f} s; peak GPU memory {mem}")

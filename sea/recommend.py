@@ -1,9 +1,8 @@
 """Top-K recommendations from a trained checkpoint, with Amazon's ids.
 
-    >>> from sea.recommend import recommend
-    >>> recommend("models/model.safetensors", ["A1B2C3D4E5F6G7"], k=10)
-       reviewer_id  user  rank  item        asin     score
-    0  A1B2C3D4E5F6G7    17     1   311  B000ABC123  4.127...
+    from sea.recommend import recommend
+    top = recommend("models/model.safetensors", ["<reviewerID>", ...], k=10)
+    # columns: reviewer_id, user, rank (1..k), item, asin, score
 
 :func:`recommend` rebuilds whichever registered model the checkpoint names, from the
 checkpoint alone plus the processed data it was trained on (``data/processed``, and
@@ -18,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sea import artifacts
 from sea.checkpoint import Checkpoint, load_checkpoint

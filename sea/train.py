@@ -79,14 +79,19 @@ class UniformNegatives:
         self.shifted = u * n_items + (i - rank)  # non-decreasing
         self.n_free = (n_items - degree).clamp(min=1)
 
+    def nth_negative(self, users: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The ``r``-th (0-based) item each user has not trained on; ``r`` is ``[B, n]``."""
+        u = users.unsqueeze(1)
+        below = torch.searchsorted(self.shifted, u * self.n_items + r, right=True) - self.first[u]
+        return (r + below).clamp(max=self.n_items - 1)
+
     def __call__(self, users: torch.Tensor, n: int = 1) -> torch.Tensor:
         """``[len(users), n]`` negatives for ``users``."""
         g = self.generator
-        u = users.unsqueeze(1)
-        r = (torch.rand(len(users), n, generator=g, device=g.device, dtype=torch.float64)
-             * self.n_free[u]).long().clamp(max=self.n_items - 1)
-        below = torch.searchsorted(self.shifted, u * self.n_items + r, right=True) - self.first[u]
-        return (r + below).clamp(max=self.n_items - 1)
+        uniform = torch.rand(len(users), n, generator=g, device=g.device, dtype=torch.float64)
+        n_free = self.n_free[users].unsqueeze(1)
+        r = torch.minimum((uniform * n_free).long(), n_free - 1)
+        return self.nth_negative(users, r)
 
 
 def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, batch: Batch,

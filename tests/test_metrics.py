@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sea.metrics import evaluate_ranking, metrics_from_hits, to_csr
+from sea.metrics import evaluate_ranking, metrics_from_hits, per_user_metrics, to_csr, top_k
 
 
 def test_metrics_from_hits_hand_computed():
@@ -52,3 +52,31 @@ def test_to_csr_groups_items_per_user():
     indptr, indices = to_csr(np.array([2, 0, 2, 0]), np.array([5, 1, 3, 0]), 4)
     assert indptr.tolist() == [0, 2, 2, 4, 4]
     assert indices.tolist() == [0, 1, 3, 5]
+
+
+def test_per_user_metrics_are_what_evaluate_ranking_averages():
+    scores = torch.tensor([
+        [5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: train {0}; test {2, 4} -> ranked 1, 2, 3, 4: hits at ranks 2 and 4
+        [0.0, 0.0, 0.0, 0.0, 0.0],  # user 1: no test item -> no row
+        [1.0, 2.0, 3.0, 4.0, 5.0],  # user 2: train {4}; test {0} -> ranked 3, 2, 1, 0: hit at rank 4
+    ])
+    train = to_csr(np.array([0, 1, 2]), np.array([0, 1, 4]), 3)
+    test = to_csr(np.array([0, 0, 2]), np.array([2, 4, 0]), 3)
+    users, values = per_user_metrics(lambda u: scores[u], train, test, 5, [2, 4], batch_size=1)
+    assert users.tolist() == [0, 2]
+    assert list(values) == [f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (2, 4)]
+    assert values["recall@2"].tolist() == pytest.approx([0.5, 0.0])
+    assert values["recall@4"].tolist() == pytest.approx([1.0, 1.0])
+    assert values["ndcg@4"].tolist() == pytest.approx([
+        (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)), 1 / math.log2(5)])
+    means = evaluate_ranking(lambda u: scores[u], train, test, 5, [2, 4], batch_size=2)
+    assert means["users"] == 2
+    assert all(means[k] == pytest.approx(v.mean()) for k, v in values.items())
+
+
+def test_top_k_masks_excluded_items_and_puts_them_last():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.4, 0.3, 0.2, 0.1]])
+    exclude = to_csr(np.array([0, 1, 1, 1]), np.array([1, 0, 1, 2]), 2)
+    items, values = top_k(lambda u: scores[u], exclude, np.array([1, 0]), 4, k=3, batch_size=1)
+    assert items[1].tolist() == [3, 2, 0]  # user 0 without its item 1
+    assert items[0, 0].item() == 3 and values[0, 1:].tolist() == [-math.inf, -math.inf]  # user 1 has one item left
