@@ -5,21 +5,32 @@
     python scripts/ablations.py -S train.max_epochs=5  # extra overrides for every variant
     python scripts/ablations.py --collect-only         # rebuild the table from finished runs
 
-Each variant is `dvc exp run --queue -n abl-<variant> -S ...` on top of the committed
-params; `dvc exp run --run-all` then runs them one after another (only train and evaluate
-re-run: the data and feature stages come from the DVC cache). The table goes to
+Each variant is `dvc exp run --queue -n abl-<variant> -S model.name=sea -S ...` on top of
+the committed params; `dvc exp run --run-all` then runs them one after another (only train
+and evaluate re-run: the data and feature stages come from the DVC cache). Each finished
+experiment's reports/metrics.json (the mean over seeds) and reports/metrics_detail.json
+(std over seeds, most popular) are read from its experiment commit. The table goes to
 reports/ablations.md and reports/ablations.json. Needs a git identity and a commit to
-queue experiments from (git add new files first).
+queue experiments from (git add new files first). The runner is sea/experiments.py, shared
+with scripts/compare.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/, also without an install
+
+from sea import experiments  # noqa: E402
+from sea.cli import USER_ERRORS, one_line  # noqa: E402
+from sea.io import DataError, write_json, write_text  # noqa: E402
+
+#: every variant trains SEA; variant -> its overrides on top of that
+MODEL = ["model.name=sea"]
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "no_club": ["loss.club_weight=0"],
@@ -32,88 +43,93 @@ VARIANTS: dict[str, list[str]] = {
 }
 PREFIX = "abl-"
 COLUMNS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+SPLITS = ("valid", "test")
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    print("$ dvc " + " ".join(args), flush=True)
-    return subprocess.run(["dvc", *args], check=check, text=True)
+def experiment_overrides(seeds: list[int] | None, extra: list[str]) -> dict[str, list[str]]:
+    """Experiment name -> every override it is queued with."""
+    seeds_override = [f"train.seeds=[{','.join(map(str, seeds))}]"] if seeds else []
+    return {PREFIX + v: [*MODEL, *sets, *seeds_override, *extra] for v, sets in VARIANTS.items()}
 
 
-def queue_and_run(seeds: list[int] | None, extra: list[str]) -> None:
-    names = [PREFIX + v for v in VARIANTS]
-    dvc("exp", "remove", *names, check=False)  # earlier runs of the same names
-    for variant, sets in VARIANTS.items():
-        sets = sets + ([f"train.seeds=[{','.join(map(str, seeds))}]"] if seeds else []) + extra
-        dvc("exp", "run", "--queue", "-n", PREFIX + variant, *[a for s in sets for a in ("-S", s)])
-    dvc("exp", "run", "--run-all")
+def read_json(rev: str, path: str, name: str) -> dict:
+    try:
+        return json.loads(experiments.show_file(rev, path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} of experiment {name} ({rev[:7]}): not valid JSON: {e}") from None
 
 
 def collect() -> dict[str, dict]:
-    """Metrics of the finished abl-* experiments of the current commit, read from git."""
+    """Per variant: metrics.json ({split: {metric: mean over seeds}}) plus ``std`` (over
+    seeds), ``most_popular`` and ``seeds`` from metrics_detail.json."""
+    commits = experiments.finished([PREFIX + v for v in VARIANTS])
     out = {}
     for variant in VARIANTS:
         name = PREFIX + variant
-        proc = subprocess.run(["git", "show", f"refs/exps/{_exp_ref(name)}:reports/metrics_detail.json"],
-                              capture_output=True, text=True)
-        if proc.returncode == 0:
-            out[variant] = json.loads(proc.stdout)
-        else:
-            print(f"warning: no finished experiment {name}", file=sys.stderr)
+        metrics = read_json(commits[name], "reports/metrics.json", name)
+        detail = read_json(commits[name], "reports/metrics_detail.json", name)
+        missing = [f"{s}/{c}" for s in SPLITS for c in COLUMNS if c not in metrics.get(s, {})]
+        if missing:
+            raise DataError(f"reports/metrics.json of experiment {name} ({commits[name][:7]}) lacks {missing}")
+        out[variant] = {s: metrics[s] for s in SPLITS} | {
+            "std": detail.get("std", {}), "most_popular": detail.get("most_popular", {}),
+            "seeds": sorted(int(s) for s in detail.get("seeds", {})), "overrides": VARIANTS[variant]}
     return out
 
 
-def _exp_ref(name: str) -> str:
-    """The ref path of experiment ``name`` on the current commit: <sha[:2]>/<sha[2:]>/<name>."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    return f"{head[:2]}/{head[2:]}/{name}"
-
-
-def cell(metrics: dict, split: str, key: str) -> str:
-    mean = metrics["mean"][split][key]
-    std = (metrics["std"] if len(metrics["seeds"]) > 1 else {}).get(split, {}).get(key)
+def cell(result: dict, split: str, key: str) -> str:
+    mean = result[split][key]
+    std = result["std"].get(split, {}).get(key) if len(result["seeds"]) > 1 else None
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
 def table(results: dict[str, dict]) -> str:
-    header = ["variant", "overrides"] + [f"valid {c}" for c in COLUMNS] + [f"test {c}" for c in COLUMNS]
+    header = ["variant", "overrides"] + [f"{s} {c}" for s in SPLITS for c in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for variant, m in results.items():
-        cells = [variant, ", ".join(f"`{s}`" for s in VARIANTS[variant]) or "(params.yaml)"]
-        cells += [cell(m, "valid", c) for c in COLUMNS] + [cell(m, "test", c) for c in COLUMNS]
+    for variant, r in results.items():
+        cells = [variant, ", ".join(f"`{s}`" for s in r["overrides"]) or "(params.yaml)"]
+        cells += [cell(r, s, c) for s in SPLITS for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     pop = next(iter(results.values()))["most_popular"]
-    lines.append("| most popular | | " + " | ".join(f"{pop[s][c]:.4f}" for s in ("valid", "test") for c in COLUMNS) + " |")
+    if pop:
+        lines.append("| most popular | | " + " | ".join(f"{pop[s][c]:.4f}" for s in SPLITS for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", help="train each variant with these seeds")
-    parser.add_argument("-S", "--set", dest="extra", action="append", default=[], help="extra param override")
+    parser.add_argument("-S", "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra param override for every variant (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default 1)")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table")
     parser.add_argument("--out", type=Path, default=Path("reports/ablations.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.collect_only:
-        queue_and_run(args.seeds, args.extra)
+        experiments.run_variants(experiment_overrides(args.seeds, args.extra), jobs=args.jobs)
     results = collect()
-    if not results:
-        sys.exit("no finished ablation experiments to report")
-    seeds = {len(m.get("seeds", {})) for m in results.values()}
+    seeds = sorted({len(r["seeds"]) for r in results.values()})
+    command = shlex.join(["python", "scripts/ablations.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([
         "# SEA ablations",
         "",
         f"Full-ranking metrics at each run's best validation epoch; mean ± std over seeds where "
-        f"several were run (seeds per variant: {', '.join(map(str, sorted(seeds)))}). Extra overrides for every variant: "
-        f"{', '.join(f'`{s}`' for s in args.extra) or 'none'}. Generated by `python scripts/ablations.py`.",
+        f"several were run (seeds per variant: {', '.join(map(str, seeds))}). Every variant trains "
+        f"`model.name=sea`. Extra overrides for every variant: "
+        f"{', '.join(f'`{s}`' for s in args.extra) or 'none'}. Generated by `{command}`.",
         "",
         table(results),
         "",
     ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(args.out, text)
+    write_json(args.out.with_suffix(".json"), results)
     print(text)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (*USER_ERRORS, experiments.ExperimentError) as e:
+        sys.exit(f"ablations: {one_line(str(e))}")
+    except KeyboardInterrupt:
+        sys.exit(130)

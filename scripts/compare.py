@@ -1,0 +1,132 @@
+"""Train several models on the same data, several seeds each, and compare them.
+
+    python scripts/compare.py                               # all variants, seeds 1 2 3, vs lightgcn
+    python scripts/compare.py --variants lightgcn sea --seeds 1 2 3 4 5
+    python scripts/compare.py --baseline bprmf -S train.max_epochs=5
+    python scripts/compare.py --collect-only                # rebuild the report from finished runs
+
+Each variant is a queued DVC experiment `cmp-<variant>` (`dvc exp run --queue -n
+cmp-<variant> -S model.name=... -S 'train.seeds=[1,2,3]' ...`) on top of the committed
+params; `dvc exp run --run-all` runs them one after another. Only train and evaluate
+re-run (data and features come from the DVC cache), in temporary copies of the repo, so
+the workspace is untouched and `dvc repro` stays a no-op. The script then reads each
+experiment's reports/per_user.parquet from its experiment commit and writes
+reports/compare.md and reports/compare.json: per variant and metric the mean ± std over
+seeds, and, on the test split, the paired t-test and Wilcoxon test over users of every
+variant against the baseline (see sea/compare.py).
+
+Needs a git identity and a commit to queue from (git add new files first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/, also without an install
+
+from sea import compare, experiments  # noqa: E402
+from sea.cli import USER_ERRORS, one_line  # noqa: E402
+from sea.config import ConfigError, EvalConfig  # noqa: E402
+from sea.io import DataError, write_json, write_text  # noqa: E402
+
+#: variant -> overrides on top of params.yaml (explicit, so params.yaml's defaults cannot
+#: turn a plain model into its +SEA version)
+VARIANTS: dict[str, list[str]] = {
+    "bprmf": ["model.name=bprmf"],
+    "lightgcn": ["model.name=lightgcn"],
+    "vbpr": ["model.name=vbpr", "vbpr.separation=none"],
+    "vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea"],
+    "freedom": ["model.name=freedom", "freedom.separation=none"],
+    "freedom_sea": ["model.name=freedom", "freedom.separation=sea"],
+    "sea": ["model.name=sea"],
+}
+PREFIX = "cmp-"
+PER_USER = "reports/per_user.parquet"
+
+
+def experiment_overrides(variants: list[str], seeds: list[int], extra: list[str]) -> dict[str, list[str]]:
+    """Experiment name -> every override it is queued with."""
+    seeds_override = f"train.seeds=[{','.join(map(str, seeds))}]"
+    return {PREFIX + v: [*VARIANTS[v], seeds_override, *extra] for v in variants}
+
+
+def selection_metric(commits: dict[str, str]) -> str:
+    """``eval.select`` of the experiments (read from their params.yaml); the same for all."""
+    found = {}
+    for name, rev in commits.items():
+        params = yaml.safe_load(experiments.show_file(rev, "params.yaml")) or {}
+        found[name] = EvalConfig.from_dict(params.get("eval"), "eval").select
+    if len(set(found.values())) != 1:
+        raise ConfigError(f"eval.select differs between the experiments: {found}")
+    return next(iter(found.values()))
+
+
+def collect(variants: list[str]) -> tuple[dict, dict[str, str]]:
+    """The per-user frame of each variant's finished experiment, and its commit."""
+    commits = experiments.finished([PREFIX + v for v in variants])
+    frames = {}
+    for v in variants:
+        rev = commits[PREFIX + v]
+        source = f"{PER_USER} of experiment {PREFIX + v} ({rev[:7]})"
+        frame = compare.read_per_user(experiments.show_file(rev, PER_USER), source)
+        model = next(m for m in frame["model"].unique() if m != compare.MOST_POPULAR)
+        expected = dict(o.split("=", 1) for o in VARIANTS[v]).get("model.name")
+        if expected is not None and model != expected:
+            raise DataError(f"{source}: holds model {model!r}, but variant {v!r} trains {expected!r}")
+        frames[v] = frame
+    return frames, commits
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+                        help=f"variants to train and compare (default: all of {', '.join(VARIANTS)})")
+    parser.add_argument("--baseline", default="lightgcn",
+                        help="variant the others are tested against (or most_popular); default lightgcn")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per variant (default 1 2 3)")
+    parser.add_argument("-S", "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra param override for every variant (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default 1)")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument("--out", type=Path, default=Path("reports/compare.md"),
+                        help="markdown report; the JSON goes beside it (default reports/compare.md)")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if len(set(args.variants)) != len(args.variants):
+        parser.error("--variants lists a variant twice")
+    if args.baseline not in [*args.variants, compare.MOST_POPULAR]:
+        parser.error(f"--baseline {args.baseline} is not among --variants {args.variants} (or most_popular)")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    queued = experiment_overrides(args.variants, args.seeds, args.extra)
+    if not args.collect_only:
+        experiments.run_variants(queued, jobs=args.jobs)
+    frames, commits = collect(args.variants)
+    comp = compare.compare(frames, args.baseline, selection_metric(commits),
+                           overrides={v: VARIANTS[v] for v in args.variants}, extra_overrides=args.extra)
+    command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
+    text = compare.render_markdown(comp, "Model comparison", command)
+    write_text(args.out, text)
+    write_json(args.out.with_suffix(".json"), compare.to_json(comp))
+    print(text)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (*USER_ERRORS, experiments.ExperimentError) as e:
+        sys.exit(f"compare: {one_line(str(e))}")
+    except KeyboardInterrupt:
+        sys.exit(130)
