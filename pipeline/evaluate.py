@@ -89,7 +89,7 @@ def main() -> None:
         stats=json.loads(artifacts.GRAPH_STATS.read_text()),
         feature_info={m: artifacts.read_feature_info(m) for m in ckpt.feature_dims} if uses_features else {},
         train=json.loads(artifacts.TRAIN_SUMMARY.read_text()),
-        detail=detail, setup=setup.to_dict(), ks=ks,
+        detail=detail, setup=setup.to_dict(), ks=ks, ranking_loss=setup.ranking_loss,
     )
     write_text(artifacts.REPORT_MD, report)
     sel = setup.eval.select

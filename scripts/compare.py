@@ -44,6 +44,10 @@ VARIANTS: dict[str, list[str]] = {
     "freedom": ["model.name=freedom", "freedom.separation=none"],
     "freedom_sea": ["model.name=freedom", "freedom.separation=sea"],
     "sea": ["model.name=sea"],
+    "lirdrec": ["model.name=lirdrec"],
+    "simplex": ["model.name=simplex", "loss.kind=auto", "train.negatives=100"],  # CCL, 100 negatives
+    "lightgcn_ccl": ["model.name=lightgcn", "loss.kind=ccl", "train.negatives=100"],
+    "lightgcn_cbns": ["model.name=lightgcn", "loss.kind=softmax", "train.sampler=cross_batch"],
 }
 PREFIX = "cmp-"
 PER_USER = "reports/per_user.parquet"

@@ -73,7 +73,8 @@ def _feature_line(modality: str, info: dict) -> str:
 
 
 def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, detail: dict,
-                    setup: dict, ks: list[int]) -> str:
+                    setup: dict, ks: list[int],
+                    ranking_loss: str) -> str:
     """The evaluate stage's report: data, features (models that read them), the model and
     its params, each seed's best epoch, metrics (mean ± std over seeds) next to most popular.
     Nothing time-dependent: timings stay on the console and in logs/."""
@@ -122,7 +123,8 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         + f"; {train['parameters']:,} trainable parameters"
         + (f" (+ {extra:,} fitted separately)" if extra else ""),
         f"- modalities {setup['model']['modalities']}" if feature_info else "- modalities: not used",
-        f"- loss `{setup['loss']['kind']}` with {setup['train']['negatives']} negative(s) per positive; "
+        f"- ranking loss `{ranking_loss}` (loss.kind {setup['loss']['kind']}), sampler "
+        f"{setup['train']['sampler']}, {setup['train']['negatives']} negative(s) per positive; "
         f"Adam lr {setup['train']['lr']}, batch {setup['train']['batch_size']}, at most "
         f"{setup['train']['max_epochs']} epochs, patience {setup['train']['patience']} evaluations",
         f"- {epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "

@@ -255,8 +255,8 @@ def test_ablation_table(project):
     assert list(results) == variants
     for v in variants:
         assert f"| {v} |" in table
-        assert 0 <= results[v]["mean"]["test"]["recall@20"] <= 1
-    assert results["text_only"]["mean"]["test"] != results["full"]["mean"]["test"]
+        assert 0 <= results[v]["test"]["recall@20"] <= 1
+    assert results["text_only"]["test"] != results["full"]["test"]
 
 
 def test_empty_image_features_are_refused_by_training(tmp_path):

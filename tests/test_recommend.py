@@ -74,7 +74,7 @@ def test_per_user_metrics_layout_and_means(run):
     detail = json.loads((run / artifacts.METRICS_DETAIL).read_text())
     assert detail["model"] == "bprmf" and set(detail["seeds"]) == {"1", "2"}
     assert detail["std"]["test"]["recall@20"] == pytest.approx(np.std([detail["seeds"][s]["test"]["recall@20"]
-                                                                       for s in ("1", "2")]))
+                                                                       for s in ("1", "2")], ddof=1))
     popular = per_user[(per_user["model"] == "most_popular") & (per_user["split"] == "test")]
     assert detail["most_popular"]["test"]["ndcg@10"] == pytest.approx(popular["ndcg@10"].mean())
 
