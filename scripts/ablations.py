@@ -59,10 +59,11 @@ def read_json(rev: str, path: str, name: str) -> dict:
         raise DataError(f"{path} of experiment {name} ({rev[:7]}): not valid JSON: {e}") from None
 
 
-def collect() -> dict[str, dict]:
+def collect(commits: dict[str, str] | None = None) -> dict[str, dict]:
     """Per variant: metrics.json ({split: {metric: mean over seeds}}) plus ``std`` (over
-    seeds), ``most_popular`` and ``seeds`` from metrics_detail.json."""
-    commits = experiments.finished([PREFIX + v for v in VARIANTS])
+    seeds), ``most_popular`` and ``seeds`` from metrics_detail.json. ``commits``: name ->
+    sha from the run (default: the experiments on HEAD)."""
+    commits = commits or experiments.finished([PREFIX + v for v in VARIANTS])
     out = {}
     for variant in VARIANTS:
         name = PREFIX + variant
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table")
     parser.add_argument("--out", type=Path, default=Path("reports/ablations.md"))
     args = parser.parse_args(argv)
-    if not args.collect_only:
-        experiments.run_variants(experiment_overrides(args.seeds, args.extra), jobs=args.jobs)
-    results = collect()
+    commits = None if args.collect_only else experiments.run_variants(
+        experiment_overrides(args.seeds, args.extra), jobs=args.jobs)
+    results = collect(commits)
     seeds = sorted({len(r["seeds"]) for r in results.values()})
     command = shlex.join(["python", "scripts/ablations.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([

@@ -70,9 +70,10 @@ def selection_metric(commits: dict[str, str]) -> str:
     return next(iter(found.values()))
 
 
-def collect(variants: list[str]) -> tuple[dict, dict[str, str]]:
-    """The per-user frame of each variant's finished experiment, and its commit."""
-    commits = experiments.finished([PREFIX + v for v in variants])
+def collect(variants: list[str], commits: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
+    """The per-user frame of each variant's finished experiment, and its commit
+    (``commits``: name -> sha from the run; default: the experiments on HEAD)."""
+    commits = commits or experiments.finished([PREFIX + v for v in variants])
     frames = {}
     for v in variants:
         rev = commits[PREFIX + v]
@@ -115,9 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     queued = experiment_overrides(args.variants, args.seeds, args.extra)
-    if not args.collect_only:
-        experiments.run_variants(queued, jobs=args.jobs)
-    frames, commits = collect(args.variants)
+    commits = None if args.collect_only else experiments.run_variants(queued, jobs=args.jobs)
+    frames, commits = collect(args.variants, commits)
     comp = compare.compare(frames, args.baseline, selection_metric(commits),
                            overrides={v: VARIANTS[v] for v in args.variants}, extra_overrides=args.extra)
     command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])

@@ -173,8 +173,9 @@ def check_variants(variants: dict[str, list[str]]) -> None:
                 raise ConfigError(f"override {s!r} of {name!r} is not of the form section.key=value")
 
 
-def queue(variants: dict[str, list[str]], cwd: Path = Path(".")) -> None:
-    """Queue each variant as ``dvc exp run --queue -n <name> -S <override> ...``.
+def queue(variants: dict[str, list[str]], cwd: Path = Path(".")) -> str:
+    """Queue each variant as ``dvc exp run --queue -n <name> -S <override> ...``; return
+    the baseline commit (HEAD) they were queued from.
 
     A finished experiment of the same name on HEAD is removed first (DVC refuses to queue
     over it).
@@ -185,18 +186,21 @@ def queue(variants: dict[str, list[str]], cwd: Path = Path(".")) -> None:
         dvc("exp", "remove", *old, cwd=cwd)
     for name, sets in variants.items():
         dvc("exp", "run", "--queue", "-n", name, *[a for s in sets for a in ("-S", s)], cwd=cwd)
+    return base
 
 
-def run_all(names: list[str], cwd: Path = Path("."), jobs: int = 1) -> dict[str, str]:
-    """``dvc exp run --run-all``; the commit of each of ``names``. ExperimentError naming the
-    experiments that did not finish (DVC itself exits 0 when one fails)."""
+def run_all(names: list[str], cwd: Path = Path("."), jobs: int = 1, baseline: str | None = None) -> dict[str, str]:
+    """``dvc exp run --run-all``; the commit of each of ``names`` (queued from ``baseline``,
+    default HEAD). ExperimentError naming the experiments that did not finish (DVC itself
+    exits 0 when one fails)."""
     dvc("exp", "run", "--run-all", "--jobs", str(jobs), cwd=cwd)
-    return finished(names, cwd)
+    return finished(names, cwd, baseline)
 
 
-def finished(names: list[str], cwd: Path = Path(".")) -> dict[str, str]:
-    """The commit of each of ``names`` on HEAD; ExperimentError listing the missing ones."""
-    base = head(cwd)
+def finished(names: list[str], cwd: Path = Path("."), baseline: str | None = None) -> dict[str, str]:
+    """The commit of each of ``names`` queued from ``baseline`` (default HEAD);
+    ExperimentError listing the missing ones."""
+    base = baseline or head(cwd)
     commits = {n: experiment_commit(n, cwd, base) for n in names}
     missing = [n for n, c in commits.items() if c is None]
     if missing:
@@ -207,9 +211,11 @@ def finished(names: list[str], cwd: Path = Path(".")) -> dict[str, str]:
 
 
 def run_variants(variants: dict[str, list[str]], cwd: Path = Path("."), jobs: int = 1) -> dict[str, str]:
-    """Queue and run every variant; the experiment commit of each (name -> sha)."""
+    """Queue and run every variant; the experiment commit of each (name -> sha). The
+    experiments are looked up on the commit they were queued from, so committing while
+    they run does not lose them."""
     check_variants(variants)
     check_ready(cwd)
     clean_queue(list(variants), cwd)
-    queue(variants, cwd)
-    return run_all(list(variants), cwd, jobs)
+    base = queue(variants, cwd)
+    return run_all(list(variants), cwd, jobs, baseline=base)

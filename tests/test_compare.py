@@ -351,6 +351,14 @@ def test_runner_queues_runs_and_reads_back(tiny: Path):
     assert json.loads(experiments.show_file(again["t-two"], "out.json", tiny))["a"] == 20
     assert experiments.experiment_commit("t-two", tiny) == again["t-two"] != commits["t-two"]
 
+    # a commit made after queueing (while the experiments run) does not lose them
+    base = experiments.queue({"t-four": ["a=4"]}, tiny)
+    (tiny / "notes.txt").write_text("committed while the experiments ran\n")
+    run(["git", "add", "notes.txt"], tiny)
+    run(["git", "commit", "-qm", "later"], tiny)
+    four = experiments.run_all(["t-four"], tiny, baseline=base)
+    assert json.loads(experiments.show_file(four["t-four"], "out.json", tiny))["a"] == 4
+
     # a failing experiment is reported by name (dvc itself exits 0)
     with pytest.raises(experiments.ExperimentError, match=r"no finished experiment \['t-bad'\]"):
         experiments.run_variants({"t-bad": ["a=-1"]}, cwd=tiny)
