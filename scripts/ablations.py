@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/, also without an install
 
 from sea import experiments  # noqa: E402
-from sea.cli import USER_ERRORS, one_line  # noqa: E402
+from sea.cli import USER_ERRORS, run_main  # noqa: E402
 from sea.io import DataError, write_json, write_text  # noqa: E402
 
 #: every variant trains SEA; variant -> its overrides on top of that
@@ -128,9 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (*USER_ERRORS, experiments.ExperimentError) as e:
-        sys.exit(f"ablations: {one_line(str(e))}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main, "ablations", (*USER_ERRORS, experiments.ExperimentError))

@@ -30,7 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/, also without an install
 
 from sea import compare, experiments  # noqa: E402
-from sea.cli import USER_ERRORS, one_line  # noqa: E402
+from sea.cli import USER_ERRORS, run_main  # noqa: E402
 from sea.config import ConfigError, EvalConfig  # noqa: E402
 from sea.io import DataError, write_json, write_text  # noqa: E402
 
@@ -128,9 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (*USER_ERRORS, experiments.ExperimentError) as e:
-        sys.exit(f"compare: {one_line(str(e))}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main, "compare", (*USER_ERRORS, experiments.ExperimentError))

@@ -25,11 +25,17 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def run_stage(main: Callable[[], None], stage: str) -> None:
-    """Run a stage's ``main``; turn user errors into one line on stderr and exit 1."""
+def run_main(main: Callable[[], None], prefix: str, errors: tuple[type[BaseException], ...] = USER_ERRORS) -> None:
+    """Run ``main``; turn ``errors`` into ``<prefix>: <message>`` on one line on stderr and
+    exit 1 (Ctrl-C: exit 130). Scripts use it with their own error classes added."""
     try:
         main()
-    except USER_ERRORS as e:
-        sys.exit(f"{stage} stage failed: {one_line(str(e))}")
+    except errors as e:
+        sys.exit(f"{prefix}: {one_line(str(e))}")
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def run_stage(main: Callable[[], None], stage: str) -> None:
+    """Run a stage's ``main``; user errors become ``<stage> stage failed: …`` (see :func:`run_main`)."""
+    run_main(main, f"{stage} stage failed")

@@ -269,7 +269,8 @@ def test_script_queues_each_variant_with_seeds_and_extras():
         "cmp-vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea", "train.seeds=[1,2]", "train.max_epochs=1"],
     }
     args = script.parse_args([])
-    assert args.variants == ["bprmf", "lightgcn", "vbpr", "vbpr_sea", "freedom", "freedom_sea", "sea"]
+    assert args.variants == ["bprmf", "lightgcn", "vbpr", "vbpr_sea", "freedom", "freedom_sea", "sea",
+                             "lirdrec", "simplex", "lightgcn_ccl", "lightgcn_cbns"]
     assert (args.baseline, args.seeds, args.extra) == ("lightgcn", [1, 2, 3], [])
     assert script.parse_args(["--variants", "sea", "bprmf", "--baseline", "most_popular"]).baseline == "most_popular"
 

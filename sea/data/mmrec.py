@@ -140,6 +140,20 @@ def _parse_column(cells: list[str], name: str, path: Path, linenos: array) -> np
     return x.astype(dtype)
 
 
+def _rows(it, path: Path, names: list[str]):
+    """(lineno, "file:line", fields) of each non-empty data line after the header; every
+    line must end with a newline and hold one field per header name."""
+    for lineno, line in it:
+        if not line.rstrip(b"\r\n"):
+            continue  # an empty line (one of spaces or tabs is a row of empty fields)
+        where = f"{path}:{lineno}"
+        require_newline(line, where)
+        row = _fields(line, where)
+        if len(row) != len(names):
+            raise DataError(f"{where}: {len(row)} fields, but the header has {len(names)} ({', '.join(names)})")
+        yield lineno, where, row
+
+
 def read_inter(path: Path) -> pd.DataFrame:
     """An MMRec ``.inter`` file as our interactions table (user, item, rating, timestamp, split).
 
@@ -167,14 +181,7 @@ def read_inter(path: Path) -> pd.DataFrame:
             parts[name].append(_parse_column(column, name, path, linenos[len(linenos) - len(column):]))
             column.clear()
 
-    for lineno, line in it:
-        if not line.rstrip(b"\r\n"):
-            continue  # an empty line (one of spaces or tabs is a row of empty fields)
-        where = f"{path}:{lineno}"
-        require_newline(line, where)
-        row = _fields(line, where)
-        if len(row) != len(names):
-            raise DataError(f"{where}: {len(row)} fields, but the header has {len(names)} ({', '.join(names)})")
+    for lineno, where, row in _rows(it, path, names):
         for name, i in used.items():
             cells[name].append(row[i])
         linenos.append(lineno)
@@ -218,14 +225,7 @@ def read_item_ids(folder: Path, n_items: int) -> pd.Series:
     asin_of: dict[int, str] = {}
     line_of_id: dict[int, int] = {}
     line_of_asin: dict[str, int] = {}
-    for lineno, line in it:
-        if not line.rstrip(b"\r\n"):
-            continue  # an empty line (one of spaces or tabs is a row of empty fields)
-        where = f"{path}:{lineno}"
-        require_newline(line, where)
-        row = _fields(line, where)
-        if len(row) != len(names):
-            raise DataError(f"{where}: {len(row)} fields, but the header has {len(names)} ({', '.join(names)})")
+    for lineno, where, row in _rows(it, path, names):
         asin = check_id(row[ia], "asin", where)
         item = parse_id(row[ii], "itemID", where)
         if item in line_of_id:
