@@ -184,12 +184,16 @@ def test_fresh_clone_reproduces_the_committed_outputs_byte_for_byte(project):
     re-run gives the same bytes again."""
     assert git_status(project) == ""
     proc = run(["dvc", "repro"], project)
-    for name in STAGES:
+    # every stage with cached outputs runs; evaluate's outputs are in git and its inputs
+    # come out byte-identical to dvc.lock, so DVC rightly skips it
+    for name in STAGES[:-1]:
         assert f"Running stage '{name}'" in proc.stdout, proc.stdout
+    assert "Stage 'evaluate' didn't change, skipping" in proc.stdout, proc.stdout
     assert git_status(project) == "", run(["git", "diff"], project).stdout[-3000:]
     assert "up to date" in run(["dvc", "status"], project).stdout
 
-    run(["dvc", "repro", "-f"], project)
+    forced = run(["dvc", "repro", "-f"], project)
+    assert "Running stage 'evaluate'" in forced.stdout, forced.stdout
     assert git_status(project) == "", run(["git", "diff"], project).stdout[-3000:]
     assert "up to date" in run(["dvc", "status"], project).stdout
 
