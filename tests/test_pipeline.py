@@ -231,7 +231,10 @@ def test_experiments_and_branches(project):
     # the same experiment on a branch in the workspace, then compare branches
     run(["git", "checkout", "-qb", "club"], project)
     exp = run(["dvc", "exp", "run", "-S", "loss.club_weight=0.1"], project)
-    assert "Running stage 'train'" in exp.stdout and "Running stage 'evaluate'" in exp.stdout
+    # the queued run above trained these very params: DVC's run cache may restore them
+    for name in ("train", "evaluate"):
+        assert (f"Running stage '{name}'" in exp.stdout
+                or f"Stage '{name}' is cached - skipping run" in exp.stdout), exp.stdout
     for upstream in STAGES[:5]:
         assert f"Running stage '{upstream}'" not in exp.stdout, exp.stdout
     assert yaml.safe_load((project / "params.yaml").read_text())["loss"]["club_weight"] == 0.1
