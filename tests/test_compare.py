@@ -22,12 +22,13 @@ import pytest
 import yaml
 from scipy import stats
 
+from shell import env, run
+
 from sea import compare, experiments
 from sea.compare import MOST_POPULAR, paired_test
 from sea.io import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 METRICS = ["recall@10", "ndcg@10"]
 
 
@@ -287,18 +288,6 @@ def test_script_rejects_bad_arguments(argv, message, capsys):
 
 
 # ------------------------------------------------------------------ the runner on a tiny repo
-
-
-def env() -> dict[str, str]:
-    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-                         "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1"}
-
-
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def git_repo(dest: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,24 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from shell import run
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 STAGES = ("download", "graph", "text_features", "image_features", "export_mmrec", "train", "evaluate")
-
-
-def env() -> dict[str, str]:
-    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-                         "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1"}
-
-
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
