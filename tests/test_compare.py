@@ -9,7 +9,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from shell import env, run
+from shell import copy_tree, env, git_repo, run
 
 from sea import compare, experiments
 from sea.compare import MOST_POPULAR, paired_test
@@ -290,12 +289,6 @@ def test_script_rejects_bad_arguments(argv, message, capsys):
 # ------------------------------------------------------------------ the runner on a tiny repo
 
 
-def git_repo(dest: Path) -> None:
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "config", "user.email", "ci@example.invalid"], dest)
-    run(["git", "config", "user.name", "CI"], dest)
-
-
 TINY_STAGE = """\
 import json, sys, time, yaml
 p = yaml.safe_load(open("params.yaml"))
@@ -425,15 +418,9 @@ def test_runner_needs_a_git_identity(tiny: Path, monkeypatch):
 
 def copy_repo(dest: Path) -> Path:
     """A git repository holding the current tree (tracked and untracked, not ignored)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    copy_tree(ROOT, dest)
     for f in ("dvc.lock", "reports/metrics.json"):  # start from a never-run pipeline
         (dest / f).unlink(missing_ok=True)
-    git_repo(dest)
     return dest
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from shell import run
+from shell import copy_tree, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,16 +144,7 @@ def test_unknown_param_is_rejected(tmp_path):
 def project(tmp_path_factory) -> Path:
     """The current tree (tracked and untracked, not ignored) as a fresh git repository at
     another path, with the committed dvc.lock and reports: what a new user's clone holds."""
-    dest = tmp_path_factory.mktemp("elsewhere") / "a clone"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "config", "user.email", "ci@example.invalid"], dest)
-    run(["git", "config", "user.name", "CI"], dest)
+    dest = copy_tree(ROOT, tmp_path_factory.mktemp("elsewhere") / "a clone")
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "copy"], dest)
     return dest
