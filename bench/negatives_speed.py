@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sea.config import TrainingSetup
-from sea.models.base import Batch, GraphData, model_class
+from sea.models.base import Batch, GraphData, adam, model_class
 from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything, train_step
 
 BABY = (19445, 7050, 119674)  # users, items, training interactions (SEA.md §5)
@@ -76,7 +76,7 @@ def time_variant(data: GraphData, model_name: str, loss: dict, train: dict, batc
     setup = TrainingSetup.from_params(params)
     seed_everything(0, deterministic=device.type == "cpu")
     model = build_model(data, setup)
-    opt = torch.optim.Adam(model.main_parameters(), lr=1e-3)
+    opt = adam(model.main_parameters(), 1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
     ranking = RankingLoss.from_setup(setup, data)

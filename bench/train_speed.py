@@ -4,14 +4,20 @@ given size, through the same trainer the pipeline uses (any registered model).
     python bench/train_speed.py --preset sample                  # SEA at the bundled sample's sizes
     python bench/train_speed.py --model lightgcn --preset baby   # Amazon Baby's sizes (SEA.md §5)
     python bench/train_speed.py --club-steps 0                   # SEA without the estimator loop
+    python bench/train_speed.py --preset baby --formulation both # plain vs fast split, one run
 
 Prints seconds per batch (median over the timed batches, after warm-up), the projected
-seconds per epoch, evaluation seconds, peak GPU memory, the device and the commit.
+seconds per epoch, evaluation seconds, peak GPU memory, the device and the commit. For a
+model with SEA's separation, ``--formulation both`` (the default) times the plain
+formulation (the split W·x materialised for every item) and the fast one (each reader's
+linear map composed with W, sea/models/separation.py) on the same weights and batches, and
+prints their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import subprocess
 import time
@@ -21,8 +27,9 @@ import pandas as pd
 import torch
 
 from sea.config import TrainingSetup
-from sea.models.base import REGISTRY, Batch, GraphData, model_class
-from sea.train import UniformNegatives, build_model, evaluate, seed_everything, train_step
+from sea.models.base import REGISTRY, Batch, GraphData, adam, model_class
+from sea.models.separation import set_composed
+from sea.train import RankingLoss, UniformNegatives, build_model, evaluate, seed_everything, train_step
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
     "sample": (1534, 600, 11279, 512, 384),
@@ -47,6 +54,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_steps(model, setup: TrainingSetup, data: GraphData, batches: list[Batch], device: torch.device) -> list[float]:
+    """Seconds of each training step on ``batches`` (the first two are warm-up, not returned)."""
+    opt = adam(model.main_parameters(), setup.train.lr)
+    loss = RankingLoss.from_setup(setup, data)
+    times = []
+    for i, batch in enumerate(batches):
+        sync(device)
+        t0 = time.perf_counter()
+        logs = train_step(model, opt, data, batch, loss)
+        float(logs["loss"])  # wait for the step (a host sync, as the epoch end does)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     import sea.models  # noqa: F401  (fills the registry for --model's choices)
 
@@ -57,37 +79,46 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--negatives", type=int, default=1, help="negatives per positive")
     p.add_argument("--club-steps", type=int, default=50, help="SEA's CLUB estimator steps per batch")
+    p.add_argument("--separation", choices=["none", "sea"], default="none",
+                   help="vbpr/freedom: SEA's separation plug-in")
+    p.add_argument("--formulation", choices=["both", "fast", "plain"], default="both",
+                   help="models with SEA's separation: time the plain and/or the fast formulation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
     n_users, n_items, n_train, d_img, d_txt = PRESETS[args.preset]
     device = torch.device(args.device)
-    setup = TrainingSetup.from_params({
+    params = {
         "model": {"name": args.model},
         "train": {"batch_size": args.batch_size, "negatives": args.negatives},
         "club": {"steps": args.club_steps},
-    })
+    }
+    if args.separation != "none":
+        params[args.model] = {"separation": args.separation}
+    setup = TrainingSetup.from_params(params)
     df, feats = synthetic(n_users, n_items, n_train, {"image": d_img, "text": d_txt})
     data = GraphData.build(df, n_items, feats if model_class(args.model).uses_features else {}, device)
     seed_everything(0, deterministic=device.type == "cpu")
     model = build_model(data, setup)
-    opt = torch.optim.Adam(model.main_parameters(), lr=setup.train.lr)
     gen = torch.Generator(device=device).manual_seed(0)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
     model.on_epoch_start(1, gen)  # per-epoch work (FREEDOM's edge pruning) is not timed
-
-    times = []
-    for i in range(args.batches + 2):
+    batches = []
+    for _ in range(args.batches + 2):
         idx = torch.randint(len(data.train_users), (args.batch_size,), generator=gen, device=device)
         users = data.train_users[idx]
-        batch = Batch(users, data.train_items[idx], negatives(users, args.negatives))
-        sync(device)
-        t0 = time.perf_counter()
-        logs = train_step(model, opt, data, batch, setup.loss.kind)
-        float(logs["loss"])  # wait for the step (a host sync, as the epoch end does)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    per_batch = statistics.median(times)
+        batches.append(Batch(users, data.train_items[idx], negatives(users, args.negatives)))
+
+    has_split = set_composed(copy.deepcopy(model), True) > 0
+    formulations = ["plain", "fast"] if args.formulation == "both" else [args.formulation]
+    if not has_split:
+        formulations = ["-"]  # nothing to compose
+    per_batch = {}
+    for name in formulations:
+        run = copy.deepcopy(model)  # the same weights for each formulation
+        if has_split:
+            set_composed(run, name == "fast")
+        per_batch[name] = statistics.median(time_steps(run, setup, data, batches, device))
     n_batches = -(-len(data.train_users) // args.batch_size)
     sync(device)
     t0 = time.perf_counter()
@@ -97,11 +128,14 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
-    print(f"model={args.model} preset={args.preset} device={name} commit={commit} batch={args.batch_size} "
-          f"negatives={args.negatives} club_steps={args.club_steps} (models with SEA's separation)")
+    print(f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "
+          f"batch={args.batch_size} negatives={args.negatives} club_steps={args.club_steps}")
     print(f"  {len(data.train_users):,} train interactions, {n_batches} batches/epoch")
-    print(f"  {per_batch:.4f} s/batch (median of {len(times)}) -> {per_batch * n_batches:.2f} s/epoch; "
-          f"evaluation {eval_s:.2f} s; peak GPU memory {mem}")
+    for form, t in per_batch.items():
+        print(f"  formulation {form}: {t:.4f} s/batch (median of {args.batches}) -> {t * n_batches:.2f} s/epoch")
+    if len(per_batch) == 2:
+        print(f"  plain/fast ratio: {per_batch['plain'] / per_batch['fast']:.2f}x")
+    print(f"  evaluation {eval_s:.2f} s; peak GPU memory {mem}")
 
 
 if __name__ == "__main__":

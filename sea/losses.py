@@ -145,9 +145,9 @@ class CLUBEstimator(nn.Module):
         negative = -0.5 * ((y[perm] - mu) ** 2 / var).sum(-1)
         return (positive - negative).mean()
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> float:
+    def fit(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> torch.Tensor:
         """Take ``steps`` optimiser steps maximising log q(y|x) on fixed (detached) pairs;
-        return the last log-likelihood."""
+        return the last log-likelihood (a 0-d tensor)."""
         return fit_estimators({"": (self, x, y)}, optimizer, steps)[""]
 
 
@@ -155,18 +155,19 @@ def fit_estimators(
     jobs: dict[str, tuple[CLUBEstimator, torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     steps: int,
-) -> dict[str, float]:
-    """Fit several estimators at once, each on its own fixed (x, y) pairs.
+) -> dict[str, torch.Tensor]:
+    """Fit several estimators at once, each on its own fixed (x, y) pairs; return each
+    one's last log-likelihood as a 0-d tensor (reading it would be a host sync per step).
 
     Their parameters are disjoint and their losses separate, so one backward pass and one
     optimiser step on the summed loss give each estimator exactly the update it would get
     alone, with half the steps' overhead for two modalities.
     """
     jobs = {k: (est, x.detach(), y.detach()) for k, (est, x, y) in jobs.items()}
-    lls = {k: torch.tensor(float("nan")) for k in jobs}
+    lls = {k: torch.full((), math.nan) for k in jobs}
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         lls = {k: est.log_likelihood(x, y) for k, (est, x, y) in jobs.items()}
         (-torch.stack(list(lls.values())).sum()).backward()
         optimizer.step()
-    return {k: float(v.detach()) for k, v in lls.items()}
+    return {k: v.detach() for k, v in lls.items()}

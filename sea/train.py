@@ -29,7 +29,7 @@ from sea import artifacts
 from sea.config import LossConfig, TrainingSetup
 from sea.losses import candidate_cosines, ccl_loss, ranking_loss, sampled_softmax_loss
 from sea.metrics import evaluate_ranking, per_user_metrics
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, model_class
+from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, adam, model_class
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -245,7 +245,7 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     initialisation follows the global seed set before :func:`build_model`.
     """
     tc, select, device = setup.train, setup.eval.select, data.device
-    opt = torch.optim.Adam(model.main_parameters(), lr=tc.lr)
+    opt = adam(model.main_parameters(), tc.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
     ranking = RankingLoss.from_setup(setup, data)

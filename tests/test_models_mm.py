@@ -97,8 +97,8 @@ def test_vbpr_sea_splits_each_modality_on_its_own():
     changed.features = dict(data.features, text=data.features["text"] + 1.0)
     with torch.no_grad():
         other = model(changed)
-    assert torch.equal(other.extras["split"]["image"], emb.extras["split"]["image"])
-    assert not torch.equal(other.extras["split"]["text"], emb.extras["split"]["text"])
+    assert torch.equal(other.extras["split"].full("image"), emb.extras["split"].full("image"))
+    assert not torch.equal(other.extras["split"].full("text"), emb.extras["split"].full("text"))
 
 
 def test_vbpr_sea_adds_the_separation_terms_and_trains_every_parameter():

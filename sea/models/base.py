@@ -150,9 +150,10 @@ class Recommender(nn.Module):
         and Solosim, FREEDOM's feature BPR). Terms with weight 0 should not be computed."""
         return {}
 
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
         """Fit separately optimised parts (their own optimiser, no gradient into the model)
-        before the main loss of this batch; returns values to log. Default: nothing."""
+        before the main loss of this batch; returns values to log (0-d tensors: no host sync).
+        Default: nothing."""
         return {}
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
@@ -183,3 +184,12 @@ def model_class(name: str) -> type[Recommender]:
     if name not in REGISTRY:
         raise ConfigError(f"params.yaml [model]: name {name!r} is not a known model; known: {sorted(REGISTRY)}")
     return REGISTRY[name]
+
+
+def adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam as every optimiser here uses it: the fused kernel (one pass over each
+    parameter instead of one per update term; the same update) where every parameter lives
+    on the CPU or a CUDA device, the default implementation elsewhere."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)

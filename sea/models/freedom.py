@@ -38,7 +38,7 @@ from sea.config import ConfigError, Section
 from sea.losses import bpr_loss
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph, user_item_adjacency
-from sea.models.separation import Separation, check_separation_params, parameters_except
+from sea.models.separation import Features, Separation, check_separation_params, parameters_except
 
 
 @dataclass
@@ -192,8 +192,7 @@ class FREEDOM(Recommender):
         item = item + self.item_graph(self.item.weight)
         extras = {}
         if self.training and (self.projections is not None or self.separation is not None):
-            content = self.separation(data.features) if self.separation is not None else {
-                m: data.features[m] for m in self.modalities}
+            content = self.separation(data.features) if self.separation is not None else Features(data.features)
             extras = {"content": content} | ({"split": content} if self.separation is not None else {})
         return Embeddings(user, item, extras)
 
@@ -202,8 +201,8 @@ class FREEDOM(Recommender):
         user = emb.user[batch.users]
         total = 0.0
         for m in self.modalities:
-            x = emb.extras["content"][m]
-            total = total + bpr_loss(user, self.projections[m](x[batch.pos]), self.projections[m](x[batch.neg]))
+            content, p = emb.extras["content"], self.projections[m]
+            total = total + bpr_loss(user, content.apply(m, p, rows=batch.pos), content.apply(m, p, rows=batch.neg))
         return total
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
@@ -215,7 +214,7 @@ class FREEDOM(Recommender):
             terms |= self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
         return terms
 
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
         if self.separation is None:
             return {}
         return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))

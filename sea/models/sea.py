@@ -22,7 +22,7 @@ from torch_geometric.nn import LGConv
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph
-from sea.models.separation import Separation, parameters_except
+from sea.models.separation import Separation, SplitFeatures, parameters_except
 
 
 @dataclass
@@ -59,9 +59,10 @@ class ModalityEncoder(nn.Module):
         self.user_pref = nn.Embedding(n_users, embedding_dim)
         nn.init.xavier_uniform_(self.user_pref.weight)
 
-    def forward(self, split: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised (user, item) node vectors."""
-        return F.normalize(self.user_pref.weight, dim=1), F.normalize(self.item_mlp(split), dim=1)
+    def forward(self, split: SplitFeatures, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised (user, item) node vectors from modality ``m``'s split."""
+        first, rest = self.item_mlp[0], self.item_mlp[1:]
+        return F.normalize(self.user_pref.weight, dim=1), F.normalize(rest(split.apply(m, first)), dim=1)
 
 
 @register
@@ -137,11 +138,12 @@ class SEA(Recommender):
         return out
 
     def forward(self, data: GraphData) -> Embeddings:
-        """Embed every user and item; ``extras["split"]`` holds each modality's [g; s]."""
+        """Embed every user and item; ``extras["split"]`` holds each modality's [g; s]
+        (:class:`~sea.models.separation.SplitFeatures`)."""
         split = self.separation(data.features)
         users, items = [], []
         for m in self.modalities:
-            u, i = self.encoders[m](split[m])
+            u, i = self.encoders[m](split, m)
             h = self.propagate(torch.cat([u, i]), data.adj)
             users.append(h[: self.n_users])
             items.append(h[self.n_users :])
@@ -152,7 +154,7 @@ class SEA(Recommender):
         item = item + self.item_graph(item)
         return Embeddings(torch.cat(users, dim=1), item, extras={"split": split})
 
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
         return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:

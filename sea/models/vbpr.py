@@ -23,7 +23,7 @@ from torch import nn
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.bprmf import embedding_l2
-from sea.models.separation import Separation, check_separation_params, parameters_except
+from sea.models.separation import Features, Separation, check_separation_params, parameters_except
 
 
 @dataclass
@@ -76,6 +76,7 @@ class VBPR(Recommender):
     ):
         super().__init__()
         self.modalities = list(feature_dims)
+        self.feature_dims = [feature_dims[m] for m in self.modalities]
         self.reg_weight = reg_weight
         self.user = nn.Parameter(torch.empty(n_users, 2 * embedding_dim))
         self.item_id = nn.Parameter(torch.empty(n_items, embedding_dim))
@@ -104,12 +105,14 @@ class VBPR(Recommender):
         """User vectors [γ_u; θ_u] and item vectors [γ_i; E·f_i]; with the separation,
         ``extras["split"]`` holds each modality's [g; s]."""
         if self.separation is None:
-            content, extras = {m: data.features[m] for m in self.modalities}, {}
+            content, extras = Features(data.features), {}
         else:
             content = self.separation(data.features)
             extras = {"split": content}
-        f = torch.cat([content[m] for m in self.modalities], dim=1)
-        item = torch.cat([self.item_id, self.content(f)], dim=1)
+        # E·[f^1; f^2] = Σ_m E[:, block m]·f^m (a split is read through E, never materialised)
+        blocks = torch.split(self.content.weight, self.feature_dims, dim=1)
+        projected = sum(content.project(m, w) for m, w in zip(self.modalities, blocks)) + self.content.bias
+        item = torch.cat([self.item_id, projected], dim=1)
         return Embeddings(self.user, item, extras)
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
@@ -123,7 +126,7 @@ class VBPR(Recommender):
             terms |= self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
         return terms
 
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, float]:
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
         if self.separation is None:
             return {}
         return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))
