@@ -11,7 +11,7 @@ from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
 from sea.config import ConfigError, TrainingSetup
 from sea.models.base import Batch, GraphData, model_class
-from sea.models.bprmf import BPRMF, embedding_l2
+from sea.models.bprmf import BPRMF, embedding_l2, rows_norm
 from sea.models.lightgcn import LightGCN
 
 # 3 users, 4 items; user 2 has a valid and a test item
@@ -71,7 +71,24 @@ def test_bprmf_regulariser_is_mmrec_embedding_norm(data):
 
 def test_embedding_l2_hand_values():
     a, b = torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    assert embedding_l2(a, b).item() == pytest.approx((5.0 + 1.0) / 2)
+    rows = torch.tensor([0, 1])
+    assert embedding_l2((a, rows), (b, rows)).item() == pytest.approx((5.0 + 1.0) / 2)
+    # rows of a lookup repeat: [3, 4] twice and [1, 0] four times
+    assert embedding_l2((a, torch.tensor([0, 0])), (b, torch.tensor([[0, 0], [0, 0]]))).item() == pytest.approx(
+        (50 ** 0.5 + 2.0) / 2)
+
+
+@pytest.mark.parametrize("shape", [(5,), (6, 40)])  # fewer ids than rows (gathered), more (counted)
+def test_rows_norm_is_the_norm_of_the_gathered_rows_with_its_gradient(shape):
+    torch.manual_seed(0)
+    table = torch.randn(30, 8, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(30, shape)
+    got = rows_norm(table, ids)
+    (grad,) = torch.autograd.grad(got, table)
+    expected = table[ids].norm()
+    (expected_grad,) = torch.autograd.grad(expected, table)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(grad, expected_grad)
 
 
 @pytest.mark.parametrize("layers", [0, 1, 2, 3])

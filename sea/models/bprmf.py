@@ -12,11 +12,25 @@ from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 
 
-def embedding_l2(*embeddings: torch.Tensor) -> torch.Tensor:
+def rows_norm(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of ``table[ids]`` (``ids`` of any shape, repeats allowed).
+
+    With more ids than table rows (e.g. hundreds of negatives per positive) the gathered
+    ``[*ids.shape, d]`` tensor is never built: ‖table[ids]‖² = Σᵢ countᵢ·‖tableᵢ‖², the same
+    function with the same gradient."""
+    if ids.numel() <= table.shape[0]:
+        return table[ids].norm(p=2)
+    counts = torch.bincount(ids.reshape(-1), minlength=table.shape[0]).to(table.dtype)
+    return (counts * table.pow(2).sum(1)).sum().sqrt()
+
+
+def embedding_l2(*lookups: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """MMRec's "L2" regularisation of a batch's embeddings (its ``EmbLoss``): the sum of
-    each tensor's Frobenius norm (not squared), divided by the batch size (the first
-    dimension of the first tensor). MMRec's ``reg_weight`` grids are on this scale."""
-    return sum(e.norm(p=2) for e in embeddings) / embeddings[0].shape[0]
+    each lookup's Frobenius norm (not squared), divided by the batch size. Each lookup is a
+    ``(table, ids)`` pair, the rows ``table[ids]`` (see :func:`rows_norm`); the batch size is
+    the first dimension of the first lookup's ids. MMRec's ``reg_weight`` grids are on this
+    scale."""
+    return sum(rows_norm(table, ids) for table, ids in lookups) / lookups[0][1].shape[0]
 
 
 @dataclass
@@ -75,5 +89,5 @@ class BPRMF(Recommender):
         """``reg``: :func:`embedding_l2` of the batch's user, positive and negative vectors."""
         if self.reg_weight == 0:
             return {}
-        reg = embedding_l2(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg])
+        reg = embedding_l2((emb.user, batch.users), (emb.item, batch.pos), (emb.item, batch.neg))
         return {"reg": Term(reg, self.reg_weight)}

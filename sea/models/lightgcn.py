@@ -96,5 +96,6 @@ class LightGCN(Recommender):
         """``reg``: :func:`~sea.models.bprmf.embedding_l2` of the batch's layer-0 vectors."""
         if self.reg_weight == 0:
             return {}
-        reg = embedding_l2(self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
+        reg = embedding_l2((self.user_emb.weight, batch.users), (self.item_emb.weight, batch.pos),
+                           (self.item_emb.weight, batch.neg))
         return {"reg": Term(reg, self.reg_weight)}

@@ -120,7 +120,7 @@ class VBPR(Recommender):
         the separation, its ``club`` and ``solosim`` terms."""
         terms = {}
         if self.reg_weight > 0:
-            reg = embedding_l2(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg])
+            reg = embedding_l2((emb.user, batch.users), (emb.item, batch.pos), (emb.item, batch.neg))
             terms["reg"] = Term(reg, self.reg_weight)
         if self.separation is not None:
             terms |= self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
