@@ -117,57 +117,76 @@ def l2_distance_loss(generic: torch.Tensor, unique: torch.Tensor) -> torch.Tenso
 
 class CLUBEstimator(nn.Module):
     """Variational q(y | x) = N(μ(x), diag exp(logvar(x))) for the CLUB bound
-    (Cheng et al., 2020).
+    (Cheng et al., 2020): μ and logvar are 2-layer MLPs (``hidden_dim``, ReLU; logvar ends
+    in tanh), initialised as :class:`torch.nn.Linear` layers are.
+
+    ``count`` independent estimators of the same sizes live in one module, their weights
+    stacked, so fitting all of them costs the operations of one (one batched product per
+    layer, one optimiser update per weight). Their inputs are ``[count, n, dim]``, or
+    ``[n, dim]`` for a single estimator; results carry the leading ``count`` dimension
+    only when the inputs do.
 
     It is fitted by maximising :meth:`log_likelihood` on (x, y) pairs with its own
     optimiser; :meth:`bound` then estimates an upper bound of I(x; y) on those pairs.
     """
 
-    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int):
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int, count: int = 1):
         super().__init__()
-        self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
-        self.logvar = nn.Sequential(
-            nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh()
-        )
+        self.count = count
+        sizes = {"mu_1": (x_dim, hidden_dim), "mu_2": (hidden_dim, y_dim),
+                 "logvar_1": (x_dim, hidden_dim), "logvar_2": (hidden_dim, y_dim)}
+        for name, (fan_in, fan_out) in sizes.items():
+            bound = 1.0 / math.sqrt(fan_in)
+            self.register_parameter(f"{name}_weight", nn.Parameter(torch.empty(count, fan_in, fan_out).uniform_(-bound, bound)))
+            self.register_parameter(f"{name}_bias", nn.Parameter(torch.empty(count, 1, fan_out).uniform_(-bound, bound)))
+
+    def _mlp(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        w1, b1 = getattr(self, f"{name}_1_weight"), getattr(self, f"{name}_1_bias")
+        w2, b2 = getattr(self, f"{name}_2_weight"), getattr(self, f"{name}_2_bias")
+        return torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, x, w1)), w2)
+
+    def _gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, logvar) of q(·|x) for ``[count, n, x_dim]`` inputs."""
+        return self._mlp(x, "mu"), torch.tanh(self._mlp(x, "logvar"))
+
+    def _batched(self, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], bool]:
+        single = tensors[0].dim() == 2
+        if single and self.count != 1:
+            raise ValueError(f"{self.count} estimators need [count, n, dim] inputs")
+        return [t.unsqueeze(0) if single else t for t in tensors], single
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean over rows of log q(y_i | x_i), up to the constant −(d/2)·log 2π."""
-        mu, logvar = self.mu(x), self.logvar(x)
-        return (-0.5 * ((y - mu) ** 2 / logvar.exp() + logvar)).sum(-1).mean()
+        (x, y), single = self._batched(x, y)
+        mu, logvar = self._gaussian(x)
+        ll = (-0.5 * ((y - mu) ** 2 / logvar.exp() + logvar)).sum(-1).mean(-1)
+        return ll[0] if single else ll
 
     def bound(self, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
-        """CLUB estimate: mean log q(y_i|x_i) − mean log q(y_π(i)|x_i), π a random permutation."""
+        """CLUB estimate: mean log q(y_i|x_i) − mean log q(y_π(i)|x_i), π a random
+        permutation, drawn per estimator (``perm``: ``[n]``, or ``[count, n]``)."""
+        (x, y), single = self._batched(x, y)
+        n = y.shape[1]
         if perm is None:
-            perm = torch.randperm(len(y), device=y.device)
-        mu, logvar = self.mu(x), self.logvar(x)
+            perm = torch.stack([torch.randperm(n, device=y.device) for _ in range(y.shape[0])])
+        perm = perm.reshape(y.shape[0], n)
+        mu, logvar = self._gaussian(x)
         var = logvar.exp()
         positive = -0.5 * ((y - mu) ** 2 / var).sum(-1)
-        negative = -0.5 * ((y[perm] - mu) ** 2 / var).sum(-1)
-        return (positive - negative).mean()
+        shuffled = torch.gather(y, 1, perm.unsqueeze(-1).expand_as(y))
+        negative = -0.5 * ((shuffled - mu) ** 2 / var).sum(-1)
+        b = (positive - negative).mean(-1)
+        return b[0] if single else b
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> torch.Tensor:
-        """Take ``steps`` optimiser steps maximising log q(y|x) on fixed (detached) pairs;
-        return the last log-likelihood (a 0-d tensor)."""
-        return fit_estimators({"": (self, x, y)}, optimizer, steps)[""]
-
-
-def fit_estimators(
-    jobs: dict[str, tuple[CLUBEstimator, torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    steps: int,
-) -> dict[str, torch.Tensor]:
-    """Fit several estimators at once, each on its own fixed (x, y) pairs; return each
-    one's last log-likelihood as a 0-d tensor (reading it would be a host sync per step).
-
-    Their parameters are disjoint and their losses separate, so one backward pass and one
-    optimiser step on the summed loss give each estimator exactly the update it would get
-    alone, with half the steps' overhead for two modalities.
-    """
-    jobs = {k: (est, x.detach(), y.detach()) for k, (est, x, y) in jobs.items()}
-    lls = {k: torch.full((), math.nan) for k in jobs}
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        lls = {k: est.log_likelihood(x, y) for k, (est, x, y) in jobs.items()}
-        (-torch.stack(list(lls.values())).sum()).backward()
-        optimizer.step()
-    return {k: v.detach() for k, v in lls.items()}
+        """Take ``steps`` optimiser steps maximising the summed log q(y|x) of every
+        estimator on fixed (detached) pairs; return the last log-likelihood(s) without a
+        host sync (reading them every step would be one)."""
+        x, y = x.detach(), y.detach()
+        ll = torch.full((self.count,) if x.dim() == 3 else (), math.nan, device=x.device)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            ll = self.log_likelihood(x, y)
+            (-ll.sum()).backward()
+            optimizer.step()
+        return ll.detach()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from sea.config import ConfigError, TrainingSetup
 from sea.data.split import split
-from sea.losses import CLUBEstimator, bpr_loss, fit_estimators, l2_distance_loss, solosim_loss
+from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking
 from sea.models.base import Batch, GraphData, Recommender, model_class
 from sea.models.graphs import item_item_graph
@@ -153,18 +153,28 @@ def test_club_is_near_zero_for_independent_samples():
     assert abs(_club_estimate(draw)) < 0.1
 
 
-def test_joint_fit_equals_separate_fits():
+def test_batched_estimators_fit_as_separate_ones():
     g = torch.Generator().manual_seed(5)
-    data = {m: (torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)) for m in ("a", "b")}
+    data = {m: (torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64))
+            for m in ("a", "b")}
     torch.manual_seed(0)
-    joint = {m: CLUBEstimator(4, 4, 8) for m in data}
-    separate = copy.deepcopy(joint)
-    opt = torch.optim.Adam([p for e in joint.values() for p in e.parameters()], lr=1e-2)
-    fit_estimators({m: (joint[m], *data[m]) for m in data}, opt, 10)
-    for m, est in separate.items():
-        est.fit(*data[m], torch.optim.Adam(est.parameters(), lr=1e-2), 10)
-        for p, q in zip(est.parameters(), joint[m].parameters(), strict=True):
-            assert torch.equal(p, q)
+    joint = CLUBEstimator(4, 4, 8, count=2).double()
+    separate = []
+    for j in range(2):  # estimator j alone, starting from the batched module's slice j
+        est = CLUBEstimator(4, 4, 8).double()
+        est.load_state_dict({k: v[j : j + 1].clone() for k, v in joint.state_dict().items()})
+        separate.append(est)
+    x, y = (torch.stack([data[m][i] for m in data]) for i in (0, 1))
+    lls = joint.fit(x, y, torch.optim.Adam(joint.parameters(), lr=1e-2), 10)
+    assert lls.shape == (2,)
+    perm = torch.stack([torch.randperm(50) for _ in range(2)])
+    bounds = joint.bound(x, y, perm)
+    for j, (m, est) in enumerate(zip(data, separate)):
+        ll = est.fit(*data[m], torch.optim.Adam(est.parameters(), lr=1e-2), 10)
+        torch.testing.assert_close(ll, lls[j])
+        for k, v in est.state_dict().items():
+            torch.testing.assert_close(v[0], joint.state_dict()[k][j])
+        torch.testing.assert_close(est.bound(*data[m], perm[j]), bounds[j])
 
 
 # ------------------------------------------------------------------ the separation and SEA
@@ -315,7 +325,7 @@ def test_l2_distance_needs_no_estimator():
 
 def test_reference_pairing_shares_one_clamped_estimator():
     model, data = make(club={"pairing": "reference", "steps": 2})
-    assert list(model.separation.estimators) == ["shared"]
+    assert model.separation.estimator_names == ["shared"] and model.separation.estimators.count == 1
     parts = step(model, data, make_batch(data), torch.optim.Adam(model.main_parameters(), lr=1e-2))
     assert set(parts) >= {"club_ll_shared", "club"} and parts["club"] >= 0.0
     with pytest.raises(ConfigError, match="pairing: reference"):

@@ -49,7 +49,7 @@ from torch import nn
 
 from sea.config import ConfigError
 from sea.io import DataError
-from sea.losses import CLUBEstimator, fit_estimators, l2_distance_loss, solosim_loss
+from sea.losses import CLUBEstimator, l2_distance_loss, solosim_loss
 from sea.models.base import Term, adam
 
 if TYPE_CHECKING:
@@ -217,6 +217,7 @@ class Separation(nn.Module):
 
         # The heads exist only where their term is computed (created after the split).
         self.club_generic = self.club_unique = self.estimators = self.solosim_heads = None
+        self.estimator_names: list[str] = []
         if self.club_weight > 0:
             self.club_generic = nn.ModuleDict({m: nn.Linear(self.generic_dims[m], head_dim) for m in feature_dims})
             self.club_unique = nn.ModuleDict({m: nn.Linear(self.unique_dims[m], head_dim) for m in feature_dims})
@@ -225,8 +226,9 @@ class Separation(nn.Module):
                 m: projection_head(self.generic_dims[m], head_hidden_dim, head_dim) for m in ("text", "image")
             })
         if use_estimators:
-            names = ["shared"] if self.pairing == "reference" else self.modalities
-            self.estimators = nn.ModuleDict({n: CLUBEstimator(head_dim, head_dim, club.hidden_dim) for n in names})
+            # one estimator per modality (paper), fitted as one batched module, or one shared
+            self.estimator_names = ["shared"] if self.pairing == "reference" else list(self.modalities)
+            self.estimators = CLUBEstimator(head_dim, head_dim, club.hidden_dim, count=len(self.estimator_names))
         self._estimator_optimizer: torch.optim.Optimizer | None = None
 
     def forward(self, features: dict[str, torch.Tensor]) -> SplitFeatures:
@@ -262,11 +264,12 @@ class Separation(nn.Module):
             pairs = self.club_pairs(split, items)
         if self.pairing == "reference":
             (gt, st), (gv, sv) = pairs["text"], pairs["image"]
-            jobs = {"shared": (self.estimators["shared"], torch.cat([gt, st]), torch.cat([gv, sv]))}
-        else:
-            jobs = {m: (self.estimators[m], g, s) for m, (g, s) in pairs.items()}
-        lls = fit_estimators(jobs, self._estimator_optimizer, self.club_steps)
-        return {f"club_ll_{name}": v for name, v in lls.items()}
+            x, y = torch.cat([gt, st]).unsqueeze(0), torch.cat([gv, sv]).unsqueeze(0)
+        else:  # [modalities, n, head_dim]: every modality's estimator in one batched fit
+            x = torch.stack([g for g, _ in pairs.values()])
+            y = torch.stack([s for _, s in pairs.values()])
+        lls = self.estimators.fit(x, y, self._estimator_optimizer, self.club_steps)
+        return {f"club_ll_{name}": ll for name, ll in zip(self.estimator_names, lls)}
 
     def extra_losses(self, split: SplitFeatures, items: torch.Tensor) -> dict[str, Term]:
         """``club`` and ``solosim`` on ``items`` (those with weight 0 are left out)."""
@@ -276,10 +279,11 @@ class Separation(nn.Module):
             if self.distance == "l2":
                 parts = [l2_distance_loss(g, s) for g, s in pairs.values()]
             elif self.pairing == "reference":
-                parts = [self.estimators["shared"].bound(g, s).clamp(min=0) for g, s in pairs.values()]
+                parts = [self.estimators.bound(g, s).clamp(min=0) for g, s in pairs.values()]
             else:
-                parts = [self.estimators[m].bound(g, s) for m, (g, s) in pairs.items()]
-            terms["club"] = Term(torch.stack(parts).mean(), self.club_weight)
+                parts = self.estimators.bound(torch.stack([g for g, _ in pairs.values()]),
+                                              torch.stack([s for _, s in pairs.values()]))
+            terms["club"] = Term(torch.stack(list(parts)).mean(), self.club_weight)
         if self.solosim_heads is not None:
             if len(items) > 1:
                 value = solosim_loss(*self.solosim_pair(split, items), self.temperature)
