@@ -76,7 +76,7 @@ def review_fields(rec: dict, where: str) -> tuple[str, str, float, int]:
 def is_benchmark_csv(path: Path) -> bool:
     """Whether ``path`` starts with the 2023 benchmark header (else: a 2018 ratings CSV)."""
     for _, line in Lines(path):
-        return line.lstrip(b"\xef\xbb\xbf").split(b",")[:4] == [h.encode() for h in BENCHMARK_HEADER]
+        return line.rstrip(b"\r\n").split(b",")[:4] == [h.encode() for h in BENCHMARK_HEADER]
     return False
 
 
