@@ -296,3 +296,30 @@ def test_given_split_with_unseen_users_fails_in_graph_naming_file_and_line(tmp_p
     assert stage(work, "download").returncode == 0
     error = failed_with(stage(work, "graph"), "graph")
     assert "All_Beauty.valid.csv.gz:" in error and "has no row in the train file" in error
+
+
+@pytest.mark.slow
+def test_2023_official_split_trains_and_evaluates(tmp_path, amazon_real, serve_dir):
+    """The stages download -> graph -> train -> evaluate on all_beauty-2023 (last_out), with
+    a model that reads no features: the shared files hold no All_Beauty metadata, and the
+    feature stages refuse a dataset without text (so `dvc repro` would stop there)."""
+    site = beauty_site(tmp_path / "site", amazon_real)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_params(work, {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
+                 {"method": "given", "given": "last_out"})
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["model"]["name"] = "lightgcn"
+    params["train"] |= {"max_epochs": 5, "device": "cpu"}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("download", "graph", "train", "evaluate"):
+        proc = stage(work, name)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    recall = [v for k, v in pd.json_normalize(metrics).iloc[0].items() if "recall@20" in k]
+    assert recall and all(0.0 <= r <= 1.0 for r in recall)
+    recs = pd.read_parquet(work / "models" / "recommendations.parquet")
+    assert recs["user"].nunique() == 253
+    train = pd.read_parquet(work / "data" / "processed" / "interactions.parquet").query("split == 'train'")
+    seen = set(zip(train["user"], train["item"]))
+    assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"]))  # training items masked
