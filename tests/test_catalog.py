@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sea.config import ConfigError, DatasetConfig, SplitConfig
-from sea.data.catalog import EXPLICIT, PINNED, Catalog, catalog, resolve
+from sea.data.catalog import EXPLICIT, PINNED, Catalog, catalog, image_features_url, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,11 @@ def test_params_override_the_catalog():
     assert local["reviews"].url == "/dumps/reviews_Baby_5.json.gz"  # explicit url beats the mirror
     assert local["reviews"].check == EXPLICIT and local["reviews"].sha256 == "ab" * 32
     assert local["meta"].url == "http://lab.example/categoryFiles/meta_Baby.json.gz"
+    full = by_role(resolve(ds(name="all_beauty-2023", reviews_url="http://lab/x/All_Beauty.jsonl.gz")))["reviews"]
+    assert full.check == PINNED and full.pin == catalog().get("all_beauty-2023").full_reviews.pin  # full reviews
+    assert image_features_url(ds(name="baby", mirror="http://lab/")) == (
+        "http://lab/image_features/categoryFiles/image_features_Baby.b")
+    assert image_features_url(ds(name="all_beauty-2023")) is None
     pinned = by_role(resolve(ds(name="all_beauty-2023", reviews_sha256="cd" * 32)))
     assert pinned["reviews"].check == EXPLICIT and pinned["reviews"].pin is None  # explicit beats the pin
     assert pinned["meta"].check == PINNED

@@ -244,20 +244,32 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
         files.append(entry.meta)
     out = []
     for f in files:
-        url, sha = entry.url(f, ds.mirror), None
-        if f.role in ("reviews", "meta"):
+        role, url, sha = f.role, entry.url(f, ds.mirror), None
+        if role in ("reviews", "meta"):
             explicit_url, sha = getattr(ds, f"{f.role}_url"), getattr(ds, f"{f.role}_sha256")
             if explicit_url:
-                if local_name(explicit_url) != f.name:
+                # the reviews may also be the entry's full reviews file (2023: not 5-core filtered)
+                allowed = [f] + ([entry.full_reviews] if f.role == "reviews" and entry.full_reviews else [])
+                match = [a for a in allowed if a.name == local_name(explicit_url)]
+                if not match:
                     raise ConfigError(
                         f"params.yaml [dataset]: {f.role}_url {explicit_url!r} names the file "
                         f"{local_name(explicit_url)!r}, but catalog entry {ds.name!r} ({entry.release.key} "
-                        f"{entry.category}) has {f.name!r}: set {f.role}_url and {f.role}_sha256 to null to "
-                        f"take the catalog's (dataset.mirror for another host), or choose a dataset.name "
-                        f"outside the catalog for a dump of your own")
-                url = explicit_url
-        out.append(_download(f.role, url, sha, f.pin, entry.name))
+                        f"{entry.category}) has {' or '.join(repr(a.name) for a in allowed)}: set {f.role}_url "
+                        f"and {f.role}_sha256 to null to take the catalog's (dataset.mirror for another host), "
+                        f"or choose a dataset.name outside the catalog for a dump of your own")
+                f, url = match[0], explicit_url
+        out.append(_download(role, url, sha, f.pin, entry.name))
     return out
+
+
+def image_features_url(ds: DatasetConfig) -> str | None:
+    """The URL of the 2014 CNN image features (``image_features_<Category>.b``) of the
+    catalog entry ``ds.name`` names (with ``dataset.mirror`` applied); None when the entry
+    has none (2018, 2023) or ``ds.name`` is not in the catalog."""
+    entry = catalog().get(ds.name)
+    f = entry.image_features if entry else None
+    return entry.url(f, ds.mirror) if f else None
 
 
 def _download(role: str, url: str, explicit: str | None, pin: Pin | None, key: str) -> Download:
