@@ -7,6 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -159,3 +160,71 @@ def test_metadata_2023_bad_records(tmp_path):
     # a key spelled with an escape is not skipped unparsed: the record is found
     hidden = write_gz(tmp_path / "meta_Y.jsonl.gz", '{"parent_asin": "P1", "parent\\u005fasin": "P9", "title": "t"}\n')
     assert read_metadata(hidden, asins={"P9"})["asin"].tolist() == ["P9"]
+
+
+# --------------------------------------------------------------------------- fuzzing
+# Real 2023 lines, mutated as in tests/test_fuzz_readers.py: a reader returns what an
+# independent parse of the same bytes says, or a DataError that starts with the file's path.
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_fuzz_readers import (AMAZON_REAL, NASTY, _check_frame_or_error, _content_lines,  # noqa: E402
+                               _head, _valid_id, fuzz, mutated_lines)
+
+_SYNTH_CSV_2023 = [b"user_id,parent_asin,rating,timestamp"] + [
+    f"AF{i:026d},B0{i % 4:08d},{1 + i % 5}.0,{1_547_589_356_557 + i}".encode() for i in range(12)]
+_SYNTH_META_2023 = [json.dumps({
+    "main_category": "Health", "title": f"Spray {i} \u2019", "features": ["A: b", "<b>c</b>"], "description": [],
+    "images": [{"thumb": f"https://m.media-amazon.com/images/I/{i}t.jpg", "large": f"https://m.media-amazon.com/"
+                f"images/I/{i}l.jpg", "variant": "MAIN", "hi_res": None}], "store": "Good", "categories": [],
+    "details": {"Brand": "Good", "Number of Items": "1"}, "parent_asin": f"B00LTM{i:04d}"}).encode()
+    for i in range(6)]
+CSV_2023 = _head("2023/all_beauty/5core/last_out_w_his/All_Beauty.train.csv.gz", 12) or _SYNTH_CSV_2023
+META_2023 = _head("2023/health_and_personal_care/meta_Health_and_Personal_Care.subset1001.jsonl.gz", 6) \
+    or _SYNTH_META_2023
+NASTY_2023 = NASTY + [b'"parent_asin": "B0DECOY001", ', b"\\u0070arent_asin", b'"parent_asin"', b'"images": 3, ']
+assert AMAZON_REAL  # (the seeds above fall back to synthetic lines where the folder is absent)
+
+
+@fuzz(300)
+@given(data=mutated_lines(CSV_2023))
+def test_fuzz_benchmark_csv(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("csv") / "All_Beauty.train.csv"
+    path.write_bytes(data)
+    df = _check_frame_or_error(lambda: read_benchmark_csv(path), path)
+    if df is None:
+        return
+    lines = _content_lines(data)
+    assert lines[0].rstrip(b"\r").split(b",")[:4] == [b"user_id", b"parent_asin", b"rating", b"timestamp"]
+    assert len(df) == len(lines) - 1 and data.endswith(b"\n")
+    assert all(map(_valid_id, df["user"])) and all(map(_valid_id, df["item"]))
+    for row, line in zip(df.itertuples(index=False), lines[1:], strict=True):
+        fields = line.decode("utf-8").rstrip("\r").split(",")
+        assert (row.user, row.item) == (fields[0], fields[1])
+        assert fields[2].isascii() and row.rating == np.float32(float(fields[2]))
+        assert fields[3].isascii() and fields[3].isdigit() and row.timestamp == int(fields[3])
+
+
+@fuzz(300)
+@given(data=mutated_lines(META_2023), pick=st.lists(st.integers(0, 9), max_size=3),
+       decoy=st.lists(st.tuples(st.integers(0, 10**5), st.sampled_from(NASTY_2023)), max_size=2))
+def test_fuzz_metadata_2023(tmp_path_factory, data, pick, decoy):
+    for at, nasty in decoy:  # keys that could fool the parent_asin pre-filter, anywhere
+        at %= len(data) + 1
+        data = data[:at] + nasty + data[at:]
+    path = tmp_path_factory.mktemp("meta") / "meta_X.jsonl"
+    path.write_bytes(data)
+    full = _check_frame_or_error(lambda: read_metadata(path), path)
+    wanted = {json.loads(META_2023[i % len(META_2023)])["parent_asin"] for i in pick} | {"B0DECOY001"}
+    part = _check_frame_or_error(lambda: read_metadata(path, asins=wanted), path)
+    if full is None:
+        assert part is None or set(part["asin"]) <= wanted
+        return
+    assert full["asin"].is_unique and all(map(_valid_id, full["asin"]))
+    # the parent_asin pre-filter never drops a wanted record, nor keeps another
+    expected = full[full["asin"].isin(wanted)].reset_index(drop=True)
+    if len(expected) == 0:
+        assert part is None
+    else:
+        assert part is not None
+        pd.testing.assert_frame_equal(part.reset_index(drop=True), expected, check_dtype=False)
