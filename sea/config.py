@@ -203,8 +203,8 @@ class DatasetConfig(Section):
         if self.mirror is not None:
             _check(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
                    f"mirror must be an http(s):// or file:// base URL, got {self.mirror!r}")
-        _check(self.metadata or not self.meta_url, section,
-               "metadata: false contradicts meta_url (set meta_url: null, or metadata: true)")
+        _check(self.metadata or not (self.meta_url or self.meta_sha256), section,
+               "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
         if self.source == "amazon":
             _check(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
                    f"reviews_url is required with source: amazon when name ({self.name!r}) is not a catalog "

@@ -120,11 +120,15 @@ def test_contradicting_params_are_refused_naming_the_param():
         ds(name="baby", image_size="huge")
     with pytest.raises(ConfigError, match="metadata: false contradicts meta_url"):
         ds(name="mine", reviews_url="r.json.gz", meta_url="m.json.gz", metadata=False)
+    with pytest.raises(ConfigError, match="metadata: false contradicts meta_url/meta_sha256"):
+        ds(name="baby", meta_sha256="ab" * 32, metadata=False)
     with pytest.raises(ConfigError, match=r"split\]: method: given needs given"):
         SplitConfig.from_dict({"method": "given"}, "split")
     with pytest.raises(ConfigError, match="given: 'last_out' is only read with method: given"):
         SplitConfig.from_dict({"method": "mmrec", "given": "last_out"}, "split")
-    with pytest.raises(ConfigError, match="reviews_url is not read with split.given"):
+    with pytest.raises(ConfigError, match="reviews_url and reviews_sha256 are not read with split.given"):
+        resolve(ds(name="all_beauty-2023", reviews_sha256="ab" * 32), "last_out")
+    with pytest.raises(ConfigError, match="reviews_url and reviews_sha256 are not read with split.given"):
         resolve(ds(name="all_beauty-2023", reviews_url="x/All_Beauty.csv.gz"), "last_out")
 
 
@@ -328,3 +332,22 @@ def test_2023_official_split_trains_and_evaluates(tmp_path, amazon_real, serve_d
     train = pd.read_parquet(work / "data" / "processed" / "interactions.parquet").query("split == 'train'")
     seen = set(zip(train["user"], train["item"]))
     assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"]))  # training items masked
+
+
+def test_a_damaged_hash_record_is_refused_naming_it(tmp_path):
+    from sea.data.catalog import HashRecord
+    from sea.io import DataError
+
+    path = tmp_path / "hashes.json"
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=r"hashes\.json: not valid JSON"):
+        HashRecord(path)
+    path.write_text(json.dumps({"baby/reviews_Baby_5.json.gz": {"bytes": 3}}))
+    with pytest.raises(DataError, match=r"hashes\.json: expected"):
+        HashRecord(path)
+    record = HashRecord(tmp_path / "new" / "hashes.json")
+    record.add("b/x", "ab" * 32, 3)
+    record.add("a/y", "cd" * 32, 4)
+    record.save()
+    assert list(json.loads((tmp_path / "new" / "hashes.json").read_text())) == ["a/y", "b/x"]  # sorted
+    assert HashRecord(tmp_path / "new" / "hashes.json").expected("b/x") == "ab" * 32

@@ -234,9 +234,10 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
         return [_download(role, url, sha, None, ds.name) for role, url, sha in roles if url]
 
     if given_split:
-        if ds.reviews_url:
-            raise ConfigError("params.yaml [dataset]: reviews_url is not read with split.given (the official "
-                              "split files replace the reviews file); set it to null")
+        if ds.reviews_url or ds.reviews_sha256:
+            raise ConfigError("params.yaml [dataset]: reviews_url and reviews_sha256 are not read with split.given "
+                              "(the official split files, pinned in the catalog, replace the reviews file); set "
+                              "them to null")
         files = entry.split_files(given_split)
     else:
         files = [entry.reviews]
