@@ -33,12 +33,13 @@ def main() -> None:
     if not (reviews.is_file() and meta.is_file()):
         sys.exit(f"{args.dumps}: no dumps; run python bench/make_dumps.py first")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["dataset"] |= {"name": "clothing", "reviews_url": reviews.name, "meta_url": meta.name,
+    # not "clothing": that is a catalog entry (sea/data/catalog.yaml), whose files have other names
+    params["dataset"] |= {"name": "bench_clothing", "reviews_url": reviews.name, "meta_url": meta.name,
                           "reviews_sha256": None, "meta_sha256": None}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "data" / "raw" / "clothing"
+        raw = Path(tmp) / "data" / "raw" / "bench_clothing"
         raw.mkdir(parents=True)
         for f in (reviews, meta):
             (raw / f.name).symlink_to(f.resolve())

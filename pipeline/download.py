@@ -1,7 +1,9 @@
-"""Stage download: fetch the review and metadata dumps named in params [dataset] into
-data/raw/<dataset>/, verifying each sha256 (or, with ``source: mmrec``, copy the MMRec
-folder's files there). Each dump is capped in size (``max_download_mb``) and in total time
-(``download_timeout``). The folder appears whole or not at all, and nothing outside it is
+"""Stage download: fetch the review and metadata dumps named in params [dataset] (or by
+its entry in the dataset catalog, sea/data/catalog.yaml; with ``split.given``, an official
+split's train/valid/test files instead of the reviews) into data/raw/<dataset>/, verifying
+each: explicit sha256, catalog pin, or trust on first use (data/hashes.json). With
+``source: mmrec`` it copies the MMRec folder's files there instead. Each dump is capped in
+size (``max_download_mb``) and in total time (``download_timeout``). The folder appears whole or not at all, and nothing outside it is
 ever replaced or deleted."""
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import sys
 from pathlib import Path
 
 from sea.cli import run_stage
-from sea.config import ConfigError, DatasetConfig, load_params
+from sea.config import ConfigError, DatasetConfig, SplitConfig, load_params
+from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file
-from sea.io import MB, DataError, FetchTimeoutError, TooLargeError, atomic_dir, fetch, is_plain_name, sha256_file
+from sea.io import (MB, ChecksumError, DataError, FetchTimeoutError, TooLargeError, atomic_dir, fetch, is_plain_name,
+                    sha256_file)
 
 RAW = Path("data/raw")
 SOURCE_FILE = "SOURCE.json"
@@ -29,39 +33,62 @@ def raw_folder(cfg: DatasetConfig) -> Path:
     return RAW / cfg.name
 
 
-def dump_files(cfg: DatasetConfig) -> list[tuple[str, str, str | None, str]]:
-    """``(kind, url, sha256, local file name)`` per dump; refuses names that are not plain
-    file names or that two URLs share (the second would overwrite the first)."""
-    dumps = [(kind, url, sha) for kind, url, sha in (("reviews", cfg.reviews_url, cfg.reviews_sha256),
-                                                      ("meta", cfg.meta_url, cfg.meta_sha256)) if url]
-    named = []
-    for kind, url, sha in dumps:
-        name = cfg.local_name(url)
-        if not is_plain_name(name) or name == SOURCE_FILE:
-            raise ConfigError(f"params.yaml [dataset]: {kind}_url {url!r} does not end in a usable file name "
-                              f"(got {name!r}); it is saved under data/raw/<name>/ by that name")
-        named.append((kind, url, sha, name))
-    if len(named) == 2 and named[0][3] == named[1][3]:
-        raise ConfigError(f"params.yaml [dataset]: reviews_url and meta_url both end in the file name "
-                          f"{named[0][3]!r}; one would overwrite the other in data/raw/{cfg.name}/ "
-                          "(serve them under different names)")
-    return named
+def dump_files(cfg: DatasetConfig, given_split: str | None = None) -> list[Download]:
+    """The files to fetch (the catalog filled in, params applied: see sea.data.catalog);
+    refuses names that are not plain file names or that two URLs share (the second would
+    overwrite the first)."""
+    files = resolve(cfg, given_split)
+    for d in files:
+        if not is_plain_name(d.name) or d.name == SOURCE_FILE:
+            raise ConfigError(f"params.yaml [dataset]: {d.role}_url {d.url!r} does not end in a usable file name "
+                              f"(got {d.name!r}); it is saved under data/raw/<name>/ by that name")
+    names = [d.name for d in files]
+    for i, d in enumerate(files):
+        if d.name in names[:i]:
+            first = files[names.index(d.name)]
+            raise ConfigError(f"params.yaml [dataset]: {first.role}_url and {d.role}_url both end in the file name "
+                              f"{d.name!r}; one would overwrite the other in data/raw/{cfg.name}/ "
+                              "(serve them under different names)")
+    return files
 
 
-def fetch_dumps(cfg: DatasetConfig, dest: Path) -> dict:
+def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) -> dict:
+    """Fetch every file into ``dest`` and verify it: against an explicit sha256
+    (``dataset.*_sha256``), the catalog's pin, or else the hash recorded on its first
+    download in data/hashes.json (trust on first use; the first download records it)."""
     sources = {}
-    for kind, url, sha, name in dump_files(cfg):
-        if not sha:
-            print(f"warning: no dataset.{kind}_sha256 in params.yaml: {url} is not verified", file=sys.stderr)
+    record = HashRecord()
+    recorded = False
+    for d in dump_files(cfg, given_split):
+        check, sha = d.check, d.sha256
+        if check == "tofu":
+            sha = record.expected(d.record_key)
+            check = TOFU_VERIFIED if sha else TOFU_RECORDED
         try:
-            path = fetch(url, dest / name, sha, max_bytes=int(cfg.max_download_mb * MB),
+            path = fetch(d.url, dest / d.name, sha, max_bytes=int(cfg.max_download_mb * MB),
                          total_timeout=cfg.download_timeout)
         except TooLargeError as e:
             raise TooLargeError(f"{e} (dataset.max_download_mb: {cfg.max_download_mb:g})") from None
         except FetchTimeoutError as e:
             raise FetchTimeoutError(f"{e} (dataset.download_timeout: {cfg.download_timeout:g})") from None
-        sources[kind] = {"url": url, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        print(f"{kind}: {url} ({path.stat().st_size:,} bytes)")
+        except ChecksumError as e:
+            if check == TOFU_VERIFIED:
+                raise ChecksumError(f"{e}: the bytes differ from the first download of {d.record_key}, recorded "
+                                    f"in {record.path} (trust on first use). If the file really changed "
+                                    f"upstream, delete that entry to record the new hash") from None
+            raise
+        verify_pin(path, d)
+        digest, size = sha256_file(path), path.stat().st_size
+        if check == TOFU_RECORDED:
+            record.add(d.record_key, digest, size)
+            recorded = True
+        sources[d.role] = {"url": d.url, "file": path.name, "sha256": digest, "bytes": size}
+        print(f"{d.role}: {d.url} ({size:,} bytes; sha256 {check})")
+        if check == TOFU_RECORDED:
+            print(f"warning: no pin for {d.url}: its sha256 is recorded in {record.path} (trust on first use); "
+                  f"commit that file so later downloads are verified against it", file=sys.stderr)
+    if recorded:
+        record.save()
     return sources
 
 
@@ -82,12 +109,14 @@ def copy_mmrec(cfg: DatasetConfig, dest: Path) -> dict:
 
 
 def main() -> None:
-    cfg = DatasetConfig.from_dict(load_params()["dataset"], "dataset")
+    params = load_params()
+    cfg = DatasetConfig.from_dict(params["dataset"], "dataset")
+    given = SplitConfig.from_dict(params.get("split"), "split").given  # split.given only
     target = raw_folder(cfg)
     if cfg.source != "mmrec":
-        dump_files(cfg)  # refuse bad file names before touching anything
+        dump_files(cfg, given)  # refuse bad file names before touching anything
     with atomic_dir(target) as tmp:
-        sources = copy_mmrec(cfg, tmp) if cfg.source == "mmrec" else fetch_dumps(cfg, tmp)
+        sources = copy_mmrec(cfg, tmp) if cfg.source == "mmrec" else fetch_dumps(cfg, tmp, given)
         (tmp / SOURCE_FILE).write_text(json.dumps({"source": cfg.source} | sources, indent=2) + "\n")
     print(f"-> {target}")
 

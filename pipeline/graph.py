@@ -1,5 +1,7 @@
 """Stage graph: parse the raw dumps, dedupe (user, item) pairs, iterative k-core,
-re-index, split with a seed; write the interactions, items and users tables and their stats."""
+re-index, split with a seed; write the interactions, items and users tables and their stats.
+With ``split.method: given`` (an official split of a 2023 catalog entry) the split files
+are taken as they are: no dedupe, no k-core, no re-split."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from sea import artifacts
 from sea.cli import run_stage
 from sea.config import DatasetConfig, GraphConfig, SplitConfig, load_params
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
+from sea.data.amazon2023 import read_given_split
+from sea.data.catalog import Download, resolve
 from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
@@ -42,27 +46,51 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     return items.assign(text=text, image_url=[resolve(u) for u in m["image_url"]])
 
 
+def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) -> tuple[pd.DataFrame, dict]:
+    """An official split taken as it is: no dedupe, no k-core, no re-split (the release's
+    5-core filter and split rules made it); rows sorted by user, split, timestamp, item."""
+    paths = {part: ds.raw_dir / files[part].name for part in SPLITS}
+    df = read_given_split(paths, allow_truncated=ds.allow_truncated)
+    order = df["split"].map({s: i for i, s in enumerate(SPLITS)})
+    df = df.assign(_order=order).sort_values(["user", "_order", "timestamp", "item"], kind="stable")
+    df["split"] = pd.Categorical(df["split"], categories=list(SPLITS))
+    stats = {"raw": {"reviews": len(df), "users": int(df["user"].nunique()), "items": int(df["item"].nunique())},
+             "deduplicated": {"interactions": len(df), "duplicates_dropped": 0},
+             "k_core": f"as given (the official 5-core files of split.given: {sc.given})",
+             "split": {"method": "given", "given": sc.given, "seed": None}}
+    return df.drop(columns="_order").reset_index(drop=True), stats
+
+
 def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Parse, dedupe, k-core, re-index and split the raw Amazon dumps."""
-    reviews_path = ds.raw_dir / ds.local_name(ds.reviews_url)
-    raw = read_reviews(reviews_path, allow_truncated=ds.allow_truncated)
-    unique = dedupe(raw)
-    try:
-        core = k_core(unique, gc.k_core)
-    except DataError as e:
-        raise DataError(f"{reviews_path}: {e}") from None
-    core, users, asins = reindex(core)
-    inter = split(core, sc.method, sc.seed)[["user", "item", "rating", "timestamp", "split"]]
-    meta = read_metadata(ds.raw_dir / ds.local_name(ds.meta_url), asins=set(asins),
-                         allow_truncated=ds.allow_truncated) if ds.meta_url else None
-    items = item_table(asins, meta, ds.meta_url)
-    stats = {
-        "raw": {"reviews": len(raw), "users": int(raw["user"].nunique()), "items": int(raw["item"].nunique())},
-        "deduplicated": {"interactions": len(unique), "duplicates_dropped": len(raw) - len(unique)},
-        "k_core": gc.k_core,
-        "split": {"method": sc.method, "seed": sc.seed},
-        "items": {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0},
-    }
+    """Parse, dedupe, k-core, re-index and split the raw Amazon dumps (or, with
+    ``split.method: given``, take the official split files as they are)."""
+    files = {d.role: d for d in resolve(ds, sc.given)}
+    if sc.method == "given":
+        core, stats = given_split(files, ds, sc)
+        core, users, asins = reindex(core)
+        inter = core[["user", "item", "rating", "timestamp", "split"]]
+    else:
+        reviews_path = ds.raw_dir / files["reviews"].name
+        raw = read_reviews(reviews_path, allow_truncated=ds.allow_truncated)
+        unique = dedupe(raw)
+        try:
+            core = k_core(unique, gc.k_core)
+        except DataError as e:
+            raise DataError(f"{reviews_path}: {e}") from None
+        core, users, asins = reindex(core)
+        inter = split(core, sc.method, sc.seed)[["user", "item", "rating", "timestamp", "split"]]
+        stats = {
+            "raw": {"reviews": len(raw), "users": int(raw["user"].nunique()), "items": int(raw["item"].nunique())},
+            "deduplicated": {"interactions": len(unique), "duplicates_dropped": len(raw) - len(unique)},
+            "k_core": gc.k_core,
+            "split": {"method": sc.method, "seed": sc.seed},
+        }
+    meta_file = files.get("meta")
+    meta_url = meta_file.url if meta_file else None
+    meta = read_metadata(ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated,
+                         image_size=ds.image_size) if meta_file else None
+    items = item_table(asins, meta, meta_url)
+    stats["items"] = {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0}
     return inter, items, user_table(users), stats
 
 

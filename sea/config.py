@@ -30,6 +30,12 @@ COSINE_LOSSES = ("ccl", "softmax")
 SAMPLERS = ("uniform", "cross_batch")
 
 
+#: ``dataset.image_size``: which image of a 2023 item record to take.
+IMAGE_SIZES = ("large", "hi_res", "thumb")
+#: ``split.given``: the official splits of the Amazon Reviews 2023 benchmark.
+OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
+
+
 class ConfigError(ValueError):
     """A params.yaml value that is missing, unknown or out of range."""
 
@@ -174,7 +180,7 @@ class DatasetConfig(Section):
 
     name: str = "sample"
     source: str = "amazon"
-    reviews_url: str = ""
+    reviews_url: str | None = None
     reviews_sha256: str | None = None
     meta_url: str | None = None
     meta_sha256: str | None = None
@@ -182,12 +188,27 @@ class DatasetConfig(Section):
     path: str | None = None
     max_download_mb: float = 20000.0  # size cap per dump file (MB = 10^6 bytes)
     download_timeout: float = 3600.0  # seconds per dump file, all attempts together
+    # the dataset catalog (sea/data/catalog.py): a base URL replacing the catalog's host
+    # prefix, and which image of a 2023 item ("large", "hi_res" or "thumb") to take
+    mirror: str | None = None
+    image_size: str = "large"
+    metadata: bool = True  # false: fetch no metadata dump (items get no text or image)
 
     def validate(self, section: str) -> None:
+        from sea.data.catalog import catalog  # the catalog module imports this one
+
         check_folder_name(self.name, section, "name")
         _choice(self.source, ("amazon", "mmrec"), section, "source")
+        _choice(self.image_size, IMAGE_SIZES, section, "image_size")
+        if self.mirror is not None:
+            _check(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
+                   f"mirror must be an http(s):// or file:// base URL, got {self.mirror!r}")
+        _check(self.metadata or not (self.meta_url or self.meta_sha256), section,
+               "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
         if self.source == "amazon":
-            _check(bool(self.reviews_url), section, "reviews_url is required with source: amazon")
+            _check(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
+                   f"reviews_url is required with source: amazon when name ({self.name!r}) is not a catalog "
+                   f"entry (python -m sea datasets lists them)")
         else:
             _check(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
 
@@ -216,10 +237,20 @@ class GraphConfig(Section):
 class SplitConfig(Section):
     method: str = "mmrec"
     seed: int = 999
+    # method "given": which official split of a 2023 catalog entry (see OFFICIAL_SPLITS);
+    # the download stage fetches its files, the graph stage takes them as they are
+    given: str | None = None
 
     def validate(self, section: str) -> None:
-        _choice(self.method, ("mmrec", "temporal", "leave_one_out"), section, "method")
+        _choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
         _check(self.seed >= 0, section, "seed must be >= 0")
+        if self.method == "given":
+            _check(self.given is not None, section,
+                   f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)")
+            _choice(self.given, OFFICIAL_SPLITS, section, "given")
+        else:
+            _check(self.given is None, section,
+                   f"given: {self.given!r} is only read with method: given (method is {self.method!r}); set it to null")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Readers for the raw Amazon review dumps (McAuley lab, 2014 and 2018 releases).
+"""Readers for the raw Amazon review dumps (McAuley lab, 2014 and 2018 releases; the 2023
+release's own record shapes are in :mod:`sea.data.amazon2023`, dispatched to from here).
 
 Reviews (:func:`read_reviews`) come in three shapes, chosen by the file name unless
 ``fmt`` says otherwise:
@@ -55,6 +56,7 @@ from sea.data.lines import (
     parse_timestamp,
     require_newline,
 )
+from sea.data import amazon2023
 from sea.io import DataError
 
 __all__ = [
@@ -123,6 +125,8 @@ def _parse_json_review(line: bytes, where: str) -> tuple[str, str, float, int]:
         raise DataError(f"{where}: not a valid JSON line ({e})") from None
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object (a review), got {type(rec).__name__}")
+    if "reviewerID" not in rec and "user_id" in rec:  # Amazon 2023: user_id, parent_asin, ms
+        return amazon2023.review_fields(rec, where)
     try:
         user, item, rating, ts = rec["reviewerID"], rec["asin"], rec["overall"], rec["unixReviewTime"]
     except KeyError as e:
@@ -197,6 +201,8 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
     """
     path = Path(path)
     kind = _review_format(path, fmt)
+    if kind == "csv" and amazon2023.is_benchmark_csv(path):
+        return amazon2023.read_benchmark_csv(path, allow_truncated=allow_truncated).drop(columns="line")
     parse = _parse_csv_review if kind == "csv" else _parse_json_review
     users: list[str] = []
     items: list[str] = []
@@ -334,6 +340,9 @@ def _wanted(line: bytes, asins: Collection[str] | None) -> bool:
     """
     if asins is None:
         return True
+    wanted_2023 = amazon2023.wanted_2023(line, asins)  # a 2023 line: keyed by parent_asin
+    if wanted_2023 is not None:
+        return wanted_2023
     values = _ASIN_KEY.findall(line)
     if not values or len(values) != line.count(b"asin") or _HIDDEN_KEY.search(line):
         return True  # not certain without parsing
@@ -341,9 +350,14 @@ def _wanted(line: bytes, asins: Collection[str] | None) -> bool:
 
 
 def read_metadata(
-    path: str | Path, *, allow_truncated: bool = False, asins: Collection[str] | None = None
+    path: str | Path, *, allow_truncated: bool = False, asins: Collection[str] | None = None,
+    image_size: str = "large",
 ) -> pd.DataFrame:
-    """Read an Amazon metadata dump (2014 Python-literal lines or 2018 JSON lines).
+    """Read an Amazon metadata dump (2014 Python-literal lines, 2018 or 2023 JSON lines).
+
+    A record with ``parent_asin`` and no ``asin`` is a 2023 record, mapped to the same
+    columns by :func:`sea.data.amazon2023.metadata_row` (``image_size``: which image
+    of its ``images`` list to take: ``large``, ``hi_res`` or ``thumb``).
 
     With ``asins``, only the records of those products are parsed: other lines are skipped
     on a quick look at their ``asin`` field, without being checked (see :func:`_wanted`:
@@ -377,26 +391,18 @@ def read_metadata(
             continue
         where = _where(path, lineno)
         rec = _parse_meta_line(line, where)
-        asin = rec.get("asin")
-        if not isinstance(asin, str) or not asin.strip():
-            raise DataError(f"{where}: product record lacks a string 'asin' (got {asin!r:.100})")
-        asin = check_id(asin.strip(), "asin", where)
+        if "parent_asin" in rec and "asin" not in rec:
+            row = amazon2023.metadata_row(rec, where, clean_text, image_size)
+        else:
+            row = _metadata_row(rec, where)
+        asin = row[0]
         if asins is not None and asin not in asins:
             continue  # kept by the pre-filter only because it could not be sure
         if asin in seen:
             duplicates += 1
             continue
         seen.add(asin)
-        rows.append(
-            (
-                asin,
-                _text_field(rec, "title", where),
-                _text_field(rec, "brand", where),
-                _category_path(rec, where),
-                _text_field(rec, "description", where),
-                _image_url(rec, where),
-            )
-        )
+        rows.append(row)
     lines.check_complete(allow_truncated)
     if not rows and asins is not None:
         raise DataError(f"{path}: none of the {len(asins)} reviewed products has a record here "
@@ -410,6 +416,21 @@ def read_metadata(
     frame["image_url"] = pd.Series([r[-1] for r in rows], dtype=object)
     frame.attrs["duplicate_asins"] = duplicates
     return frame
+
+
+def _metadata_row(rec: dict, where: str) -> tuple:
+    """One 2014/2018 record as ``(asin, title, brand, categories, description, image_url)``."""
+    asin = rec.get("asin")
+    if not isinstance(asin, str) or not asin.strip():
+        raise DataError(f"{where}: product record lacks a string 'asin' (got {asin!r:.100})")
+    return (
+        check_id(asin.strip(), "asin", where),
+        _text_field(rec, "title", where),
+        _text_field(rec, "brand", where),
+        _category_path(rec, where),
+        _text_field(rec, "description", where),
+        _image_url(rec, where),
+    )
 
 
 # --------------------------------------------------------------------------- text
