@@ -16,15 +16,18 @@ import pandas as pd
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import DatasetConfig, ImageFeatureConfig, load_params
+from sea.data.catalog import resolve
 from sea.data.mmrec import precomputed_features
 from sea.features.image import encode_images, fetch_images, load_clip
 from sea.io import MB, local_path
 
 
-def dataset_root(meta_url: str | None) -> Path | None:
-    """The folder the metadata dump came from, when it is a local file (its relative image
-    links point into it); None for http(s) metadata, whose links are http(s) too."""
-    path = local_path(meta_url) if meta_url else None
+def dataset_root(ds: DatasetConfig) -> Path | None:
+    """The folder the metadata dump came from (params or catalog), when it is a local file
+    (its relative image links point into it); None for http(s) metadata, whose links are
+    http(s) too."""
+    meta = [f for f in resolve(ds) if f.role == "meta"] if ds.metadata else []
+    path = local_path(meta[0].url) if meta else None
     return path.parent.resolve() if path is not None else None
 
 
@@ -49,7 +52,7 @@ def main() -> None:
     if ds.source == "mmrec":
         matrix, info = precomputed_features(ds.raw_dir, "image", len(items))
     else:
-        matrix, info = encode(items, cfg, dataset_root(ds.meta_url))
+        matrix, info = encode(items, cfg, dataset_root(ds))
     artifacts.write_features("image", matrix, info)
     print(f"image features {matrix.shape}: {info}")
 

@@ -5,6 +5,8 @@ files it has and how many of them are pinned; ``-v`` adds every file's URL and p
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from sea.data.catalog import listing
 
@@ -16,7 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     datasets.add_argument("-v", "--verbose", action="store_true", help="every file's URL and pin")
     args = parser.parse_args(argv)
     if args.command == "datasets":
-        print(listing(verbose=args.verbose))
+        try:
+            print(listing(verbose=args.verbose), flush=True)
+        except BrokenPipeError:  # `sea datasets | head`: the reader left, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

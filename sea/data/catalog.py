@@ -4,8 +4,9 @@ A catalog entry names one category of one Amazon release (2014, 2018, 2023). Res
 it (:func:`resolve`) gives the files the download stage fetches, each with its URL, its
 local file name and its pin (if the catalog knows one). Explicit ``dataset.*_url`` and
 ``dataset.*_sha256`` params override the catalog; ``dataset.mirror`` replaces a release's
-``base_url``. A ``dataset.name`` that is not in the catalog (the bundled ``sample``, a
-dump of your own) takes its URLs from the params alone, as before.
+``base_url``. The bundled ``sample`` is an entry too (release ``bundled``, files under
+data/sample/). A ``dataset.name`` that is not in the catalog (a dump of your own) takes its
+URLs from the params alone.
 
 Pins come in two kinds (see the header of catalog.yaml): ``sha256`` of the downloaded
 bytes, or ``content_sha256`` + ``content_bytes`` of the uncompressed content (the 2023
@@ -214,8 +215,7 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
     """The files ``ds`` names, catalog filled in and params applied (see module docstring).
 
     Raises ConfigError for params the catalog contradicts: an explicit URL whose file name
-    is not the catalog's for that role (as when only ``dataset.name`` is changed from the
-    sample's: the sample's URLs would be downloaded under the new name), a mirror or an
+    is not the catalog's for that role (a dump of one's own under a catalog name), a mirror or an
     official split without a catalog entry, or a reviews URL next to ``split.given``.
     """
     entry = catalog().get(ds.name)
