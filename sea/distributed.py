@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,16 +134,17 @@ def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, ba
             torch.cuda.set_device(ctx.device)
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False, timeout=GROUP_TIMEOUT)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=GROUP_TIMEOUT)
-        try:
-            fn(ctx, *args)
-        finally:
-            dist.destroy_process_group()
+        fn(ctx, *args)
+        dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
+        # recorded before this rank's connections drop: the other ranks' errors that this
+        # causes ("connection reset by peer") come later, and the parent reports the first
+        at = time.time_ns()
         user = isinstance(e, _user_errors())
         if not user:
             traceback.print_exc()
         ctx.path("error.json").write_text(json.dumps({
-            "type": type(e).__name__, "user_error": user, "message": str(e)}))
+            "type": type(e).__name__, "user_error": user, "message": str(e), "at": at}))
         sys.stderr.flush()
         os._exit(1)  # no atexit/teardown work that could wait for the other ranks
 
@@ -155,7 +157,7 @@ def _raise_failure(workdir: Path, world_size: int, exc: BaseException) -> None:
         if f.exists():
             errors[r] = json.loads(f.read_text())
     if errors:
-        rank, err = min(errors.items())
+        rank, err = min(errors.items(), key=lambda item: (item[1]["at"], item[0]))  # the first to fail
         message = f"rank {rank} of {world_size} failed: {err['message']}"
         if err["user_error"]:
             for cls in _user_errors():
