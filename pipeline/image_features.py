@@ -12,14 +12,13 @@ dataset's items kept; sea.features.cnn), as in MMRec and SEA's paper. With
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-import sys
-
 from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_params
 from sea.data.mmrec import precomputed_features
 from sea.distributed import threads_per_rank

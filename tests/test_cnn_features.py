@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,14 +236,8 @@ def test_stage_bad_file_is_one_line(tmp_path: Path, feature_file: Path) -> None:
 def test_params_are_checked(image: dict, message: str) -> None:
     from sea.config import ConfigError, ImageFeatureConfig
 
-    with pytest.raises(ConfigError, match=r"^params.yaml \[features.image\]: .*" + _re(message)):
+    with pytest.raises(ConfigError, match=r"^params.yaml \[features.image\]: .*" + re.escape(message)):
         ImageFeatureConfig.from_dict({"pretrained": "none"} | image, "features.image")
-
-
-def _re(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 def test_text_processes_are_checked() -> None:
