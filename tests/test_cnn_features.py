@@ -246,3 +246,45 @@ def test_text_processes_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"params.yaml \[features.text\]: processes must be in \[1, 64\]"):
         TextFeatureConfig.from_dict({"processes": 65}, "features.text")
     assert TextFeatureConfig.from_dict({"processes": 2, "device": "cpu"}, "features.text").processes == 2
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SMALL_DIM = 8  # the reader takes any width; small records make many cuts and flips cheap
+FULL = 5 * (10 + 4 * SMALL_DIM)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=300,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.one_of(st.just(FULL), st.integers(0, FULL)),  # whole files half of the time
+       flips=st.lists(st.tuples(st.integers(0, FULL - 1), st.integers(0, 255)), max_size=4),
+       chunk=st.integers(1, 6))
+def test_fuzz_mutated_files_give_values_or_one_data_error(tmp_path: Path, cut: int, flips: list, chunk: int) -> None:
+    """Cut and byte-flipped files: the reader returns finite rows of the file's own values
+    (or the mean) for every item, or raises DataError; nothing else."""
+    rng = np.random.default_rng(0)
+    records = [(a, rng.random(SMALL_DIM, dtype=np.float32)) for a in ["B000000001", "B000000002", "ZZZZZZZZZZ",
+                                                                      "B000000001", "0123456789"]]
+    records[3] = (records[3][0], records[0][1])  # an identical repeat
+    path = tmp_path / "fuzz.b"
+    write_cnn_features(path, records)
+    data = bytearray(path.read_bytes()[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    path.write_bytes(bytes(data))
+    rec = record_dtype(SMALL_DIM)
+    try:
+        x, info = read_cnn_features(path, ITEMS, dim=SMALL_DIM, chunk_records=chunk)
+    except DataError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e)
+        return
+    assert len(data) % rec.itemsize == 0 and info["n_records"] == len(data) // rec.itemsize
+    assert x.shape == (4, SMALL_DIM) and np.isfinite(x).all()
+    parsed = {r["asin"].decode(): r["x"] for r in np.frombuffer(bytes(data), dtype=rec)}
+    for i, asin in enumerate(ITEMS):
+        if asin in parsed:
+            np.testing.assert_array_equal(x[i], parsed[asin])
