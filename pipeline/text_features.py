@@ -1,6 +1,7 @@
 """Stage text_features: encode each item's sentence with a sentence-transformers model
 (params features.text); items without text get the mean vector. With ``dataset.source:
-mmrec`` the MMRec folder's text_feat.npy is taken instead."""
+mmrec`` the MMRec folder's text_feat.npy is taken instead. ``processes: N`` shards the
+encoding over N ranks (sea.distributed), with the same result."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sea import artifacts
 from sea.cli import run_stage
 from sea.config import DatasetConfig, TextFeatureConfig, load_params
 from sea.data.mmrec import precomputed_features
+from sea.distributed import threads_per_rank
 from sea.features.text import encode_texts
 
 
@@ -22,7 +24,8 @@ def main() -> None:
         matrix, info = precomputed_features(ds.raw_dir, "text", len(items))
     else:
         texts = [t if isinstance(t, str) and t.strip() else None for t in items["text"]]
-        matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device)
+        matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
+                                    processes=cfg.processes, threads=threads_per_rank(cfg.processes))
     artifacts.write_features("text", matrix, info)
     print(f"text features {matrix.shape}: {info}")
 

@@ -14,10 +14,12 @@ import sys
 from typing import Callable
 
 from sea.config import ConfigError
+from sea.distributed import RankFailed
 from sea.io import DataError, FetchError
 
-#: The exceptions that mean "the user's params or input are wrong", not "the code is".
-USER_ERRORS = (ConfigError, DataError, FetchError)
+#: The exceptions that mean "the user's params or input are wrong", not "the code is" —
+#: and RankFailed: a worker rank of a sharded stage failed; it printed its own traceback.
+USER_ERRORS = (ConfigError, DataError, FetchError, RankFailed)
 
 
 def one_line(message: str) -> str:

@@ -253,16 +253,43 @@ class SplitConfig(Section):
                    f"given: {self.given!r} is only read with method: given (method is {self.method!r}); set it to null")
 
 
+#: Most feature-extraction ranks one machine may run (features.*.processes).
+MAX_PROCESSES = 64
+
+
+def check_processes(processes: int, device: str, section: str) -> None:
+    """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
+    CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
+    _check(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {processes}")
+    if processes == 1 or device == "cpu":
+        return
+    _check(":" not in device, section, f"processes: {processes} puts rank r on cuda:r; "
+           f"device must then be auto, cuda or cpu, got {device!r}")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    _check(count == 0 and device == "auto" or processes <= count, section,
+           f"processes: {processes} needs {processes} CUDA devices (one per rank) with device {device!r}; "
+           f"this machine has {count}: lower processes or use device: cpu")
+
+
 @dataclass
 class TextFeatureConfig(Section):
     model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "auto"
+    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
 
     def validate(self, section: str) -> None:
         _check(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        check_processes(self.processes, self.device, section)
         check_device(self.device, section)
+
+
+#: Where ``features.image`` comes from: open_clip on the item images, or the precomputed
+#: CNN vectors distributed with the Amazon 2014 dumps.
+IMAGE_SOURCES = ("clip", "amazon_cnn")
 
 
 @dataclass
@@ -277,18 +304,31 @@ class ImageFeatureConfig(Section):
     max_image_mb: float = 20.0  # size cap per image file, downloaded or local (MB = 10^6 bytes)
     allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
     allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
-
-    def validate(self, section: str) -> None:
-        _check(self.timeout > 0 and self.max_image_mb > 0, section, "timeout and max_image_mb must be > 0")
-        _check(self.workers >= 1 and self.batch_size >= 1, section, "workers and batch_size must be >= 1")
+    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
+    # source: clip encodes the item images; amazon_cnn reads the 4096-d CNN vectors of the
+    # Amazon 2014 dumps (image_features_<Category>.b) from cnn_url (see sea.features.cnn)
+    source: str = "clip"
+    cnn_url: str | None = None  # null: the catalog's file of dataset.name; else http(s)://, file:// or a path
+    cnn_sha256: str | None = None
+    cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
+    cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
 
     def validate(self, section: str) -> None:
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")
         _check(self.seed >= 0, section, "seed must be >= 0")
         _check(self.timeout > 0, section, "timeout must be > 0 seconds")
+        _check(self.max_image_mb > 0, section, "max_image_mb must be > 0")
         _check(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
+        check_processes(self.processes, self.device, section)
         check_device(self.device, section)
-        self.check_clip()
+        _choice(self.source, IMAGE_SOURCES, section, "source")
+        _check(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
+        _check(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
+               section, f"cnn_sha256 must be 64 hex digits or null, got {self.cnn_sha256!r}")
+        _check(self.cnn_url is None or bool(self.cnn_url.strip()), section,
+               "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
+        if self.source != "amazon_cnn":
+            self.check_clip()
 
     def check_clip(self) -> None:
         """The open_clip architecture exists, and ``pretrained`` is none, an existing local

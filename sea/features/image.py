@@ -360,6 +360,98 @@ def _open_rgb(path: Path, max_pixels: int, max_aspect: float):
         return "undecodable"
 
 
+def image_batches(paths: Sequence[Path | None], batch_size: int) -> list[list[int]]:
+    """The items with an image file, in order, cut into batches of ``batch_size``: the unit
+    of work in one process and in the ranks of a sharded run alike (undecodable images drop
+    out of their batch either way, so each batch reaches the model with the same contents)."""
+    wanted = [i for i, p in enumerate(paths) if p is not None]
+    return [wanted[s:s + batch_size] for s in range(0, len(wanted), batch_size)]
+
+
+def _encode_batches(paths: Sequence[Path | None], batches: Sequence[Sequence[int]], model, preprocess: Callable,
+                    device: str, *, workers: int, max_pixels: int, max_aspect: float,
+                    desc: str = "encode images") -> tuple[list[int], list[np.ndarray], Counter]:
+    """Decode and embed the images of ``batches``: the decoded items, their feature rows
+    (one array per batch), and the refusal reasons counted.
+
+    Images are decoded and preprocessed by ``workers`` threads (PIL releases the GIL while
+    decoding and resizing) with one torch thread for their tiny tensors. On CUDA the next
+    batch is decoded while the GPU encodes the current one, under fp16 autocast (the rows
+    are float32); on the CPU decoding and encoding take turns and run in float32, so the
+    bytes do not depend on the number of workers.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cuda = device.startswith("cuda")
+
+    def load(i: int):
+        image = _open_rgb(Path(paths[i]), max_pixels, max_aspect)
+        return image if isinstance(image, str) else preprocess(image)
+
+    decoded: list[int] = []
+    refused: Counter[str] = Counter()
+    chunks: list[np.ndarray] = []
+    total = sum(len(b) for b in batches)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode(), \
+            tqdm(total=total, desc=desc, unit="img") as bar, \
+            (_torch_threads(1) if cuda else contextlib.nullcontext()):
+        pending = [pool.submit(load, i) for i in batches[0]] if cuda and batches else None
+        for b, batch in enumerate(batches):
+            if cuda:
+                results = [f.result() for f in pending]
+                if b + 1 < len(batches):  # decode the next batch while this one is encoded
+                    pending = [pool.submit(load, i) for i in batches[b + 1]]
+            else:
+                with _torch_threads(1):
+                    results = list(pool.map(load, batch))
+            tensors, batch_idx = [], []
+            for i, result in zip(batch, results):
+                if isinstance(result, str):
+                    refused[result] += 1
+                else:
+                    tensors.append(result)
+                    batch_idx.append(i)
+            if tensors:
+                with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                    out = model.encode_image(torch.stack(tensors).to(device, non_blocking=True))
+                chunks.append(out.float().cpu().numpy())
+                decoded.extend(batch_idx)
+            bar.update(len(batch))
+    return decoded, chunks, refused
+
+
+def _assemble(paths: Sequence[Path | None], decoded: list[int], chunks: list[np.ndarray], refused: Counter,
+              dim: Callable[[], int]) -> tuple[np.ndarray, dict]:
+    """The feature matrix (missing and undecodable items get the mean) and its info."""
+    n_wanted = sum(p is not None for p in paths)
+    if decoded:
+        features = fill_missing_with_mean(np.concatenate(chunks), decoded, len(paths))
+    else:  # e.g. offline: no image host reachable. Zeros, flagged in info; training refuses them.
+        msg = (f"none of the {len(paths)} images could be fetched and decoded ({n_wanted} had a file): "
+               "the image features are all zero and carry no information")
+        warnings.warn(msg, stacklevel=3)
+        features = np.zeros((len(paths), dim()), dtype=np.float32)
+    info = {
+        "dim": int(features.shape[1]),
+        "n_items": len(paths),
+        "n_decoded": len(decoded),
+        "n_missing": len(paths) - n_wanted,
+        "n_undecodable": n_wanted - len(decoded),
+        "undecodable_reasons": dict(sorted(refused.items())),
+    }
+    return features, info
+
+
+def _clip_dim(model, preprocess: Callable, device: str) -> int:
+    """The width of the model's image features (one blank image through it)."""
+    import torch
+    from PIL import Image
+
+    with torch.inference_mode():
+        return int(model.encode_image(preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)).shape[1])
+
+
 def encode_images(
     paths: Sequence[Path | None],
     model,
@@ -367,6 +459,7 @@ def encode_images(
     *,
     batch_size: int = 64,
     device: str = "auto",
+    workers: int = 8,
     max_pixels: int = MAX_PIXELS,
     max_aspect: float = MAX_ASPECT,
 ) -> tuple[np.ndarray, dict]:
@@ -378,53 +471,66 @@ def encode_images(
     ``undecodable_reasons``: how many were not images PIL reads (``undecodable``), had more
     than ``max_pixels`` pixels (``too_many_pixels``) or a side ratio over ``max_aspect``
     (``extreme_aspect_ratio``); the last two are refused from the header, undecoded).
-    Missing and undecodable items get the mean feature of the decoded ones. When no image decodes, every row is
-    zero (with a warning; ``n_decoded`` is 0 and the train stage refuses such features).
-    The model is moved to ``device``.
+    Missing and undecodable items get the mean feature of the decoded ones. When no image
+    decodes, every row is zero (with a warning; ``n_decoded`` is 0 and the train stage
+    refuses such features). The model is moved to ``device``; ``workers`` threads decode
+    the images (see :func:`_encode_batches`: CUDA runs in fp16 autocast, the CPU in float32).
     """
-    import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
-
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    wanted = [i for i, p in enumerate(paths) if p is not None]
-    decoded: list[int] = []
+    decoded, chunks, refused = _encode_batches(paths, image_batches(paths, batch_size), model, preprocess, dev,
+                                               workers=workers, max_pixels=max_pixels, max_aspect=max_aspect)
+    return _assemble(paths, decoded, chunks, refused, lambda: _clip_dim(model, preprocess, dev))
+
+
+def _image_rank(ctx, paths: list[str | None], batches: list[list[int]], model_name: str, pretrained: str | None,
+                seed: int, workers: int, max_pixels: int, max_aspect: float) -> None:
+    """One rank of :func:`encode_images_sharded`: its contiguous share of the batches."""
+    from sea.distributed import shard_bounds
+
+    lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
+    model, preprocess, info = load_clip(model_name, pretrained, device=ctx.device, seed=seed)
+    decoded, chunks, refused = _encode_batches(
+        [Path(p) if p is not None else None for p in paths], batches[lo:hi], model, preprocess, ctx.device,
+        workers=workers, max_pixels=max_pixels, max_aspect=max_aspect, desc=f"encode images (rank {ctx.rank})")
+    ctx.save("decoded", np.array(decoded, dtype=np.int64))
+    ctx.save("rows", np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32))
+    ctx.save_json("info", {"refused": dict(refused), "clip": info, "dim": _clip_dim(model, preprocess, ctx.device)
+                           if ctx.rank == 0 and not decoded else None})
+
+
+def encode_images_sharded(
+    paths: Sequence[Path | None],
+    model_name: str,
+    pretrained: str | None,
+    *,
+    processes: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int = 8,
+    threads: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+) -> tuple[np.ndarray, dict]:
+    """:func:`encode_images` with the model of :func:`load_clip`, sharded over ``processes``
+    ranks (:mod:`sea.distributed`: rank r takes a contiguous share of the batches, on
+    ``cuda:r`` on CUDA, with ``threads`` torch threads). Same result as one process with
+    as many threads; returns the features and ``load_clip``'s info merged with
+    ``encode_images``'s, plus ``processes`` and ``threads_per_process``."""
+    from sea.distributed import launch, load_shard_json, load_shards, shard_dir
+
+    dev = resolve_device(device)
+    batches = image_batches(paths, batch_size)
+    with shard_dir() as workdir:
+        launch(processes, _image_rank, ([str(p) if p is not None else None for p in paths], batches, model_name,
+                                        pretrained, seed, workers, max_pixels, max_aspect),
+               workdir=workdir, device=dev, threads=threads)
+        decoded = np.concatenate(load_shards(workdir, "decoded", processes)).tolist()
+        chunks = [r for r in load_shards(workdir, "rows", processes) if r.size]
+        infos = load_shard_json(workdir, "info", processes)
     refused: Counter[str] = Counter()
-    chunks: list[np.ndarray] = []
-
-    with torch.inference_mode(), tqdm(total=len(wanted), desc="encode images", unit="img") as bar:
-        for start in range(0, len(wanted), batch_size):
-            tensors, batch_idx = [], []
-            with _torch_threads(1):
-                for i in wanted[start:start + batch_size]:
-                    image = _open_rgb(Path(paths[i]), max_pixels, max_aspect)
-                    if isinstance(image, str):
-                        refused[image] += 1
-                        continue
-                    tensors.append(preprocess(image))
-                    batch_idx.append(i)
-            if tensors:
-                out = model.encode_image(torch.stack(tensors).to(dev))
-                chunks.append(out.float().cpu().numpy())
-                decoded.extend(batch_idx)
-            bar.update(len(wanted[start:start + batch_size]))
-
-    if decoded:
-        features = fill_missing_with_mean(np.concatenate(chunks), decoded, len(paths))
-    else:  # e.g. offline: no image host reachable. Zeros, flagged in info; training refuses them.
-        msg = (f"none of the {len(paths)} images could be fetched and decoded ({len(wanted)} had a file): "
-               "the image features are all zero and carry no information")
-        warnings.warn(msg, stacklevel=2)
-        with torch.inference_mode():
-            dim = model.encode_image(preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(dev)).shape[1]
-        features = np.zeros((len(paths), dim), dtype=np.float32)
-    info = {
-        "dim": int(features.shape[1]),
-        "n_items": len(paths),
-        "n_decoded": len(decoded),
-        "n_missing": len(paths) - len(wanted),
-        "n_undecodable": len(wanted) - len(decoded),
-        "undecodable_reasons": dict(sorted(refused.items())),
-    }
-    return features, info
+    for i in infos:
+        refused.update(i["refused"])
+    features, info = _assemble(paths, decoded, chunks, refused, lambda: infos[0]["dim"])
+    return features, infos[0]["clip"] | info | {"processes": processes, "threads_per_process": threads}

@@ -69,12 +69,71 @@ def _has_text(text: str | None) -> bool:
     return text is not None and text.strip() != ""
 
 
+def length_batches(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The order ``SentenceTransformer.encode`` batches ``texts`` in (longest first, by
+    character count, ``np.argsort`` as there) and that order cut into batches.
+
+    Every batch is then encoded by one ``encode`` call of its own, in one process or in a
+    rank of a sharded run alike: a batch's padded length and contents are the same either
+    way, so both give the same bytes on the CPU (for a given thread count).
+    """
+    order = np.argsort([-len(t) for t in texts])
+    return order, [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def load_text_model(model_name: str, device: str):
+    """The sentence-transformers model ``model_name`` on ``device``, and where it came from."""
+    resolved, source = resolve_text_model(model_name)
+    local = Path(resolved).is_dir()
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; local_files_only is what keeps
+    # an already-imported hub client from making requests for a local folder.
+    with _hub_offline(local):
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(resolved, device=device, local_files_only=local)
+    return model, resolved, source
+
+
+def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray], device: str,
+                   desc: str = "encode texts") -> np.ndarray:
+    """Embed ``texts`` batch by batch; rows in the order of the concatenated ``batches``.
+
+    On CUDA the forward pass runs under fp16 autocast (the output is float32); on the CPU
+    in float32, so CPU bytes do not depend on it.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cuda = device.startswith("cuda")
+    rows = []
+    with tqdm(total=sum(len(b) for b in batches), desc=desc, unit="item") as bar:
+        for batch in batches:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                out = model.encode([texts[i] for i in batch], batch_size=len(batch),
+                                   show_progress_bar=False, convert_to_numpy=True)
+            rows.append(np.asarray(out, dtype=np.float32))
+            bar.update(len(batch))
+    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def _text_rank(ctx, model_name: str, texts: list[str], batches: list[np.ndarray]) -> None:
+    """One rank of :func:`encode_texts`: its contiguous share of the batches, saved as ``rows``."""
+    from sea.distributed import shard_bounds
+
+    lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
+    model, _, _ = load_text_model(model_name, ctx.device)
+    ctx.save("rows", encode_batches(model, texts, batches[lo:hi], ctx.device,
+                                    desc=f"encode texts (rank {ctx.rank})"))
+
+
 def encode_texts(
     texts: Sequence[str | None],
     model_name: str,
     *,
     batch_size: int = 64,
     device: str = "auto",
+    processes: int = 1,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Embed ``texts`` with a sentence-transformers model.
 
@@ -83,28 +142,33 @@ def encode_texts(
     ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is ``None``, empty or
     only whitespace get the mean embedding of the items that have text. Raises
     ``DataError`` when no item has text.
+
+    ``processes > 1`` shards the batches over that many ranks (:mod:`sea.distributed`;
+    rank r on ``cuda:r`` on CUDA), each with ``threads`` torch threads (recorded in the
+    info, with ``processes``); the result is the same as one process with as many threads.
     """
     present = [i for i, t in enumerate(texts) if _has_text(t)]
     if not present:
         raise DataError(f"none of the {len(texts)} items has text to encode (no metadata?): "
                         "leave text out of model.modalities")
 
-    resolved, source = resolve_text_model(model_name)
     dev = resolve_device(device)
-    local = Path(resolved).is_dir()
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import; local_files_only is what keeps
-    # an already-imported hub client from making requests for a local folder.
-    with _hub_offline(local):
-        from sentence_transformers import SentenceTransformer
+    sentences = [texts[i] for i in present]
+    order, batches = length_batches(sentences, batch_size)
+    resolved, source = resolve_text_model(model_name)
+    log.info("encoding %d texts with %s on %s in %d process(es)", len(present), resolved, dev, processes)
+    if processes == 1:
+        model, _, _ = load_text_model(model_name, dev)
+        rows = encode_batches(model, sentences, batches, dev)
+    else:
+        from sea.distributed import launch, load_shards, shard_dir
 
-        model = SentenceTransformer(resolved, device=dev, local_files_only=local)
-    log.info("encoding %d texts with %s on %s", len(present), resolved, dev)
-    encoded = model.encode(
-        [texts[i] for i in present],
-        batch_size=batch_size,
-        show_progress_bar=True,
-        convert_to_numpy=True,
-    )
+        with shard_dir() as workdir:
+            launch(processes, _text_rank, (model_name, sentences, batches), workdir=workdir,
+                   device=dev, threads=threads)
+            rows = np.concatenate([r for r in load_shards(workdir, "rows", processes) if r.size])
+    encoded = np.empty_like(rows)
+    encoded[order] = rows
     features = fill_missing_with_mean(encoded, present, len(texts))
     info = {
         "model": model_name,
@@ -114,4 +178,6 @@ def encode_texts(
         "n_with_text": len(present),
         "n_missing": len(texts) - len(present),
     }
+    if processes > 1:
+        info |= {"processes": processes, "threads_per_process": threads}
     return features, info
