@@ -1,6 +1,8 @@
 """Stage text_features: encode each item's sentence with a sentence-transformers model
 (params features.text); items without text get the mean vector. With ``dataset.source:
-mmrec`` the MMRec folder's text_feat.npy is taken instead. ``processes: N`` shards the
+mmrec`` the MMRec folder's text_feat.npy is taken instead. A dataset whose items have no
+text at all (no metadata) gets an empty [n_items, 0] file: models without features train
+on it, and a model that reads text stops with one line. ``processes: N`` shards the
 encoding over N ranks (sea.distributed), with the same result."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from sea.cli import run_stage
 from sea.config import DatasetConfig, TextFeatureConfig, load_params
 from sea.data.mmrec import precomputed_features
 from sea.distributed import threads_per_rank
+from sea.features import empty_features
 from sea.features.text import encode_texts
 
 
@@ -24,8 +27,11 @@ def main() -> None:
         matrix, info = precomputed_features(ds.raw_dir, "text", len(items))
     else:
         texts = [t if isinstance(t, str) and t.strip() else None for t in items["text"]]
-        matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
-                                    processes=cfg.processes, threads=threads_per_rank(cfg.processes))
+        if any(texts):
+            matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
+                                        processes=cfg.processes, threads=threads_per_rank(cfg.processes))
+        else:  # a dataset without metadata: nothing to encode; a model that reads text refuses it
+            matrix, info = empty_features("text", len(items))
     artifacts.write_features("text", matrix, info)
     print(f"text features {matrix.shape}: {info}")
 

@@ -252,3 +252,29 @@ def test_fetch_images(serve_dir, tmp_path: Path) -> None:
     again, failures = fetch_images(urls[:2], cache, base_dir=base_dir, allow_private_hosts=True)
     assert again == got[:2] and failures == {}
     assert len(serve_dir.hits) == hits_before
+
+
+def test_a_dataset_without_text_gets_an_empty_file_that_text_models_refuse(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    from sea.artifacts import read_features
+    from sea.io import DataError
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "data/processed").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "sample"}, "features": {"text": {}}}))
+    pd.DataFrame({"item": np.arange(3, dtype=np.int32), "asin": ["A", "B", "C"], "text": ["", None, " "],
+                  "image_url": [None] * 3}).to_parquet(tmp_path / "data/processed/items.parquet", index=False)
+    proc = subprocess.run([sys.executable, str(root / "pipeline/text_features.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "no item has any text input" in proc.stderr
+    matrix = np.load(tmp_path / "data/features/text.npy", allow_pickle=False)
+    assert matrix.shape == (3, 0) and matrix.dtype == np.float32
+    with pytest.raises(DataError, match=r"text.npy: no item had a usable text .* leave text out of model.modalities"):
+        read_features(["text"], 3, tmp_path / "data/features")

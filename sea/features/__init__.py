@@ -6,6 +6,8 @@ Heavy imports (torch, sentence-transformers, open_clip) happen inside the functi
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 
@@ -37,3 +39,14 @@ def fill_missing_with_mean(encoded: np.ndarray, present: list[int], n: int) -> n
 
 
 __all__ = ["resolve_device", "fill_missing_with_mean"]
+
+
+def empty_features(modality: str, n_items: int) -> tuple[np.ndarray, dict]:
+    """The feature file of a dataset with no input at all for ``modality`` (no metadata):
+    ``[n_items, 0]``, and an info dict that :func:`sea.artifacts.read_features` refuses
+    with one line, so a model that reads the modality stops and one that does not trains."""
+    counter = "n_with_text" if modality == "text" else "n_decoded"
+    note = (f"no item has any {modality} input (a dataset without metadata?): no {modality} features; "
+            f"models that read {modality} refuse to train on it")
+    print(f"warning: {note}", file=sys.stderr)
+    return np.zeros((n_items, 0), dtype=np.float32), {"dim": 0, "n_items": n_items, counter: 0, "note": note}
