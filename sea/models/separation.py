@@ -121,8 +121,9 @@ class SplitFeatures(Features):
                  compose: bool = True):
         super().__init__(features)
         self.layers, self.generic_dims, self.compose = layers, generic_dims, compose
-        self._materialised: dict[tuple[str, bool], torch.Tensor] = {}
+        self._materialised: dict[str, torch.Tensor] = {}
         self._split_blocks: dict[tuple[str, bool], tuple] = {}
+        self.memo: dict[str, object] = {}  # readers' results computed once per split (club_pairs)
 
     def _part_index(self, part: str) -> int | None:
         if part not in PARTS:
@@ -143,12 +144,12 @@ class SplitFeatures(Features):
 
     def full(self, m: str) -> torch.Tensor:
         """The materialised split ``[n_items, d_m]`` (the plain formulation's one big product,
-        computed once per modality and grad mode: a copy made under ``no_grad`` must not
-        serve a reader that needs gradients)."""
-        key = (m, torch.is_grad_enabled())
-        if key not in self._materialised:
-            self._materialised[key] = self.layers[m](self.features[m])
-        return self._materialised[key]
+        computed once per modality; a copy made under ``no_grad`` is recomputed for a reader
+        that needs gradients, and one with gradients serves ``no_grad`` readers too)."""
+        z = self._materialised.get(m)
+        if z is None or (torch.is_grad_enabled() and not z.requires_grad):
+            z = self._materialised[m] = self.layers[m](self.features[m])
+        return z
 
     def parts(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(generic, unique) parts of the materialised split, for inspection and tests."""
@@ -161,14 +162,11 @@ class SplitFeatures(Features):
         if not self.compose:
             z = self.full(m) if index is None else self.parts(m)[index]
             return F.linear(z if rows is None else z[rows], weight, bias)
-        blocks = self._blocks(m)
-        if index is None:  # A·W = A[:, :g]·W_g + A[:, g:]·W_s
-            a_g, a_s = torch.split(weight, [blocks[0][0].shape[0], blocks[1][0].shape[0]], dim=1)
-            composed = a_g @ blocks[0][0] + a_s @ blocks[1][0]
-            composed_bias = a_g @ blocks[0][1] + a_s @ blocks[1][1]
+        if index is None:
+            w, b = self.layers[m].weight, self.layers[m].bias
         else:
-            w, b = blocks[index]
-            composed, composed_bias = weight @ w, weight @ b
+            w, b = self._blocks(m)[index]
+        composed, composed_bias = weight @ w, weight @ b
         if bias is not None:
             composed_bias = composed_bias + bias
         x = self.features[m]
@@ -236,9 +234,15 @@ class Separation(nn.Module):
         return SplitFeatures({m: features[m] for m in self.modalities}, self.split, self.generic_dims, self.compose)
 
     def club_pairs(self, split: SplitFeatures, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Modality -> (projected generic, projected unique) of ``items``."""
-        return {m: (split.apply(m, self.club_generic[m], "generic", items),
-                    split.apply(m, self.club_unique[m], "unique", items)) for m in self.modalities}
+        """Modality -> (projected generic, projected unique) of ``items``; computed once per
+        split and items (the estimator fit and the CLUB term read the same pairs)."""
+        cached = split.memo.get("club_pairs")
+        if cached is not None and cached[0] is not None and torch.equal(cached[0], items):
+            return cached[1]
+        pairs = {m: (split.apply(m, self.club_generic[m], "generic", items),
+                     split.apply(m, self.club_unique[m], "unique", items)) for m in self.modalities}
+        split.memo["club_pairs"] = (items if torch.is_grad_enabled() else None, pairs)
+        return pairs
 
     def solosim_pair(self, split: SplitFeatures, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(text generic, image generic) of ``items`` through their Solosim heads."""
@@ -260,8 +264,7 @@ class Separation(nn.Module):
             return {}
         if self._estimator_optimizer is None:  # created on first use: after any .to(device)
             self._estimator_optimizer = adam(self.estimators.parameters(), self.club_lr)
-        with torch.no_grad():
-            pairs = self.club_pairs(split, items)
+        pairs = self.club_pairs(split, items)  # with gradients: extra_losses reuses them (the fit detaches)
         if self.pairing == "reference":
             (gt, st), (gv, sv) = pairs["text"], pairs["image"]
             x, y = torch.cat([gt, st]).unsqueeze(0), torch.cat([gv, sv]).unsqueeze(0)
