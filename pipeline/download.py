@@ -1,8 +1,10 @@
 """Stage download: fetch the review and metadata dumps named in params [dataset] into
 data/raw/<dataset>/, verifying each sha256 (or, with ``source: mmrec``, copy the MMRec
 folder's files there). Each dump is capped in size (``max_download_mb``) and in total time
-(``download_timeout``). The folder appears whole or not at all, and nothing outside it is
-ever replaced or deleted."""
+(``download_timeout``), retried ``download_retries`` times; an http(s) download that breaks
+off (or a killed run) is resumed from where it stopped (HTTP Range, validated with the
+server's ETag or Last-Modified). The folder appears whole or not at all, and nothing
+outside it and data/cache/downloads/ is ever replaced or deleted."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from sea.data.mmrec import FEATURE_FILES, inter_file
 from sea.io import MB, DataError, FetchTimeoutError, TooLargeError, atomic_dir, fetch, is_plain_name, sha256_file
 
 RAW = Path("data/raw")
+#: Partial http(s) downloads (``<sha1 of URL>.part`` and ``.json``), resumed by the next
+#: run; outside data/raw so DVC never caches one, removed once their dump is complete.
+PARTIAL = Path("data/cache/downloads")
 SOURCE_FILE = "SOURCE.json"
 
 
@@ -55,7 +60,8 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path) -> dict:
             print(f"warning: no dataset.{kind}_sha256 in params.yaml: {url} is not verified", file=sys.stderr)
         try:
             path = fetch(url, dest / name, sha, max_bytes=int(cfg.max_download_mb * MB),
-                         total_timeout=cfg.download_timeout)
+                         total_timeout=cfg.download_timeout, retries=cfg.download_retries + 1,
+                         partial_dir=PARTIAL)
         except TooLargeError as e:
             raise TooLargeError(f"{e} (dataset.max_download_mb: {cfg.max_download_mb:g})") from None
         except FetchTimeoutError as e:
