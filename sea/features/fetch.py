@@ -381,10 +381,6 @@ class ImageFetcher(Sequence):
         for attempt in range(1, p.retries + 2):
             if self._stop.is_set():
                 return None, None, FetchError(f"{url}: stopped", reason="stopped")
-            skip = self.network.skip_reason(name)
-            if skip is not None:
-                return None, None, FetchError(f"{url}: not tried, {name} or the network is unreachable "
-                                              f"(see features.image.offline_after)", reason=skip)
             pause = host.not_before - time.monotonic()
             if pause > 0:  # the host asked everyone to wait (Retry-After)
                 if waited + pause > p.max_wait:
@@ -393,6 +389,10 @@ class ImageFetcher(Sequence):
                 self._stop.wait(pause)
                 waited += pause
             with host.slots:
+                skip = self.network.skip_reason(name)  # checked once a slot is ours: others may have failed
+                if skip is not None:
+                    return None, None, FetchError(f"{url}: not tried, {name} or the network is unreachable "
+                                                  f"(see features.image.offline_after)", reason=skip)
                 try:
                     path = self._cache.download(url, timeout=p.timeout, max_bytes=p.max_bytes,
                                                 allow_private=p.allow_private_hosts)
