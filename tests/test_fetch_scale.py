@@ -423,3 +423,46 @@ def test_download_stage_resumes_within_the_run(tmp_path, dump_server):
     assert leftovers(tmp_path / "data" / "cache" / "downloads") == []
     assert leftovers(tmp_path / "data" / "raw") == ["big"]
 
+
+
+@pytest.mark.parametrize("section, cls, values, param", [
+    ("features.image", "ImageFeatureConfig", {"per_host": 0}, "per_host"),
+    ("features.image", "ImageFeatureConfig", {"retries": -1}, "retries"),
+    ("features.image", "ImageFeatureConfig", {"backoff": -1}, "backoff"),
+    ("features.image", "ImageFeatureConfig", {"max_wait": -1}, "max_wait"),
+    ("features.image", "ImageFeatureConfig", {"offline_after": 0}, "offline_after"),
+    ("features.image", "ImageFeatureConfig", {"min_coverage": 1.5}, "min_coverage"),
+    ("features.image", "ImageFeatureConfig", {"max_image_mb": 0}, "max_image_mb"),
+    ("dataset", "DatasetConfig", {"reviews_url": "x.json", "download_retries": -1}, "download_retries"),
+])
+def test_new_params_are_checked(section, cls, values, param):
+    import sea.config as config
+
+    base = {"pretrained": "none"} if cls == "ImageFeatureConfig" else {}
+    with pytest.raises(config.ConfigError, match=rf"\[{section}\]: .*{param}"):
+        getattr(config, cls).from_dict(base | values, section)
+
+
+def test_min_coverage_stops_the_stage_in_one_line(tmp_path):
+    """Offline (a closed port) with min_coverage 0.5: the stage fails fast, on one line."""
+    import pandas as pd
+    import yaml
+    from test_hostile_net import stage, write_params
+
+    port = closed_port()
+    urls = [f"http://127.0.0.1:{port}/{i}.png" for i in range(200)]
+    processed = tmp_path / "data" / "processed"
+    processed.mkdir(parents=True)
+    pd.DataFrame({"item": range(200), "asin": [f"A{i}" for i in range(200)], "text": "",
+                  "image_url": urls}).astype({"item": "int32"}).to_parquet(processed / "items.parquet")
+    write_params(tmp_path, name="shop")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["features"]["image"] |= {"pretrained": "none", "device": "cpu", "allow_private_hosts": True,
+                                    "min_coverage": 0.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage(tmp_path, "image_features")
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if "stage failed" in ln]
+    assert "only 0 of 200 item images" in line and "features.image.min_coverage 0.5" in line
+    assert "network looks absent" in line
+    assert not (tmp_path / "data" / "features").exists()
