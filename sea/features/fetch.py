@@ -284,7 +284,7 @@ class ImageFetcher(Sequence):
         root = Path(dataset_root).resolve() if dataset_root is not None else None
         for i, url in enumerate(urls):
             if url:
-                self._settle_local(i, url, base_dir, root, allow_files_outside)
+                self._classify(i, url, base_dir, root, allow_files_outside)
         self._done = bytearray([1]) * self.n
         for positions in self.remote.values():
             for i in positions:
@@ -297,13 +297,14 @@ class ImageFetcher(Sequence):
         self._slots = threading.Semaphore(4 * policy.workers)  # futures in flight, at most
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=len(self.remote), desc="fetch images", unit="img", disable=not progress or not self.remote)
+        self._bar = tqdm(total=len(self.remote), desc="fetch images", unit="img",
+                         disable=not progress or not self.remote)
         self._dispatcher = threading.Thread(target=self._dispatch, name="fetch-dispatch", daemon=True)
         self._dispatcher.start()
 
     # ---- setup
 
-    def _settle_local(self, i: int, url: str, base_dir: Path, root: Path | None, allow_outside: bool) -> None:
+    def _classify(self, i: int, url: str, base_dir: Path, root: Path | None, allow_outside: bool) -> None:
         try:
             full = resolve_url(url, base_dir)
             if full.startswith(("http://", "https://")):
