@@ -3,8 +3,11 @@ its entry in the dataset catalog, sea/data/catalog.yaml; with ``split.given``, a
 split's train/valid/test files instead of the reviews) into data/raw/<dataset>/, verifying
 each: explicit sha256, catalog pin, or trust on first use (data/hashes.json). With
 ``source: mmrec`` it copies the MMRec folder's files there instead. Each dump is capped in
-size (``max_download_mb``) and in total time (``download_timeout``). The folder appears whole or not at all, and nothing outside it is
-ever replaced or deleted."""
+size (``max_download_mb``) and in total time (``download_timeout``), retried
+``download_retries`` times; an http(s) download that breaks off (or a killed run) is
+resumed from where it stopped (HTTP Range, validated with the server's ETag or
+Last-Modified). The folder appears whole or not at all, and nothing outside it and
+data/cache/downloads/ is ever replaced or deleted."""
 
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from sea.io import (MB, ChecksumError, DataError, FetchTimeoutError, TooLargeErr
                     sha256_file)
 
 RAW = Path("data/raw")
+#: Partial http(s) downloads (``<sha1 of URL>.part`` and ``.json``), resumed by the next
+#: run; outside data/raw so DVC never caches one, removed once their dump is complete.
+PARTIAL = Path("data/cache/downloads")
 SOURCE_FILE = "SOURCE.json"
 
 
@@ -66,7 +72,8 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) 
             check = TOFU_VERIFIED if sha else TOFU_RECORDED
         try:
             path = fetch(d.url, dest / d.name, sha, max_bytes=int(cfg.max_download_mb * MB),
-                         total_timeout=cfg.download_timeout)
+                         total_timeout=cfg.download_timeout, retries=cfg.download_retries + 1,
+                         partial_dir=PARTIAL)
         except TooLargeError as e:
             raise TooLargeError(f"{e} (dataset.max_download_mb: {cfg.max_download_mb:g})") from None
         except FetchTimeoutError as e:

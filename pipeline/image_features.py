@@ -1,17 +1,23 @@
-"""Stage image_features: fetch item images (cached, concurrent, capped in size and time)
-and encode them with open_clip (params features.image); missing, refused or undecodable
+"""Stage image_features: fetch item images (cached and resumable, concurrent per host,
+retried, capped in size and time, stopping early when offline; see sea.features.fetch)
+and encode them with open_clip while they arrive (params features.image); missing, refused or undecodable
 images get the mean vector. The image URLs come from the downloaded metadata, so they
 are not trusted: only public http(s) hosts, and local files only inside the folder the
-metadata came from (see sea.features.image.fetch_images; params allow_private_hosts and
+metadata came from (see sea.features.fetch.ImageFetcher; params allow_private_hosts and
 allow_files_outside opt out). With ``pretrained: none`` the encoder is randomly
 initialised and says so. With ``features.image.source: amazon_cnn`` the 4096-d CNN vectors
-distributed with the Amazon 2014 dumps are read from ``cnn_url`` instead (streamed, only the
-dataset's items kept; sea.features.cnn), as in MMRec and SEA's paper. With
-``dataset.source: mmrec`` the MMRec folder's image_feat.npy is taken instead.
-``processes: N`` shards the CLIP encoding over N ranks (sea.distributed)."""
+distributed with the Amazon 2014 dumps are read from ``cnn_url`` (or the catalog's file of
+dataset.name) instead (streamed, only the dataset's items kept; sea.features.cnn), as in
+MMRec and SEA's paper. With ``dataset.source: mmrec`` the MMRec folder's image_feat.npy is
+taken instead. ``processes: N`` shards the CLIP encoding over N ranks (sea.distributed). A
+dataset whose items have no image URL at all (no metadata) gets an empty [n_items, 0] file.
+
+``python pipeline/image_features.py --fetch-only`` fills the image cache
+(``$SEA_IMAGE_CACHE``, default data/cache/images) and encodes nothing."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,9 +29,11 @@ from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_para
 from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features
 from sea.distributed import threads_per_rank
+from sea.features import empty_features
 from sea.features.cnn import obtain_cnn_file, read_cnn_features
-from sea.features.image import encode_images, encode_images_sharded, fetch_images, load_clip
-from sea.io import MB, ChecksumError, FetchTimeoutError, TooLargeError, local_path
+from sea.features.fetch import CACHE_ENV, FetchPolicy, ImageFetcher
+from sea.features.image import encode_images, encode_images_sharded, load_clip
+from sea.io import MB, ChecksumError, FetchError, FetchTimeoutError, TooLargeError, local_path
 
 
 def dataset_root(ds: DatasetConfig) -> Path | None:
@@ -37,24 +45,66 @@ def dataset_root(ds: DatasetConfig) -> Path | None:
     return path.parent.resolve() if path is not None else None
 
 
+def image_cache() -> Path:
+    """The image cache folder: ``$SEA_IMAGE_CACHE``, else data/cache/images (never a DVC
+    output: it only holds verified copies of what the URLs serve, reusable across runs
+    and machines)."""
+    return Path(os.environ.get(CACHE_ENV) or artifacts.IMAGE_CACHE)
+
+
+def fetch_policy(cfg: ImageFeatureConfig) -> FetchPolicy:
+    return FetchPolicy(timeout=cfg.timeout, max_bytes=int(cfg.max_image_mb * MB),
+                       allow_private_hosts=cfg.allow_private_hosts, workers=cfg.workers, per_host=cfg.per_host,
+                       retries=cfg.retries, backoff=cfg.backoff, max_wait=cfg.max_wait,
+                       offline_after=cfg.offline_after)
+
+
+def check_coverage(fetcher: ImageFetcher, cfg: ImageFeatureConfig) -> None:
+    """Stop with one line when fewer items got an image file than ``min_coverage`` asks."""
+    got, wanted = sum(p is not None for p in fetcher.result), fetcher.n_with_url
+    if wanted and got < cfg.min_coverage * wanted:
+        raise FetchError(f"only {got} of {wanted} item images could be fetched ({got / wanted:.1%}), below "
+                         f"features.image.min_coverage {cfg.min_coverage:g}; {fetcher.report()}")
+
+
 def encode(items: pd.DataFrame, cfg: ImageFeatureConfig, root: Path | None):
+    """Fetch in the background while the encoder consumes the images in item order."""
     urls = [u if isinstance(u, str) and u else None for u in items["image_url"]]
-    paths, failures = fetch_images(
-        urls, artifacts.IMAGE_CACHE, base_dir=Path("."), dataset_root=root, timeout=cfg.timeout,
-        max_bytes=int(cfg.max_image_mb * MB), allow_private_hosts=cfg.allow_private_hosts,
-        allow_files_outside=cfg.allow_files_outside, workers=cfg.workers)
-    if cfg.processes == 1:
-        model, preprocess, clip_info = load_clip(cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed)
-        matrix, info = encode_images(paths, model, preprocess, batch_size=cfg.batch_size, device=cfg.device,
-                                     workers=cfg.workers)
-        info = clip_info | info
-    else:
-        matrix, info = encode_images_sharded(
-            paths, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed, batch_size=cfg.batch_size,
-            device=cfg.device, workers=cfg.workers, threads=threads_per_rank(cfg.processes))
-    return matrix, info | {"n_with_url": sum(u is not None for u in urls),
-                                       "n_fetched": sum(p is not None for p in paths),
-                                       "fetch_failures": failures}
+    with ImageFetcher(urls, image_cache(), fetch_policy(cfg), base_dir=Path("."), dataset_root=root,
+                      allow_files_outside=cfg.allow_files_outside) as fetcher:
+        if cfg.min_coverage > 0:
+            fetcher.wait()  # fail before encoding anything
+            check_coverage(fetcher, cfg)
+        if cfg.processes == 1:
+            model, preprocess, clip_info = load_clip(cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed)
+            matrix, info = encode_images(fetcher, model, preprocess, batch_size=cfg.batch_size, device=cfg.device,
+                                         workers=cfg.workers)
+            info = clip_info | info
+        else:  # the ranks split the batches: every file must be known first
+            fetcher.wait()
+            matrix, info = encode_images_sharded(
+                fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed,
+                batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
+                threads=threads_per_rank(cfg.processes))
+    print(fetcher.report())
+    fetcher.warn()
+    return matrix, info | fetcher.summary()
+
+
+def fetch_only() -> None:
+    """``--fetch-only``: fill the image cache for the current item table, encode nothing
+    (e.g. on a networked machine, before moving the cache to an offline one)."""
+    params = load_params()
+    ds = DatasetConfig.from_dict(params["dataset"], "dataset")
+    cfg = ImageFeatureConfig.from_dict(params["features"]["image"], "features.image")
+    items = pd.read_parquet(artifacts.ITEMS)
+    urls = [u if isinstance(u, str) and u else None for u in items["image_url"]]
+    with ImageFetcher(urls, image_cache(), fetch_policy(cfg), dataset_root=dataset_root(ds),
+                      allow_files_outside=cfg.allow_files_outside) as fetcher:
+        fetcher.wait()
+    print(fetcher.report())
+    print(f"-> {image_cache()}")
+    check_coverage(fetcher, cfg)
 
 
 CNN_NOTE = ("image features are the 4096-d CNN vectors distributed with the Amazon 2014 dumps "
@@ -108,6 +158,8 @@ def main() -> None:
         matrix, info = precomputed_features(ds.raw_dir, "image", len(items))
     elif cfg.source == "amazon_cnn":
         matrix, info = read_cnn(items, cfg, cnn_url(ds, cfg))
+    elif not items["image_url"].map(lambda u: isinstance(u, str) and bool(u)).any():
+        matrix, info = empty_features("image", len(items))  # no metadata: a model reading images refuses it
     else:
         matrix, info = encode(items, cfg, dataset_root(ds))
     artifacts.write_features("image", matrix, info)
@@ -115,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "image_features")
+    run_stage(fetch_only if sys.argv[1:] == ["--fetch-only"] else main, "image_features")

@@ -193,6 +193,7 @@ class DatasetConfig(Section):
     mirror: str | None = None
     image_size: str = "large"
     metadata: bool = True  # false: fetch no metadata dump (items get no text or image)
+    download_retries: int = 4  # further attempts per dump after a failed one (each resumes where it stopped)
 
     def validate(self, section: str) -> None:
         from sea.data.catalog import catalog  # the catalog module imports this one
@@ -214,6 +215,7 @@ class DatasetConfig(Section):
 
         _check(self.max_download_mb > 0 and self.download_timeout > 0, section,
                "max_download_mb and download_timeout must be > 0")
+        _check(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
 
     @property
     def raw_dir(self) -> Path:
@@ -299,7 +301,7 @@ class ImageFeatureConfig(Section):
     batch_size: int = 64
     device: str = "auto"
     seed: int = 0
-    timeout: float = 10.0  # seconds per image in total: connect, redirects and body
+    timeout: float = 10.0  # seconds per image attempt in total: connect, redirects and body
     workers: int = 8
     max_image_mb: float = 20.0  # size cap per image file, downloaded or local (MB = 10^6 bytes)
     allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
@@ -312,6 +314,13 @@ class ImageFeatureConfig(Section):
     cnn_sha256: str | None = None
     cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
     cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
+    # fetching at scale (sea/features/fetch.py)
+    per_host: int = 4  # concurrent downloads per host (of `workers` in all)
+    retries: int = 3  # further attempts after a 408/429/5xx answer or a broken-off body
+    backoff: float = 1.0  # first retry wait (s), doubled each retry, unless Retry-After says otherwise
+    max_wait: float = 60.0  # seconds of retry waiting per image at most (backoff and Retry-After)
+    offline_after: int = 3  # connection failures (DNS, refused, no route) before a host/the network is given up
+    min_coverage: float = 0.0  # share of the items with an image URL that must get a file, else the stage fails
 
     def validate(self, section: str) -> None:
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")
@@ -320,6 +329,12 @@ class ImageFeatureConfig(Section):
         _check(self.max_image_mb > 0, section, "max_image_mb must be > 0")
         _check(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
         check_processes(self.processes, self.device, section)
+        _check(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
+        _check(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
+        _check(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
+               "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds")
+        _check(self.offline_after >= 1, section, "offline_after must be >= 1")
+        _check(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
         check_device(self.device, section)
         _choice(self.source, IMAGE_SOURCES, section, "source")
         _check(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")

@@ -15,6 +15,7 @@ only talks to public internet addresses, checked again on every redirect hop.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import http.client
 import ipaddress
@@ -53,11 +54,15 @@ class FetchError(RuntimeError):
     """
 
     reason = "unreachable"
+    #: True when no connection to the host could be made at all (DNS failure, connection
+    #: refused, no route): the signal that a host, or the whole network, is absent.
+    no_connection = False
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, *, no_connection: bool = False) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        self.no_connection = no_connection
 
 
 class ChecksumError(FetchError):
@@ -67,9 +72,24 @@ class ChecksumError(FetchError):
 
 
 class HTTPStatusError(FetchError):
-    """The server answered with an error status (4xx, 5xx) or a redirect without target."""
+    """The server answered with an error status (4xx, 5xx) or a redirect without target.
+
+    ``status`` is the HTTP status (None for a redirect without target) and ``retry_after``
+    the seconds its ``Retry-After`` header asks to wait (None when absent or invalid).
+    """
 
     reason = "http_error"
+
+    def __init__(self, message: str, reason: str | None = None, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, reason)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Rate limiting (429), a timeout on the server's side (408) or a server error (5xx)."""
+        return self.status is not None and (self.status in (408, 429) or 500 <= self.status <= 599)
 
 
 class IncompleteError(FetchError):
@@ -95,6 +115,43 @@ class RefusedError(FetchError):
     an unsupported scheme. Never retried."""
 
     reason = "refused"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds (``"120"``) or an
+    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, counted from ``now``, a Unix time);
+    None when absent or invalid. Never negative."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 10**9))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, base: float, key: str) -> float:
+    """Wait before retry number ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)``, plus up
+    to 50 % jitter drawn from the sha1 of ``key`` and ``attempt``, so that different URLs
+    spread out while every run waits the same (no random state)."""
+    digest = hashlib.sha1(f"{key}\0{attempt}".encode("utf-8", "surrogatepass")).digest()
+    jitter = int.from_bytes(digest[:4], "big") / 2**32 / 2
+    return base * 2 ** min(attempt - 1, 30) * (1 + jitter)
+
+
+def retry_wait(error: FetchError, attempt: int, base: float, key: str) -> float:
+    """The wait before retrying after ``error``: the server's ``Retry-After`` when it gave
+    one, else :func:`backoff_delay`."""
+    after = getattr(error, "retry_after", None)
+    return after if after is not None else backoff_delay(attempt, base, key)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -270,17 +327,22 @@ def resolve_url(url: str, base_dir: str | os.PathLike = ".") -> str:
     return url if path is None else path.resolve().as_uri()
 
 
-def open_url(url: str, timeout: float = 60.0):
+def open_url(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None):
     """Open ``url`` (http(s):// or file://) for reading bytes; raise FetchError if unreachable.
 
     Redirects are followed by urllib (to http(s) and ftp only, never to file://); use it
     for user-given URLs. URLs found in downloaded data go through :func:`open_public_http`.
+    ``headers`` are added to the request (e.g. ``Range``); proxies come from the usual
+    ``http_proxy``/``https_proxy``/``no_proxy`` variables.
     """
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT} | (headers or {}))
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        raise HTTPStatusError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from e
+        after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
+        e.close()
+        raise HTTPStatusError(f"cannot fetch {url}: HTTP {e.code} {e.reason}", status=e.code,
+                              retry_after=after) from e
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(f"cannot fetch {url}: {reason}") from e
@@ -364,8 +426,9 @@ def content_length(resp) -> int | None:
 
 
 def copy_body(resp, out: BinaryIO, url: str, *, max_bytes: int | None, deadline: Deadline,
-              on_chunk=None) -> tuple[int, str]:
-    """Copy a response body into ``out``; return its size and sha256 hex digest.
+              on_chunk=None, hasher=None) -> tuple[int, str]:
+    """Copy a response body into ``out``; return its size and sha256 hex digest (of
+    ``hasher``, when given: a sha256 already fed with the bytes before this body).
 
     Reads at most one socket read at a time (``read1``), so the size cap and the deadline
     are checked after every piece that arrives. Raises :class:`TooLargeError` past
@@ -377,7 +440,7 @@ def copy_body(resp, out: BinaryIO, url: str, *, max_bytes: int | None, deadline:
     if max_bytes is not None and expected is not None and expected > max_bytes:
         raise TooLargeError(f"{url} is {expected:,} bytes, over the cap of {max_bytes:,}")
     read = getattr(resp, "read1", resp.read)
-    h = hashlib.sha256()
+    h = hasher if hasher is not None else hashlib.sha256()
     n = 0
     while True:
         deadline.check(url)
@@ -414,47 +477,151 @@ def fetch(
     base_dir: str | os.PathLike = ".",
     timeout: float = 60.0,
     retries: int = 3,
+    backoff: float = 1.0,
     progress: bool = True,
     max_bytes: int | None = None,
     total_timeout: float | None = None,
+    partial_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically and verify its sha256 (when given).
 
     ``url`` may be http(s)://, file:// or a path relative to ``base_dir`` (a user-given
     URL: any host and path are allowed). ``timeout`` bounds each socket operation,
     ``total_timeout`` the whole file (all attempts together) and ``max_bytes`` its size.
-    Network errors are retried ``retries`` times with a short back-off; a checksum
-    mismatch, an oversized body or the total timeout are not. ``dest`` is only created
-    when the whole file arrived and matched.
-    """
-    from tqdm.auto import tqdm
+    Network errors, broken-off bodies, 408/429 and 5xx answers are tried ``retries`` times
+    in all, waiting ``backoff * 2**k`` seconds (plus deterministic jitter), or what the
+    server's ``Retry-After`` asks, within the total timeout; a checksum mismatch, an
+    oversized body, another 4xx status or the total timeout are not retried. ``dest`` is
+    only created when the whole file arrived and matched.
 
+    With ``partial_dir``, an http(s) download is resumable: its bytes go to
+    ``partial_dir/<sha1 of url>.part`` (with a ``.json`` beside it holding the server's
+    ETag or Last-Modified), which survives a failed attempt, a timeout or a killed run;
+    the next attempt asks only for the rest (``Range`` with ``If-Range``). A server that
+    ignores the range (200), has changed the file (200 through If-Range) or cannot serve it
+    (416) starts the file afresh. A resumed file whose sha256 does not match is fetched
+    once more from its first byte. The partial files are removed once ``dest`` is in place
+    or the download is refused (checksum, size).
+    """
     dest = Path(dest)
     full = resolve_url(url, base_dir)
+    resumable = partial_dir is not None and full.startswith(("http://", "https://"))
+    part = Path(partial_dir) / f"{hashlib.sha1(full.encode()).hexdigest()}.part" if resumable else None
     with Deadline(total_timeout if total_timeout is not None else float("inf")) as deadline:
         for attempt in range(1, retries + 1):
             try:
                 deadline.check(url)
-                with atomic_path(dest) as tmp:
-                    with open_url(full, min(timeout, deadline.remaining())) as resp, open(tmp, "wb") as out:
-                        total = content_length(resp)
-                        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                                  disable=not progress, leave=False) as bar:
-                            _, digest = copy_body(resp, out, url, max_bytes=max_bytes, deadline=deadline,
-                                                  on_chunk=bar.update)
-                    if sha256 and digest != sha256.lower():
-                        raise ChecksumError(
-                            f"sha256 mismatch for {url} (saving to {dest}): expected {sha256}, got {digest}"
-                        )
-                return dest
-            except (ChecksumError, TooLargeError, FetchTimeoutError, RefusedError):
+                if part is None:
+                    with atomic_path(dest) as tmp:
+                        _download(full, url, tmp, None, sha256, timeout, deadline, max_bytes, progress, dest.name)
+                    return dest
+                if _download(full, url, None, part, sha256, timeout, deadline, max_bytes, progress, dest.name):
+                    with atomic_path(dest) as tmp:
+                        shutil.move(part, tmp)
+                    _drop_partial(part)
+                    return dest
+                error: FetchError = ChecksumError(f"{url}: the resumed file did not match its sha256; starting afresh")
+            except (ChecksumError, TooLargeError):
+                if part is not None:
+                    _drop_partial(part)
                 raise
-            except FetchError:
-                if attempt < retries and full.startswith("http"):
-                    time.sleep(min(2 ** (attempt - 1), 8, max(0.0, deadline.at - time.monotonic())))
-                    continue
+            except (FetchTimeoutError, RefusedError):
                 raise
+            except HTTPStatusError as e:
+                if not e.retryable:
+                    raise
+                error = e
+            except FetchError as e:
+                error = e
+            if attempt == retries or not full.startswith("http"):
+                raise error
+            time.sleep(min(retry_wait(error, attempt, backoff, full), max(0.0, deadline.at - time.monotonic())))
     raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _drop_partial(part: Path) -> None:
+    for p in (part, part.with_suffix(".json")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _partial_state(part: Path, url: str) -> tuple[int, str | None]:
+    """Bytes already in ``part`` and the validator to resume them with; (0, None) and the
+    partial files removed when they do not belong to ``url`` or cannot be resumed."""
+    try:
+        meta = json.loads(part.with_suffix(".json").read_text())
+        size = part.stat().st_size
+    except (OSError, ValueError):
+        _drop_partial(part)
+        return 0, None
+    validator = meta.get("validator") if isinstance(meta, dict) and meta.get("url") == url else None
+    if not isinstance(validator, str) or not validator or size == 0:
+        _drop_partial(part)
+        return 0, None
+    return size, validator
+
+
+def _validator(resp) -> str | None:
+    """A strong ETag, else Last-Modified: what If-Range may carry (RFC 9110 §13.1.5)."""
+    etag = (resp.headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return (resp.headers.get("Last-Modified") or "").strip() or None
+
+
+def _download(full: str, url: str, tmp: Path | None, part: Path | None, sha256: str | None, timeout: float,
+              deadline: Deadline, max_bytes: int | None, progress: bool, name: str) -> bool:
+    """One attempt: write the whole body to ``tmp``, or the rest of it to ``part``.
+    Returns False when a resumed file does not match ``sha256`` (its partial files are
+    dropped), True when the file is complete and matches."""
+    from tqdm.auto import tqdm
+
+    offset, validator = _partial_state(part, full) if part is not None else (0, None)
+    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if offset else {}
+    try:
+        resp = open_url(full, min(timeout, deadline.remaining()), headers)
+    except HTTPStatusError as e:
+        if e.status == 416 and part is not None:  # the partial file no longer fits the file served
+            _drop_partial(part)
+            raise IncompleteError(f"{url}: the server cannot continue the partial download; starting afresh") from e
+        raise
+    with resp:
+        h = hashlib.sha256()
+        status = getattr(resp, "status", 200)
+        if offset and status == 206:
+            m = _CONTENT_RANGE.fullmatch((resp.headers.get("Content-Range") or "").strip())
+            if m is None or int(m[1]) != offset:
+                _drop_partial(part)
+                raise IncompleteError(f"{url}: the server answered the range request with "
+                                      f"{resp.headers.get('Content-Range')!r}; starting afresh")
+            if max_bytes is not None and m[3] != "*" and int(m[3]) > max_bytes:
+                raise TooLargeError(f"{url} is {int(m[3]):,} bytes, over the cap of {max_bytes:,}")
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
+        else:  # no range asked, or the server ignored it / the file changed: from the first byte
+            offset = 0
+        if part is not None:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            new = _validator(resp)
+            if new is None:
+                _drop_partial(part)  # nothing to resume with: an interrupted body starts afresh
+            part.with_suffix(".json").write_text(json.dumps({"url": full, "validator": new}))
+        with open(tmp if part is None else part, "ab" if offset else "wb") as out, \
+                tqdm(total=None if content_length(resp) is None else offset + content_length(resp),
+                     initial=offset, unit="B", unit_scale=True, desc=f"download {name}",
+                     disable=not progress, leave=False) as bar:
+            _, digest = copy_body(resp, out, url, max_bytes=None if max_bytes is None else max_bytes - offset,
+                                  deadline=deadline, on_chunk=bar.update, hasher=h)
+    if sha256 and digest != sha256.lower():
+        if offset:
+            _drop_partial(part)
+            return False
+        raise ChecksumError(f"sha256 mismatch for {url} (saving to {name}): expected {sha256}, got {digest}")
+    return True
 
 
 # --------------------------------------------------------------------------- URLs from data
@@ -493,7 +660,8 @@ def _addresses(url: str, host: str, port: int, allow_address: Callable[[str], bo
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as e:
-        raise FetchError(f"cannot fetch {url}: cannot resolve {host}: {e}") from e
+        raise FetchError(f"cannot fetch {url}: cannot resolve {host}: {e}", reason="unresolvable",
+                         no_connection=True) from e
     for info in infos:
         if not allow_address(info[4][0]):
             raise RefusedError(f"refusing {url}: {host} has the non-public address {info[4][0]}",
@@ -519,7 +687,7 @@ def _connect(url: str, parts: urllib.parse.SplitResult, infos: list[tuple],
             last = e
             deadline.check(url)
     else:
-        raise FetchError(f"cannot fetch {url}: cannot connect to {host}: {last}")
+        raise FetchError(f"cannot fetch {url}: cannot connect to {host}: {last}", no_connection=True)
     if parts.scheme == "https":
         if _ssl_context is None:
             _ssl_context = ssl.create_default_context()
@@ -587,7 +755,9 @@ def open_public_http(url: str, deadline: Deadline, *,
                     raise RefusedError(f"refusing {url}: redirect to {location!r}: {e}", reason="bad_url") from e
                 continue
             if resp.status != 200:
-                raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} {resp.reason}")
+                raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} {resp.reason}",
+                                      "rate_limited" if resp.status == 429 else None, status=resp.status,
+                                      retry_after=parse_retry_after(resp.getheader("Retry-After")))
             yield resp
             return
         finally:

@@ -278,3 +278,24 @@ def test_a_dataset_without_text_gets_an_empty_file_that_text_models_refuse(tmp_p
     assert matrix.shape == (3, 0) and matrix.dtype == np.float32
     with pytest.raises(DataError, match=r"text.npy: no item had a usable text .* leave text out of model.modalities"):
         read_features(["text"], 3, tmp_path / "data/features")
+
+
+def test_encoding_while_fetching_gives_the_same_bytes(clip_seed0, serve_dir, tmp_path: Path) -> None:
+    """encode_images reading an ImageFetcher that is still fetching (in item order) gives
+    the same matrix, byte for byte, as encoding the finished list of files."""
+    from sea.features.fetch import FetchPolicy, ImageFetcher
+
+    model, preprocess, _ = clip_seed0
+    site = tmp_path / "site"
+    colours = ["red", "blue", "green", "yellow", "purple", "orange"]
+    for i in range(30):
+        draw_png(site / f"{i}.png", colours[i % 6], "ellipse" if i % 2 else "rectangle")
+    url = serve_dir(site)
+    urls = [f"{url}/{i}.png" if i % 7 else None for i in range(30)]
+    policy = FetchPolicy(allow_private_hosts=True, workers=3, per_host=2)
+    with ImageFetcher(urls, tmp_path / "live", policy, progress=False) as live:
+        streamed, info = encode_images(live, model, preprocess, batch_size=4, device="cpu")
+    listed, failures = fetch_images(urls, tmp_path / "done", allow_private_hosts=True, progress=False)
+    expected, expected_info = encode_images(listed, model, preprocess, batch_size=4, device="cpu")
+    assert failures == {} and info == expected_info and info["n_missing"] == 5
+    assert streamed.tobytes() == expected.tobytes()
