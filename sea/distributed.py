@@ -67,8 +67,8 @@ def launch(script: str, nprocs: int, args: Iterable[str] = (), prefix: str = "to
     """Run ``torchrun --standalone --nproc_per_node nprocs script args`` in this process
     and return the exit status: 0, or the first failed rank's. A failed rank has printed
     its own error; this adds one line, ``<prefix>: rank …``, saying which rank failed (no
-    traceback). Once one
-    rank fails, torchrun stops the others, so nothing waits for a dead rank."""
+    traceback). Once one rank fails, torchrun stops the others, so nothing waits for a
+    dead rank; a rank that hangs in a collective gives up after :data:`TIMEOUT`."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
