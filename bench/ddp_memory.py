@@ -7,6 +7,7 @@ fitting on a GPU.
 
     python bench/ddp_memory.py                          # sample and baby presets, lightgcn sea freedom
     python bench/ddp_memory.py --preset baby --models sea
+    python bench/ddp_memory.py --preset baby --scaling  # + bytes per extra user, item, interaction
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def main() -> None:
     p.add_argument("--preset", choices=PRESETS, nargs="+", default=list(PRESETS))
     p.add_argument("--models", nargs="+", default=["lightgcn", "sea", "freedom"])
     p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--scaling", action="store_true",
+                   help="also measure with twice the users, the items, the interactions (one at a time) "
+                        "and print the bytes each extra one costs")
     args = p.parse_args()
     for preset in args.preset:
         n_users, n_items, n_train, d_img, d_txt = PRESETS[preset]
@@ -87,6 +91,22 @@ def main() -> None:
             total = sum(parts.values())
             detail = ", ".join(f"{k} {v * 1024:.1f}" for k, v in parts.items())
             print(f"  {name:9s} {total * 1024:8.1f} MiB per rank  ({detail} MiB)")
+            if args.scaling:
+                print("            bytes per extra " + ", ".join(
+                    f"{what} {per:,.0f}" for what, per in marginal_bytes(name, preset, args.batch_size, total).items()))
+
+
+def marginal_bytes(model_name: str, preset: str, batch_size: int, total: float) -> dict[str, float]:
+    """Bytes per rank that one more user, item or training interaction costs: the
+    difference to a graph with twice as many of them (the others unchanged)."""
+    n_users, n_items, n_train, d_img, d_txt = PRESETS[preset]
+    out = {}
+    for what, sizes, n in (("user", (2 * n_users, n_items, n_train), n_users),
+                           ("item", (n_users, 2 * n_items, n_train), n_items),
+                           ("interaction", (n_users, n_items, 2 * n_train), n_train)):
+        PRESETS[f"{preset}-x2-{what}"] = (*sizes, d_img, d_txt)
+        out[what] = (sum(measure(model_name, f"{preset}-x2-{what}", batch_size).values()) - total) * GIB / n
+    return out
 
 
 if __name__ == "__main__":
