@@ -303,7 +303,7 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     tc, select, device = setup.train, setup.eval.select, data.device
     world = distributed.world()
     if world.size > 1:
-        distributed.broadcast_(model.state_dict().values())
+        distributed.broadcast_(p.data for p in model.parameters())  # as DDP does
     opt = torch.optim.Adam(model.main_parameters(), lr=tc.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
