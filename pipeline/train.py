@@ -1,7 +1,11 @@
 """Stage train: fit the model ``model.name`` names (params model, its own section, loss,
 club, train, eval.select, eval.topk) with early stopping on validation, once per seed of
 ``train.seeds`` (or ``train.seed``); save each seed's best-validation weights, its top-K
-recommendations and the per-epoch history. Timings go to the console and logs/ only."""
+recommendations and the per-epoch history. Timings go to the console and logs/ only.
+
+With ``train.processes: N > 1`` the script relaunches itself as N ranks under torchrun
+(``torchrun --standalone --nproc_per_node N``) unless torchrun already started it (several
+machines: run torchrun yourself on each); rank 0 writes every output (sea/distributed.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sea import artifacts
+from sea import artifacts, distributed
 from sea.checkpoint import Checkpoint, Run, save_checkpoint
 from sea.cli import run_stage
 from sea.config import TrainingSetup, load_params
@@ -31,19 +35,30 @@ def write_history(history: list[dict]) -> None:
 
 def main() -> None:
     setup = TrainingSetup.from_params(load_params())
+    if setup.train.processes > 1 and not distributed.launched():
+        raise SystemExit(distributed.torchrun(__file__, setup.train.processes, prefix="train stage failed"))
+    with distributed.process_group(setup.train.processes,
+                                   torch.device(resolve_device(setup.train.device))) as (world, device):
+        train(setup, world, device)
+
+
+def train(setup: TrainingSetup, world: distributed.World, device: torch.device) -> None:
+    """Train every seed on ``device`` as rank ``world.rank``; rank 0 writes the outputs."""
     name, select = setup.model.name, setup.eval.select
-    device = torch.device(resolve_device(setup.train.device))
     data = load_graph_data(setup, device)
+    say = print if world.is_main else (lambda *_: None)
     all_users = np.arange(data.n_users)
     runs, history, recommendations, seeds, timings = [], [], [], {}, {}
     for seed in setup.train.run_seeds:
         seed_everything(seed, deterministic=device.type == "cpu")
         model = build_model(data, setup)
         n_params, n_all = count_parameters(model.main_parameters()), count_parameters(model.parameters())
-        print(f"{name} seed {seed} on {device}: {data.n_users} users, {data.n_items} items, "
-              f"{len(data.train_users)} training interactions, {n_params:,} parameters"
-              + (f" (+ {n_all - n_params:,} fitted separately)" if n_all > n_params else ""))
-        result = fit(model, data, setup, seed)  # leaves the best state loaded
+        say(f"{name} seed {seed} on {device}: {data.n_users} users, {data.n_items} items, "
+            f"{len(data.train_users)} training interactions, {n_params:,} parameters"
+            + (f" (+ {n_all - n_params:,} fitted separately)" if n_all > n_params else ""))
+        result = fit(model, data, setup, seed, log=say)  # leaves the best state loaded (on rank 0)
+        if not world.is_main:
+            continue
         runs.append(Run(seed, result.best_epoch, result.best_state))
         history += [{"seed": seed, "epoch": row["epoch"], "best_epoch": result.best_epoch} | row
                     for row in result.history]
@@ -55,10 +70,12 @@ def main() -> None:
         timings[str(seed)] = {"seconds": round(result.seconds, 2),
                               "seconds_per_epoch": round(result.seconds / n_epochs, 3),
                               "evaluation_seconds": round(result.eval_seconds, 2)}
-        print(f"seed {seed}: best valid {select} {result.best_valid.get(select, float('nan')):.4f} at epoch "
-              f"{result.best_epoch} of {len(result.history)} ({result.seconds:.1f} s, "
-              f"{result.seconds / n_epochs:.2f} s/epoch, of which validation {result.eval_seconds:.1f} s)")
+        say(f"seed {seed}: best valid {select} {result.best_valid.get(select, float('nan')):.4f} at epoch "
+            f"{result.best_epoch} of {len(result.history)} ({result.seconds:.1f} s, "
+            f"{result.seconds / n_epochs:.2f} s/epoch, of which validation {result.eval_seconds:.1f} s)")
 
+    if not world.is_main:
+        return
     save_checkpoint(artifacts.MODEL, Checkpoint(
         params=setup.to_dict(), n_users=data.n_users, n_items=data.n_items,
         feature_dims={m: int(x.shape[1]) for m, x in data.features.items()}, runs=runs))
@@ -68,7 +85,8 @@ def main() -> None:
         ["seed", "user", "reviewer_id", "rank", "item", "asin", "score"]], artifacts.RECOMMENDATIONS)
     write_json(artifacts.TRAIN_SUMMARY, {"model": name, "device": device.type, "parameters": n_params,
                                          "parameters_fitted_separately": n_all - n_params, "seeds": seeds})
-    write_json(artifacts.TRAIN_TIMINGS, {"model": name, "device": str(device), "seeds": timings})
+    write_json(artifacts.TRAIN_TIMINGS, {"model": name, "device": str(device), "processes": world.size,
+                                         "seeds": timings})
 
 
 if __name__ == "__main__":

@@ -441,6 +441,9 @@ class TrainConfig(Section):
     sampler: str = "uniform"  # uniform | cross_batch (CBNS: needs loss.kind softmax)
     cbns_memory_batches: int = 4  # M: the memory holds the item vectors of the last M batches
     cbns_warmup_steps: int = 100  # W: the memory's entries serve as negatives from step W on
+    # Distributed training (sea/distributed.py): N > 1 runs the stage as N torchrun ranks,
+    # each on 1/N of every batch (batch_size stays the global batch).
+    processes: int = 1
 
     @property
     def run_seeds(self) -> list[int]:
@@ -458,6 +461,21 @@ class TrainConfig(Section):
         _choice(self.sampler, SAMPLERS, section, "sampler")
         _check(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
                "cbns_memory_batches and cbns_warmup_steps must be >= 0")
+        _check(self.processes >= 1, section, "processes must be >= 1")
+        _check(self.batch_size % self.processes == 0, section,
+               f"batch_size {self.batch_size} is the global batch: it must be a multiple of processes "
+               f"({self.processes}), each process taking batch_size / processes rows")
+        _check(self.processes == 1 or ":" not in self.device, section,
+               f"device {self.device!r} names one GPU; with processes > 1 use auto, cuda or cpu "
+               f"(each process takes the GPU of its local rank)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section's values; ``processes`` only when it is not 1, so that a single-process
+        run's checkpoint (which stores these params) keeps the bytes it had before the param."""
+        values = super().to_dict()
+        if self.processes == 1:
+            del values["processes"]
+        return values
 
 
 @dataclass

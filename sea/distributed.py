@@ -1,46 +1,215 @@
-"""Local multi-process work under ``torch.distributed``: launch N ranks, shard, merge.
+"""Several processes under ``torch.distributed``: DDP-style training launched by torchrun,
+and sharded work (feature extraction) spawned from inside a stage.
 
-:func:`launch` starts ``n`` worker processes on this machine (``torch.multiprocessing``
-with the ``spawn`` start method), joins them into one process group (a c10d ``TCPStore``
-on 127.0.0.1 that the parent opens on a free port, so there is no port race; ``gloo`` by
-default, which runs on CPU and alongside CUDA) and calls ``fn(ctx, *args)`` in each, with a
-:class:`RankContext` saying the rank, the world size, the device of that rank (``cuda:r``
-for rank ``r`` when the work runs on CUDA, else ``cpu``) and a scratch folder for its
-output. Ranks write their results as files there (:meth:`RankContext.save` /
-:func:`load_shards`); the caller merges them once every rank has finished.
+**Training** (read top to bottom in the first half): :func:`launched` and :func:`world` say
+whether this process is one rank of a torchrun launch and which; :func:`torchrun` starts
+``torchrun --standalone --nproc_per_node N <script>`` from inside a stage (in process,
+through ``torch.distributed.run``) and turns a failed rank into one line;
+:func:`process_group` joins the launch's process group (NCCL on CUDA, one GPU per local
+rank; gloo on the CPU) for the duration of a ``with`` block; the collectives the trainer
+needs follow. Nothing here knows about models: the trainer (:mod:`sea.train`) decides what
+is reduced.
 
-A rank that fails never leaves the others waiting: the first failure terminates the other
-ranks, and :func:`launch` raises one exception with a one-line message naming the rank.
-A rank's :class:`~sea.io.DataError`, :class:`~sea.io.FetchError` or
-:class:`~sea.config.ConfigError` is raised again in the parent as the same class (so a
-stage reports it as bad input); any other failure prints the rank's traceback on stderr
-and raises :class:`RankFailed`.
-
-:func:`shard_bounds` cuts ``n`` units of work into contiguous, balanced shards. Heavy
-imports (torch) happen inside the functions, so importing this module is cheap.
+**Sharded work** (second half): :func:`launch` starts ``n`` worker processes on this machine
+(``torch.multiprocessing`` with the ``spawn`` start method), joins them into one process
+group (a c10d ``TCPStore`` on 127.0.0.1 that the parent opens on a free port, so there is no
+port race; ``gloo``, which runs on CPU and alongside CUDA) and calls ``fn(ctx, *args)`` in
+each, with a :class:`RankContext` saying the rank, the world size, the device of that rank
+(``cuda:r`` for rank ``r`` when the work runs on CUDA, else ``cpu``) and a scratch folder
+for its output. Ranks write their results as files there (:meth:`RankContext.save` /
+:func:`load_shards`); the caller merges them once every rank has finished. A rank that
+fails never leaves the others waiting: the first failure terminates the other ranks, and
+:func:`launch` raises one exception with a one-line message naming the rank. A rank's
+:class:`~sea.io.DataError`, :class:`~sea.io.FetchError` or :class:`~sea.config.ConfigError`
+is raised again in the parent as the same class (so a stage reports it as bad input); any
+other failure prints the rank's traceback on stderr and raises :class:`RankFailed`.
+:func:`shard_bounds` cuts ``n`` units of work into contiguous, balanced shards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["RankContext", "RankFailed", "launch", "load_shard_json", "load_shards", "rank_device", "shard_bounds",
-           "shard_dir", "threads_per_rank"]
+from sea.config import ConfigError
 
-#: How long ranks wait for each other in the process group before giving up.
-GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+if TYPE_CHECKING:
+    import torch
+
+#: How long a collective may wait for the other ranks before the process group gives up
+#: (and the rank fails, which makes torchrun stop the others): rank 0 evaluates alone
+#: while the others wait, so this bounds one evaluation too.
+TIMEOUT = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the launch: ``rank`` of ``size`` processes overall,
+    ``local_rank`` on its machine (its GPU index)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that evaluates and writes the outputs."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous rows of a global batch of ``n`` rows: ``size`` near-equal
+        slices in rank order (equal when ``size`` divides ``n``; some empty when n < size)."""
+        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (which sets these variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def world() -> World:
+    """This process's :class:`World`: from the initialised process group, else one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def torchrun(script: str, nprocs: int, args: Iterable[str] = (), prefix: str = "torchrun") -> int:
+    """Run ``torchrun --standalone --nproc_per_node nprocs script args`` in this process
+    and return the exit status: 0, or the first failed rank's. A failed rank has printed
+    its own error; this adds one line, ``<prefix>: rank …``, saying which rank failed (no
+    traceback). Once one rank fails, torchrun stops the others, so nothing waits for a
+    dead rank; a rank that hangs in a collective gives up after :data:`TIMEOUT`."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun's own log lines (restarts, "sending SIGTERM", the failure table) would bury
+    # the failed rank's one-line message; keep only its critical ones.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--standalone", "--nproc_per_node", str(nprocs), "--max-restarts", "0", script, *args]))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 1
+        signal = f" (signal {failure.signal_name()})" if failure.exitcode < 0 else ""
+        print(f"{prefix}: rank {rank} of {nprocs} failed with exit status {failure.exitcode}{signal} "
+              f"(its message is above); the other ranks were stopped", file=sys.stderr)
+        return code
+    return 0
+
+
+@contextmanager
+def process_group(processes: int, device: torch.device) -> Iterator[tuple[World, torch.device]]:
+    """Join torchrun's process group for the block, as one of ``processes`` ranks; yield
+    (:class:`World`, this rank's device). On CUDA each rank takes ``cuda:<local_rank>``
+    and the backend is NCCL, else gloo on the CPU. Outside a torchrun launch (one process)
+    it yields ``(World(), device)`` and does nothing.
+
+    Raises ConfigError when torchrun started another number of processes than
+    ``train.processes`` asks for, or a machine has fewer GPUs than ranks.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not launched():
+        yield World(), device
+        return
+    size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if size != processes:
+        raise ConfigError(f"params.yaml [train]: processes is {processes} but torchrun started {size} "
+                          f"processes (nnodes × nproc_per_node); make them equal")
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"params.yaml [train]: local rank {local_rank} needs a GPU, and this machine "
+                              f"has {torch.cuda.device_count()}: start at most that many processes per machine")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+    try:
+        yield world(), device
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ collectives
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks, in place (every rank gets the same bits)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each parameter's ``.grad`` by its mean over the ranks, in one collective.
+
+    A parameter no rank gave a gradient keeps ``grad = None`` (so Adam skips it, as in a
+    single process); one that some ranks did not reach counts as zero on those ranks.
+    """
+    import torch
+    import torch.distributed as dist
+
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = all_reduce_sum_(torch.cat([g.reshape(-1) for g in grads] + [has_grad]))
+    size, offset, counts = dist.get_world_size(), 0, flat[-len(params):]
+    for p, count in zip(params, counts.tolist(), strict=True):
+        n = p.numel()
+        if count > 0:
+            p.grad = (flat[offset:offset + n] / size).view_as(p).clone()
+        offset += n
+
+
+def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s values, in place."""
+    import torch
+    import torch.distributed as dist
+
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():  # one collective per dtype
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, src)
+        offset = 0
+        with torch.no_grad():
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def broadcast_flag(flag: bool, device: torch.device, src: int = 0) -> bool:
+    """Rank ``src``'s ``flag`` on every rank (e.g. rank 0's early-stopping decision)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, src)
+    return bool(t.item())
+
+
+# ---------------------------------------------------------------------- sharded work (spawned ranks)
 
 
 class RankFailed(RuntimeError):
@@ -132,8 +301,8 @@ def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, ba
             torch.set_num_threads(threads)
         if ctx.device.startswith("cuda"):
             torch.cuda.set_device(ctx.device)
-        store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False, timeout=GROUP_TIMEOUT)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=GROUP_TIMEOUT)
+        store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False, timeout=TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
         fn(ctx, *args)
         dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
@@ -199,7 +368,7 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
         raise ValueError(f"need at least one rank, got {n}")
     # the parent hosts the rendezvous store on a free port it already holds (no port race)
     store = dist.TCPStore("127.0.0.1", 0, n + 1, is_master=True, wait_for_workers=False,
-                          timeout=GROUP_TIMEOUT)
+                          timeout=TIMEOUT)
     # torch logs "Terminating process ..." for the ranks it stops after a failure; the
     # exception raised here already says which rank failed
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")

@@ -70,6 +70,7 @@ def sampled_softmax_loss(
     log_q: torch.Tensor | None = None,
     extra: torch.Tensor | None = None,
     extra_ids: torch.Tensor | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """In-batch sampled softmax: each row must pick its own positive among the batch's
     positives (and the ``extra`` candidates, e.g. the CBNS memory), by cosine / ``temperature``.
@@ -83,6 +84,9 @@ def sampled_softmax_loss(
     Args:
         user, pos: ``[B, d]``; pos_ids: ``[B]`` item ids of the positives.
         extra, extra_ids: ``[K, d]`` and ``[K]`` further candidates (no gradient is needed).
+        rows: ``user`` holds only these rows of the batch (one rank's share in distributed
+            training); their own columns are ``rows``, every positive stays a candidate.
+            Default: all rows.
     """
     cand, cand_ids = pos, pos_ids
     if extra is not None and len(extra):
@@ -95,10 +99,11 @@ def sampled_softmax_loss(
         logits = torch.addmm(-log_q[cand_ids].unsqueeze(0), user, cand.T)
     else:
         logits = user @ cand.T
-    rows = torch.arange(len(pos_ids), device=pos_ids.device)
-    same = cand_ids.unsqueeze(0) == pos_ids.unsqueeze(1)
-    same[rows, rows] = False
-    return F.cross_entropy(logits.masked_fill_(same, -math.inf), rows)
+    first = 0 if rows is None else rows.start
+    own = torch.arange(first, first + len(user), device=pos_ids.device)  # each row's own column
+    same = cand_ids.unsqueeze(0) == pos_ids[own].unsqueeze(1)
+    same[own - first, own] = False
+    return F.cross_entropy(logits.masked_fill_(same, -math.inf), own)
 
 
 def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:

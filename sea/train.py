@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from sea import artifacts
+from sea import artifacts, distributed
 from sea.config import LossConfig, TrainingSetup
 from sea.losses import candidate_cosines, ccl_loss, ranking_loss, sampled_softmax_loss
 from sea.metrics import evaluate_ranking, per_user_metrics
@@ -157,41 +158,90 @@ class RankingLoss:
         memory = CrossBatchMemory(tc.cbns_memory_batches, tc.cbns_warmup_steps) if tc.sampler == "cross_batch" else None
         return cls(kind, setup.loss, log_q, memory)
 
-    def __call__(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
+    def __call__(self, emb: Embeddings, batch: Batch, rows: slice | None = None) -> torch.Tensor:
+        """The mean loss over the batch's rows, or over ``rows`` only (one rank's share of
+        the global batch: the softmax's candidates and the CBNS memory still take every
+        positive of the batch, as in one process); 0 for no row."""
+        if rows is not None:
+            shard = Batch(*(t[rows] for t in batch))
+            if self.kind == "softmax":
+                pos_all = emb.item[batch.pos]
+                loss = self.softmax(emb.user[shard.users], pos_all, batch.pos, rows) if len(shard.users) else None
+                if self.memory is not None:
+                    self.memory.push(batch.pos, pos_all)
+            else:
+                loss = self(emb, shard) if len(shard.users) else None
+            return emb.user.new_zeros(()) if loss is None else loss
         user, pos = emb.user[batch.users], emb.item[batch.pos]
         if self.kind == "ccl":
             pos_cos = F.cosine_similarity(user, pos, dim=-1)
             neg_cos = candidate_cosines(user, emb.item, batch.neg)
             return ccl_loss(pos_cos, neg_cos, self.cfg.ccl_margin, self.cfg.ccl_negative_weight)
         if self.kind == "softmax":
-            extra = self.memory.negatives() if self.memory is not None else None
-            extra_ids, extra_vectors = extra if extra is not None else (None, None)
-            loss = sampled_softmax_loss(user, pos, batch.pos, self.cfg.softmax_temperature, self.log_q,
-                                        extra_vectors, extra_ids)
+            loss = self.softmax(user, pos, batch.pos)
             if self.memory is not None:
                 self.memory.push(batch.pos, pos)
             return loss
         return ranking_loss(self.kind, user, pos, emb.item[batch.neg])
 
+    def softmax(self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor,
+                rows: slice | None = None) -> torch.Tensor:
+        """The sampled softmax of ``user`` (the batch's rows ``rows``) against the batch's
+        positives ``pos`` and the CBNS memory's negatives."""
+        extra = self.memory.negatives() if self.memory is not None else None
+        extra_ids, extra_vectors = extra if extra is not None else (None, None)
+        return sampled_softmax_loss(user, pos, pos_ids, self.cfg.softmax_temperature, self.log_q,
+                                    extra_vectors, extra_ids, rows)
+
 
 def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, batch: Batch,
-               loss: str | RankingLoss) -> dict[str, torch.Tensor | float]:
+               loss: str | RankingLoss, rows: slice | None = None) -> dict[str, torch.Tensor | float]:
     """One optimiser step on a batch; returns the total loss and every term (unweighted)
     and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync.
     ``loss``: a :class:`RankingLoss`, or a kind name (``auto``: the model's preferred
-    loss) with the default params."""
+    loss) with the default params.
+
+    ``rows``: in distributed training (:mod:`sea.distributed`), this rank's rows of the
+    global ``batch``. The ranking loss, a mean over rows, is taken over them only; the
+    model's own terms and its separately fitted parts (SEA's estimators) see the whole
+    batch on every rank, as in one process, from the same replicated full-graph forward.
+    With the ranking term scaled by ranks × (its share of the rows), the mean of the
+    ranks' gradients is the one-process gradient of the whole batch (whatever the shard
+    sizes). The values returned are then this rank's part of a sum over ranks.
+    """
     if isinstance(loss, str):
         loss = RankingLoss(model.preferred_loss if loss == "auto" else loss)
     model.train()
     emb = model(data)
     logs = model.auxiliary_step(emb, batch)
-    terms = {loss.kind: Term(loss(emb, batch), 1.0)}
+    if rows is not None:  # keep the ranks' separately fitted parts equal (they are on the CPU)
+        distributed.broadcast_(fitted_separately(model))
+    terms = {loss.kind: Term(loss(emb, batch, rows), 1.0)}
     terms |= model.extra_losses(emb, batch)
     total = sum(t.weight * t.value for t in terms.values())
     opt.zero_grad(set_to_none=True)
-    total.backward()
+    if rows is None:
+        total.backward()
+        opt.step()
+        return {"loss": total.detach()} | {k: t.value.detach() for k, t in terms.items()} | logs
+
+    size, share = distributed.world().size, (rows.stop - rows.start) / len(batch.users)
+    ranking = terms[loss.kind].value
+    own = sum((t.weight * t.value for k, t in terms.items() if k != loss.kind), ranking.new_zeros(()))
+    objective = size * share * ranking + own
+    if objective.requires_grad:
+        objective.backward()
+    distributed.average_gradients(model.main_parameters())
     opt.step()
-    return {"loss": total.detach()} | {k: t.value.detach() for k, t in terms.items()} | logs
+    values = {"loss": share * ranking.detach() + own.detach() / size, loss.kind: share * ranking.detach()}
+    return values | {k: t.value.detach() / size for k, t in terms.items() if k != loss.kind} | {
+        k: v / size for k, v in logs.items()}
+
+
+def fitted_separately(model: Recommender) -> list[nn.Parameter]:
+    """The parameters outside :meth:`~Recommender.main_parameters` (SEA's estimators)."""
+    main = {id(p) for p in model.main_parameters()}
+    return [p for p in model.parameters() if id(p) not in main]
 
 
 @torch.no_grad()
@@ -243,8 +293,17 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
 
     ``seed`` drives the batch order, the negatives and the model's per-epoch draws; the
     initialisation follows the global seed set before :func:`build_model`.
+
+    Under torchrun (:mod:`sea.distributed`) every rank draws the same batch order,
+    negatives and per-epoch draws from the same seeded stream (so the global batches are a
+    single process's), takes its :meth:`~sea.distributed.World.shard` of each batch's rows
+    in :func:`train_step`, and starts from rank 0's weights. Rank 0 alone evaluates,
+    keeps the best state and decides when to stop; the others follow its decision.
     """
     tc, select, device = setup.train, setup.eval.select, data.device
+    world = distributed.world()
+    if world.size > 1:
+        distributed.broadcast_(p.data for p in model.parameters())  # as DDP does
     opt = adam(model.main_parameters(), tc.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
@@ -255,24 +314,29 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     best_value, best_epoch, best_valid = -math.inf, 0, {}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad_evals, start, eval_seconds, epoch_seconds = 0, time.perf_counter(), 0.0, []
-    bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch")
+    bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch",
+               disable=not world.is_main)
     for epoch in bar:
         t0 = time.perf_counter()
         model.on_epoch_start(epoch, gen)
         order = torch.randperm(n_train, generator=gen, device=device)
         sums: dict[str, torch.Tensor | float] = {}
         starts = range(0, n_train, tc.batch_size)
-        for b in tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None, delay=2):
+        for b in tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if world.is_main else True,
+                      delay=2):
             idx = order[b:b + tc.batch_size]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
-            for k, v in train_step(model, opt, data, batch, ranking).items():
+            rows = world.shard(len(idx)) if world.size > 1 else None
+            for k, v in train_step(model, opt, data, batch, ranking, rows).items():
                 sums[k] = sums.get(k, 0.0) + v
         # one host sync per epoch: the batch means of every logged value
-        means = (torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
-                 / len(starts)).tolist()
+        sums_vector = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
+        if world.size > 1:  # each rank logged its part of a sum over ranks
+            distributed.all_reduce_sum_(sums_vector)
+        means = (sums_vector / len(starts)).tolist()
         row = {"epoch": epoch} | dict(zip(sums, means))
-        if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
+        if world.is_main and (epoch % tc.eval_every == 0 or epoch == tc.max_epochs):
             t_eval = time.perf_counter()
             valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.batch_size)
             eval_seconds += time.perf_counter() - t_eval
@@ -286,11 +350,16 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
         history.append(row)
         epoch_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"valid_{select}": f"{row.get(f'valid_{select}', math.nan):.4f}"})
+        stop = None
         if not math.isfinite(row["loss"]):
-            log(f"stopped at epoch {epoch}: the training loss is {row['loss']}")
-            break
-        if bad_evals >= tc.patience:
-            log(f"early stop at epoch {epoch}: no better valid {select} for {tc.patience} evaluations")
+            stop = f"stopped at epoch {epoch}: the training loss is {row['loss']}"
+        elif bad_evals >= tc.patience:
+            stop = f"early stop at epoch {epoch}: no better valid {select} for {tc.patience} evaluations"
+        if world.size > 1:  # rank 0 alone evaluates: every rank follows its decision
+            stop = (stop or "rank 0 stopped") if distributed.broadcast_flag(stop is not None, device) else None
+        if stop is not None:
+            if world.is_main:
+                log(stop)
             break
     bar.close()
     model.load_state_dict(best_state)
