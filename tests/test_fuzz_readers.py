@@ -288,13 +288,7 @@ def test_fuzz_metadata(fuzz_dir, data, gz, pick):
     for asin, title in zip(full["asin"], full["title"], strict=True):
         t = first[asin].get("title")
         assert title == (clean_text(t) if isinstance(t, str) else clean_text(" ".join(t or [])))
-    # the asin pre-filter never drops a wanted record, nor keeps another
-    expected = full[full["asin"].isin(wanted)].reset_index(drop=True)
-    if len(expected) == 0:
-        assert part is None
-    else:
-        assert part is not None
-        pd.testing.assert_frame_equal(part.reset_index(drop=True), expected, check_dtype=False)
+    assert_prefilter_keeps_exactly(part, full, wanted)
 
 
 # ----------------------------------------------------------------- MMRec .inter
@@ -468,3 +462,14 @@ def test_fuzz_npy(fuzz_dir, file, damage):
         assert float(np.abs(want).max()) <= FLOAT32_MAX
     else:
         assert got is None
+
+
+def assert_prefilter_keeps_exactly(part: pd.DataFrame | None, full: pd.DataFrame, wanted) -> None:
+    """The metadata pre-filter (asin / parent_asin) never drops a wanted record, nor keeps
+    another: reading with ``wanted`` equals reading everything and selecting."""
+    expected = full[full["asin"].isin(wanted)].reset_index(drop=True)
+    if len(expected) == 0:
+        assert part is None
+    else:
+        assert part is not None
+        pd.testing.assert_frame_equal(part.reset_index(drop=True), expected, check_dtype=False)

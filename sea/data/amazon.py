@@ -48,13 +48,12 @@ from sea.data.lines import (
     Lines,
     TruncatedFileWarning,
     check_id,
-    check_rating,
     check_text,
-    check_timestamp,
     decode,
     parse_finite,
     parse_timestamp,
     require_newline,
+    review_fields,
 )
 from sea.data import amazon2023
 from sea.io import DataError
@@ -127,19 +126,7 @@ def _parse_json_review(line: bytes, where: str) -> tuple[str, str, float, int]:
         raise DataError(f"{where}: expected a JSON object (a review), got {type(rec).__name__}")
     if "reviewerID" not in rec and "user_id" in rec:  # Amazon 2023: user_id, parent_asin, ms
         return amazon2023.review_fields(rec, where)
-    try:
-        user, item, rating, ts = rec["reviewerID"], rec["asin"], rec["overall"], rec["unixReviewTime"]
-    except KeyError as e:
-        raise DataError(
-            f"{where}: review lacks the required field {e.args[0]!r} "
-            f"(required: reviewerID, asin, overall, unixReviewTime; present: {', '.join(rec)[:300]})"
-        ) from None
-    return (
-        check_id(user, "reviewerID", where),
-        check_id(item, "asin", where),
-        check_rating(rating, "overall", where),
-        check_timestamp(ts, "unixReviewTime", where),
-    )
+    return review_fields(rec, ("reviewerID", "asin", "overall", "unixReviewTime"), where, "Amazon 2014/2018")
 
 
 def _load_json(text: str) -> Any:

@@ -35,14 +35,13 @@ import pandas as pd
 from sea.data.lines import (
     Lines,
     check_id,
-    check_rating,
     check_text,
-    check_timestamp,
     decode,
     parse_finite,
     parse_timestamp,
     require_newline,
 )
+from sea.data import lines
 from sea.io import DataError
 
 #: The header of the official benchmark CSVs; the ``_w_his`` splits add ``history``.
@@ -58,19 +57,7 @@ CATEGORY_SEPARATOR = " > "
 
 def review_fields(rec: dict, where: str) -> tuple[str, str, float, int]:
     """``(user, item, rating, timestamp)`` of one 2023 review record (timestamp in ms)."""
-    try:
-        user, item, rating, ts = rec["user_id"], rec["parent_asin"], rec["rating"], rec["timestamp"]
-    except KeyError as e:
-        raise DataError(
-            f"{where}: review lacks the required field {e.args[0]!r} (Amazon 2023 reviews need "
-            f"user_id, parent_asin, rating, timestamp; present: {', '.join(rec)[:300]})"
-        ) from None
-    return (
-        check_id(user, "user_id", where),
-        check_id(item, "parent_asin", where),
-        check_rating(rating, "rating", where),
-        check_timestamp(ts, "timestamp", where),
-    )
+    return lines.review_fields(rec, ("user_id", "parent_asin", "rating", "timestamp"), where, "Amazon 2023")
 
 
 def is_benchmark_csv(path: Path) -> bool:

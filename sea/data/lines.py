@@ -295,3 +295,15 @@ def require_newline(line: bytes, where: str) -> None:
             f"{where}: the last line has no newline at its end, so the file may be cut off in the "
             f"middle of a value; if the line is complete, end the file with a newline"
         )
+
+
+def review_fields(rec: dict, keys: tuple[str, str, str, str], where: str, release: str) -> tuple[str, str, float, int]:
+    """``(user, item, rating, timestamp)`` of one review record whose fields are named
+    ``keys`` (in that order), each checked; a missing field is one DataError naming it."""
+    try:
+        user, item, rating, ts = (rec[k] for k in keys)
+    except KeyError as e:
+        raise DataError(f"{where}: review lacks the required field {e.args[0]!r} ({release} reviews need "
+                        f"{', '.join(keys)}; present: {', '.join(rec)[:300]})") from None
+    return (check_id(user, keys[0], where), check_id(item, keys[1], where), check_rating(rating, keys[2], where),
+            check_timestamp(ts, keys[3], where))
