@@ -89,7 +89,8 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) 
         if check == TOFU_RECORDED:
             record.add(d.record_key, digest, size)
             recorded = True
-        sources[d.role] = {"url": d.url, "file": path.name, "sha256": digest, "bytes": size}
+        verified = "trusted on first use" if check in (TOFU_RECORDED, TOFU_VERIFIED) else check  # the same every run
+        sources[d.role] = {"url": d.url, "file": path.name, "sha256": digest, "bytes": size, "verified": verified}
         print(f"{d.role}: {d.url} ({size:,} bytes; sha256 {check})")
         if check == TOFU_RECORDED:
             print(f"warning: no pin for {d.url}: its sha256 is recorded in {record.path} (trust on first use); "

@@ -5,6 +5,8 @@ are taken as they are: no dedupe, no k-core, no re-split."""
 
 from __future__ import annotations
 
+import json
+
 import urllib.parse
 
 import numpy as np
@@ -140,6 +142,11 @@ def main() -> None:
     n_users, n_items = int(inter["user"].max()) + 1, len(items)
     counts = inter["split"].value_counts()
     stats = {"dataset": ds.name, "source": ds.source} | stats
+    source_file = ds.raw_dir / "SOURCE.json"  # how each dump was verified (download stage)
+    if ds.source == "amazon" and source_file.is_file():
+        recorded = json.loads(source_file.read_text())
+        stats["dumps"] = {role: {k: f.get(k) for k in ("file", "sha256", "verified")}
+                          for role, f in recorded.items() if isinstance(f, dict)}
     stats["after_k_core"] = {"users": n_users, "items": n_items, "interactions": len(inter),
                              "density": len(inter) / (n_users * n_items)}
     stats["split"] |= {s: int(counts.get(s, 0)) for s in SPLITS}

@@ -93,9 +93,11 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         f"- split `{s['method']}` (seed {s['seed']}): {s['train']:,} train, {s['valid']:,} valid, {s['test']:,} test",
         f"- items with metadata {stats['items']['with_metadata']:,}, with text {stats['items']['with_text']:,}, "
         f"with an image URL {stats['items']['with_image_url']:,}",
-        "",
-        "## Features",
     ]
+    for role, f in stats.get("dumps", {}).items():
+        parts.append(f"- {role} dump `{f['file']}`: sha256 `{(f['sha256'] or '')[:16]}…`, verified: "
+                     f"{f.get('verified') or 'not recorded'}")
+    parts += ["", "## Features"]
     if feature_info:
         parts += [_feature_line(m, info) for m, info in feature_info.items()]
     else:

@@ -227,12 +227,14 @@ def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_di
     assert set(record) == {"digital_music/reviews_Digital_Music_5.json.gz", "digital_music/meta_Digital_Music.json.gz"}
     raw = work / "data" / "raw" / "digital_music"
     assert (raw / "reviews_Digital_Music_5.json.gz").read_bytes() == reviews.read_bytes()
-    assert json.loads((raw / "SOURCE.json").read_text())["reviews"]["url"].endswith(
-        "/categoryFiles/reviews_Digital_Music_5.json.gz")
+    source = (raw / "SOURCE.json").read_bytes()
+    assert json.loads(source)["reviews"]["url"].endswith("/categoryFiles/reviews_Digital_Music_5.json.gz")
+    assert json.loads(source)["reviews"]["verified"] == "trusted on first use"
 
     again = stage(work, "download")
     assert again.returncode == 0 and again.stdout.count("sha256 trusted on first use (verified)") == 2
     assert json.loads((work / "data" / "hashes.json").read_text()) == record
+    assert (raw / "SOURCE.json").read_bytes() == source  # recording or verifying: the same output bytes
 
     # the server now has other bytes under the same name: refused, the first download kept
     shutil.copyfile(music / "reviews_Digital_Music_5.truncated.json.gz",
@@ -347,6 +349,8 @@ def test_2023_official_split_runs_through_dvc_repro(tmp_path, amazon_real, serve
     train = pd.read_parquet(work / "data" / "processed" / "interactions.parquet").query("split == 'train'")
     seen = set(zip(train["user"], train["item"]))
     assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"]))  # training items masked
+    report = (work / "reports" / "report.md").read_text()
+    assert "- train dump `All_Beauty.train.csv.gz`: sha256" in report and "verified: pinned" in report
     # a model that reads features stops with one line naming the missing modality
     bad = run(["dvc", "exp", "run", "-S", "model.name=sea"], work, check=False)
     assert bad.returncode != 0 and "no item had a usable image" in bad.stderr + bad.stdout
