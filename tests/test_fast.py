@@ -54,7 +54,8 @@ def test_composed_and_plain_split_give_the_same_step(variant, dtype):
     emb_f, logs_f, terms_f, grads_f = one_step(fast, data, batch)
     emb_p, logs_p, terms_p, grads_p = one_step(plain, data, batch)
 
-    tol = {"rtol": 1e-9, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-5}
+    # float64 is the tight check; float32 sums over thousands of terms in another order
+    tol = {"rtol": 1e-9, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 1e-4}
     torch.testing.assert_close(emb_f.user, emb_p.user, **tol)
     torch.testing.assert_close(emb_f.item, emb_p.item, **tol)
     assert logs_f.keys() == logs_p.keys()
