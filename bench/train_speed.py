@@ -10,8 +10,8 @@ Prints seconds per batch (median over the timed batches, after warm-up), the pro
 seconds per epoch, evaluation seconds, peak GPU memory, the device and the commit. For a
 model with SEA's separation, ``--formulation both`` (the default) times the plain
 formulation (the split W·x materialised for every item) and the fast one (each reader's
-linear map composed with W, sea/models/separation.py) on the same weights and batches, and
-prints their ratio.
+linear map composed with W, sea/models/separation.py) on the same weights and batches,
+taking turns batch by batch, and prints their ratio.
 """
 
 from __future__ import annotations
@@ -54,18 +54,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(model, setup: TrainingSetup, data: GraphData, batches: list[Batch], device: torch.device) -> list[float]:
-    """Seconds of each training step on ``batches`` (the first two are warm-up, not returned)."""
-    opt = adam(model.main_parameters(), setup.train.lr)
+def time_steps(models: dict[str, torch.nn.Module], setup: TrainingSetup, data: GraphData, batches: list[Batch],
+               device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each training step of each model on ``batches``, the models taking turns
+    batch by batch (so each meets the same machine state); the first two batches are
+    warm-up and not returned."""
+    opts = {name: adam(m.main_parameters(), setup.train.lr) for name, m in models.items()}
     loss = RankingLoss.from_setup(setup, data)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in models}
     for i, batch in enumerate(batches):
-        sync(device)
-        t0 = time.perf_counter()
-        logs = train_step(model, opt, data, batch, loss)
-        float(logs["loss"])  # wait for the step (a host sync, as the epoch end does)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+        for name, model in models.items():
+            sync(device)
+            t0 = time.perf_counter()
+            logs = train_step(model, opts[name], data, batch, loss)
+            float(logs["loss"])  # wait for the step (a host sync, as the epoch end does)
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -113,12 +117,12 @@ def main() -> None:
     formulations = ["plain", "fast"] if args.formulation == "both" else [args.formulation]
     if not has_split:
         formulations = ["-"]  # nothing to compose
-    per_batch = {}
+    runs = {}
     for name in formulations:
-        run = copy.deepcopy(model)  # the same weights for each formulation
+        runs[name] = copy.deepcopy(model)  # the same weights for each formulation
         if has_split:
-            set_composed(run, name == "fast")
-        per_batch[name] = statistics.median(time_steps(run, setup, data, batches, device))
+            set_composed(runs[name], name == "fast")
+    per_batch = {name: statistics.median(t) for name, t in time_steps(runs, setup, data, batches, device).items()}
     n_batches = -(-len(data.train_users) // args.batch_size)
     sync(device)
     t0 = time.perf_counter()

@@ -86,3 +86,26 @@ def test_composed_projection_reads_only_the_rows_and_part_asked_for():
     torch.testing.assert_close(split.apply("image", layer, "unique", rows), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="part"):
         split.apply("image", layer, "middle", rows)
+
+
+def test_fixed_sparse_products_have_torchs_value_and_gradient():
+    from sea.models.graphs import FrozenGraph, item_item_graph, spmm, user_item_adjacency
+
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randint(0, 40, (300,), generator=g), torch.randint(0, 25, (300,), generator=g)
+    adj = user_item_adjacency(users.numpy(), items.numpy(), 40, 25)
+    dense = adj.to_dense()
+    assert torch.equal(dense, dense.T)  # exactly symmetric: its own transpose serves the backward
+    knn = item_item_graph({"image": torch.randn(25, 6, generator=g), "text": torch.randn(25, 5, generator=g)}, 3, 0.3)
+    assert not torch.equal(knn.to_dense(), knn.to_dense().T)  # a kNN graph is not
+    for matrix, product in [(adj, lambda x: spmm(adj, x)), (knn, FrozenGraph(knn)),
+                            (adj, FrozenGraph(adj, symmetric=True))]:
+        x = torch.randn(matrix.shape[1], 4, generator=g, dtype=torch.float64)
+        w = torch.randn(matrix.shape[0], 4, generator=g, dtype=torch.float64)
+        ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = product(ours.float()).double()
+        expected = torch.sparse.mm(matrix, ref.float()).double()
+        (out * w).sum().backward()
+        (expected * w).sum().backward()
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-6, atol=1e-6)

@@ -37,7 +37,7 @@ from torch import nn
 from sea.config import ConfigError, Section
 from sea.losses import bpr_loss
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph, user_item_adjacency
+from sea.models.graphs import FrozenGraph, item_item_graph, spmm, user_item_adjacency
 from sea.models.separation import Features, Separation, check_separation_params, parameters_except
 
 
@@ -166,14 +166,14 @@ class FREEDOM(Recommender):
         kept = self.kept_edges(generator).sort().values
         users, items = self.edge_users[kept].cpu().numpy(), self.edge_items[kept].cpu().numpy()
         adj = user_item_adjacency(users, items, self.n_users, self.n_items)
-        self.pruned = FrozenGraph(adj).to(self.edge_weight.device)
+        self.pruned = FrozenGraph(adj, symmetric=True).to(self.edge_weight.device)
 
     def lightgcn(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(user, item) vectors: the mean of layers 0…L of Âᵏ·[E_user; E_item]."""
         h = torch.cat([self.user.weight, self.item.weight])
         total = h
         for _ in range(self.layers):
-            h = torch.sparse.mm(adj, h)
+            h = spmm(adj, h)
             total = total + h
         out = total / (self.layers + 1)
         return out[: self.n_users], out[self.n_users :]

@@ -11,6 +11,7 @@ from torch import nn
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.bprmf import embedding_l2
+from sea.models.graphs import spmm
 
 
 @dataclass
@@ -83,7 +84,7 @@ class LightGCN(Recommender):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         out = x
         for _ in range(self.layers):
-            x = torch.sparse.mm(adj, x)
+            x = spmm(adj, x)
             out = out + x
         return out / (self.layers + 1)
 

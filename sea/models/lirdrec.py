@@ -26,7 +26,7 @@ from torch import nn
 
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph
+from sea.models.graphs import FrozenGraph, item_item_graph, spmm
 
 
 @dataclass
@@ -232,7 +232,7 @@ class LIRDRec(Recommender):
         """``x + Âx + … + Â^L x`` over the user–item graph (``ui_layers`` = L)."""
         out, h = x, x
         for _ in range(self.ui_layers):
-            h = torch.sparse.mm(adj, h)
+            h = spmm(adj, h)
             out = out + h
         return out
 

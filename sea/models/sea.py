@@ -17,11 +17,10 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import LGConv
 
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph
+from sea.models.graphs import FrozenGraph, item_item_graph, spmm
 from sea.models.separation import Separation, SplitFeatures, parameters_except
 
 
@@ -113,7 +112,6 @@ class SEA(Recommender):
         self.user_modality_logits = (
             nn.Parameter(torch.zeros(n_users, len(feature_dims))) if len(feature_dims) > 1 else None
         )
-        self.conv = LGConv(normalize=False)
         self.item_graph = FrozenGraph(item_graph)
         self.separation = Separation(feature_dims, generic_fraction=generic_fraction, head_dim=head_dim,
                                      head_hidden_dim=embedding_dim, loss=loss, club=club)
@@ -133,7 +131,7 @@ class SEA(Recommender):
         """x + Âx + Â²x + … (``gcn_layers`` hops, no weights)."""
         out, h = x, x
         for _ in range(self.gcn_layers):
-            h = self.conv(h, adj)
+            h = spmm(adj, h)
             out = out + h
         return out
 
