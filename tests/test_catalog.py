@@ -356,6 +356,45 @@ def test_2023_official_split_runs_through_dvc_repro(tmp_path, amazon_real, serve
     assert bad.returncode != 0 and "no item had a usable image" in bad.stderr + bad.stdout
 
 
+RELEASE_FILES = {  # a catalog name of each release -> (catalog path, file in ../shared)
+    "digital_music": {"categoryFiles/reviews_Digital_Music_5.json.gz": "2014/digital_music/reviews_Digital_Music_5.head.json.gz",
+                      "categoryFiles/meta_Digital_Music.json.gz": "2014/digital_music/meta_Digital_Music.head.json.gz"},
+    "gift_cards-2018": {"categoryFilesSmall/Gift_Cards_5.json.gz": "2018/gift_cards/Gift_Cards_5.json.gz",
+                        "metaFiles2/meta_Gift_Cards.json.gz": "2018/gift_cards/meta_Gift_Cards.json.gz"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RELEASE_FILES))
+def test_a_catalog_name_runs_through_dvc_repro(name, tmp_path, amazon_real, serve_dir):
+    """`dataset.name` alone (plus a mirror serving the real files under their catalog paths)
+    runs the whole pipeline for the 2014 and 2018 releases; the metadata's image URLs point
+    to Amazon's servers, unreachable here, so the image stage gives up after a bounded
+    number of attempts and SEA trains on text."""
+    from tests.shell import copy_tree, run
+
+    site = serve_as(tmp_path / "site", {rel: amazon_real / src for rel, src in RELEASE_FILES[name].items()})
+    work = copy_tree(REPO, tmp_path / "work")
+    write_params(work, {"name": name, "mirror": serve_dir(site)})
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["model"]["modalities"] = ["text"]
+    params["train"] |= {"max_epochs": 3, "device": "cpu"}
+    params["features"]["image"] |= {"timeout": 5, "retries": 0}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", name], work)
+    run(["dvc", "repro"], work)
+    stats = json.loads((work / "data/processed/stats.json").read_text())
+    assert stats["dataset"] == name and stats["after_k_core"]["items"] > 0
+    assert {f["verified"] for f in stats["dumps"].values()} == {"trusted on first use"}
+    text = json.loads((work / "data/features/text.json").read_text())
+    assert text["n_with_text"] > 0
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["recall@20"] <= 1.0
+    assert set(json.loads((work / "data/hashes.json").read_text())) == {f"{name}/{p.rsplit('/', 1)[1]}"
+                                                                         for p in RELEASE_FILES[name]}
+
+
 def test_a_damaged_hash_record_is_refused_naming_it(tmp_path):
     from sea.data.catalog import HashRecord
     from sea.io import DataError
