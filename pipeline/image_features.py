@@ -67,11 +67,21 @@ def check_coverage(fetcher: ImageFetcher, cfg: ImageFeatureConfig) -> None:
                          f"features.image.min_coverage {cfg.min_coverage:g}; {fetcher.report()}")
 
 
-def encode(items: pd.DataFrame, cfg: ImageFeatureConfig, root: Path | None):
+def image_urls(items: pd.DataFrame) -> list[str | None]:
+    """Each item's image URL, None where it has none."""
+    return [u if isinstance(u, str) and u else None for u in items["image_url"]]
+
+
+def image_fetcher(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig) -> ImageFetcher:
+    """The fetcher of the stage (and of ``--fetch-only``): the cache, the policy of
+    ``features.image`` and the dataset's own folder for local image files."""
+    return ImageFetcher(urls, image_cache(), fetch_policy(cfg), dataset_root=dataset_root(ds),
+                        allow_files_outside=cfg.allow_files_outside)
+
+
+def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
     """Fetch in the background while the encoder consumes the images in item order."""
-    urls = [u if isinstance(u, str) and u else None for u in items["image_url"]]
-    with ImageFetcher(urls, image_cache(), fetch_policy(cfg), base_dir=Path("."), dataset_root=root,
-                      allow_files_outside=cfg.allow_files_outside) as fetcher:
+    with image_fetcher(urls, ds, cfg) as fetcher:
         if cfg.min_coverage > 0:
             fetcher.wait()  # fail before encoding anything
             check_coverage(fetcher, cfg)
@@ -97,10 +107,7 @@ def fetch_only() -> None:
     params = load_params()
     ds = DatasetConfig.from_dict(params["dataset"], "dataset")
     cfg = ImageFeatureConfig.from_dict(params["features"]["image"], "features.image")
-    items = pd.read_parquet(artifacts.ITEMS)
-    urls = [u if isinstance(u, str) and u else None for u in items["image_url"]]
-    with ImageFetcher(urls, image_cache(), fetch_policy(cfg), dataset_root=dataset_root(ds),
-                      allow_files_outside=cfg.allow_files_outside) as fetcher:
+    with image_fetcher(image_urls(pd.read_parquet(artifacts.ITEMS)), ds, cfg) as fetcher:
         fetcher.wait()
     print(fetcher.report())
     print(f"-> {image_cache()}")
@@ -158,10 +165,10 @@ def main() -> None:
         matrix, info = precomputed_features(ds.raw_dir, "image", len(items))
     elif cfg.source == "amazon_cnn":
         matrix, info = read_cnn(items, cfg, cnn_url(ds, cfg))
-    elif not items["image_url"].map(lambda u: isinstance(u, str) and bool(u)).any():
+    elif not any(urls := image_urls(items)):
         matrix, info = empty_features("image", len(items))  # no metadata: a model reading images refuses it
     else:
-        matrix, info = encode(items, cfg, dataset_root(ds))
+        matrix, info = encode(urls, ds, cfg)
     artifacts.write_features("image", matrix, info)
     print(f"image features {matrix.shape}: {info}")
 

@@ -72,7 +72,7 @@ class World:
     def shard(self, n: int) -> slice:
         """This rank's contiguous rows of a global batch of ``n`` rows: ``size`` near-equal
         slices in rank order (equal when ``size`` divides ``n``; some empty when n < size)."""
-        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+        return slice(*shard_bounds(n, self.size, self.rank))
 
 
 def launched() -> bool:
@@ -283,7 +283,6 @@ def shard_dir() -> Iterator[Path]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sea.config import ConfigError
     from sea.io import DataError, FetchError
 
     return ConfigError, DataError, FetchError
@@ -358,8 +357,6 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
     Raises the rank's own DataError/FetchError/ConfigError, or :class:`RankFailed`,
     with a one-line message naming the rank; the other ranks are terminated first.
     """
-    import logging
-
     import torch.distributed as dist
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sea.features import resolve_device
-from sea.features.image import cache_name, encode_images, fetch_images, load_clip
+from sea.features.fetch import cache_name, fetch_images
+from sea.features.image import encode_images, load_clip
 from sea.io import sha256_file
 
 # --------------------------------------------------------------------------- helpers

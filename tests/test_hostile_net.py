@@ -203,7 +203,7 @@ def test_dump_from_a_file_is_capped_too(tmp_path):
 
 
 def fetch_images(urls, cache, **kw):
-    from sea.features.image import fetch_images as fetch
+    from sea.features.fetch import fetch_images as fetch
 
     kw = {"timeout": 10, "workers": 2, "dataset_root": None} | kw
     return fetch(urls, cache, **kw)
@@ -254,7 +254,7 @@ def test_image_cache_is_verified_when_reused(tmp_path, hostile):
 
 
 def test_image_cache_removes_stale_temporaries(tmp_path, hostile):
-    from sea.features.image import cache_key
+    from sea.features.fetch import cache_key
 
     cache = tmp_path / "cache"
     cache.mkdir()

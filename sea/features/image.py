@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device
-from sea.features.fetch import ImageCache, ImageFetcher, cache_key, cache_name, fetch_images  # noqa: F401
 from sea.io import sha256_file
 
 if TYPE_CHECKING:
