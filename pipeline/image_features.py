@@ -86,14 +86,15 @@ def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
             fetcher.wait()  # fail before encoding anything
             check_coverage(fetcher, cfg)
         if cfg.processes == 1:
-            model, preprocess, clip_info = load_clip(cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed)
+            model, preprocess, clip_info = load_clip(cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed,
+                                                     precision=cfg.precision)
             matrix, info = encode_images(fetcher, model, preprocess, batch_size=cfg.batch_size, device=cfg.device,
                                          workers=cfg.workers)
             info = clip_info | info
         else:  # the ranks split the batches: every file must be known first
             fetcher.wait()
             matrix, info = encode_images_sharded(
-                fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed,
+                fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed, precision=cfg.precision,
                 batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
                 threads=threads_per_rank(cfg.processes))
     print(fetcher.report())

@@ -29,7 +29,8 @@ def main() -> None:
         texts = [t if isinstance(t, str) and t.strip() else None for t in items["text"]]
         if any(texts):
             matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
-                                        processes=cfg.processes, threads=threads_per_rank(cfg.processes))
+                                        precision=cfg.precision, processes=cfg.processes,
+                                        threads=threads_per_rank(cfg.processes))
         else:  # a dataset without metadata: nothing to encode; a model that reads text refuses it
             matrix, info = empty_features("text", len(items))
     artifacts.write_features("text", matrix, info)

@@ -144,6 +144,13 @@ _DEVICE = re.compile(r"(auto|cpu|cuda)(:(\d+))?")
 MAX_NAME_BYTES = 255
 
 
+def check_precision(value: str, section: str) -> None:
+    """An encoder's ``precision``: one of :data:`sea.features.PRECISIONS`."""
+    from sea.features import PRECISIONS
+
+    _choice(value, PRECISIONS, section, "precision")
+
+
 def check_device(value: str, section: str, name: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
     m = _DEVICE.fullmatch(value)
@@ -281,10 +288,12 @@ class TextFeatureConfig(Section):
     batch_size: int = 64
     device: str = "auto"
     processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
+    precision: str = "auto"  # the dtype the encoder computes in (sea.features.resolve_precision)
 
     def validate(self, section: str) -> None:
         _check(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        check_precision(self.precision, section)
         check_processes(self.processes, self.device, section)
         check_device(self.device, section)
 
@@ -307,6 +316,7 @@ class ImageFeatureConfig(Section):
     allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
     allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
     processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
+    precision: str = "auto"  # the dtype CLIP computes in (sea.features.resolve_precision)
     # source: clip encodes the item images; amazon_cnn reads the 4096-d CNN vectors of the
     # Amazon 2014 dumps (image_features_<Category>.b) from cnn_url (see sea.features.cnn)
     source: str = "clip"
@@ -336,6 +346,7 @@ class ImageFeatureConfig(Section):
         _check(self.offline_after >= 1, section, "offline_after must be >= 1")
         _check(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
         check_device(self.device, section)
+        check_precision(self.precision, section)
         _choice(self.source, IMAGE_SOURCES, section, "source")
         _check(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
         _check(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,

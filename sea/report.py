@@ -68,6 +68,8 @@ def _feature_line(modality: str, info: dict) -> str:
     encoder = info.get("model", "?")
     if modality == "image":
         encoder += f" (pretrained: {info.get('pretrained')})"
+    if info.get("precision"):
+        encoder += f" in {info['precision']}"
     return (f"- **{modality}**: {encoder}, {info.get('dim')}-d; {n - missing} of {n} items encoded, "
             f"{missing} filled with the mean vector" + (f" — {info['note']}" if info.get("note") else ""))
 

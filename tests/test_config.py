@@ -104,6 +104,8 @@ def test_cuda_must_exist():
     ("features.image", "ImageFeatureConfig", {"pretrained": "opnai"}, "not an open_clip tag for ViT-B-32"),
     ("features.image", "ImageFeatureConfig", {"pretrained": "weights/missing.pt"}, "does not exist"),
     ("features.image", "ImageFeatureConfig", {"workers": 0}, "workers"),
+    ("features.image", "ImageFeatureConfig", {"precision": "half"}, r"precision must be one of \['auto'"),
+    ("features.text", "TextFeatureConfig", {"precision": "fp16"}, "precision must be one of"),
     ("split", "SplitConfig", {"seed": -3}, "seed must be >= 0"),
 ])
 def test_feature_and_split_params_out_of_range(section, cls, values, message):

@@ -177,6 +177,36 @@ def test_batched_estimators_fit_as_separate_ones():
         torch.testing.assert_close(est.bound(*data[m], perm[j]), bounds[j])
 
 
+def test_estimator_gradients_are_autograds():
+    """The closed-form gradients ``fit`` uses are those of autograd on ``log_likelihood``,
+    and ``fit`` takes the steps an autograd loop takes."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 6, generator=g, dtype=torch.float64)
+    y = 2 * torch.randn(2, 40, 5, generator=g, dtype=torch.float64)
+    torch.manual_seed(1)
+    est = CLUBEstimator(6, 5, 7, count=2).double()
+    ll, grads = est.gradients(x, y)
+    expected = est.log_likelihood(x, y)
+    (-expected.sum()).backward()
+    torch.testing.assert_close(ll, expected.detach(), rtol=1e-12, atol=1e-12)
+    assert len(grads) == len(list(est.parameters()))
+    for (name, p), grad in zip(est.named_parameters(), grads):
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+    by_autograd = CLUBEstimator(6, 5, 7, count=2).double()
+    by_autograd.load_state_dict(est.state_dict())
+    optimizer = torch.optim.Adam(by_autograd.parameters(), lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        last = by_autograd.log_likelihood(x, y)
+        (-last.sum()).backward()
+        optimizer.step()
+    torch.testing.assert_close(est.fit(x, y, torch.optim.Adam(est.parameters(), lr=1e-2), 5), last.detach())
+    for k, v in est.state_dict().items():
+        torch.testing.assert_close(v, by_autograd.state_dict()[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
 # ------------------------------------------------------------------ the separation and SEA
 
 

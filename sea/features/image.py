@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sea.features import fill_missing_with_mean, resolve_device
+from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.io import sha256_file
 
 if TYPE_CHECKING:
@@ -55,8 +55,10 @@ def load_clip(
     *,
     device: str = "auto",
     seed: int = 0,
+    precision: str = "auto",
 ) -> tuple["torch.nn.Module", Callable, dict]:
-    """Build an open_clip model in eval mode and its (inference) image transform.
+    """Build an open_clip model in eval mode and its (inference) image transform, which
+    yields tensors of the model's input dtype.
 
     ``pretrained`` selects the weights:
 
@@ -66,14 +68,23 @@ def load_clip(
       ``torch.save``, optionally under a ``"state_dict"`` key, or ``.safetensors``);
     * anything else: an open_clip pretrained tag such as ``"openai"`` (downloads weights).
 
+    ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
+    bfloat16 on a CPU that multiplies it natively, else float32) is the dtype the model
+    computes in, through open_clip's own mixed precision (its ``fp16``/``bf16``: the
+    weights of products in that dtype, layer norms in float32), applied after the float32
+    initialisation or loading.
+
     Returns ``(model, preprocess, info)`` with info keys ``model``, ``pretrained``,
-    ``pretrained_weights`` (False for random init), ``seed``, a plain-words ``note`` and, for a
-    checkpoint, ``checkpoint_sha256``. Paths are recorded as given, never made absolute.
+    ``pretrained_weights`` (False for random init), ``seed``, ``precision`` (resolved), a
+    plain-words ``note`` and, for a checkpoint, ``checkpoint_sha256``. Paths are recorded as
+    given, never made absolute.
     """
     import open_clip
     import torch
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    open_clip_precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[precision]
     random_init = pretrained is None or pretrained.strip().lower() in RANDOM_INIT
     if random_init:
         source, kind = None, "random"
@@ -93,8 +104,11 @@ def load_clip(
         device=dev,
         pretrained_image=False,
         pretrained_text=not random_init,  # random init must not fetch hub text towers
+        precision=open_clip_precision,
     )
     model.eval()
+    if precision != "float32":
+        preprocess = _to_dtype(preprocess, torch_dtype(precision))
 
     if kind == "random":
         note = (f"image features come from a randomly initialised {model_name} (pretrained: none, "
@@ -108,11 +122,19 @@ def load_clip(
         "pretrained": "none" if random_init else pretrained,
         "pretrained_weights": not random_init,
         "seed": seed,
+        "precision": precision,
         "note": note,
     }
     if kind == "checkpoint":
         info["checkpoint_sha256"] = sha256_file(pretrained)
     return model, preprocess, info
+
+
+def _to_dtype(preprocess: Callable, dtype: "torch.dtype") -> Callable:
+    """``preprocess`` followed by a cast of its float32 tensor to ``dtype``."""
+    from torchvision import transforms
+
+    return transforms.Compose([preprocess, transforms.ConvertImageDtype(dtype)])
 
 
 # --------------------------------------------------------------------------- encoding
@@ -183,9 +205,10 @@ def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model
 
     Images are decoded and preprocessed by ``workers`` threads (PIL releases the GIL while
     decoding and resizing) with one torch thread for their tiny tensors. On CUDA the next
-    batch is decoded while the GPU encodes the current one, under fp16 autocast (the rows
-    are float32); on the CPU decoding and encoding take turns and run in float32, so the
-    bytes do not depend on the number of workers. ``total``: items, for the progress bar.
+    batch is decoded while the GPU encodes the current one; on the CPU decoding and
+    encoding take turns, so the bytes do not depend on the number of workers. The model
+    computes in the dtype ``preprocess`` yields (:func:`load_clip`); the rows are float32.
+    ``total``: items, for the progress bar.
     """
     import torch
     from tqdm.auto import tqdm
@@ -225,8 +248,7 @@ def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model
                     tensors.append(result)
                     batch_idx.append(i)
             if tensors:
-                with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                    out = model.encode_image(torch.stack(tensors).to(device, non_blocking=True))
+                out = model.encode_image(torch.stack(tensors).to(device, non_blocking=True))
                 chunks.append(out.float().cpu().numpy())
                 decoded.extend(batch_idx)
             bar.update(len(batch))
@@ -288,7 +310,8 @@ def encode_images(
     Missing and undecodable items get the mean feature of the decoded ones. When no image
     decodes, every row is zero (with a warning; ``n_decoded`` is 0 and the train stage
     refuses such features). The model is moved to ``device``; ``workers`` threads decode
-    the images (see :func:`_encode_batches`: CUDA runs in fp16 autocast, the CPU in float32).
+    the images (see :func:`_encode_batches`), and the model computes in the dtype ``preprocess``
+    yields (:func:`load_clip`'s ``precision``).
     """
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -299,13 +322,13 @@ def encode_images(
 
 
 def _image_rank(ctx, batches: list[list[tuple[int, str]]], model_name: str, pretrained: str | None,
-                seed: int, workers: int, max_pixels: int, max_aspect: float) -> None:
+                seed: int, precision: str, workers: int, max_pixels: int, max_aspect: float) -> None:
     """One rank of :func:`encode_images_sharded`: its contiguous share of the batches."""
     from sea.distributed import shard_bounds
 
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
     mine = [[(i, Path(p)) for i, p in batch] for batch in batches[lo:hi]]
-    model, preprocess, info = load_clip(model_name, pretrained, device=ctx.device, seed=seed)
+    model, preprocess, info = load_clip(model_name, pretrained, device=ctx.device, seed=seed, precision=precision)
     decoded, _, chunks, refused = _encode_batches(
         mine, sum(len(b) for b in mine), model, preprocess, ctx.device, workers=workers, max_pixels=max_pixels,
         max_aspect=max_aspect, desc=f"encode images (rank {ctx.rank})")
@@ -322,6 +345,7 @@ def encode_images_sharded(
     *,
     processes: int,
     seed: int = 0,
+    precision: str = "auto",
     batch_size: int = 64,
     device: str = "auto",
     workers: int = 8,
@@ -341,7 +365,9 @@ def encode_images_sharded(
     batches = [[(i, str(p)) for i, p in batch] for batch in image_batches(paths, batch_size)]
     n_wanted = sum(len(b) for b in batches)
     with shard_dir() as workdir:
-        launch(processes, _image_rank, (batches, model_name, pretrained, seed, workers, max_pixels, max_aspect),
+        launch(processes, _image_rank,
+               (batches, model_name, pretrained, seed, resolve_precision(precision, dev), workers, max_pixels,
+                max_aspect),
                workdir=workdir, device=dev, threads=threads)
         decoded = np.concatenate(load_shards(workdir, "decoded", processes)).tolist()
         chunks = [r for r in load_shards(workdir, "rows", processes) if r.size]

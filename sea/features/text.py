@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from sea.features import fill_missing_with_mean, resolve_device
+from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.io import DataError
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,9 @@ def length_batches(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, l
     return order, [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def load_text_model(model_name: str, device: str):
-    """The sentence-transformers model ``model_name`` on ``device``, and where it came from."""
+def load_text_model(model_name: str, device: str, precision: str = "float32"):
+    """The sentence-transformers model ``model_name`` on ``device`` with its weights in
+    ``precision`` (resolved: float32, bfloat16 or float16), and where it came from."""
     resolved, source = resolve_text_model(model_name)
     local = Path(resolved).is_dir()
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; local_files_only is what keeps
@@ -91,37 +92,33 @@ def load_text_model(model_name: str, device: str):
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(resolved, device=device, local_files_only=local)
+    if precision != "float32":
+        model.to(torch_dtype(precision))
     return model, resolved, source
 
 
 def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray], device: str,
                    desc: str = "encode texts") -> np.ndarray:
-    """Embed ``texts`` batch by batch; rows in the order of the concatenated ``batches``.
-
-    On CUDA the forward pass runs under fp16 autocast (the output is float32); on the CPU
-    in float32, so CPU bytes do not depend on it.
-    """
-    import torch
+    """Embed ``texts`` batch by batch; rows (float32, whatever dtype the model computes in)
+    in the order of the concatenated ``batches``."""
     from tqdm.auto import tqdm
 
-    cuda = device.startswith("cuda")
     rows = []
     with tqdm(total=sum(len(b) for b in batches), desc=desc, unit="item") as bar:
         for batch in batches:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                out = model.encode([texts[i] for i in batch], batch_size=len(batch),
-                                   show_progress_bar=False, convert_to_numpy=True)
+            out = model.encode([texts[i] for i in batch], batch_size=len(batch),
+                               show_progress_bar=False, convert_to_numpy=True)
             rows.append(np.asarray(out, dtype=np.float32))
             bar.update(len(batch))
     return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
-def _text_rank(ctx, model_name: str, texts: list[str], batches: list[np.ndarray]) -> None:
+def _text_rank(ctx, model_name: str, precision: str, texts: list[str], batches: list[np.ndarray]) -> None:
     """One rank of :func:`encode_texts`: its contiguous share of the batches, saved as ``rows``."""
     from sea.distributed import shard_bounds
 
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
-    model, _, _ = load_text_model(model_name, ctx.device)
+    model, _, _ = load_text_model(model_name, ctx.device, precision)
     ctx.save("rows", encode_batches(model, texts, batches[lo:hi], ctx.device,
                                     desc=f"encode texts (rank {ctx.rank})"))
 
@@ -134,12 +131,15 @@ def encode_texts(
     device: str = "auto",
     processes: int = 1,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, dict]:
-    """Embed ``texts`` with a sentence-transformers model.
+    """Embed ``texts`` with a sentence-transformers model whose weights are cast to
+    ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
+    bfloat16 on a CPU that multiplies it natively, else float32).
 
     Returns a float32 array ``[len(texts), d]`` whose row ``i`` embeds ``texts[i]`` (``d``
-    comes from the model), and an info dict (``model``, ``source``, ``dim``,
-    ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is ``None``, empty or
+    comes from the model), and an info dict (``model``, ``source``, ``precision`` as
+    resolved, ``dim``, ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is ``None``, empty or
     only whitespace get the mean embedding of the items that have text. Raises
     ``DataError`` when no item has text.
 
@@ -153,18 +153,20 @@ def encode_texts(
                         "leave text out of model.modalities")
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     sentences = [texts[i] for i in present]
     order, batches = length_batches(sentences, batch_size)
     resolved, source = resolve_text_model(model_name)
-    log.info("encoding %d texts with %s on %s in %d process(es)", len(present), resolved, dev, processes)
+    log.info("encoding %d texts with %s on %s in %s in %d process(es)", len(present), resolved, dev, precision,
+             processes)
     if processes == 1:
-        model, _, _ = load_text_model(model_name, dev)
+        model, _, _ = load_text_model(model_name, dev, precision)
         rows = encode_batches(model, sentences, batches, dev)
     else:
         from sea.distributed import launch, load_shards, shard_dir
 
         with shard_dir() as workdir:
-            launch(processes, _text_rank, (model_name, sentences, batches), workdir=workdir,
+            launch(processes, _text_rank, (model_name, precision, sentences, batches), workdir=workdir,
                    device=dev, threads=threads)
             rows = np.concatenate([r for r in load_shards(workdir, "rows", processes) if r.size])
     encoded = np.empty_like(rows)
@@ -173,6 +175,7 @@ def encode_texts(
     info = {
         "model": model_name,
         "source": source,
+        "precision": precision,
         "dim": int(features.shape[1]),
         "n_items": len(texts),
         "n_with_text": len(present),

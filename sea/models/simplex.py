@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.utils import softmax as segment_softmax
 
 from sea.config import ConfigError, Section
 from sea.models.base import Embeddings, GraphData, Recommender, register
@@ -123,6 +122,10 @@ class SimpleX(Recommender):
             logits = keys @ self.query
         else:
             logits = (keys * self.user_emb(self.history_users)).sum(-1)
+        # imported here: importing torch_geometric takes about 2 s, which every stage that
+        # imports the model registry would pay otherwise
+        from torch_geometric.utils import softmax as segment_softmax
+
         return segment_softmax(logits, self.history_users, num_nodes=self.n_users)
 
     def aggregate(self) -> torch.Tensor:
