@@ -1,16 +1,18 @@
 """Throughput of the feature encoders the pipeline uses: CLIP on image files (decode +
-preprocess in worker threads, the model in fp16 autocast on CUDA) and sentence-transformers
-on item-like texts (fp16 autocast on CUDA).
+preprocess in worker threads) and sentence-transformers on item-like texts, each in float32
+and in the precision ``auto`` picks (float16 on CUDA, bfloat16 on a CPU with native
+bfloat16), in one run, with their ratio and the lowest cosine between a row's two versions.
 
     python bench/encoder_speed.py                          # CPU here: small counts
     python bench/encoder_speed.py --device cuda            # GPU defaults: 4,096 images, 20,000 texts
+    python bench/encoder_speed.py --precision float32      # one precision only
     python bench/encoder_speed.py --device cuda --processes 2   # sharded over 2 GPUs (end to end)
 
 Images are synthetic 500x500 JPEGs (product-photo size) written to a temporary folder
 first; CLIP's weights are random (pretrained: none), which costs the same as real ones.
-Prints images/s and items/s (after one warm-up batch; with --processes > 1 the time
-includes starting the ranks and loading the model in each), the device, torch threads
-and the git commit. Targets on one GPU (issue 9): CLIP ViT-B-32 >= 2,000 images/s,
+Prints images/s and items/s per precision (after one warm-up batch; with --processes > 1
+the time includes starting the ranks and loading the model in each), the device, torch
+threads and the git commit. Targets on one GPU (issue 9): CLIP ViT-B-32 >= 2,000 images/s,
 sentences >= 5,000 items/s.
 """
 
@@ -61,45 +63,59 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_images(args, device: str) -> float:
+def bench_images(args, device: str, precision: str, paths: list[Path]) -> tuple[float, np.ndarray | None]:
+    """images/s and the features (None with --processes > 1)."""
     from sea.features.image import encode_images, encode_images_sharded, load_clip
 
-    with tempfile.TemporaryDirectory(prefix="sea-bench-images-") as d:
+    if args.processes > 1:
         t = time.perf_counter()
-        paths = make_images(Path(d), args.images)
-        print(f"wrote {len(paths)} JPEGs in {time.perf_counter() - t:.1f} s")
-        if args.processes > 1:
-            t = time.perf_counter()
-            encode_images_sharded(paths, args.clip, None, processes=args.processes, batch_size=args.image_batch,
-                                  device=device, workers=args.workers, threads=args.threads)
-            return len(paths) / (time.perf_counter() - t)
-        model, preprocess, _ = load_clip(args.clip, None, device=device)
-        encode_images(paths[:args.image_batch], model, preprocess, batch_size=args.image_batch, device=device,
-                      workers=args.workers)  # warm-up
-        sync(device)
-        t = time.perf_counter()
-        encode_images(paths, model, preprocess, batch_size=args.image_batch, device=device, workers=args.workers)
-        sync(device)
-        return len(paths) / (time.perf_counter() - t)
+        encode_images_sharded(paths, args.clip, None, processes=args.processes, batch_size=args.image_batch,
+                              device=device, workers=args.workers, threads=args.threads, precision=precision)
+        return len(paths) / (time.perf_counter() - t), None
+    model, preprocess, _ = load_clip(args.clip, None, device=device, precision=precision)
+    encode_images(paths[:args.image_batch], model, preprocess, batch_size=args.image_batch, device=device,
+                  workers=args.workers)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    rows, _ = encode_images(paths, model, preprocess, batch_size=args.image_batch, device=device,
+                            workers=args.workers)
+    sync(device)
+    return len(paths) / (time.perf_counter() - t), rows
 
 
-def bench_texts(args, device: str) -> float:
+def bench_texts(args, device: str, precision: str, texts: list[str]) -> tuple[float, np.ndarray | None]:
+    """items/s and the features in batch order (None with --processes > 1)."""
     from sea.features.text import encode_batches, encode_texts, length_batches, load_text_model
 
-    texts = make_texts(args.texts)
     if args.processes > 1:
         t = time.perf_counter()
         encode_texts(texts, args.text_model, batch_size=args.text_batch, device=device, processes=args.processes,
-                     threads=args.threads)
-        return len(texts) / (time.perf_counter() - t)
-    model, _, _ = load_text_model(args.text_model, device)
+                     threads=args.threads, precision=precision)
+        return len(texts) / (time.perf_counter() - t), None
+    model, _, _ = load_text_model(args.text_model, device, precision)
     _, batches = length_batches(texts, args.text_batch)
     encode_batches(model, texts, batches[:1], device)  # warm-up
     sync(device)
     t = time.perf_counter()
-    encode_batches(model, texts, batches, device)
+    rows = encode_batches(model, texts, batches, device)
     sync(device)
-    return len(texts) / (time.perf_counter() - t)
+    return len(texts) / (time.perf_counter() - t), rows
+
+
+def min_cosine(a: np.ndarray | None, b: np.ndarray | None) -> str:
+    if a is None or b is None:
+        return ""
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return f", lowest row cosine to float32 {cos.min():.5f}"
+
+
+def report(what: str, unit: str, results: dict[str, tuple[float, np.ndarray | None]]) -> None:
+    for precision, (rate, _) in results.items():
+        print(f"{what} in {precision}: {rate:,.1f} {unit}/s")
+    low = [p for p in results if p != "float32"]
+    if "float32" in results and low:
+        (rate32, rows32), (rate, rows) = results["float32"], results[low[0]]
+        print(f"  {low[0]}/float32 speed ratio, one run: {rate / rate32:.2f}x{min_cosine(rows, rows32)}")
 
 
 def main() -> None:
@@ -116,27 +132,40 @@ def main() -> None:
     p.add_argument("--clip", default="ViT-B-32", help="open_clip architecture (random weights)")
     p.add_argument("--text-model", default="all-MiniLM-L6-v2")
     p.add_argument("--skip", choices=["images", "texts"], default=None)
+    p.add_argument("--precision", choices=["both", "auto", "float32", "bfloat16", "float16"], default="both",
+                   help="both (default): float32 and what auto picks on the device, in one run")
     args = p.parse_args()
     device = args.device
     on_gpu = device.startswith("cuda")
     args.images = args.images or (4096 if on_gpu else 128)
     args.texts = args.texts or (20000 if on_gpu else 512)
+    from sea.features import resolve_precision
+
+    chosen = resolve_precision("auto" if args.precision == "both" else args.precision, device)
+    precisions = list(dict.fromkeys(["float32", chosen])) if args.precision == "both" else [chosen]
 
     name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    results = {}
-    if args.skip != "images":
-        results["images"] = bench_images(args, device)
+    images: dict[str, tuple[float, np.ndarray | None]] = {}
+    texts: dict[str, tuple[float, np.ndarray | None]] = {}
+    with tempfile.TemporaryDirectory(prefix="sea-bench-images-") as d:
+        if args.skip != "images":
+            t = time.perf_counter()
+            paths = make_images(Path(d), args.images)
+            print(f"wrote {len(paths)} JPEGs in {time.perf_counter() - t:.1f} s")
+            for precision in precisions:
+                images[precision] = bench_images(args, device, precision, paths)
     if args.skip != "texts":
-        results["texts"] = bench_texts(args, device)
+        sentences = make_texts(args.texts)
+        for precision in precisions:
+            texts[precision] = bench_texts(args, device, precision, sentences)
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"processes {args.processes}, commit {commit or '?'}")
-    if "images" in results:
-        print(f"CLIP {args.clip} (fp16 autocast on CUDA, {args.workers} decode threads, batch {args.image_batch}): "
-              f"{results['images']:,.0f} images/s over {args.images:,} 500x500 JPEGs")
-    if "texts" in results:
-        print(f"{args.text_model} (fp16 autocast on CUDA, batch {args.text_batch}): "
-              f"{results['texts']:,.0f} items/s over {args.texts:,} texts of 20-120 words")
+    if images:
+        report(f"CLIP {args.clip} ({args.workers} decode threads, batch {args.image_batch}, "
+               f"{args.images:,} 500x500 JPEGs)", "images", images)
+    if texts:
+        report(f"{args.text_model} (batch {args.text_batch}, {args.texts:,} texts of 20-120 words)", "items", texts)
 
 
 if __name__ == "__main__":

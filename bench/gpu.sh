@@ -8,6 +8,7 @@
 #      384-d text features, batch 2048, 50 estimator steps), plain and fast formulations in
 #      one run with their ratio, and the full-ranking evaluation of all users;
 #   2. the same for LightGCN (the launch-bound floor of a graph model without features);
+#      then the CLUB estimator fit, autograd against the closed-form gradients;
 #   3. the encoders' throughput (CLIP ViT-B-32 images/s, MiniLM sentences/s);
 #   4. the bundled sample's whole pipeline on CUDA (`dvc repro -f`, train.device: auto).
 # Steps whose package is missing on the machine (open_clip, dvc) are reported and skipped.
@@ -26,6 +27,7 @@ echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 step() { echo; echo "== $*"; "$@" || echo "   (failed: exit $?)"; }
 step python3 bench/train_speed.py --preset baby --device cuda --batches 20
 step python3 bench/train_speed.py --preset baby --device cuda --model lightgcn --batches 20
+step python3 bench/estimator_speed.py --device cuda
 if [ -f bench/encoder_speed.py ]; then
   step python3 bench/encoder_speed.py --device cuda
 fi
