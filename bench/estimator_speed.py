@@ -8,8 +8,10 @@ Both fit the same batched estimator (two modalities, head_dim 32, hidden 16: the
 defaults) on the same pairs with fused Adam, ``--steps`` steps per fit (club.steps, 50);
 the pairs are a batch's distinct positive items (about 590 on the sample, 1,900 at Baby's
 size with batch 2048). Prints milliseconds per estimator step (median of ``--repeats``
-fits after one warm-up each), the autograd/closed-form ratio, the largest weight
-difference after the timed fits, the device and the commit.
+fits after one warm-up each), the autograd/closed-form ratio, both fits' last
+log-likelihoods, the device and the commit. The two fits compute the same gradients (in
+float64 their weights agree to 1e-15 after 1,000 steps); in float32 rounding makes their
+Adam trajectories drift apart slowly, so the log-likelihoods agree closely, not exactly.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from sea.losses import CLUBEstimator
 from sea.models.base import adam
 
 
-def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer, steps: int) -> None:
-    """The fit as it was: autograd on ``log_likelihood``."""
+def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer, steps: int) -> torch.Tensor:
+    """The fit as it was: autograd on ``log_likelihood``; the last log-likelihoods."""
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        (-est.log_likelihood(x, y).sum()).backward()
+        ll = est.log_likelihood(x, y)
+        (-ll.sum()).backward()
         optimizer.step()
+    return ll.detach()
 
 
 def sync(device: str) -> None:
@@ -60,21 +64,19 @@ def main() -> None:
         fits = {"autograd": lambda: autograd_fit(ests["autograd"], x, y, opts["autograd"], args.steps),
                 "closed form": lambda: ests["closed form"].fit(x, y, opts["closed form"], args.steps)}
         times: dict[str, list[float]] = {k: [] for k in fits}
-        for k in fits:
-            fits[k]()  # warm-up
+        last = {k: fit() for k, fit in fits.items()}  # warm-up
         for _ in range(args.repeats):
             for k, fit in fits.items():  # taking turns: both meet the same machine state
                 sync(args.device)
                 t = time.perf_counter()
-                fit()
+                last[k] = fit()
                 sync(args.device)
                 times[k].append((time.perf_counter() - t) / args.steps * 1e3)
         ms = {k: statistics.median(v) for k, v in times.items()}
-        diff = max((a - b).abs().max().item() for a, b in zip(ests["autograd"].parameters(),
-                                                             ests["closed form"].parameters()))
+        lls = "; ".join(f"{k} {', '.join(f'{v:.3f}' for v in ll.tolist())}" for k, ll in last.items())
         print(f"{n} pairs x 2 modalities, {args.steps} steps per fit: autograd {ms['autograd']:.3f} ms/step, "
               f"closed form {ms['closed form']:.3f} ms/step, ratio {ms['autograd'] / ms['closed form']:.2f}x "
-              f"(largest weight difference after {(args.repeats + 1) * args.steps} steps: {diff:.1e})")
+              f"(last log-likelihoods after {(args.repeats + 1) * args.steps} steps: {lls})")
 
 
 if __name__ == "__main__":
