@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sea.features import resolve_device
-from sea.features.fetch import cache_name, fetch_images
+from sea.features.fetch import cache_key, cache_name, fetch_images
 from sea.features.image import encode_images, load_clip
 from sea.io import sha256_file
 
@@ -246,7 +246,9 @@ def test_fetch_images(serve_dir, tmp_path: Path) -> None:
     assert got[4] == local.resolve() and got[5] == local.resolve()  # used in place, not copied
     assert [got[i] for i in (2, 3, 6, 7, 9)] == [None] * 5
     assert sorted(serve_dir.hits) == ["/a.png", "/missing.png", "/sub%20dir/b.png"]
-    assert sorted(p.name for p in cache.iterdir()) == sorted([got[0].name, got[1].name])
+    # the two downloads, and the 404 remembered so that it is not asked again
+    assert sorted(p.name for p in cache.iterdir()) == sorted([got[0].name, got[1].name,
+                                                              f"{cache_key(urls[2])}.404.gone"])
 
     # second call: everything comes from the cache, the server sees no new request
     hits_before = len(serve_dir.hits)

@@ -42,8 +42,8 @@ def png(i: int) -> bytes:
 
 class ImageServer:
     """Serves ``/img/<i>.png``; ``/429/<i>.png?after=S`` answers 429 (Retry-After: S) to
-    the first request for each path, ``/503/<i>.png`` answers 503 once, ``/500/<i>.png``
-    always. Counts requests per path (:attr:`hits`) and the most requests in progress at
+    the first request for each path, ``/503/<i>.png`` answers 503 once, ``/500/<i>.png``,
+    ``/404/<i>.png`` and ``/410/<i>.png`` always. Counts requests per path (:attr:`hits`) and the most requests in progress at
     once (:attr:`peak`)."""
 
     def __init__(self, host: str = "127.0.0.1", delay: float = 0.0) -> None:
@@ -74,8 +74,8 @@ class ImageServer:
                     if kind == "429" and seen == 1:
                         after = urllib.parse.parse_qs(query)["after"][0]
                         return self.answer(429, b"slow down", Retry_After=after)
-                    if (kind == "503" and seen == 1) or kind == "500":
-                        return self.answer(int(kind), b"busy")
+                    if (kind == "503" and seen == 1) or kind in ("500", "404", "410"):
+                        return self.answer(int(kind), b"no")
                     self.answer(200, png(i), Content_Type="image/png")
                 finally:
                     with outer.lock:
@@ -259,6 +259,26 @@ def test_cached_images_are_used_offline(tmp_path, images):
                                    allow_private_hosts=True, progress=False)
     assert all(paths[i].read_bytes() == png(i) for i in range(50)) and paths[50] is None
     assert failures == {"unreachable": 1}
+
+
+def test_urls_gone_for_good_are_not_asked_again(tmp_path, images):
+    """404 and 410 are remembered in the cache; a 500 is asked again next run; the
+    failures counted (what image.json records) are the same either way."""
+    urls = [f"{images.url}/{kind}/{i}.png" for i, kind in enumerate(["img", "404", "410", "500"])]
+    cache = tmp_path / "cache"
+    first = fetch_images(urls, cache, allow_private_hosts=True, progress=False, retries=0)
+    assert first[1] == {"http_error": 3} and first[0][0].read_bytes() == png(0)
+    assert sorted(p.name.split(".", 1)[1] for p in cache.glob("*.gone")) == ["404.gone", "410.gone"]
+    hits = dict(images.hits)
+    assert hits == {"/img/0.png": 1, "/404/1.png": 1, "/410/2.png": 1, "/500/3.png": 1}
+
+    second = fetch_images(urls, cache, allow_private_hosts=True, progress=False, retries=0)
+    assert second[1] == first[1] and second[0] == first[0]
+    assert dict(images.hits) == hits | {"/500/3.png": 2}  # only the 500 was asked again
+
+    next(cache.glob("*.404.gone")).unlink()  # forgetting it asks again
+    fetch_images(urls, cache, allow_private_hosts=True, progress=False, retries=0)
+    assert images.hits["/404/1.png"] == 2 and images.hits["/410/2.png"] == 1
 
 
 def test_partial_cache_files_never_count(tmp_path, images):

@@ -60,6 +60,9 @@ def cache_name(url: str, sha256: str) -> str:
 
 _CACHE_FILE = re.compile(r"([0-9a-f]{40})-([0-9a-f]{64})")
 _CACHE_TMP = re.compile(r"\.[0-9a-f]{40}\.[a-z0-9_]{8}\.tmp")
+#: HTTP statuses that say a URL is gone for good: remembered, never asked again.
+GONE_STATUSES = (404, 410)
+_GONE_FILE = re.compile(r"([0-9a-f]{40})\.(404|410)\.gone")
 
 
 def any_address(ip: str) -> bool:
@@ -74,21 +77,37 @@ class ImageCache:
     and is renamed into place atomically, so an interrupted run leaves only complete
     files, and the next run fetches just the rest. A cached file is reused only when it
     is not empty, within the size cap, and its bytes still have the sha256 in its name
-    (else it is deleted and fetched again). Stale ``.<sha1>.*.tmp`` files of a killed run
-    are removed when the cache is opened; nothing else in the folder is touched. The
-    folder holds nothing but these files, so it can be copied between machines.
+    (else it is deleted and fetched again). A URL answered 404 or 410 is remembered as an
+    empty ``<sha1>.<status>.gone`` file and not asked again (delete those files to ask
+    again). Stale ``.<sha1>.*.tmp`` files of a killed run are removed when the cache is
+    opened; nothing else in the folder is touched. The folder holds nothing but these
+    files, so it can be copied between machines.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, str] = {}
+        self.gone: dict[str, int] = {}
         for name in sorted(os.listdir(self.folder)):
             if _CACHE_TMP.fullmatch(name):
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / name).unlink()
             elif (m := _CACHE_FILE.fullmatch(name)) and m.group(1) not in self.index:
                 self.index[m.group(1)] = name
+            elif m := _GONE_FILE.fullmatch(name):
+                self.gone.setdefault(m.group(1), int(m.group(2)))
+
+    def gone_status(self, url: str) -> int | None:
+        """The 404/410 an earlier attempt got for ``url``, or None."""
+        return self.gone.get(cache_key(url))
+
+    def remember_gone(self, url: str, status: int) -> None:
+        """Record that ``url`` answered ``status`` (404 or 410): it is gone for good."""
+        key = cache_key(url)
+        self.gone.setdefault(key, status)
+        with contextlib.suppress(OSError):  # not remembered: asked again next run
+            (self.folder / f"{key}.{status}.gone").touch()
 
     def get(self, url: str, max_bytes: int) -> Path | None:
         """The verified cached file of ``url``, or None."""
@@ -376,6 +395,11 @@ class ImageFetcher(Sequence):
         cached = self._cache.get(url, p.max_bytes)
         if cached is not None:
             return "cached", cached, None
+        status = self._cache.gone_status(url)
+        if status is not None:  # the same failure as the first time, without asking again
+            return None, None, HTTPStatusError(f"{url}: HTTP {status}, remembered from an earlier run "
+                                               f"(delete {cache_key(url)}.{status}.gone in the image cache "
+                                               "to ask again)", status=status)
         name = self._host(url)
         host = self.network.host(name)
         waited = 0.0
@@ -401,6 +425,8 @@ class ImageFetcher(Sequence):
                     return "downloaded", path, None
                 except FetchError as e:
                     self.network.record(name, e)
+                    if isinstance(e, HTTPStatusError) and e.status in GONE_STATUSES:
+                        self._cache.remember_gone(url, e.status)
                     error = e
             if not _retryable(error) or attempt > p.retries:
                 return None, None, error
