@@ -314,8 +314,8 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     best_value, best_epoch, best_valid = -math.inf, 0, {}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad_evals, start, eval_seconds, epoch_seconds = 0, time.perf_counter(), 0.0, []
-    bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch",
-               disable=not world.is_main)
+    quiet = {} if world.is_main else {"disable": True}  # rank 0's bars; TQDM_* variables still apply
+    bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch", **quiet)
     for epoch in bar:
         t0 = time.perf_counter()
         model.on_epoch_start(epoch, gen)
