@@ -515,12 +515,15 @@ def fetch(
                     with atomic_path(dest) as tmp:
                         _download(full, url, tmp, None, sha256, timeout, deadline, max_bytes, progress, dest.name)
                     return dest
-                if _download(full, url, None, part, sha256, timeout, deadline, max_bytes, progress, dest.name):
+                # a resumed file that does not match its sha256 is dropped and fetched once
+                # more from its first byte (that second call cannot resume, so it returns
+                # True or raises)
+                args = (full, url, None, part, sha256, timeout, deadline, max_bytes, progress, dest.name)
+                if _download(*args) or _download(*args):
                     with atomic_path(dest) as tmp:
                         shutil.move(part, tmp)
                     _drop_partial(part)
                     return dest
-                error: FetchError = ChecksumError(f"{url}: the resumed file did not match its sha256; starting afresh")
             except (ChecksumError, TooLargeError):
                 if part is not None:
                     _drop_partial(part)
@@ -530,7 +533,7 @@ def fetch(
             except HTTPStatusError as e:
                 if not e.retryable:
                     raise
-                error = e
+                error: FetchError = e
             except FetchError as e:
                 error = e
             if attempt == retries or not full.startswith("http"):
@@ -606,10 +609,12 @@ def _download(full: str, url: str, tmp: Path | None, part: Path | None, sha256: 
             offset = 0
         if part is not None:
             part.parent.mkdir(parents=True, exist_ok=True)
-            new = _validator(resp)
+            # a 206 need not repeat the validator it was asked with (If-Range): keep that one
+            new = _validator(resp) or (validator if offset else None)
             if new is None:
                 _drop_partial(part)  # nothing to resume with: an interrupted body starts afresh
-            part.with_suffix(".json").write_text(json.dumps({"url": full, "validator": new}))
+            else:
+                part.with_suffix(".json").write_text(json.dumps({"url": full, "validator": new}))
         with open(tmp if part is None else part, "ab" if offset else "wb") as out, \
                 tqdm(total=None if content_length(resp) is None else offset + content_length(resp),
                      initial=offset, unit="B", unit_scale=True, desc=f"download {name}",

@@ -297,13 +297,15 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class DumpServer:
-    """Serves ``/dump.bin`` with an ETag, honouring ``Range``/``If-Range`` unless
-    ``ignore_range``; the first ``cut`` responses stop halfway through their body.
-    Counts the body bytes it sent (:attr:`sent`) and the requests' Range headers."""
+    """Serves ``/dump.bin`` with an ETag (on a 206 too unless not ``etag_on_206``),
+    honouring ``Range``/``If-Range`` unless ``ignore_range``; the first ``cut`` responses
+    stop halfway through their body. Counts the body bytes it sent (:attr:`sent`) and the
+    requests' Range headers."""
 
     def __init__(self, payload: bytes = PAYLOAD, *, cut: int = 0, ignore_range: bool = False,
-                 etag: str = '"v1"') -> None:
+                 etag: str = '"v1"', etag_on_206: bool = True) -> None:
         self.payload, self.cut, self.ignore_range, self.etag = payload, cut, ignore_range, etag
+        self.etag_on_206 = etag_on_206
         self.sent = 0
         self.ranges: list[str | None] = []
         outer = self
@@ -328,7 +330,8 @@ class DumpServer:
                         return
                     status, body = 206, body[start:]
                 self.send_response(status)
-                self.send_header("ETag", outer.etag)
+                if status == 200 or outer.etag_on_206:
+                    self.send_header("ETag", outer.etag)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 if status == 206:
@@ -385,6 +388,18 @@ def test_broken_off_dump_is_resumed_by_the_next_run(tmp_path, dump_server):
     assert list(partial.iterdir()) == []
 
 
+def test_a_206_without_a_validator_still_resumes_whole(tmp_path, dump_server):
+    """The server names its ETag on the 200 only: the resumed part keeps the one it was
+    asked with, and the file is the whole payload, not its second half."""
+    server = dump_server(cut=1, etag_on_206=False)
+    dest, partial = tmp_path / "dump.bin", tmp_path / "partial"
+    with pytest.raises(IncompleteError):
+        fetch(server.url, dest, PAYLOAD_SHA, retries=1, progress=False, partial_dir=partial)
+    fetch(server.url, dest, PAYLOAD_SHA, retries=1, progress=False, partial_dir=partial)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.ranges == [None, f"bytes={len(PAYLOAD) // 2}-"] and server.sent == len(PAYLOAD)
+
+
 def test_retries_within_one_run_resume_too(tmp_path, dump_server):
     server = dump_server(cut=2)
     dest = tmp_path / "dump.bin"
@@ -424,7 +439,7 @@ def test_resumed_file_with_a_wrong_checksum_is_fetched_afresh_once(tmp_path, dum
         fetch(server.url, dest, retries=1, progress=False, partial_dir=partial)
     (part,) = partial.glob("*.part")
     part.write_bytes(b"x" * part.stat().st_size)  # the kept half got damaged on disk
-    fetch(server.url, dest, PAYLOAD_SHA, retries=2, backoff=0.01, progress=False, partial_dir=partial)
+    fetch(server.url, dest, PAYLOAD_SHA, retries=1, progress=False, partial_dir=partial)  # within one attempt
     assert dest.read_bytes() == PAYLOAD and list(partial.iterdir()) == []
     with pytest.raises(ChecksumError):  # a fresh file with a wrong sha256: refused, not retried
         fetch(server.url, tmp_path / "again.bin", "0" * 64, retries=3, progress=False, partial_dir=partial)
