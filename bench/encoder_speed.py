@@ -92,12 +92,12 @@ def bench_texts(args, device: str, precision: str, texts: list[str]) -> tuple[fl
         encode_texts(texts, args.text_model, batch_size=args.text_batch, device=device, processes=args.processes,
                      threads=args.threads, precision=precision)
         return len(texts) / (time.perf_counter() - t), None
-    model, _, _ = load_text_model(args.text_model, device, precision)
+    model = load_text_model(args.text_model, device, precision)
     _, batches = length_batches(texts, args.text_batch)
-    encode_batches(model, texts, batches[:1], device)  # warm-up
+    encode_batches(model, texts, batches[:1])  # warm-up
     sync(device)
     t = time.perf_counter()
-    rows = encode_batches(model, texts, batches, device)
+    rows = encode_batches(model, texts, batches)
     sync(device)
     return len(texts) / (time.perf_counter() - t), rows
 

@@ -48,10 +48,10 @@ def dump_files(cfg: DatasetConfig, given_split: str | None = None) -> list[Downl
         if not is_plain_name(d.name) or d.name == SOURCE_FILE:
             raise ConfigError(f"params.yaml [dataset]: {d.role}_url {d.url!r} does not end in a usable file name "
                               f"(got {d.name!r}); it is saved under data/raw/<name>/ by that name")
-    names = [d.name for d in files]
-    for i, d in enumerate(files):
-        if d.name in names[:i]:
-            first = files[names.index(d.name)]
+    first_named: dict[str, Download] = {}
+    for d in files:
+        first = first_named.setdefault(d.name, d)
+        if first is not d:
             raise ConfigError(f"params.yaml [dataset]: {first.role}_url and {d.role}_url both end in the file name "
                               f"{d.name!r}; one would overwrite the other in data/raw/{cfg.name}/ "
                               "(serve them under different names)")
@@ -85,14 +85,14 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) 
                                     f"upstream, delete that entry to record the new hash") from None
             raise
         verify_pin(path, d)
-        digest, size = sha256_file(path), path.stat().st_size
-        if check == TOFU_RECORDED:
-            record.add(d.record_key, digest, size)
-            recorded = True
+        # fetch checked the bytes against sha when there is one: no need to read them again
+        digest, size = sha.lower() if sha else sha256_file(path), path.stat().st_size
         verified = "trusted on first use" if check in (TOFU_RECORDED, TOFU_VERIFIED) else check  # the same every run
         sources[d.role] = {"url": d.url, "file": path.name, "sha256": digest, "bytes": size, "verified": verified}
         print(f"{d.role}: {d.url} ({size:,} bytes; sha256 {check})")
         if check == TOFU_RECORDED:
+            record.add(d.record_key, digest, size)
+            recorded = True
             print(f"warning: no pin for {d.url}: its sha256 is recorded in {record.path} (trust on first use); "
                   f"commit that file so later downloads are verified against it", file=sys.stderr)
     if recorded:

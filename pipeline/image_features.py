@@ -61,7 +61,7 @@ def fetch_policy(cfg: ImageFeatureConfig) -> FetchPolicy:
 
 def check_coverage(fetcher: ImageFetcher, cfg: ImageFeatureConfig) -> None:
     """Stop with one line when fewer items got an image file than ``min_coverage`` asks."""
-    got, wanted = sum(p is not None for p in fetcher.result), fetcher.n_with_url
+    got, wanted = fetcher.n_fetched, fetcher.n_with_url
     if wanted and got < cfg.min_coverage * wanted:
         raise FetchError(f"only {got} of {wanted} item images could be fetched ({got / wanted:.1%}), below "
                          f"features.image.min_coverage {cfg.min_coverage:g}; {fetcher.report()}")
@@ -91,8 +91,7 @@ def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
             matrix, info = encode_images(fetcher, model, preprocess, batch_size=cfg.batch_size, device=cfg.device,
                                          workers=cfg.workers)
             info = clip_info | info
-        else:  # the ranks split the batches: every file must be known first
-            fetcher.wait()
+        else:  # the ranks split the batches: encode_images_sharded waits for every file first
             matrix, info = encode_images_sharded(
                 fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed, precision=cfg.precision,
                 batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
@@ -140,8 +139,7 @@ def read_cnn(items: pd.DataFrame, cfg: ImageFeatureConfig, url: str):
         raise TooLargeError(f"{e} (features.image.cnn_max_mb: {cfg.cnn_max_mb:g})") from None
     except FetchTimeoutError as e:
         raise FetchTimeoutError(f"{e} (features.image.cnn_timeout: {cfg.cnn_timeout:g})") from None
-    remote = local_path(url) is None  # record an http(s) URL; of a local file only its name
-    name = url if remote else path.name
+    name = url if downloaded else path.name  # record an http(s) URL; of a local file only its name
     asins = items["asin"].tolist()
     try:
         matrix, info = read_cnn_features(path, asins, expected_sha256=cfg.cnn_sha256, name=name)

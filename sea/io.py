@@ -506,7 +506,7 @@ def fetch(
     dest = Path(dest)
     full = resolve_url(url, base_dir)
     resumable = partial_dir is not None and full.startswith(("http://", "https://"))
-    part = Path(partial_dir) / f"{hashlib.sha1(full.encode()).hexdigest()}.part" if resumable else None
+    part = Path(partial_dir) / f"{cache_key(full)}.part" if resumable else None
     with Deadline(total_timeout if total_timeout is not None else float("inf")) as deadline:
         for attempt in range(1, retries + 1):
             try:
@@ -540,6 +540,11 @@ def fetch(
                 raise error
             time.sleep(min(retry_wait(error, attempt, backoff, full), max(0.0, deadline.at - time.monotonic())))
     raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+
+def cache_key(url: str) -> str:
+    """The sha1 hex of a URL: what files cached or resumed for it are named after."""
+    return hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

@@ -204,7 +204,7 @@ class CLUBEstimator(nn.Module):
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`log_likelihood` of ``[count, n, dim]`` pairs (per estimator) and the
         gradients of −Σ of it with respect to :meth:`parameters`, in their order, computed
-        in closed form (``tests/test_losses.py`` checks them against autograd)."""
+        in closed form (``tests/test_sea.py`` checks them against autograd)."""
         w1m, b1m, w2m, b2m = self.mu_1_weight, self.mu_1_bias, self.mu_2_weight, self.mu_2_bias
         w1v, b1v, w2v, b2v = self.logvar_1_weight, self.logvar_1_bias, self.logvar_2_weight, self.logvar_2_bias
         n = x.shape[1]

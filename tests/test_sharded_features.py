@@ -82,9 +82,9 @@ def test_text_batches_match_sentence_transformers(one_thread) -> None:
     from sea.features.text import encode_batches, length_batches, load_text_model
 
     texts = [t for t in TEXTS if t and t.strip()]
-    model, _, _ = load_text_model("all-MiniLM-L6-v2", "cpu")
+    model = load_text_model("all-MiniLM-L6-v2", "cpu")
     order, batches = length_batches(texts, 4)
-    rows = encode_batches(model, texts, batches, "cpu")
+    rows = encode_batches(model, texts, batches)
     ours = np.empty_like(rows)
     ours[order] = rows
     theirs = model.encode(texts, batch_size=4, convert_to_numpy=True, show_progress_bar=False)

@@ -69,9 +69,6 @@ def fill_missing_with_mean(encoded: np.ndarray, present: list[int], n: int) -> n
     return out
 
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "torch_dtype", "fill_missing_with_mean"]
-
-
 def empty_features(modality: str, n_items: int) -> tuple[np.ndarray, dict]:
     """The feature file of a dataset with no input at all for ``modality`` (no metadata):
     ``[n_items, 0]``, and an info dict that :func:`sea.artifacts.read_features` refuses
@@ -81,3 +78,7 @@ def empty_features(modality: str, n_items: int) -> tuple[np.ndarray, dict]:
             f"models that read {modality} refuse to train on it")
     print(f"warning: {note}", file=sys.stderr)
     return np.zeros((n_items, 0), dtype=np.float32), {"dim": 0, "n_items": n_items, counter: 0, "note": note}
+
+
+__all__ = ["PRECISIONS", "empty_features", "fill_missing_with_mean", "native_bf16_cpu", "resolve_device",
+           "resolve_precision", "torch_dtype"]

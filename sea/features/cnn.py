@@ -42,7 +42,8 @@ from typing import Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean
-from sea.io import ChecksumError, DataError, fetch, local_path
+from sea.config import DatasetConfig
+from sea.io import ChecksumError, DataError, cache_key, fetch, local_path
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,7 @@ def obtain_cnn_file(url: str, sha256: str | None, *, max_bytes: int, total_timeo
         if not local.is_file():
             raise DataError(f"{url}: no such file (features.image.cnn_url)")
         return local, False
-    name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "features.b"
-    dest = Path(cache_dir) / f"{hashlib.sha1(url.encode('utf-8')).hexdigest()[:16]}-{name}"
+    dest = Path(cache_dir) / f"{cache_key(url)[:16]}-{DatasetConfig.local_name(url) or 'features.b'}"
     if refresh:
         dest.unlink(missing_ok=True)
     if not dest.is_file():

@@ -19,7 +19,6 @@ within ``max_wait`` seconds of waiting per image. When hosts cannot be reached a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sea.io import (Deadline, FetchError, HTTPStatusError, RefusedError, TooLargeError, copy_body,
+from sea.io import (Deadline, FetchError, HTTPStatusError, RefusedError, TooLargeError, cache_key, copy_body,
                     is_public_address, open_public_http, resolve_url, retry_wait, sha256_file)
 
 log = logging.getLogger(__name__)
@@ -46,11 +45,6 @@ CACHE_ENV = "SEA_IMAGE_CACHE"
 
 
 # --------------------------------------------------------------------------- the cache
-
-
-def cache_key(url: str) -> str:
-    """The sha1 hex of the URL: the first part of its cache file's name."""
-    return hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def cache_name(url: str, sha256: str) -> str:
@@ -482,14 +476,19 @@ class ImageFetcher(Sequence):
         """Failures per reason, sorted by reason."""
         return dict(sorted(self.failures.items()))
 
+    @property
+    def n_fetched(self) -> int:
+        """Items with a file so far (all of them once :meth:`wait` returned)."""
+        return sum(p is not None for p in self.result)
+
     def summary(self) -> dict:
         """What image.json records: counts only, no timings, sorted keys; the split between
         cached and downloaded files varies from run to run and is only printed."""
-        n_available = sum(p is not None for p in self.result)
+        n_fetched = self.n_fetched
         return {
             "n_with_url": self.n_with_url,
-            "n_fetched": n_available,
-            "fetch_coverage": round(n_available / self.n_with_url, 6) if self.n_with_url else None,
+            "n_fetched": n_fetched,
+            "fetch_coverage": round(n_fetched / self.n_with_url, 6) if self.n_with_url else None,
             "fetch_failures": self.counts(),
             "unreachable_hosts": self.network.unreachable_hosts(),
             "offline": self.network.offline,

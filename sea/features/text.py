@@ -83,8 +83,8 @@ def length_batches(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, l
 
 def load_text_model(model_name: str, device: str, precision: str = "float32"):
     """The sentence-transformers model ``model_name`` on ``device`` with its weights in
-    ``precision`` (resolved: float32, bfloat16 or float16), and where it came from."""
-    resolved, source = resolve_text_model(model_name)
+    ``precision`` (resolved: float32, bfloat16 or float16)."""
+    resolved, _ = resolve_text_model(model_name)
     local = Path(resolved).is_dir()
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; local_files_only is what keeps
     # an already-imported hub client from making requests for a local folder.
@@ -94,10 +94,10 @@ def load_text_model(model_name: str, device: str, precision: str = "float32"):
         model = SentenceTransformer(resolved, device=device, local_files_only=local)
     if precision != "float32":
         model.to(torch_dtype(precision))
-    return model, resolved, source
+    return model
 
 
-def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray], device: str,
+def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray],
                    desc: str = "encode texts") -> np.ndarray:
     """Embed ``texts`` batch by batch; rows (float32, whatever dtype the model computes in)
     in the order of the concatenated ``batches``."""
@@ -118,8 +118,8 @@ def _text_rank(ctx, model_name: str, precision: str, texts: list[str], batches: 
     from sea.distributed import shard_bounds
 
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
-    model, _, _ = load_text_model(model_name, ctx.device, precision)
-    ctx.save("rows", encode_batches(model, texts, batches[lo:hi], ctx.device,
+    model = load_text_model(model_name, ctx.device, precision)
+    ctx.save("rows", encode_batches(model, texts, batches[lo:hi],
                                     desc=f"encode texts (rank {ctx.rank})"))
 
 
@@ -139,9 +139,9 @@ def encode_texts(
 
     Returns a float32 array ``[len(texts), d]`` whose row ``i`` embeds ``texts[i]`` (``d``
     comes from the model), and an info dict (``model``, ``source``, ``precision`` as
-    resolved, ``dim``, ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is ``None``, empty or
-    only whitespace get the mean embedding of the items that have text. Raises
-    ``DataError`` when no item has text.
+    resolved, ``dim``, ``n_items``, ``n_with_text``, ``n_missing``). Items whose text is
+    ``None``, empty or only whitespace get the mean embedding of the items that have text.
+    Raises ``DataError`` when no item has text.
 
     ``processes > 1`` shards the batches over that many ranks (:mod:`sea.distributed`;
     rank r on ``cuda:r`` on CUDA), each with ``threads`` torch threads (recorded in the
@@ -160,8 +160,8 @@ def encode_texts(
     log.info("encoding %d texts with %s on %s in %s in %d process(es)", len(present), resolved, dev, precision,
              processes)
     if processes == 1:
-        model, _, _ = load_text_model(model_name, dev, precision)
-        rows = encode_batches(model, sentences, batches, dev)
+        model = load_text_model(model_name, dev, precision)
+        rows = encode_batches(model, sentences, batches)
     else:
         from sea.distributed import launch, load_shards, shard_dir
 
