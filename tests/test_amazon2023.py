@@ -162,6 +162,17 @@ def test_metadata_2023_bad_records(tmp_path):
     assert read_metadata(hidden, asins={"P9"})["asin"].tolist() == ["P9"]
 
 
+def test_metadata_2023_text_is_cleaned_once(tmp_path):
+    """An escaped entity stays as the dump means it, in the description as in the title
+    (the 2014/2018 reader does the same): "&amp;lt;b&amp;gt;" is the text "&lt;b&gt;"."""
+    raw = "Use &amp;lt;b&amp;gt; here &amp;amp; there"
+    path = write_gz(tmp_path / "meta_X.jsonl.gz", json.dumps(
+        {"parent_asin": "P1", "title": raw, "features": [raw], "description": ["<p>second</p>"]}) + "\n")
+    row = read_metadata(path).iloc[0]
+    assert row["title"] == "Use &lt;b&gt; here &amp; there"
+    assert row["description"] == "Use &lt;b&gt; here &amp; there second"
+
+
 # --------------------------------------------------------------------------- fuzzing
 # Real 2023 lines, mutated as in tests/test_fuzz_readers.py: a reader returns what an
 # independent parse of the same bytes says, or a DataError that starts with the file's path.

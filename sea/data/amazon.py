@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import html
 import json
 import logging
 import re
@@ -45,15 +44,18 @@ import numpy as np
 import pandas as pd
 
 from sea.data.lines import (
+    CATEGORY_SEPARATOR,
     Lines,
     TruncatedFileWarning,
     check_id,
     check_text,
+    clean_text,
     decode,
     parse_finite,
     parse_timestamp,
     require_newline,
     review_fields,
+    text_field,
 )
 from sea.data import amazon2023
 from sea.io import DataError
@@ -73,18 +75,12 @@ log = logging.getLogger(__name__)
 REVIEW_COLUMNS = ("user", "item", "rating", "timestamp")
 METADATA_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")
 
-#: Separator between the levels of a category path in the ``categories`` column.
-CATEGORY_SEPARATOR = " > "
 
 #: Metadata keys that may hold an image URL, most preferred first: the 2018 full-size
 #: list, the 2018 thumbnail lists (turned into full-size URLs, see :func:`_full_size_url`),
 #: then the 2014 single URL.
 IMAGE_KEYS = ("imageURLHighRes", "imageURL", "image", "imUrl")
 
-_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
-# An opening tag cut off at the end of the text, as in some 2018 titles
-# ('<span class="a-size-medium a-color-secondary"').
-_DANGLING_TAG = re.compile(r"<[A-Za-z/!?][^<>]*$")
 _SPACE = re.compile(r"\s+")
 # Amazon image URLs carry size/crop modifiers before the extension:
 # ".../I/317ZQtCvFzL._SX38_SY50_CR,0,0,38,50_.jpg"; without them the URL names the
@@ -220,15 +216,6 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
 # --------------------------------------------------------------------------- metadata
 
 
-def clean_text(text: str) -> str:
-    """Strip HTML tags (including one cut off at the end), unescape entities, squeeze spaces."""
-    if "<" in text:
-        text = _DANGLING_TAG.sub(" ", _TAG.sub(" ", text))
-    if "&" in text:
-        text = html.unescape(text)
-    return _SPACE.sub(" ", text).strip()
-
-
 def _parse_meta_line(line: bytes, where: str) -> dict:
     """Parse one metadata line: JSON first, then a Python literal (never code)."""
     text = decode(line, where).strip()
@@ -245,18 +232,6 @@ def _parse_meta_line(line: bytes, where: str) -> dict:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected one product record (a dict), got {type(rec).__name__}")
     return rec
-
-
-def _text_field(rec: dict, key: str, where: str) -> str:
-    """A text field: a string or a list of strings (joined with spaces); missing -> ""."""
-    value = rec.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return check_text(clean_text(value), key, where)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return check_text(clean_text(" ".join(value)), key, where)
-    raise DataError(f"{where}: field {key!r} must be text or a list of text, got {type(value).__name__}")
 
 
 def _category_path(rec: dict, where: str) -> str:
@@ -379,7 +354,7 @@ def read_metadata(
         where = _where(path, lineno)
         rec = _parse_meta_line(line, where)
         if "parent_asin" in rec and "asin" not in rec:
-            row = amazon2023.metadata_row(rec, where, clean_text, image_size)
+            row = amazon2023.metadata_row(rec, where, image_size)
         else:
             row = _metadata_row(rec, where)
         asin = row[0]
@@ -412,10 +387,10 @@ def _metadata_row(rec: dict, where: str) -> tuple:
         raise DataError(f"{where}: product record lacks a string 'asin' (got {asin!r:.100})")
     return (
         check_id(asin.strip(), "asin", where),
-        _text_field(rec, "title", where),
-        _text_field(rec, "brand", where),
+        text_field(rec, "title", where),
+        text_field(rec, "brand", where),
         _category_path(rec, where),
-        _text_field(rec, "description", where),
+        text_field(rec, "description", where),
         _image_url(rec, where),
     )
 

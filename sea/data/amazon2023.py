@@ -32,14 +32,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sea.config import IMAGE_SIZES
 from sea.data.lines import (
+    CATEGORY_SEPARATOR,
     Lines,
     check_id,
     check_text,
+    clean_text,
     decode,
     parse_finite,
     parse_timestamp,
     require_newline,
+    text_field,
+    text_values,
 )
 from sea.data import lines
 from sea.io import DataError
@@ -48,8 +53,6 @@ from sea.io import DataError
 BENCHMARK_HEADER = ("user_id", "parent_asin", "rating", "timestamp")
 HISTORY = "history"
 #: Image sizes of a 2023 ``images`` record, in the order tried after the requested one.
-IMAGE_FALLBACK = ("large", "hi_res", "thumb")
-CATEGORY_SEPARATOR = " > "
 
 
 # --------------------------------------------------------------------------- reviews
@@ -176,17 +179,6 @@ def wanted_2023(line: bytes, asins) -> bool | None:
     return values[0].decode("utf-8", "replace").strip() in asins
 
 
-def _text_list(rec: dict, key: str, where: str) -> list[str]:
-    value = rec.get(key)
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise DataError(f"{where}: field {key!r} must be text or a list of text, got {type(value).__name__}")
-
-
 def _details(rec: dict, where: str) -> str:
     """``details`` as "key: value; ..." (values that are not text or numbers are skipped)."""
     value = rec.get("details")
@@ -201,7 +193,7 @@ def _details(rec: dict, where: str) -> str:
 
 def image_url(rec: dict, size: str, where: str) -> str | None:
     """The URL of the item's MAIN image (else its first), in ``size`` when present, else
-    the next of :data:`IMAGE_FALLBACK`; None when the record has no image."""
+    the next of :data:`sea.config.IMAGE_SIZES`; None when the record has no image."""
     images = rec.get("images")
     if images is None or images == []:
         return None
@@ -209,7 +201,7 @@ def image_url(rec: dict, size: str, where: str) -> str | None:
         raise DataError(f"{where}: field 'images' must be a list of {{thumb, large, hi_res, variant}} records")
     main = [i for i in images if i.get("variant") == "MAIN"]
     for image in main + [i for i in images if i.get("variant") != "MAIN"]:
-        for key in (size,) + tuple(k for k in IMAGE_FALLBACK if k != size):
+        for key in (size,) + tuple(k for k in IMAGE_SIZES if k != size):
             url = image.get(key)
             if url is None:
                 continue
@@ -221,31 +213,29 @@ def image_url(rec: dict, size: str, where: str) -> str | None:
     return None
 
 
-def metadata_row(rec: dict, where: str, clean, image_size: str = "large") -> tuple:
+def metadata_row(rec: dict, where: str, image_size: str = "large") -> tuple:
     """One 2023 record as ``(asin, title, brand, categories, description, image_url)``,
     the columns of the 2014/2018 reader: ``brand`` is ``store``; ``categories`` the
     category path (``main_category`` when it is empty); ``description`` the ``features``,
-    then the ``description`` paragraphs, then the ``details`` as "key: value" pairs.
-    ``clean`` strips HTML and squeezes spaces (:func:`sea.data.amazon.clean_text`)."""
+    then the ``description`` paragraphs, then the ``details`` as "key: value" pairs. Text
+    is cleaned once (:func:`sea.data.lines.clean_text`: HTML stripped, spaces squeezed)."""
     asin = rec.get("parent_asin")
     if not isinstance(asin, str) or not asin.strip():
         raise DataError(f"{where}: product record lacks a string 'parent_asin' (got {asin!r:.100})")
     asin = check_id(asin.strip(), "parent_asin", where)
 
     def text(value: str, key: str) -> str:
-        return check_text(clean(value), key, where)
+        return check_text(clean_text(value), key, where)
 
-    categories = [text(c, "categories") for c in _text_list(rec, "categories", where)]
+    categories = [text(c, "categories") for c in text_values(rec, "categories", where)]
     if not any(categories):
-        categories = [text(c, "main_category") for c in _text_list(rec, "main_category", where)]
-    description = " ".join(
-        [text(" ".join(_text_list(rec, k, where)), k) for k in ("features", "description")]
-        + [text(_details(rec, where), "details")])
+        categories = [text(c, "main_category") for c in text_values(rec, "main_category", where)]
+    parts = [text_field(rec, k, where) for k in ("features", "description")] + [text(_details(rec, where), "details")]
     return (
         asin,
-        text(" ".join(_text_list(rec, "title", where)), "title"),
-        text(" ".join(_text_list(rec, "store", where)), "store"),
+        text_field(rec, "title", where),
+        text_field(rec, "store", where),
         CATEGORY_SEPARATOR.join(c for c in categories if c),
-        clean(description),
+        " ".join(p for p in parts if p),  # each part is clean already: not cleaned twice
         image_url(rec, image_size, where),
     )

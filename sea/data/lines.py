@@ -18,6 +18,7 @@ The ``parse_*`` and ``check_*`` helpers turn a field into a value or raise a
 from __future__ import annotations
 
 import gzip
+import html
 import re
 import warnings
 import zlib
@@ -307,3 +308,40 @@ def review_fields(rec: dict, keys: tuple[str, str, str, str], where: str, releas
                         f"{', '.join(keys)}; present: {', '.join(rec)[:300]})") from None
     return (check_id(user, keys[0], where), check_id(item, keys[1], where), check_rating(rating, keys[2], where),
             check_timestamp(ts, keys[3], where))
+
+
+# --------------------------------------------------------------------------- metadata text
+
+#: Separator between the levels of a category path in the ``categories`` column.
+CATEGORY_SEPARATOR = " > "
+_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
+# An opening tag cut off at the end of the text, as in some 2018 titles
+# ('<span class="a-size-medium a-color-secondary"').
+_DANGLING_TAG = re.compile(r"<[A-Za-z/!?][^<>]*$")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Strip HTML tags (including one cut off at the end), unescape entities, squeeze spaces."""
+    if "<" in text:
+        text = _DANGLING_TAG.sub(" ", _TAG.sub(" ", text))
+    if "&" in text:
+        text = html.unescape(text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def text_values(rec: dict, key: str, where: str) -> list[str]:
+    """A metadata text field as it is: a string or a list of strings; missing -> []."""
+    value = rec.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise DataError(f"{where}: field {key!r} must be text or a list of text, got {type(value).__name__}")
+
+
+def text_field(rec: dict, key: str, where: str) -> str:
+    """A metadata text field joined with spaces, cleaned (:func:`clean_text`) and checked."""
+    return check_text(clean_text(" ".join(text_values(rec, key, where))), key, where)
