@@ -32,11 +32,11 @@ def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def measure(model_name: str, preset: str, batch_size: int) -> dict[str, float]:
+def measure(model_name: str, sizes: tuple[int, int, int, int, int], batch_size: int) -> dict[str, float]:
     """Bytes per rank of: graph (adjacency + training edges), features, the model's
     parameters ×4 (weights, gradients, Adam's two moments) and its frozen buffers (kNN
     graphs), and one training step's tensors saved for backward."""
-    n_users, n_items, n_train, d_img, d_txt = PRESETS[preset]
+    n_users, n_items, n_train, d_img, d_txt = sizes
     setup = TrainingSetup.from_params({"model": {"name": model_name}, "train": {"batch_size": batch_size}})
     df, feats = synthetic(n_users, n_items, n_train, {"image": d_img, "text": d_txt})
     data = GraphData.build(df, n_items, feats if model_class(model_name).uses_features else {})
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"{preset}: {n_users:,} users, {n_items:,} items, ~{n_train:,} training interactions, "
               f"features {d_img}+{d_txt}")
         for name in args.models:
-            parts = measure(name, preset, args.batch_size)
+            parts = measure(name, PRESETS[preset], args.batch_size)
             total = sum(parts.values())
             detail = ", ".join(f"{k} {v * 1024:.1f}" for k, v in parts.items())
             print(f"  {name:9s} {total * 1024:8.1f} MiB per rank  ({detail} MiB)")
@@ -104,8 +104,7 @@ def marginal_bytes(model_name: str, preset: str, batch_size: int, total: float) 
     for what, sizes, n in (("user", (2 * n_users, n_items, n_train), n_users),
                            ("item", (n_users, 2 * n_items, n_train), n_items),
                            ("interaction", (n_users, n_items, 2 * n_train), n_train)):
-        PRESETS[f"{preset}-x2-{what}"] = (*sizes, d_img, d_txt)
-        out[what] = (sum(measure(model_name, f"{preset}-x2-{what}", batch_size).values()) - total) * GIB / n
+        out[what] = (sum(measure(model_name, (*sizes, d_img, d_txt), batch_size).values()) - total) * GIB / n
     return out
 
 

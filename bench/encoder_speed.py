@@ -19,13 +19,13 @@ sentences >= 5,000 items/s.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import commit as bench_commit, sync
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -57,10 +57,6 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 120)))) for _ in range(n)]
 
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def bench_images(args, device: str, precision: str, paths: list[Path]) -> tuple[float, np.ndarray | None]:
@@ -145,7 +141,7 @@ def main() -> None:
     precisions = list(dict.fromkeys(["float32", chosen])) if args.precision == "both" else [chosen]
 
     name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = bench_commit()
     images: dict[str, tuple[float, np.ndarray | None]] = {}
     texts: dict[str, tuple[float, np.ndarray | None]] = {}
     with tempfile.TemporaryDirectory(prefix="sea-bench-images-") as d:

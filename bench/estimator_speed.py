@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 
 import torch
 
 from sea.losses import CLUBEstimator
 from sea.models.base import adam
+from common import commit as bench_commit, sync
 
 
 def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer, steps: int) -> torch.Tensor:
@@ -37,10 +37,6 @@ def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer
     return ll.detach()
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +45,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = bench_commit()
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {args.device} ({name}), torch {torch.__version__}, commit {commit or '?'}")
     for n in args.rows:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import commit as bench_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,7 @@ def main() -> None:
     # not "clothing": that is a catalog entry (sea/data/catalog.yaml), whose files have other names
     params["dataset"] |= {"name": "bench_clothing", "reviews_url": reviews.name, "meta_url": meta.name,
                           "reviews_sha256": None, "meta_sha256": None}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = bench_commit()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "data" / "raw" / "bench_clothing"
         raw.mkdir(parents=True)

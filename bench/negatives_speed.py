@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from sea.config import TrainingSetup
 from sea.models.base import Batch, GraphData, adam, model_class
 from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything, train_step
+from common import commit as bench_commit, sync
 
 BABY = (19445, 7050, 119674)  # users, items, training interactions (SEA.md §5)
 FEATURE_DIMS = {"image": 4096, "text": 384}  # MMRec's Baby features, for models that read features
@@ -49,10 +49,6 @@ def synthetic_graph(n_users: int, n_items: int, n_train: int, dims: dict[str, in
     feats = {m: rng.normal(size=(n_items, d)).astype(np.float32) for m, d in dims.items()}
     return GraphData.build(table, n_items, feats, device)
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def parse_sets(sets: list[str]) -> dict[str, dict[str, object]]:
@@ -117,7 +113,7 @@ def main() -> None:
     variants += [(f"softmax + CBNS memory of {m} batches", {"kind": "softmax"},
                   {"sampler": "cross_batch", "cbns_memory_batches": m, "cbns_warmup_steps": 0}) for m in args.memory]
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = bench_commit()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"model={args.model} device={name} commit={commit} batch={args.batch_size} {' '.join(args.set)}: "
           f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train_users):,} training pairs, "

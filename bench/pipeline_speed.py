@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import commit as bench_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = bench_commit()
     print(f"device: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
           f"commit {commit or '?'}")
     runs = [timed([sys.executable, "-m", "dvc", "repro", "-f"]) for _ in range(args.runs)]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import subprocess
 import time
 
 import numpy as np
@@ -30,6 +29,7 @@ from sea.config import TrainingSetup
 from sea.models.base import REGISTRY, Batch, GraphData, adam, model_class
 from sea.models.separation import set_composed
 from sea.train import RankingLoss, UniformNegatives, build_model, evaluate, seed_everything, train_step
+from common import commit as bench_commit, sync
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
     "sample": (1534, 600, 11279, 512, 384),
@@ -48,10 +48,6 @@ def synthetic(n_users: int, n_items: int, n_train: int, dims: dict[str, int], se
     feats = {m: rng.normal(size=(n_items, d)).astype(np.float32) for m, d in dims.items()}
     return df, feats
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_steps(models: dict[str, torch.nn.Module], setup: TrainingSetup, data: GraphData, batches: list[Batch],
@@ -129,7 +125,7 @@ def main() -> None:
     evaluate(model, data, "valid", [10, 20])
     sync(device)
     eval_s = time.perf_counter() - t0
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = bench_commit()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
     print(f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "

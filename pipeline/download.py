@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from sea.artifacts import SOURCE_FILE
 from sea.cli import run_stage
 from sea.config import ConfigError, DatasetConfig, SplitConfig, load_params
 from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
@@ -27,7 +28,6 @@ RAW = Path("data/raw")
 #: Partial http(s) downloads (``<sha1 of URL>.part`` and ``.json``), resumed by the next
 #: run; outside data/raw so DVC never caches one, removed once their dump is complete.
 PARTIAL = Path("data/cache/downloads")
-SOURCE_FILE = "SOURCE.json"
 
 
 def raw_folder(cfg: DatasetConfig) -> Path:

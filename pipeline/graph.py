@@ -40,12 +40,12 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     text = [item_sentence(*(r if isinstance(r, str) else "" for r in row))
             for row in m[["title", "brand", "categories", "description"]].itertuples(index=False)]
 
-    def resolve(u):
+    def absolute(u):
         if not isinstance(u, str) or not u:
             return None
         return urllib.parse.urljoin(meta_url, u) if meta_url else u
 
-    return items.assign(text=text, image_url=[resolve(u) for u in m["image_url"]])
+    return items.assign(text=text, image_url=[absolute(u) for u in m["image_url"]])
 
 
 def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) -> tuple[pd.DataFrame, dict]:
@@ -142,7 +142,7 @@ def main() -> None:
     n_users, n_items = int(inter["user"].max()) + 1, len(items)
     counts = inter["split"].value_counts()
     stats = {"dataset": ds.name, "source": ds.source} | stats
-    source_file = ds.raw_dir / "SOURCE.json"  # how each dump was verified (download stage)
+    source_file = ds.raw_dir / artifacts.SOURCE_FILE  # how each dump was verified (download stage)
     if ds.source == "amazon" and source_file.is_file():
         recorded = json.loads(source_file.read_text())
         stats["dumps"] = {role: {k: f.get(k) for k in ("file", "sha256", "verified")}

@@ -32,6 +32,7 @@ import pandas as pd
 from sea.data.arrays import load_features
 from sea.io import DataError, atomic_path
 
+SOURCE_FILE = "SOURCE.json"  # in data/raw/<name>/: where each dump came from, how it was verified
 PROCESSED = Path("data/processed")
 INTERACTIONS = PROCESSED / "interactions.parquet"
 ITEMS = PROCESSED / "items.parquet"

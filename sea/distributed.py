@@ -224,11 +224,10 @@ class RankContext:
     world_size: int
     device: str  #: ``cpu`` or ``cuda:<rank>``
     workdir: Path  #: scratch folder shared by all ranks (temporary; removed by the caller)
-    threads: int | None  #: torch intra-op threads of this rank (None: torch's default)
 
-    def path(self, name: str, rank: int | None = None) -> Path:
-        """The file ``name`` of rank ``rank`` (default: this rank) in the scratch folder."""
-        return self.workdir / f"rank{self.rank if rank is None else rank:04d}-{name}"
+    def path(self, name: str) -> Path:
+        """This rank's file ``name`` in the scratch folder."""
+        return shard_file(self.workdir, self.rank, name)
 
     def save(self, name: str, array: np.ndarray) -> None:
         """Write ``array`` as ``.npy`` (no pickles) under this rank's ``name``."""
@@ -239,13 +238,18 @@ class RankContext:
         self.path(name + ".json").write_text(json.dumps(obj))
 
 
+def shard_file(workdir: Path, rank: int, name: str) -> Path:
+    """Rank ``rank``'s file ``name`` in the scratch folder ``workdir``."""
+    return Path(workdir) / f"rank{rank:04d}-{name}"
+
+
 def load_shards(workdir: Path, name: str, world_size: int) -> list[np.ndarray]:
     """The arrays every rank saved under ``name``, in rank order."""
-    return [np.load(Path(workdir) / f"rank{r:04d}-{name}.npy", allow_pickle=False) for r in range(world_size)]
+    return [np.load(shard_file(workdir, r, name + ".npy"), allow_pickle=False) for r in range(world_size)]
 
 
 def load_shard_json(workdir: Path, name: str, world_size: int) -> list:
-    return [json.loads((Path(workdir) / f"rank{r:04d}-{name}.json").read_text()) for r in range(world_size)]
+    return [json.loads(shard_file(workdir, r, name + ".json").read_text()) for r in range(world_size)]
 
 
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -288,20 +292,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, FetchError
 
 
-def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, backend: str,
-            device: str, workdir: str, threads: int | None) -> None:
+def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, device: str, workdir: str,
+            threads: int | None) -> None:
     """Body of one spawned rank: join the group, run ``fn``, record a failure for the parent."""
     import torch
     import torch.distributed as dist
 
-    ctx = RankContext(rank, world_size, rank_device(device, rank), Path(workdir), threads)
+    ctx = RankContext(rank, world_size, rank_device(device, rank), Path(workdir))
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         if ctx.device.startswith("cuda"):
             torch.cuda.set_device(ctx.device)
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False, timeout=TIMEOUT)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
         fn(ctx, *args)
         dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
@@ -311,8 +315,7 @@ def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, ba
         user = isinstance(e, _user_errors())
         if not user:
             traceback.print_exc()
-        ctx.path("error.json").write_text(json.dumps({
-            "type": type(e).__name__, "user_error": user, "message": str(e), "at": at}))
+        ctx.save_json("error", {"type": type(e).__name__, "user_error": user, "message": str(e), "at": at})
         sys.stderr.flush()
         os._exit(1)  # no atexit/teardown work that could wait for the other ranks
 
@@ -321,7 +324,7 @@ def _raise_failure(workdir: Path, world_size: int, exc: BaseException) -> None:
     """Turn a failed spawn into one exception naming the (first) failed rank."""
     errors = {}
     for r in range(world_size):
-        f = workdir / f"rank{r:04d}-error.json"
+        f = shard_file(workdir, r, "error.json")
         if f.exists():
             errors[r] = json.loads(f.read_text())
     if errors:
@@ -340,7 +343,7 @@ def _raise_failure(workdir: Path, world_size: int, exc: BaseException) -> None:
 
 
 def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str = "cpu",
-           threads: int | None = None, backend: str = "gloo") -> None:
+           threads: int | None = None) -> None:
     """Run ``fn(ctx, *args)`` in ``n`` spawned ranks and wait for all of them.
 
     Args:
@@ -352,7 +355,8 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
         threads: torch intra-op threads per rank (``torch.set_num_threads``); None keeps
             torch's default (``OMP_NUM_THREADS``, else the core count: too many once
             several ranks share the CPU).
-        backend: the process group's backend (``gloo``; ``nccl`` for GPU collectives).
+
+    The ranks join one ``gloo`` process group (it runs on the CPU and beside CUDA).
 
     Raises the rank's own DataError/FetchError/ConfigError, or :class:`RankFailed`,
     with a one-line message naming the rank; the other ranks are terminated first.
@@ -372,7 +376,7 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)
     try:
-        mp.start_processes(_worker, args=(fn, args, n, store.port, backend, device, str(workdir), threads),
+        mp.start_processes(_worker, args=(fn, args, n, store.port, device, str(workdir), threads),
                            nprocs=n, join=True, start_method="spawn")
     except ProcessException as e:
         _raise_failure(Path(workdir), n, e)

@@ -192,12 +192,11 @@ class CLUBEstimator(nn.Module):
         (x, y), single = self._batched(x.detach(), y.detach())
         ll = torch.full((self.count,), math.nan, device=x.device)
         params = list(self.parameters())
-        with torch.no_grad():
-            for _ in range(steps):
-                ll, grads = self.gradients(x, y)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                optimizer.step()
+        for _ in range(steps):
+            ll, grads = self.gradients(x, y)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optimizer.step()
         return ll[0] if single else ll
 
     @torch.no_grad()

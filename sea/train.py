@@ -31,6 +31,7 @@ from sea.config import LossConfig, TrainingSetup
 from sea.losses import candidate_cosines, ccl_loss, ranking_loss, sampled_softmax_loss
 from sea.metrics import evaluate_ranking, per_user_metrics
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, adam, model_class
+from sea.models.separation import parameters_except
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -162,27 +163,22 @@ class RankingLoss:
         """The mean loss over the batch's rows, or over ``rows`` only (one rank's share of
         the global batch: the softmax's candidates and the CBNS memory still take every
         positive of the batch, as in one process); 0 for no row."""
-        if rows is not None:
-            shard = Batch(*(t[rows] for t in batch))
-            if self.kind == "softmax":
-                pos_all = emb.item[batch.pos]
-                loss = self.softmax(emb.user[shard.users], pos_all, batch.pos, rows) if len(shard.users) else None
-                if self.memory is not None:
-                    self.memory.push(batch.pos, pos_all)
-            else:
-                loss = self(emb, shard) if len(shard.users) else None
-            return emb.user.new_zeros(()) if loss is None else loss
-        user, pos = emb.user[batch.users], emb.item[batch.pos]
-        if self.kind == "ccl":
-            pos_cos = F.cosine_similarity(user, pos, dim=-1)
-            neg_cos = candidate_cosines(user, emb.item, batch.neg)
-            return ccl_loss(pos_cos, neg_cos, self.cfg.ccl_margin, self.cfg.ccl_negative_weight)
+        shard = batch if rows is None else Batch(*(t[rows] for t in batch))
+        user = emb.user[shard.users]
         if self.kind == "softmax":
-            loss = self.softmax(user, pos, batch.pos)
+            pos_all = emb.item[batch.pos]  # every positive of the batch: a candidate, then into the memory
+            loss = self.softmax(user, pos_all, batch.pos, rows) if len(user) else None
             if self.memory is not None:
-                self.memory.push(batch.pos, pos)
-            return loss
-        return ranking_loss(self.kind, user, pos, emb.item[batch.neg])
+                self.memory.push(batch.pos, pos_all)
+        elif not len(user):
+            loss = None
+        elif self.kind == "ccl":
+            pos_cos = F.cosine_similarity(user, emb.item[shard.pos], dim=-1)
+            neg_cos = candidate_cosines(user, emb.item, shard.neg)
+            loss = ccl_loss(pos_cos, neg_cos, self.cfg.ccl_margin, self.cfg.ccl_negative_weight)
+        else:
+            loss = ranking_loss(self.kind, user, emb.item[shard.pos], emb.item[shard.neg])
+        return emb.user.new_zeros(()) if loss is None else loss
 
     def softmax(self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor,
                 rows: slice | None = None) -> torch.Tensor:
@@ -240,8 +236,7 @@ def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, 
 
 def fitted_separately(model: Recommender) -> list[nn.Parameter]:
     """The parameters outside :meth:`~Recommender.main_parameters` (SEA's estimators)."""
-    main = {id(p) for p in model.main_parameters()}
-    return [p for p in model.parameters() if id(p) not in main]
+    return list(parameters_except(model, model.main_parameters()))
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ from sea.data.lines import (
     text_values,
 )
 from sea.data import lines
+from sea.data.split import SPLITS
 from sea.io import DataError
 
 #: The header of the official benchmark CSVs; the ``_w_his`` splits add ``history``.
@@ -137,7 +138,7 @@ def read_given_split(paths: dict[str, Path], *, allow_truncated: bool = False) -
         All_Beauty holds 69 such test rows), and feature-based models can score them.
     """
     parts = []
-    for part in ("train", "valid", "test"):
+    for part in SPLITS:
         frame = read_benchmark_csv(paths[part], allow_truncated=allow_truncated)
         parts.append(frame.assign(split=part, file=str(paths[part])))
     df = pd.concat(parts, ignore_index=True)

@@ -27,13 +27,13 @@ from pathlib import Path
 import yaml
 
 from sea.config import ConfigError, DatasetConfig
+from sea.data.split import SPLITS
 from sea.io import CHUNK, ChecksumError, DataError, atomic_path
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 #: Where the sha256 of files without a pin are recorded on first download (git-tracked).
 HASH_RECORD = Path("data/hashes.json")
 #: The official splits of the 2023 release, and the three parts of each.
-SPLIT_PARTS = ("train", "valid", "test")
 
 #: How a downloaded file was verified, as the download stage reports it.
 EXPLICIT, PINNED, TOFU_RECORDED, TOFU_VERIFIED = (
@@ -119,7 +119,7 @@ class Entry:
             known = list(self.release.splits) or "none"
             raise ConfigError(f"params.yaml [split]: given: {split!r} is not an official split of "
                               f"{self.name} (release {self.release.key}; its splits: {known})")
-        return [self.file(part, self.release.split, split=split, part=part) for part in SPLIT_PARTS]
+        return [self.file(part, self.release.split, split=split, part=part) for part in SPLITS]
 
     def all_files(self) -> list[CatalogFile]:
         files = [self.reviews, self.meta, self.full_reviews, self.image_features]
@@ -207,10 +207,6 @@ class Download:
     record_key: str  # key in data/hashes.json (dataset/file name)
 
 
-def local_name(url: str) -> str:
-    return DatasetConfig.local_name(url)
-
-
 def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]:
     """The files ``ds`` names, catalog filled in and params applied (see module docstring).
 
@@ -251,11 +247,11 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
             if explicit_url:
                 # the reviews may also be the entry's full reviews file (2023: not 5-core filtered)
                 allowed = [f] + ([entry.full_reviews] if f.role == "reviews" and entry.full_reviews else [])
-                match = [a for a in allowed if a.name == local_name(explicit_url)]
+                match = [a for a in allowed if a.name == DatasetConfig.local_name(explicit_url)]
                 if not match:
                     raise ConfigError(
                         f"params.yaml [dataset]: {f.role}_url {explicit_url!r} names the file "
-                        f"{local_name(explicit_url)!r}, but catalog entry {ds.name!r} ({entry.release.key} "
+                        f"{DatasetConfig.local_name(explicit_url)!r}, but catalog entry {ds.name!r} ({entry.release.key} "
                         f"{entry.category}) has {' or '.join(repr(a.name) for a in allowed)}: set {f.role}_url "
                         f"and {f.role}_sha256 to null to take the catalog's (dataset.mirror for another host), "
                         f"or choose a dataset.name outside the catalog for a dump of your own")
@@ -274,7 +270,7 @@ def image_features_url(ds: DatasetConfig) -> str | None:
 
 
 def _download(role: str, url: str, explicit: str | None, pin: Pin | None, key: str) -> Download:
-    name = local_name(url)
+    name = DatasetConfig.local_name(url)
     if explicit:
         return Download(role, url, name, explicit.lower(), None, EXPLICIT, f"{key}/{name}")
     if pin is not None:

@@ -211,13 +211,13 @@ class FREEDOM(Recommender):
         if self.projections is not None:
             terms["feature_bpr"] = Term(self.feature_bpr(emb, batch), self.reg_weight)
         if self.separation is not None:
-            terms |= self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
+            terms |= self.separation.extra_losses(emb.extras["split"], batch.pos)
         return terms
 
     def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
         if self.separation is None:
             return {}
-        return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))
+        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
 
     def main_parameters(self) -> Iterator[nn.Parameter]:
         if self.separation is None:

@@ -153,10 +153,10 @@ class SEA(Recommender):
         return Embeddings(torch.cat(users, dim=1), item, extras={"split": split})
 
     def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.separation.auxiliary_step(emb.extras["split"], torch.unique(batch.pos))
+        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
-        return self.separation.extra_losses(emb.extras["split"], torch.unique(batch.pos))
+        return self.separation.extra_losses(emb.extras["split"], batch.pos)
 
     def main_parameters(self) -> Iterator[nn.Parameter]:
         return parameters_except(self, self.separation.estimator_parameters())

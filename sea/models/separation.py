@@ -26,7 +26,7 @@ A backbone uses it like this (see :mod:`sea.models.vbpr`)::
     split = self.separation(data.features)          # modality -> [n_items, d_m] = [g; s]
     ...                                            # use split[m] where the raw feature was
     Embeddings(user, item, extras={"split": split})
-    # auxiliary_step / extra_losses: delegate with torch.unique(batch.pos)
+    # auxiliary_step / extra_losses: delegate with batch.pos (the distinct items are taken once)
     # main_parameters: leave out self.separation.estimator_parameters()
 
 Every reader of a split applies a linear map to it first (an MLP's first layer, a CLUB
@@ -123,7 +123,7 @@ class SplitFeatures(Features):
         self.layers, self.generic_dims, self.compose = layers, generic_dims, compose
         self._materialised: dict[str, torch.Tensor] = {}
         self._split_blocks: dict[tuple[str, bool], tuple] = {}
-        self.memo: dict[str, object] = {}  # readers' results computed once per split (club_pairs)
+        self.memo: dict[str, object] = {}  # computed once per split: batch_items, club_pairs
 
     def _part_index(self, part: str) -> int | None:
         if part not in PARTS:
@@ -233,11 +233,21 @@ class Separation(nn.Module):
         """Each modality's split [g; s] (generic part first), as :class:`SplitFeatures`."""
         return SplitFeatures({m: features[m] for m in self.modalities}, self.split, self.generic_dims, self.compose)
 
+    @staticmethod
+    def batch_items(split: SplitFeatures, positives: torch.Tensor) -> torch.Tensor:
+        """The batch's distinct positive items, ``torch.unique(positives)``, taken once per
+        split and batch (:meth:`auxiliary_step` and :meth:`extra_losses` read the same)."""
+        cached = split.memo.get("items")
+        if cached is None or cached[0] is not positives:
+            cached = split.memo["items"] = (positives, torch.unique(positives))
+        return cached[1]
+
     def club_pairs(self, split: SplitFeatures, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Modality -> (projected generic, projected unique) of ``items``; computed once per
-        split and items (the estimator fit and the CLUB term read the same pairs)."""
+        split and items (the estimator fit and the CLUB term read the same pairs: the same
+        tensor from :meth:`batch_items`, so no comparison of contents, no host sync)."""
         cached = split.memo.get("club_pairs")
-        if cached is not None and cached[0] is not None and torch.equal(cached[0], items):
+        if cached is not None and cached[0] is items:
             return cached[1]
         pairs = {m: (split.apply(m, self.club_generic[m], "generic", items),
                      split.apply(m, self.club_unique[m], "unique", items)) for m in self.modalities}
@@ -257,11 +267,13 @@ class Separation(nn.Module):
         the model's optimiser."""
         return iter(()) if self.estimators is None else self.estimators.parameters()
 
-    def auxiliary_step(self, split: SplitFeatures, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Fit the CLUB estimators (``club.steps`` Adam steps) on the current pairs of
-        ``items``; return each estimator's last log-likelihood (``club_ll_<name>``)."""
+    def auxiliary_step(self, split: SplitFeatures, positives: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fit the CLUB estimators (``club.steps`` Adam steps) on the current pairs of the
+        batch's distinct ``positives``; return each estimator's last log-likelihood
+        (``club_ll_<name>``)."""
         if self.estimators is None or self.club_steps == 0:
             return {}
+        items = self.batch_items(split, positives)
         if self._estimator_optimizer is None:  # created on first use: after any .to(device)
             self._estimator_optimizer = adam(self.estimators.parameters(), self.club_lr)
         pairs = self.club_pairs(split, items)  # with gradients: extra_losses reuses them (the fit detaches)
@@ -274,8 +286,10 @@ class Separation(nn.Module):
         lls = self.estimators.fit(x, y, self._estimator_optimizer, self.club_steps)
         return {f"club_ll_{name}": ll for name, ll in zip(self.estimator_names, lls)}
 
-    def extra_losses(self, split: SplitFeatures, items: torch.Tensor) -> dict[str, Term]:
-        """``club`` and ``solosim`` on ``items`` (those with weight 0 are left out)."""
+    def extra_losses(self, split: SplitFeatures, positives: torch.Tensor) -> dict[str, Term]:
+        """``club`` and ``solosim`` on the batch's distinct ``positives`` (those with weight
+        0 are left out)."""
+        items = self.batch_items(split, positives)
         terms = {}
         if self.club_weight > 0:
             pairs = self.club_pairs(split, items)
