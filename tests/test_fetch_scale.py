@@ -25,6 +25,8 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+from servers import LocalHTTPServer
+
 from sea.features.fetch import FetchPolicy, ImageCache, ImageFetcher, cache_key, fetch_images
 from sea.io import (ChecksumError, HTTPStatusError, IncompleteError, backoff_delay, fetch,
                     parse_retry_after)
@@ -40,11 +42,11 @@ def png(i: int) -> bytes:
     return buf.getvalue()
 
 
-class ImageServer:
+class ImageServer(LocalHTTPServer):
     """Serves ``/img/<i>.png``; ``/429/<i>.png?after=S`` answers 429 (Retry-After: S) to
     the first request for each path, ``/503/<i>.png`` answers 503 once, ``/500/<i>.png``,
-    ``/404/<i>.png`` and ``/410/<i>.png`` always. Counts requests per path (:attr:`hits`) and the most requests in progress at
-    once (:attr:`peak`)."""
+    ``/404/<i>.png`` and ``/410/<i>.png`` always. Counts requests per path (:attr:`hits`)
+    and the most requests in progress at once (:attr:`peak`)."""
 
     def __init__(self, host: str = "127.0.0.1", delay: float = 0.0) -> None:
         self.hits: Counter[str] = Counter()
@@ -89,17 +91,7 @@ class ImageServer:
                 self.wfile.write(body)
                 self.close_connection = True
 
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 128
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.serve(Handler, host, queue_size=128)
 
 
 @pytest.fixture
@@ -296,7 +288,7 @@ PAYLOAD = hashlib.sha256(b"seed").digest() * (3 * 2**20 // 32)  # 3 MiB
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class DumpServer:
+class DumpServer(LocalHTTPServer):
     """Serves ``/dump.bin`` with an ETag (on a 206 too unless not ``etag_on_206``),
     honouring ``Range``/``If-Range`` unless ``ignore_range``; the first ``cut`` responses
     stop halfway through their body. Counts the body bytes it sent (:attr:`sent`) and the
@@ -347,16 +339,7 @@ class DumpServer:
                     pass
                 self.close_connection = True
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dump.bin"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.serve(Handler, path="/dump.bin")
 
 
 @pytest.fixture

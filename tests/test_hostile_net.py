@@ -25,6 +25,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from servers import LocalHTTPServer
+
 from sea.config import ConfigError, DatasetConfig
 from sea.io import (MB, DataError, Deadline, FetchTimeoutError, RefusedError,
                     TooLargeError, atomic_dir, atomic_path, fetch, is_public_address, open_public_http,
@@ -50,7 +52,7 @@ PNG = png_bytes()
 # --------------------------------------------------------------------------- a misbehaving server
 
 
-class Hostile:
+class Hostile(LocalHTTPServer):
     """A threaded HTTP server on ``host`` whose paths misbehave on purpose.
 
     ``/ok.png`` a small PNG · ``/endless`` 200 with an endless body (no Content-Length) ·
@@ -134,19 +136,11 @@ class Hostile:
             def route_loop(self, query: str) -> None:
                 self.head(302, Location="/loop", Content_Length=0)
 
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"{'https' if tls else 'http'}://{host}:{self.server.server_address[1]}"
+        self.serve(Handler, host, tls=tls)
 
     def close(self) -> None:
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().close()
 
 
 @pytest.fixture
