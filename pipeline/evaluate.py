@@ -8,6 +8,10 @@ curves and the markdown report."""
 
 from __future__ import annotations
 
+from sea.runtime import describe, start_stage
+
+start_stage("evaluate")  # first, before torch computes anything: params.yaml [compute]
+
 import json
 
 import numpy as np

@@ -17,6 +17,10 @@ dataset whose items have no image URL at all (no metadata) gets an empty [n_item
 
 from __future__ import annotations
 
+from sea.runtime import describe, start_stage
+
+start_stage("image_features")  # first, before torch computes anything: params.yaml [compute]
+
 import os
 import sys
 from pathlib import Path
@@ -28,7 +32,6 @@ from sea.cli import run_stage
 from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_params
 from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features
-from sea.distributed import threads_per_rank
 from sea.features import empty_features
 from sea.features.cnn import obtain_cnn_file, read_cnn_features
 from sea.features.fetch import CACHE_ENV, FetchPolicy, ImageFetcher
@@ -94,11 +97,10 @@ def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
         else:  # the ranks split the batches: encode_images_sharded waits for every file first
             matrix, info = encode_images_sharded(
                 fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed, precision=cfg.precision,
-                batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers,
-                threads=threads_per_rank(cfg.processes))
+                batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers)
     print(fetcher.report())
     fetcher.warn()
-    return matrix, info | fetcher.summary()
+    return matrix, info | describe() | fetcher.summary()
 
 
 def fetch_only() -> None:

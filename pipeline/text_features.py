@@ -7,13 +7,16 @@ encoding over N ranks (sea.distributed), with the same result."""
 
 from __future__ import annotations
 
+from sea.runtime import describe, start_stage
+
+start_stage("text_features")  # first, before torch computes anything: params.yaml [compute]
+
 import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import DatasetConfig, TextFeatureConfig, load_params
 from sea.data.mmrec import precomputed_features
-from sea.distributed import threads_per_rank
 from sea.features import empty_features
 from sea.features.text import encode_texts
 
@@ -29,8 +32,8 @@ def main() -> None:
         texts = [t if isinstance(t, str) and t.strip() else None for t in items["text"]]
         if any(texts):
             matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
-                                        precision=cfg.precision, processes=cfg.processes,
-                                        threads=threads_per_rank(cfg.processes))
+                                        precision=cfg.precision, processes=cfg.processes)
+            info |= describe()
         else:  # a dataset without metadata: nothing to encode; a model that reads text refuses it
             matrix, info = empty_features("text", len(items))
     artifacts.write_features("text", matrix, info)

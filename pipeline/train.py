@@ -9,6 +9,10 @@ machines: run torchrun yourself on each); rank 0 writes every output (sea/distri
 
 from __future__ import annotations
 
+from sea.runtime import describe, start_stage, waiting
+
+start_stage("train")  # first, before torch computes anything: params.yaml [compute]
+
 import csv
 
 import numpy as np
@@ -36,7 +40,8 @@ def write_history(history: list[dict]) -> None:
 def main() -> None:
     setup = TrainingSetup.from_params(load_params())
     if setup.train.processes > 1 and not distributed.launched():
-        raise SystemExit(distributed.torchrun(__file__, setup.train.processes, prefix="train stage failed"))
+        with waiting():  # the ranks share the cores
+            raise SystemExit(distributed.torchrun(__file__, setup.train.processes, prefix="train stage failed"))
     with distributed.process_group(setup.train.processes,
                                    torch.device(resolve_device(setup.train.device))) as (world, device):
         train(setup, world, device)
@@ -83,7 +88,7 @@ def train(setup: TrainingSetup, world: distributed.World, device: torch.device) 
     table = with_ids(pd.concat(recommendations, ignore_index=True))
     artifacts.write_parquet(table.astype({"seed": "int64"})[
         ["seed", "user", "reviewer_id", "rank", "item", "asin", "score"]], artifacts.RECOMMENDATIONS)
-    write_json(artifacts.TRAIN_SUMMARY, {"model": name, "device": device.type, "parameters": n_params,
+    write_json(artifacts.TRAIN_SUMMARY, {"model": name, "device": device.type} | describe() | {"parameters": n_params,
                                          "parameters_fitted_separately": n_all - n_params, "seeds": seeds})
     write_json(artifacts.TRAIN_TIMINGS, {"model": name, "device": str(device), "processes": world.size,
                                          "seeds": timings})

@@ -13,18 +13,13 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from sea.config import ConfigError
+from sea.config import ConfigError, one_line
 from sea.distributed import RankFailed
 from sea.io import DataError, FetchError
 
 #: The exceptions that mean "the user's params or input are wrong", not "the code is" —
 #: and RankFailed: a worker rank of a sharded stage failed; it printed its own traceback.
 USER_ERRORS = (ConfigError, DataError, FetchError, RankFailed)
-
-
-def one_line(message: str) -> str:
-    """``message`` with its line breaks folded, so it prints as a single line."""
-    return " ".join(str(message).split())
 
 
 def run_main(main: Callable[[], None], prefix: str, errors: tuple[type[BaseException], ...] = USER_ERRORS) -> None:

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -38,6 +38,11 @@ OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
 
 class ConfigError(ValueError):
     """A params.yaml value that is missing, unknown or out of range."""
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded, so it prints as a single line."""
+    return " ".join(str(message).split())
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -288,7 +293,7 @@ class TextFeatureConfig(Section):
     batch_size: int = 64
     device: str = "auto"
     processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
-    precision: str = "auto"  # the dtype the encoder computes in (sea.features.resolve_precision)
+    precision: str = "float32"  # the dtype the encoder computes in (sea.features.resolve_precision)
 
     def validate(self, section: str) -> None:
         _check(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
@@ -316,7 +321,7 @@ class ImageFeatureConfig(Section):
     allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
     allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
     processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
-    precision: str = "auto"  # the dtype CLIP computes in (sea.features.resolve_precision)
+    precision: str = "float32"  # the dtype CLIP computes in (sea.features.resolve_precision)
     # source: clip encodes the item images; amazon_cnn reads the 4096-d CNN vectors of the
     # Amazon 2014 dumps (image_features_<Category>.b) from cnn_url (see sea.features.cnn)
     source: str = "clip"
@@ -504,6 +509,25 @@ class EvalConfig(Section):
                f"select must look like recall@20, got {self.select!r}")
         _check(int(k) in self.topk, section,
                f"select {self.select!r} needs {k} in topk {self.topk} (metrics are computed at those cut-offs)")
+
+
+@dataclass
+class ComputeConfig(Section):
+    """How every stage that computes uses the machine (see :mod:`sea.runtime`):
+    ``kernels`` (``portable``: the same bytes on every x86-64 CPU with AVX2 and any thread
+    count; ``native``: this CPU's fastest, results depend on the CPU model) and ``threads``
+    per process (``auto``: the cores shared among the pipeline's processes running now; a
+    number fixes them; results do not depend on it)."""
+
+    KERNELS: ClassVar[tuple[str, ...]] = ("portable", "native")
+
+    kernels: str = "portable"
+    threads: int | str = "auto"
+
+    def validate(self, section: str) -> None:
+        _choice(self.kernels, self.KERNELS, section, "kernels")
+        _check(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
+               f"threads must be auto or a whole number in [1, 1024], got {self.threads!r}")
 
 
 @dataclass

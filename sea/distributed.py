@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
+from sea import runtime
 from sea.config import ConfigError
 
 if TYPE_CHECKING:
@@ -266,18 +267,6 @@ def rank_device(device: str, rank: int) -> str:
     return f"cuda:{rank}" if device.startswith("cuda") else "cpu"
 
 
-def threads_per_rank(n: int) -> int | None:
-    """Torch threads for each of ``n`` ranks sharing this machine: this process's thread
-    count (``OMP_NUM_THREADS``, else the cores) divided among them, at least 1; None for
-    ``n == 1`` (nothing is changed). The bytes of CPU features depend on it: two runs give
-    the same bytes when each process encodes with the same number of threads."""
-    if n == 1:
-        return None
-    import torch
-
-    return max(1, torch.get_num_threads() // n)
-
-
 @contextlib.contextmanager
 def shard_dir() -> Iterator[Path]:
     """A temporary scratch folder for the ranks' shard files (in the system's temporary
@@ -292,16 +281,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, FetchError
 
 
-def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, device: str, workdir: str,
-            threads: int | None) -> None:
-    """Body of one spawned rank: join the group, run ``fn``, record a failure for the parent."""
+def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, device: str, workdir: str) -> None:
+    """Body of one spawned rank: set it up as its parent (kernels, threads), join the group,
+    run ``fn``, record a failure for the parent."""
+    runtime.start_worker()  # before torch computes: the parent's compute.kernels and threads
     import torch
     import torch.distributed as dist
 
     ctx = RankContext(rank, world_size, rank_device(device, rank), Path(workdir))
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
         if ctx.device.startswith("cuda"):
             torch.cuda.set_device(ctx.device)
         store = dist.TCPStore("127.0.0.1", port, world_size + 1, is_master=False, timeout=TIMEOUT)
@@ -342,8 +330,7 @@ def _raise_failure(workdir: Path, world_size: int, exc: BaseException) -> None:
     raise RankFailed(f"rank {rank} of {world_size} {how} (out of memory?) before reporting an error") from None
 
 
-def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str = "cpu",
-           threads: int | None = None) -> None:
+def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str = "cpu") -> None:
     """Run ``fn(ctx, *args)`` in ``n`` spawned ranks and wait for all of them.
 
     Args:
@@ -352,9 +339,9 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
         args: extra arguments (picklable) passed to every rank.
         workdir: the scratch folder (see :func:`shard_dir`) where ranks write their files.
         device: ``cpu`` or ``cuda``: rank ``r`` gets ``cuda:r`` on CUDA.
-        threads: torch intra-op threads per rank (``torch.set_num_threads``); None keeps
-            torch's default (``OMP_NUM_THREADS``, else the core count: too many once
-            several ranks share the CPU).
+
+    Each rank computes with this process's kernels and shares the cores with the other
+    ranks (:mod:`sea.runtime`); this process, only waiting, counts itself out meanwhile.
 
     The ranks join one ``gloo`` process group (it runs on the CPU and beside CUDA).
 
@@ -376,8 +363,9 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)
     try:
-        mp.start_processes(_worker, args=(fn, args, n, store.port, device, str(workdir), threads),
-                           nprocs=n, join=True, start_method="spawn")
+        with runtime.waiting():
+            mp.start_processes(_worker, args=(fn, args, n, store.port, device, str(workdir)),
+                               nprocs=n, join=True, start_method="spawn")
     except ProcessException as e:
         _raise_failure(Path(workdir), n, e)
     finally:

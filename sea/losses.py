@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sea.ops import full_mean
+
 
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Bayesian personalised ranking (Rendle et al., 2009) with N negatives per positive:
@@ -24,7 +26,7 @@ def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.
         neg = neg.unsqueeze(1)
     pos_score = (user * pos).sum(-1)  # [B]
     neg_score = torch.einsum("bd,bnd->bn", user, neg)  # [B, N]
-    return -F.logsigmoid(pos_score.unsqueeze(1) - neg_score).mean()
+    return -full_mean(F.logsigmoid(pos_score.unsqueeze(1) - neg_score))
 
 
 def ranking_loss(kind: str, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,7 @@ def ccl_loss(pos_cos: torch.Tensor, neg_cos: torch.Tensor, margin: float, negati
         margin: m; negatives less similar than m cost nothing.
         negative_weight: w, the weight of the negatives' mean against the positive term.
     """
-    return ((1.0 - pos_cos) + negative_weight * F.relu(neg_cos - margin).mean(dim=1)).mean()
+    return full_mean((1.0 - pos_cos) + negative_weight * F.relu(neg_cos - margin).mean(dim=1))
 
 
 def sampled_softmax_loss(
@@ -117,7 +119,7 @@ def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) 
 def l2_distance_loss(generic: torch.Tensor, unique: torch.Tensor) -> torch.Tensor:
     """The 'distance' alternative to CLUB: minus the mean squared ℓ2 distance between the
     L2-normalised generic and unique parts (minimising it pushes them apart, bounded)."""
-    return -(F.normalize(generic, dim=-1) - F.normalize(unique, dim=-1)).pow(2).sum(-1).mean()
+    return -full_mean((F.normalize(generic, dim=-1) - F.normalize(unique, dim=-1)).pow(2).sum(-1))
 
 
 class CLUBEstimator(nn.Module):

@@ -32,6 +32,8 @@ from sea.losses import candidate_cosines, ccl_loss, ranking_loss, sampled_softma
 from sea.metrics import evaluate_ranking, per_user_metrics
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, adam, model_class
 from sea.models.separation import parameters_except
+from sea.ops import full_sum
+from sea.runtime import rebalance
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -155,7 +157,7 @@ class RankingLoss:
         log_q = None
         if kind == "softmax" and setup.loss.softmax_logq:
             counts = torch.bincount(data.train_items, minlength=data.n_items).float()
-            log_q = (counts / counts.sum()).log()  # -inf only for items never a positive
+            log_q = (counts / full_sum(counts)).log()  # -inf only for items never a positive
         memory = CrossBatchMemory(tc.cbns_memory_batches, tc.cbns_warmup_steps) if tc.sampler == "cross_batch" else None
         return cls(kind, setup.loss, log_q, memory)
 
@@ -313,6 +315,7 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
     bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch", **quiet)
     for epoch in bar:
         t0 = time.perf_counter()
+        rebalance()  # share the cores with the pipeline's other processes (results do not change)
         model.on_epoch_start(epoch, gen)
         order = torch.randperm(n_train, generator=gen, device=device)
         sums: dict[str, torch.Tensor | float] = {}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import functools
+from sea.runtime import use_kernels
+
+use_kernels("portable")  # as the pipeline's stages, before any test computes with torch
+
+import functools  # noqa: E402
 import http.server
 import threading
 from pathlib import Path

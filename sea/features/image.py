@@ -23,6 +23,7 @@ import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.io import sha256_file
+from sea.runtime import rebalance
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +56,7 @@ def load_clip(
     *,
     device: str = "auto",
     seed: int = 0,
-    precision: str = "auto",
+    precision: str = "float32",
 ) -> tuple["torch.nn.Module", Callable, dict]:
     """Build an open_clip model in eval mode and its (inference) image transform, which
     yields tensors of the model's input dtype.
@@ -248,6 +249,7 @@ def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model
                     tensors.append(result)
                     batch_idx.append(i)
             if tensors:
+                rebalance()  # share the cores with the pipeline's other processes
                 out = model.encode_image(torch.stack(tensors).to(device, non_blocking=True))
                 chunks.append(out.float().cpu().numpy())
                 decoded.extend(batch_idx)
@@ -345,19 +347,17 @@ def encode_images_sharded(
     *,
     processes: int,
     seed: int = 0,
-    precision: str = "auto",
+    precision: str = "float32",
     batch_size: int = 64,
     device: str = "auto",
     workers: int = 8,
-    threads: int | None = None,
     max_pixels: int = MAX_PIXELS,
     max_aspect: float = MAX_ASPECT,
 ) -> tuple[np.ndarray, dict]:
     """:func:`encode_images` with the model of :func:`load_clip`, sharded over ``processes``
     ranks (:mod:`sea.distributed`: rank r takes a contiguous share of the batches, on
-    ``cuda:r`` on CUDA, with ``threads`` torch threads). Same result as one process with
-    as many threads; returns the features and ``load_clip``'s info merged with
-    ``encode_images``'s, plus ``processes`` and ``threads_per_process``. ``paths`` is read
+    ``cuda:r`` on CUDA). Same result as one process's; returns the features and
+    ``load_clip``'s info merged with ``encode_images``'s, plus ``processes``. ``paths`` is read
     whole before the ranks start (an :class:`ImageFetcher` is waited for)."""
     from sea.distributed import launch, load_shard_json, load_shards, shard_dir
 
@@ -368,7 +368,7 @@ def encode_images_sharded(
         launch(processes, _image_rank,
                (batches, model_name, pretrained, seed, resolve_precision(precision, dev), workers, max_pixels,
                 max_aspect),
-               workdir=workdir, device=dev, threads=threads)
+               workdir=workdir, device=dev)
         decoded = np.concatenate(load_shards(workdir, "decoded", processes)).tolist()
         chunks = [r for r in load_shards(workdir, "rows", processes) if r.size]
         infos = load_shard_json(workdir, "info", processes)
@@ -376,4 +376,4 @@ def encode_images_sharded(
     for i in infos:
         refused.update(i["refused"])
     features, info = _assemble(len(paths), n_wanted, decoded, chunks, refused, lambda: infos[0]["dim"])
-    return features, infos[0]["clip"] | info | {"processes": processes, "threads_per_process": threads}
+    return features, infos[0]["clip"] | info | {"processes": processes}

@@ -18,6 +18,7 @@ import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.io import DataError
+from sea.runtime import rebalance
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray],
     rows = []
     with tqdm(total=sum(len(b) for b in batches), desc=desc, unit="item") as bar:
         for batch in batches:
+            rebalance()  # share the cores with the pipeline's other processes
             out = model.encode([texts[i] for i in batch], batch_size=len(batch),
                                show_progress_bar=False, convert_to_numpy=True)
             rows.append(np.asarray(out, dtype=np.float32))
@@ -130,8 +132,7 @@ def encode_texts(
     batch_size: int = 64,
     device: str = "auto",
     processes: int = 1,
-    threads: int | None = None,
-    precision: str = "auto",
+    precision: str = "float32",
 ) -> tuple[np.ndarray, dict]:
     """Embed ``texts`` with a sentence-transformers model whose weights are cast to
     ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
@@ -144,8 +145,8 @@ def encode_texts(
     Raises ``DataError`` when no item has text.
 
     ``processes > 1`` shards the batches over that many ranks (:mod:`sea.distributed`;
-    rank r on ``cuda:r`` on CUDA), each with ``threads`` torch threads (recorded in the
-    info, with ``processes``); the result is the same as one process with as many threads.
+    rank r on ``cuda:r`` on CUDA; recorded in the info); the result is the same as one
+    process's.
     """
     present = [i for i, t in enumerate(texts) if _has_text(t)]
     if not present:
@@ -167,7 +168,7 @@ def encode_texts(
 
         with shard_dir() as workdir:
             launch(processes, _text_rank, (model_name, precision, sentences, batches), workdir=workdir,
-                   device=dev, threads=threads)
+                   device=dev)
             rows = np.concatenate([r for r in load_shards(workdir, "rows", processes) if r.size])
     encoded = np.empty_like(rows)
     encoded[order] = rows
@@ -182,5 +183,5 @@ def encode_texts(
         "n_missing": len(texts) - len(present),
     }
     if processes > 1:
-        info |= {"processes": processes, "threads_per_process": threads}
+        info["processes"] = processes
     return features, info

@@ -10,6 +10,7 @@ from torch import nn
 
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
+from sea.ops import full_sum
 
 
 def rows_norm(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -21,7 +22,7 @@ def rows_norm(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     if ids.numel() <= table.shape[0]:
         return table[ids].norm(p=2)
     counts = torch.bincount(ids.reshape(-1), minlength=table.shape[0]).to(table.dtype)
-    return (counts * table.pow(2).sum(1)).sum().sqrt()
+    return full_sum(counts * table.pow(2).sum(1)).sqrt()
 
 
 def embedding_l2(*lookups: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 from sea.config import ConfigError, Section
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph, spmm
+from sea.ops import full_mean
 
 
 @dataclass
@@ -253,7 +254,7 @@ class LIRDRec(Recommender):
         """``reg``: mean square of all user vectors plus that of all item vectors."""
         if self.reg_weight == 0:
             return {}
-        return {"reg": Term(emb.user.pow(2).mean() + emb.item.pow(2).mean(), self.reg_weight)}
+        return {"reg": Term(full_mean(emb.user.pow(2)) + full_mean(emb.item.pow(2)), self.reg_weight)}
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Progressive weight copying: the epoch's mixing weight, θ ← the last weights."""

@@ -51,6 +51,7 @@ from sea.config import ConfigError
 from sea.io import DataError
 from sea.losses import CLUBEstimator, l2_distance_loss, solosim_loss
 from sea.models.base import Term, adam
+from sea.ops import BatchNorm1d, matvec
 
 if TYPE_CHECKING:
     from sea.config import ClubConfig, LossConfig
@@ -61,8 +62,8 @@ SEPARATIONS = ("none", "sea")  # the choices of a backbone's `separation` param
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Solosim's 3-layer MLP with batch norm."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+        nn.Linear(in_dim, hidden_dim), BatchNorm1d(hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim), BatchNorm1d(hidden_dim), nn.ReLU(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -166,7 +167,7 @@ class SplitFeatures(Features):
             w, b = self.layers[m].weight, self.layers[m].bias
         else:
             w, b = self._blocks(m)[index]
-        composed, composed_bias = weight @ w, weight @ b
+        composed, composed_bias = weight @ w, matvec(weight, b)
         if bias is not None:
             composed_bias = composed_bias + bias
         x = self.features[m]

@@ -17,6 +17,7 @@ from torch import nn
 
 from sea.config import ConfigError, Section
 from sea.models.base import Embeddings, GraphData, Recommender, register
+from sea.ops import matvec
 
 AGGREGATORS = ("mean", "self_attention", "user_attention")
 
@@ -119,7 +120,7 @@ class SimpleX(Recommender):
             return self.inv_degree[self.history_users]
         keys = self.key(self.item_emb(self.history_items))  # [n_pairs, d]
         if self.query is not None:
-            logits = keys @ self.query
+            logits = matvec(keys, self.query)
         else:
             logits = (keys * self.user_emb(self.history_users)).sum(-1)
         # imported here: importing torch_geometric takes about 2 s, which every stage that

@@ -1,0 +1,255 @@
+"""How a process of the pipeline uses this machine: the kernels it computes with, and its
+threads. ``params.yaml [compute]`` sets both for every stage that computes
+(:func:`start_stage`, the first statement of those stage scripts).
+
+**Kernels** (``compute.kernels``, a dependency of every computing stage).
+torch picks its CPU kernels by what the CPU offers (AVX2, AVX-512, AMX), and those differ
+in the order they add numbers; a model trained for a hundred epochs turns such last-bit
+differences into different metrics (measured: recall@20 ±0.01 on the sample). So:
+
+- ``portable`` (default) pins what can be pinned to the AVX2 level that every x86-64 CPU
+  since 2013–2015 has: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY=avx2``), MKL's
+  conditional numerical reproducibility on its AVX2 code path, in strict mode so that its
+  matrix products do not depend on the thread count either (``MKL_CBWR=AVX2,STRICT``),
+  and no oneDNN (whose kernels are generated for the CPU at hand). With the thread-safe
+  reductions of :mod:`sea.ops`, a stage then writes the same bytes on any such CPU
+  (Intel or AMD, with or without AVX-512) and with any number of threads. On CUDA it
+  keeps float32 products in float32 (no TF32). These variables are read when torch
+  first computes, so :func:`use_kernels` must run before that.
+- ``native``: the fastest kernels of this CPU (and TF32 on CUDA GPUs that have it);
+  results then depend on the CPU model.
+
+**Threads** (``compute.threads``, not a dependency: it changes speed, never results).
+``auto`` gives each computing process ``cores // jobs`` torch threads, where ``cores`` is
+what this process may use (CPU affinity and cgroup quota) and ``jobs`` the number of the
+pipeline's computing processes running on this machine now (:class:`Jobs`: one lock
+file each, in the system's temporary folder). Two ``dvc exp run --jobs 2`` workers on
+two cores thus get one thread each instead of two each; a process re-counts at every
+epoch or batch of encoding (:func:`rebalance`), so it grows back when the others end.
+A number fixes the threads of every process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from sea.config import ComputeConfig, ConfigError, load_params, one_line
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no job registry, every process counts itself alone
+    fcntl = None
+
+#: The environment of the portable kernels on x86-64 (see the module docstring).
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: Carry this process's compute settings to the processes it starts (torchrun ranks,
+#: spawned feature shards), which set themselves up from them (:func:`start_worker`).
+KERNELS_ENV, THREADS_ENV = "SEA_KERNELS", "SEA_THREADS"
+
+
+def _x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def use_kernels(kind: str) -> None:
+    """Compute with the ``portable`` or ``native`` kernels from now on (see the module
+    docstring). Call it before torch computes anything in this process: the variables it
+    sets are read then. Raises RuntimeError when torch already runs other kernels."""
+    if kind not in ComputeConfig.KERNELS:
+        raise ValueError(f"kernels must be one of {ComputeConfig.KERNELS}, got {kind!r}")
+    portable = kind == "portable"
+    pins = PORTABLE_ENV if _x86_64() else {"ATEN_CPU_CAPABILITY": "default"}
+    for name, value in pins.items():
+        if portable:
+            os.environ[name] = value
+        elif os.environ.get(name) == value:  # a portable parent's setting, not the user's own
+            del os.environ[name]
+    os.environ[KERNELS_ENV] = kind
+    import torch  # after the variables: torch reads them when it first computes
+
+    torch.backends.mkldnn.enabled = not portable
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not portable
+    if portable and _x86_64() and cpu_kernels() not in ("AVX2", "DEFAULT"):
+        raise RuntimeError(f"compute.kernels: portable asked for after torch chose its {cpu_kernels()} kernels: "
+                           "sea.runtime.use_kernels must run before torch computes anything")
+
+
+def cpu_kernels() -> str:
+    """The level of ATen's vectorised CPU kernels in use (``AVX2``, ``AVX512``, ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def describe() -> dict[str, str]:
+    """The kernels this process computes with, for reports and output files (the same
+    strings on every machine where the results are the same)."""
+    kind = os.environ.get(KERNELS_ENV, "native")
+    return {"kernels": kind, "cpu_kernels": cpu_kernels()}
+
+
+# ------------------------------------------------------------------ threads
+
+
+def cores() -> int:
+    """The CPU cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_quota() -> int | None:
+    """Whole cores of a cgroup CPU quota (v2 ``cpu.max``, or v1), rounded up; None if none."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(quota_file).read_text().split()
+            quota = fields[0]
+            period = fields[1] if period_file is None else Path(period_file).read_text().strip()
+            if quota not in ("max", "-1"):
+                return math.ceil(int(quota) / int(period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+class Jobs:
+    """The pipeline's computing processes on this machine: each holds an exclusive lock
+    on a file ``<pid>.job`` in ``folder`` while it computes; a file whose lock can be
+    taken belongs to a process that has ended and is removed."""
+
+    def __init__(self, folder: Path | None = None):
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.folder = Path(folder or Path(tempfile.gettempdir()) / f"sea-jobs-{uid}")
+        self._file = None
+
+    def join(self) -> None:
+        """Count this process in (a no-op if it already is, or without POSIX locks)."""
+        if self._file is not None or fcntl is None:
+            return
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        tmp = self.folder / f".{os.getpid()}.tmp"
+        f = open(tmp, "w")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        os.replace(tmp, self.folder / f"{os.getpid()}.job")  # appears already locked
+        self._file = f
+        atexit.register(self.leave)
+
+    def leave(self) -> None:
+        """Count this process out."""
+        if self._file is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.folder / f"{os.getpid()}.job")
+        self._file.close()
+        self._file = None
+
+    def count(self) -> int:
+        """The processes counted in now (at least 1: this one)."""
+        if fcntl is None or not self.folder.is_dir():
+            return 1
+        alive = 1  # this process, counted in or not
+        for path in self.folder.glob("*.job"):
+            if path.name == f"{os.getpid()}.job":
+                continue
+            try:
+                with open(path) as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        alive += 1
+                        continue
+                    path.unlink(missing_ok=True)  # its process ended without leaving
+            except FileNotFoundError:
+                continue
+        return alive
+
+
+_JOBS = Jobs()
+_started = False  # whether start() set this process up
+
+
+def threads_setting() -> int | None:
+    """This process's ``compute.threads``: a number, or None for auto."""
+    value = os.environ.get(THREADS_ENV, "auto")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def balanced_threads() -> int:
+    """The torch threads this process should use now (see the module docstring)."""
+    fixed = threads_setting()
+    return fixed if fixed is not None else max(1, cores() // _JOBS.count())
+
+
+def rebalance() -> None:
+    """Set torch's threads to :func:`balanced_threads` when they changed, in a process
+    that :func:`start` set up (elsewhere, e.g. in a notebook, nothing is changed)."""
+    if not _started:
+        return
+    import torch
+
+    n = balanced_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Count this process out while it only waits for processes it started (torchrun
+    ranks, feature shards), so that they share the cores among themselves."""
+    joined = _JOBS._file is not None
+    _JOBS.leave()
+    try:
+        yield
+    finally:
+        if joined:
+            _JOBS.join()
+
+
+def start(cfg: ComputeConfig) -> None:
+    """Set this process up to compute: :func:`use_kernels`, count it in, balance threads.
+    The settings travel to the processes it starts through the environment."""
+    use_kernels(cfg.kernels)
+    os.environ[THREADS_ENV] = str(cfg.threads)
+    _count_in()
+
+
+def start_worker() -> None:
+    """Set up a worker process (a spawned feature shard) as its parent: the kernels the
+    parent's :func:`start` chose (none pinned if it had not started), its thread setting,
+    counted in among the pipeline's processes."""
+    if KERNELS_ENV in os.environ:
+        use_kernels(os.environ[KERNELS_ENV])
+    _count_in()
+
+
+def _count_in() -> None:
+    global _started
+    _JOBS.join()
+    _started = True
+    rebalance()
+
+
+def start_stage(stage: str) -> ComputeConfig:
+    """The first statement of a stage script that computes, before torch is imported:
+    read ``params.yaml [compute]`` and :func:`start` this process; a bad value ends the
+    stage with one line, as :func:`sea.cli.run_stage` does."""
+    try:
+        cfg = ComputeConfig.from_dict(load_params().get("compute"), "compute")
+        start(cfg)
+    except (ConfigError, RuntimeError) as e:
+        sys.exit(f"{stage} stage failed: {one_line(str(e))}")
+    return cfg
+
+
+__all__ = ["Jobs", "KERNELS_ENV", "PORTABLE_ENV", "THREADS_ENV", "balanced_threads", "cores", "cpu_kernels",
+           "describe", "rebalance", "start", "start_stage", "start_worker", "threads_setting", "use_kernels",
+           "waiting"]
