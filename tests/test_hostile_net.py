@@ -543,11 +543,11 @@ def stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def download_module():
-    """pipeline/download.py as a module (the stage scripts are not a package)."""
+def stage_module(name: str):
+    """pipeline/<name>.py as a module (the stage scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pipeline_download", REPO / "pipeline" / "download.py")
+    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO / "pipeline" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -584,7 +584,7 @@ def test_download_stage_refuses_reviews_and_meta_with_one_file_name(tmp_path):
     assert "reviews_url and meta_url" in proc.stderr and "'dump.json.gz'" in proc.stderr
     assert not (tmp_path / "data").exists()
 
-    dump_files = download_module().dump_files  # the same check, called directly
+    dump_files = stage_module("download").dump_files  # the same check, called directly
     cfg = DatasetConfig.from_dict({"name": "twins", "reviews_url": "x/r.json.gz", "meta_url": "y/r.json.gz?v=1"}, "dataset")
     with pytest.raises(ConfigError, match="reviews_url and meta_url both end in the file name 'r.json.gz'"):
         dump_files(cfg)
@@ -641,3 +641,52 @@ def test_image_stage_with_hostile_urls(tmp_path, hostile):
     assert hostile.hits == []
     assert str(tmp_path) not in text and "/etc" not in text
     assert "could not be fetched" in proc.stderr
+
+
+# --------------------------------------------------------------------------- the metadata URL's forms
+
+
+META = SAMPLE / "meta_Sample.json.gz"
+#: The same metadata file in every form dataset.meta_url accepts (relative ones from the repo root).
+META_FORMS = ["data/sample/meta_Sample.json.gz", "file:data/sample/meta_Sample.json.gz", META.as_uri(),
+              f"file://localhost{META}"]
+
+
+@pytest.mark.parametrize("form", META_FORMS)
+def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
+    """The sample's metadata named in each form: the same dataset folder, the same image
+    files (the graph stage's item table, then the image stage's fetcher on a few items),
+    and links that leave the folder are still refused."""
+    import pandas as pd
+
+    from sea.data.amazon import read_metadata
+    from sea.data.catalog import resolve
+    from sea.features.fetch import FetchPolicy, ImageFetcher
+
+    monkeypatch.chdir(REPO)  # the stages run in the repo root: relative forms are taken from there
+    ds = DatasetConfig.from_dict({"name": "sample", "meta_url": form}, "dataset")
+    meta_url = next(f.url for f in resolve(ds) if f.role == "meta")
+    assert stage_module("image_features").dataset_root(ds) == SAMPLE
+
+    meta = read_metadata(META).head(5)
+    escapes = ["../reviews_Sample_5.json.gz", "file:../../README.md", "images/../../../README.md", "/etc/passwd"]
+    meta = pd.concat([meta, meta.tail(len(escapes)).assign(asin=[f"X{i}" for i in range(len(escapes))],
+                                                               image_url=escapes)])
+    items = stage_module("graph").item_table(pd.Index(meta["asin"]), meta, meta_url)
+    with ImageFetcher(items["image_url"].tolist(), tmp_path / "cache", FetchPolicy(workers=2),
+                      dataset_root=stage_module("image_features").dataset_root(ds), progress=False) as fetcher:
+        paths = fetcher.wait()
+    assert paths == [SAMPLE / "images" / f"{a}.png" for a in meta["asin"][:5]] + [None] * len(escapes)
+    assert fetcher.counts() == {"refused_outside_dataset": len(escapes)}
+    assert not (tmp_path / "cache").exists()  # local files are read in place
+
+
+@pytest.mark.parametrize("url", ["file://fileserver/share/meta.json.gz", "file://data/sample/meta_Sample.json.gz",
+                                 "ftp://example.org/meta.json.gz", "file:"])
+def test_meta_url_that_is_no_local_file_url_is_refused_in_one_line(tmp_path, url):
+    with pytest.raises(ConfigError, match=r"^params\.yaml \[dataset\]: meta_url: "):
+        DatasetConfig.from_dict({"name": "shop", "reviews_url": "r.json.gz", "meta_url": url}, "dataset")
+    write_params(tmp_path, name="shop", meta_url=url)
+    proc = stage(tmp_path, "download")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "meta_url" in proc.stderr and not (tmp_path / "data").exists()
