@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import urllib.parse
-
 import numpy as np
 import pandas as pd
 
@@ -21,7 +19,7 @@ from sea.data.catalog import Download, resolve
 from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
-from sea.io import DataError, write_json
+from sea.io import DataError, join_link, write_json
 
 
 def user_table(reviewer_ids) -> pd.DataFrame:
@@ -32,7 +30,7 @@ def user_table(reviewer_ids) -> pd.DataFrame:
 
 def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None) -> pd.DataFrame:
     """One row per re-indexed item: its text sentence and image URL (resolved against the
-    metadata dump's own URL, as a relative link in a web page is)."""
+    metadata dump's own URL, as a relative link in a web page is: see :func:`sea.io.join_link`)."""
     items = pd.DataFrame({"item": range(len(asins)), "asin": asins.astype(str)}).astype({"item": "int32"})
     if meta is None:
         return items.assign(text="", image_url=None)
@@ -43,7 +41,7 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     def absolute(u):
         if not isinstance(u, str) or not u:
             return None
-        return urllib.parse.urljoin(meta_url, u) if meta_url else u
+        return join_link(meta_url, u) if meta_url else u
 
     return items.assign(text=text, image_url=[absolute(u) for u in m["image_url"]])
 

@@ -181,6 +181,19 @@ def check_folder_name(value: str, section: str, name: str) -> None:
            f"{name} is longer than {MAX_NAME_BYTES} bytes")
 
 
+def check_url(value: str | None, section: str, name: str) -> None:
+    """A URL param: null, http(s)://, a path, or a local file URL (``file:relative/path``,
+    ``file:///abs/path``, ``file://localhost/abs/path``); anything else (another scheme, a
+    ``file://`` URL naming another host) is one line naming the param."""
+    from sea.io import FetchError, local_path  # sea.io needs nothing from here: no cycle
+
+    if value is not None:
+        try:
+            local_path(value)
+        except FetchError as e:
+            raise ConfigError(f"params.yaml [{section}]: {name}: {e}") from None
+
+
 @dataclass
 class DatasetConfig(Section):
     """Where the data comes from.
@@ -216,6 +229,8 @@ class DatasetConfig(Section):
         if self.mirror is not None:
             _check(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
                    f"mirror must be an http(s):// or file:// base URL, got {self.mirror!r}")
+        for name in ("reviews_url", "meta_url", "mirror"):
+            check_url(getattr(self, name), section, name)
         _check(self.metadata or not (self.meta_url or self.meta_sha256), section,
                "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
         if self.source == "amazon":
@@ -358,6 +373,7 @@ class ImageFeatureConfig(Section):
                section, f"cnn_sha256 must be 64 hex digits or null, got {self.cnn_sha256!r}")
         _check(self.cnn_url is None or bool(self.cnn_url.strip()), section,
                "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
+        check_url(self.cnn_url, section, "cnn_url")
         if self.source != "amazon_cnn":
             self.check_clip()
 

@@ -9,7 +9,8 @@ own target and its own stale temporaries.
 
 Downloads are bounded in size and in total time. :func:`fetch` takes user-given URLs (the
 dumps in params.yaml); :func:`open_public_http` follows URLs found in downloaded data and
-only talks to public internet addresses, checked again on every redirect hop.
+only talks to public internet addresses, checked again on every redirect hop (or to the
+``http_proxy``/``https_proxy`` the environment names, once the target passed that check).
 """
 
 from __future__ import annotations
@@ -295,29 +296,67 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def local_path(url: str, base_dir: str | os.PathLike = ".") -> Path | None:
-    """The filesystem path a bare path or ``file:`` URL names, made absolute against
-    ``base_dir`` but not resolved (links and ``..`` kept); ``None`` for http(s) URLs.
+def _file_path(url: str) -> str | None:
+    """The path a bare path or local ``file:`` URL names, as written (a relative path stays
+    relative, ``%xx`` of a ``file:`` URL decoded); ``None`` for http(s) URLs.
 
-    ``file://localhost/abs/path`` is the standard spelling of ``file:///abs/path``; any
-    other "host" is taken as the first component of a relative path (``file://data/x``).
-    Other schemes raise a :class:`RefusedError` (reason ``refused_scheme``).
+    The local forms are a plain path, ``file:relative/path``, ``file:///abs/path`` and
+    ``file://localhost/abs/path``. A ``file://`` URL naming another host (a remote share,
+    or a relative path mis-spelt as ``file://data/x``) and other schemes raise a
+    :class:`RefusedError` (reason ``refused_scheme``).
     """
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme in ("http", "https"):
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https"):
         return None
-    if parsed.scheme == "file":
-        netloc = "" if parsed.netloc.lower() == "localhost" else parsed.netloc
-        path = urllib.parse.unquote(netloc + parsed.path)
-    elif parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a Windows drive)
+    if parts.scheme == "file":
+        if parts.netloc and parts.netloc.lower() != "localhost":
+            raise RefusedError(f"{url!r} names a file on host {parts.netloc!r}: only local files are read "
+                               "(file:relative/path, file:///abs/path, file://localhost/abs/path or a plain path)",
+                               reason="refused_scheme")
+        path = urllib.parse.unquote(parts.path)
+    elif parts.scheme == "" or len(parts.scheme) == 1:  # plain path (or a Windows drive)
         path = url
     else:
-        raise RefusedError(f"unsupported URL scheme {parsed.scheme!r} in {url!r} (use http(s)://, file:// or a path)",
+        raise RefusedError(f"unsupported URL scheme {parts.scheme!r} in {url!r} (use http(s)://, file:// or a path)",
                            reason="refused_scheme")
     if "\0" in path:
         raise RefusedError(f"NUL character in the path of {url!r}", reason="bad_url")
+    if not path:
+        raise RefusedError(f"no path in {url!r}", reason="bad_url")
+    return path
+
+
+def local_path(url: str, base_dir: str | os.PathLike = ".") -> Path | None:
+    """The filesystem path a bare path or local ``file:`` URL names (see :func:`_file_path`
+    for the forms), made absolute against ``base_dir`` but not resolved (links and ``..``
+    kept); ``None`` for http(s) URLs. Other URLs raise a :class:`RefusedError`."""
+    path = _file_path(url)
+    if path is None:
+        return None
     p = Path(path)
     return p if p.is_absolute() else Path(base_dir).resolve() / p
+
+
+def join_link(base: str, link: str) -> str:
+    """What ``link``, a URL or path found in the file at ``base``, names: a relative link is
+    taken against ``base``'s folder, as a browser takes a link in a web page.
+
+    With an http(s) ``base`` this is :func:`urllib.parse.urljoin`. With a local ``base``
+    (any form :func:`local_path` accepts) a path or local ``file:`` link becomes a plain
+    path, relative when ``base`` is (to the same folder ``base`` is relative to): so
+    ``data/x/meta.json.gz``, ``file:data/x/meta.json.gz`` and ``file:///repo/data/x/meta.json.gz``
+    give links to the same files. ``..`` and links are kept, for the reader to resolve. A
+    link of another kind (http(s), another scheme, a ``file://`` URL with a host) is
+    returned as it is, to be fetched or refused where it is used.
+    """
+    folder = _file_path(base)
+    if folder is None:
+        return urllib.parse.urljoin(base, link)
+    try:
+        path = _file_path(link)
+    except RefusedError:
+        return link
+    return link if path is None else os.path.join(os.path.dirname(folder), path)
 
 
 def resolve_url(url: str, base_dir: str | os.PathLike = ".") -> str:
@@ -333,11 +372,12 @@ def open_url(url: str, timeout: float = 60.0, headers: dict[str, str] | None = N
     Redirects are followed by urllib (to http(s) and ftp only, never to file://); use it
     for user-given URLs. URLs found in downloaded data go through :func:`open_public_http`.
     ``headers`` are added to the request (e.g. ``Range``); proxies come from the usual
-    ``http_proxy``/``https_proxy``/``no_proxy`` variables.
+    ``http_proxy``/``https_proxy``/``no_proxy`` variables, as they are at this call (a
+    fresh opener: ``urlopen``'s shared one keeps the proxies of its first use).
     """
     try:
         req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT} | (headers or {}))
-        return urllib.request.urlopen(req, timeout=timeout)
+        return urllib.request.build_opener().open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
         e.close()
@@ -679,11 +719,39 @@ def _addresses(url: str, host: str, port: int, allow_address: Callable[[str], bo
     return infos
 
 
-def _connect(url: str, parts: urllib.parse.SplitResult, infos: list[tuple],
-             deadline: Deadline) -> http.client.HTTPConnection:
-    """An HTTP(S) connection to exactly the vetted addresses (no second DNS lookup)."""
-    global _ssl_context
-    host = parts.hostname or ""
+def _proxy_for(url: str, parts: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    """The forward proxy for one hop, by urllib's own rules (those of the dump downloads):
+    ``http_proxy`` for http, ``https_proxy`` for https (:func:`urllib.request.getproxies`),
+    None when unset or when ``no_proxy`` matches the host (:func:`urllib.request.proxy_bypass`).
+    Only ``http://`` proxies are spoken to (https goes through them with CONNECT)."""
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return None
+    try:
+        found = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        usable = found.scheme == "http" and bool(found.hostname) and found.port != 0  # .port raises if invalid
+    except ValueError:
+        usable = False
+    if not usable:  # every URL fails alike: counted as no connection, so the fetcher stops soon
+        shown = re.sub(r"^(\w+://)?[^/]*@", r"\1", proxy)  # never a password
+        raise FetchError(f"cannot fetch {url}: {parts.scheme}_proxy {shown!r} is not an http://host[:port] proxy",
+                         no_connection=True)
+    return found
+
+
+def _proxy_headers(proxy: urllib.parse.SplitResult | None) -> dict[str, str]:
+    """``Proxy-Authorization`` (Basic) when the proxy URL carries ``user:password@``."""
+    if proxy is None or proxy.username is None:
+        return {}
+    import base64
+
+    pair = f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
+
+
+def _open_socket(url: str, where: str, infos: list[tuple], deadline: Deadline) -> socket.socket:
+    """A TCP connection to the first of ``infos`` (addresses of ``where``) that answers,
+    shut down by ``deadline``."""
     last: OSError | None = None
     for family, type_, proto, _, sockaddr in infos:
         sock = socket.socket(family, type_, proto)
@@ -691,27 +759,54 @@ def _connect(url: str, parts: urllib.parse.SplitResult, infos: list[tuple],
         try:
             sock.settimeout(deadline.remaining())
             sock.connect(sockaddr)
-            break
+            return sock
         except OSError as e:
             sock.close()
             last = e
             deadline.check(url)
+    raise FetchError(f"cannot fetch {url}: cannot connect to {where}: {last}", no_connection=True)
+
+
+def _tls_context() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context
+
+
+def _connect(url: str, parts: urllib.parse.SplitResult, port: int, infos: list[tuple],
+             proxy: urllib.parse.SplitResult | None, deadline: Deadline) -> http.client.HTTPConnection:
+    """An open HTTP(S) connection for one hop: straight to the vetted addresses ``infos``
+    of the target (no second DNS lookup), or to ``proxy`` (an address of the user's own
+    configuration, not checked). Through a proxy an https target gets a CONNECT tunnel
+    (http.client's ``set_tunnel``), inside which TLS is verified against the target host."""
+    host = parts.hostname or ""
+    if proxy is None:
+        endpoint, addresses = (host, port), infos
     else:
-        raise FetchError(f"cannot fetch {url}: cannot connect to {host}: {last}", no_connection=True)
+        endpoint = (proxy.hostname or "", proxy.port or 80)
+        addresses = _addresses(url, endpoint[0], endpoint[1], lambda ip: True)
+    where = f"{'proxy ' if proxy else ''}{endpoint[0]}:{endpoint[1]}"
     if parts.scheme == "https":
-        if _ssl_context is None:
-            _ssl_context = ssl.create_default_context()
-        try:
-            sock = _ssl_context.wrap_socket(sock, server_hostname=host)
-        except OSError as e:
-            sock.close()
-            deadline.check(url)
-            raise FetchError(f"cannot fetch {url}: TLS: {e}") from e
-        deadline.watch(sock)
-        conn = http.client.HTTPSConnection(host, parts.port, timeout=deadline.remaining())
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(*endpoint, context=_tls_context())
+        if proxy is not None:
+            conn.set_tunnel(host, port, headers=_proxy_headers(proxy))
     else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=deadline.remaining())
-    conn.sock = sock
+        conn = http.client.HTTPConnection(*endpoint)
+    # http.client's own connect (CONNECT, then the TLS handshake) on a socket opened here:
+    # _create_connection is its socket factory (socket.create_connection, 3.11 to 3.13)
+    conn._create_connection = lambda *_: _open_socket(url, where, addresses, deadline)
+    try:
+        conn.connect()
+    except (OSError, http.client.HTTPException) as e:  # the tunnel refused, TLS failed
+        conn.close()
+        deadline.check(url)
+        kind = "TLS" if isinstance(e, ssl.SSLError) else where
+        raise FetchError(f"cannot fetch {url}: {kind}: {e}") from e
+    except FetchError:
+        conn.close()
+        raise
+    deadline.watch(conn.sock)  # the TLS socket, when wrapped
     return conn
 
 
@@ -722,10 +817,16 @@ def open_public_http(url: str, deadline: Deadline, *,
     """GET a URL found in downloaded data; yield the ``200`` response.
 
     Only http(s) is followed, and only to hosts whose every address passes
-    ``allow_address`` (by default: public internet addresses), checked again on every
-    redirect hop (at most ``max_redirects``); the connection goes to the checked address. Refusals raise :class:`RefusedError`
-    (reason ``refused_scheme`` or ``refused_private_host``); other statuses
-    :class:`HTTPStatusError`; the ``deadline`` bounds everything.
+    ``allow_address`` (by default: public internet addresses), resolved here and checked
+    again on every redirect hop (at most ``max_redirects``). The connection goes to the
+    checked address, or, when ``http_proxy``/``https_proxy`` apply (see
+    :func:`_proxy_for`), to that proxy, but only once the target passed the same check;
+    a redirect the proxy relays is checked before it is followed. Residual trust with a
+    proxy: it resolves the host name itself, so a name that resolves differently there
+    than here is outside this check (an IP literal is not); and a name that does not
+    resolve here is not fetched, proxy or not. Refusals raise
+    :class:`RefusedError` (reason ``refused_scheme`` or ``refused_private_host``); other
+    statuses :class:`HTTPStatusError`; the ``deadline`` bounds everything.
     """
     current = url
     for _ in range(max_redirects + 1):
@@ -742,13 +843,18 @@ def open_public_http(url: str, deadline: Deadline, *,
             raise RefusedError(f"refusing {url}: {e}", reason="bad_url") from e
         if not parts.hostname:
             raise RefusedError(f"refusing {url}: no host in {current!r}", reason="bad_url")
-        infos = _addresses(url, parts.hostname, port, allow_address)
-        conn = _connect(url, parts, infos, deadline)
+        infos = _addresses(url, parts.hostname, port, allow_address)  # with a proxy or without
+        proxy = _proxy_for(url, parts)
+        conn = _connect(url, parts, port, infos, proxy, deadline)
         resp: http.client.HTTPResponse | None = None
         try:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+            if proxy is not None and parts.scheme == "http":  # a plain proxy takes the absolute URL
+                target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+                headers |= _proxy_headers(proxy)
             try:
-                conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+                conn.request("GET", target, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 deadline.check(url)

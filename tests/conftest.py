@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 AMAZON_REAL = REPO.parent / "shared" / "data" / "amazon-real"
 
 
+#: The variables urllib takes proxies from (any ``*_proxy``, either case): cleared for every
+#: test, so a developer's own proxy never carries the tests' 127.0.0.1 requests, and a
+#: test that sets one (with monkeypatch) leaves it to itself.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_variables(monkeypatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture(scope="session")
 def amazon_real() -> Path:
     """The folder of real Amazon dump samples (``../shared/data/amazon-real``), or skip."""

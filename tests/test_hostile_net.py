@@ -1,7 +1,8 @@
 """Hostile inputs to the download and image stages, against real misbehaving HTTP servers
 on 127.0.0.1: endless, trickling and short bodies, redirects to file:// and to refused
 hosts, image paths outside the dataset, decompression bombs, dataset names that would
-delete other folders, stale temporaries of killed runs.
+delete other folders, stale temporaries of killed runs; and all of it through a real
+forward proxy (http_proxy/https_proxy), which serves every "public" host from 127.0.0.1.
 
 Every server loop is bounded in count and time and stops when the test ends.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import ssl
 import struct
 import subprocess
@@ -25,7 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from servers import LocalHTTPServer
+from servers import ForwardProxy, LocalHTTPServer
 
 from sea.config import ConfigError, DatasetConfig
 from sea.io import (MB, DataError, Deadline, FetchTimeoutError, RefusedError,
@@ -322,9 +324,9 @@ def test_redirect_loop_is_bounded(tmp_path, hostile):
     assert len(hostile.hits) == 6  # the first request and 5 redirects
 
 
-def self_signed_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
-    """A server context with a fresh self-signed certificate for 127.0.0.1, and the
-    certificate's file (to trust it on the client side)."""
+def self_signed_tls(folder: Path, ip: str = "127.0.0.1") -> tuple[ssl.SSLContext, Path]:
+    """A server context with a fresh self-signed certificate for the address ``ip``, and
+    the certificate's file (to trust it on the client side)."""
     pytest.importorskip("cryptography", reason="the TLS test makes its certificate with `cryptography`")
     import datetime
     import ipaddress
@@ -335,16 +337,16 @@ def self_signed_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file, key_file = folder / f"cert-{ip}.pem", folder / f"key-{ip}.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
@@ -543,11 +545,11 @@ def stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def download_module():
-    """pipeline/download.py as a module (the stage scripts are not a package)."""
+def stage_module(name: str):
+    """pipeline/<name>.py as a module (the stage scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pipeline_download", REPO / "pipeline" / "download.py")
+    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO / "pipeline" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -584,7 +586,7 @@ def test_download_stage_refuses_reviews_and_meta_with_one_file_name(tmp_path):
     assert "reviews_url and meta_url" in proc.stderr and "'dump.json.gz'" in proc.stderr
     assert not (tmp_path / "data").exists()
 
-    dump_files = download_module().dump_files  # the same check, called directly
+    dump_files = stage_module("download").dump_files  # the same check, called directly
     cfg = DatasetConfig.from_dict({"name": "twins", "reviews_url": "x/r.json.gz", "meta_url": "y/r.json.gz?v=1"}, "dataset")
     with pytest.raises(ConfigError, match="reviews_url and meta_url both end in the file name 'r.json.gz'"):
         dump_files(cfg)
@@ -641,3 +643,239 @@ def test_image_stage_with_hostile_urls(tmp_path, hostile):
     assert hostile.hits == []
     assert str(tmp_path) not in text and "/etc" not in text
     assert "could not be fetched" in proc.stderr
+
+
+# --------------------------------------------------------------------------- the metadata URL's forms
+
+
+META = SAMPLE / "meta_Sample.json.gz"
+#: The same metadata file in every form dataset.meta_url accepts (relative ones from the repo root).
+META_FORMS = ["data/sample/meta_Sample.json.gz", "file:data/sample/meta_Sample.json.gz", META.as_uri(),
+              f"file://localhost{META}"]
+
+
+@pytest.mark.parametrize("form", META_FORMS)
+def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
+    """The sample's metadata named in each form: the same dataset folder, the same image
+    files (the graph stage's item table, then the image stage's fetcher on a few items),
+    and links that leave the folder are still refused."""
+    import pandas as pd
+
+    from sea.data.amazon import read_metadata
+    from sea.data.catalog import resolve
+    from sea.features.fetch import FetchPolicy, ImageFetcher
+
+    monkeypatch.chdir(REPO)  # the stages run in the repo root: relative forms are taken from there
+    ds = DatasetConfig.from_dict({"name": "sample", "meta_url": form}, "dataset")
+    meta_url = next(f.url for f in resolve(ds) if f.role == "meta")
+    assert stage_module("image_features").dataset_root(ds) == SAMPLE
+
+    meta = read_metadata(META).head(5)
+    escapes = ["../reviews_Sample_5.json.gz", "file:../../README.md", "images/../../../README.md", "/etc/passwd"]
+    meta = pd.concat([meta, meta.tail(len(escapes)).assign(asin=[f"X{i}" for i in range(len(escapes))],
+                                                               image_url=escapes)])
+    items = stage_module("graph").item_table(pd.Index(meta["asin"]), meta, meta_url)
+    with ImageFetcher(items["image_url"].tolist(), tmp_path / "cache", FetchPolicy(workers=2),
+                      dataset_root=stage_module("image_features").dataset_root(ds), progress=False) as fetcher:
+        paths = fetcher.wait()
+    assert paths == [SAMPLE / "images" / f"{a}.png" for a in meta["asin"][:5]] + [None] * len(escapes)
+    assert fetcher.counts() == {"refused_outside_dataset": len(escapes)}
+    assert not (tmp_path / "cache").exists()  # local files are read in place
+
+
+@pytest.mark.parametrize("url", ["file://fileserver/share/meta.json.gz", "file://data/sample/meta_Sample.json.gz",
+                                 "ftp://example.org/meta.json.gz", "file:"])
+def test_meta_url_that_is_no_local_file_url_is_refused_in_one_line(tmp_path, url):
+    with pytest.raises(ConfigError, match=r"^params\.yaml \[dataset\]: meta_url: "):
+        DatasetConfig.from_dict({"name": "shop", "reviews_url": "r.json.gz", "meta_url": url}, "dataset")
+    write_params(tmp_path, name="shop", meta_url=url)
+    proc = stage(tmp_path, "download")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "meta_url" in proc.stderr and not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------- through a proxy
+
+
+#: A public address the tests only name: the test proxy serves it (and any host) from 127.0.0.1.
+PUBLIC = "93.184.216.34"
+
+
+@pytest.fixture
+def proxy(hostile, monkeypatch) -> Iterator[ForwardProxy]:
+    """A forward proxy answering every host from ``hostile``, set as ``http_proxy``."""
+    server = ForwardProxy(hostile.url)
+    monkeypatch.setenv("http_proxy", server.url)
+    yield server
+    server.close()
+
+
+def test_image_of_a_public_address_through_the_proxy(tmp_path, hostile, proxy, monkeypatch):
+    import base64
+
+    url = f"http://{PUBLIC}/ok.png"
+    (path,), failures = fetch_images([url], tmp_path / "cache")
+    assert failures == {} and Image.open(path).size == (16, 16)  # the bytes arrived whole and decode
+    assert proxy.requests == [f"GET {url}"] and hostile.hits == ["/ok.png"] and proxy.auth == [None]
+
+    # credentials in the proxy URL are sent as Proxy-Authorization (as urllib does for the dumps)
+    monkeypatch.setenv("http_proxy", proxy.url.replace("://", "://lab:s%40cret@"))
+    fetch_images([f"{url}?second"], tmp_path / "cache")
+    assert proxy.auth[1] == "Basic " + base64.b64encode(b"lab:s@cret").decode()
+
+
+def test_private_targets_are_refused_before_the_proxy_is_asked(tmp_path, hostile, proxy):
+    port = hostile.server.server_address[1]
+    urls = [f"http://127.0.0.1:{port}/ok.png", "http://10.1.2.3/ok.png", f"http://localhost:{port}/ok.png",
+            "http://[::1]/ok.png", "http://169.254.169.254/latest/meta-data"]
+    with pytest.warns(UserWarning, match="refused_private_host 5"):
+        paths, failures = fetch_images(urls, tmp_path / "cache")
+    assert paths == [None] * 5 and failures == {"refused_private_host": 5}
+    assert proxy.requests == [] and hostile.hits == []  # nobody was asked
+
+    # allow_private_hosts: the same check lets them pass, and they go through the proxy
+    paths, failures = fetch_images(urls[:3], tmp_path / "cache", allow_private_hosts=True)
+    assert failures == {} and all(p.read_bytes() == PNG for p in paths)
+    assert sorted(proxy.requests) == sorted(f"GET {u}" for u in urls[:3])
+
+
+def test_redirects_relayed_by_the_proxy_are_checked(tmp_path, hostile, proxy):
+    port = hostile.server.server_address[1]
+    base = f"http://{PUBLIC}/redirect?to="
+    urls = [base + "http://10.0.0.1/ok.png", base + f"http://127.0.0.1:{port}/ok.png", base + "file:///etc/passwd",
+            base + "http://93.184.216.35/ok.png", f"http://{PUBLIC}/loop"]
+    with pytest.warns(UserWarning, match="4 of 5 images"):
+        paths, failures = fetch_images(urls, tmp_path / "cache")
+    assert failures == {"refused_private_host": 2, "refused_scheme": 1, "too_many_redirects": 1}
+    assert paths[:3] == [None] * 3 and paths[3].read_bytes() == PNG and paths[4] is None
+    # each refused redirect: one request (the first hop), none to where it led
+    assert sorted(set(proxy.requests)) == sorted({f"GET {u}" for u in urls} | {"GET http://93.184.216.35/ok.png"})
+    assert len(proxy.requests) == 4 + 1 + 6  # the loop: the first request and 5 redirects
+
+
+def test_no_proxy_hosts_are_fetched_directly_under_the_same_rule(tmp_path, hostile, proxy, monkeypatch):
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    url = f"{hostile.url}/ok.png"
+    with pytest.warns(UserWarning, match="refused_private_host 1"):
+        fetch_images([url], tmp_path / "cache")
+    assert hostile.hits == [] and proxy.requests == []
+
+    (path,), failures = fetch_images([url], tmp_path / "cache", allow_private_hosts=True)
+    assert failures == {} and path.read_bytes() == PNG
+    assert hostile.hits == ["/ok.png"] and proxy.requests == []  # straight to the server
+
+    fetch_images([f"http://{PUBLIC}/ok.png"], tmp_path / "cache")  # a host not listed: through the proxy
+    assert proxy.requests == [f"GET http://{PUBLIC}/ok.png"]
+
+
+def test_size_and_time_caps_hold_through_the_proxy(tmp_path, hostile, proxy):
+    urls = [f"http://{PUBLIC}/endless", f"http://{PUBLIC}/slow", f"http://{PUBLIC}/slow-headers"]
+    with pytest.warns(UserWarning, match="3 of 3 images"):
+        paths, failures = fetch_images(urls, tmp_path / "cache", timeout=2, max_bytes=MB)
+    assert paths == [None] * 3 and failures == {"too_large": 1, "timeout": 2}
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_proxy_that_never_answers_times_out(tmp_path, monkeypatch):
+    with socket.socket() as silent:  # the kernel accepts connections; nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        for var in ("http_proxy", "https_proxy"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.warns(UserWarning, match="timeout 2"):  # the GET, and the CONNECT of https
+            paths, failures = fetch_images([f"http://{PUBLIC}/a.png", f"https://{PUBLIC}/b.png"],
+                                           tmp_path / "cache", timeout=2)
+    assert paths == [None, None] and failures == {"timeout": 2}
+
+
+def test_a_proxy_refusing_connections_means_offline(tmp_path, monkeypatch):
+    from sea.features.fetch import FetchPolicy, ImageFetcher
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    urls = [f"http://93.184.{i // 200}.{i % 200 + 1}/{i}.png" for i in range(400)]  # 400 public hosts
+    with ImageFetcher(urls, tmp_path / "cache", FetchPolicy(workers=8, offline_after=3), progress=False) as fetcher:
+        assert fetcher.wait() == [None] * 400
+    counts = fetcher.counts()
+    assert set(counts) == {"unreachable", "offline"} and counts["unreachable"] <= 3 + 8
+    assert fetcher.network.offline and "cannot connect to proxy 127.0.0.1" in fetcher.first_error["unreachable"]
+
+
+def test_a_proxy_url_that_is_not_http_is_refused_without_its_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", "socks5://lab:s3cret@127.0.0.1:1080")
+    with pytest.warns(UserWarning, match=r"unreachable 1.*http_proxy 'socks5://127\.0\.0\.1:1080' is not an http"):
+        paths, _ = fetch_images([f"http://{PUBLIC}/a.png"], tmp_path / "cache")
+    assert paths == [None]
+
+
+def test_https_through_the_proxy_is_a_tunnel_verified_against_the_target(tmp_path, monkeypatch):
+    """CONNECT to the target; TLS inside is checked against the target's name (a certificate
+    for the proxy's own address is refused); the caps hold inside the tunnel; dumps take the
+    same tunnel."""
+    import hashlib
+
+    import sea.io
+
+    ctx, cert_file = self_signed_tls(tmp_path, PUBLIC)
+    server = Hostile(tls=ctx)
+    proxy = ForwardProxy(server.url)
+    try:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        url = f"https://{PUBLIC}/ok.png"
+        (path,), failures = fetch_images([url], tmp_path / "cache")
+        assert failures == {} and path.read_bytes() == PNG
+        assert proxy.requests == [f"CONNECT {PUBLIC}:443"] and server.hits == ["/ok.png"]
+
+        with pytest.warns(UserWarning, match="refused_private_host 1"):  # not even a CONNECT
+            fetch_images([f"https://127.0.0.1:{server.server.server_address[1]}/ok.png"], tmp_path / "cache")
+        with pytest.warns(UserWarning, match="2 of 2 images"):
+            _, failures = fetch_images([f"https://{PUBLIC}/slow-headers", f"https://{PUBLIC}/endless"],
+                                       tmp_path / "cache", timeout=2, max_bytes=MB)
+        assert failures == {"timeout": 1, "too_large": 1} and len(proxy.requests) == 3
+
+        dest = fetch(f"https://{PUBLIC}/ok.png", tmp_path / "raw" / "ok.png", hashlib.sha256(PNG).hexdigest(),
+                     progress=False, total_timeout=30)
+        assert dest.read_bytes() == PNG and proxy.requests[-1] == f"CONNECT {PUBLIC}:443"
+    finally:
+        proxy.close()
+        server.close()
+
+    # the proxy's own address in the certificate, not the target's: refused
+    ctx, cert_file = self_signed_tls(tmp_path, "127.0.0.1")
+    server = Hostile(tls=ctx)
+    proxy = ForwardProxy(server.url)
+    try:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        with pytest.warns(UserWarning, match="unreachable 1.*CERTIFICATE_VERIFY_FAILED.*mismatch"):
+            fetch_images([f"https://{PUBLIC}/ok.png"], tmp_path / "cache2")
+        assert proxy.requests == [f"CONNECT {PUBLIC}:443"] and server.hits == []
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_dump_downloads_take_the_same_proxy(tmp_path, hostile, monkeypatch):
+    """The dumps go through urllib: the proxy variables as they are at each download."""
+    import hashlib
+
+    sha = hashlib.sha256(PNG).hexdigest()
+    fetch(f"{hostile.url}/ok.png", tmp_path / "a" / "ok.png", sha, progress=False)  # before any proxy is set
+    proxy = ForwardProxy(hostile.url)
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        url = f"http://{PUBLIC}/ok.png"
+        assert fetch(url, tmp_path / "b" / "ok.png", sha, progress=False, total_timeout=30).read_bytes() == PNG
+        assert proxy.requests == [f"GET {url}"]
+        with pytest.raises(TooLargeError):
+            fetch(f"http://{PUBLIC}/endless", tmp_path / "c" / "x", max_bytes=MB, progress=False, total_timeout=30)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        fetch(f"{hostile.url}/ok.png", tmp_path / "d" / "ok.png", sha, progress=False)
+        assert len(proxy.requests) == 2 and hostile.hits == ["/ok.png", "/ok.png", "/endless", "/ok.png"]
+    finally:
+        proxy.close()

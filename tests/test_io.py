@@ -10,7 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from sea.io import ChecksumError, FetchError, atomic_path, fetch, resolve_url, sha256_file, write_json
+from sea.io import (ChecksumError, FetchError, atomic_path, fetch, join_link, local_path, resolve_url, sha256_file,
+                    write_json)
 
 PAYLOAD = bytes(range(256)) * 4_000  # ~1 MB: more than one read chunk is not needed, but a real size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -182,6 +183,25 @@ def test_resolve_url(tmp_path):
     assert resolve_url("file://localhost/srv/a.json", tmp_path) == "file:///srv/a.json"
     with pytest.raises(FetchError, match="unsupported URL scheme 'ftp'"):
         resolve_url("ftp://example.org/a.json")
+    for remote in ("file://fileserver/srv/a.json", "file://data/a.json"):  # a host: not a local file
+        with pytest.raises(FetchError, match="names a file on host"):
+            resolve_url(remote, tmp_path)
+
+
+def test_join_link_takes_links_against_the_metadata_in_every_form(tmp_path):
+    """A metadata file named in any accepted form gives its links the same files; links
+    of other kinds are left for the fetcher to follow or refuse."""
+    meta = tmp_path / "data" / "x" / "meta.json.gz"
+    forms = ["data/x/meta.json.gz", "file:data/x/meta.json.gz", meta.as_uri(), f"file://localhost{meta}"]
+    links = ["images/a b.png", "file:images/a%20b.png", "../up.png"]
+    for link in links:
+        named = {local_path(join_link(form, link), tmp_path).resolve() for form in forms}
+        assert named == {(meta.parent / link.removeprefix("file:").replace("%20", " ")).resolve()}
+    assert join_link("data/x/meta.json.gz", "images/a.png") == "data/x/images/a.png"  # relative stays relative
+    for other in ("http://cdn.example/a.png", "ftp://h/a.png", "file://evil/a.png"):
+        assert all(join_link(form, other) == other for form in forms)
+    assert join_link("/srv/meta.json.gz", "/etc/passwd") == "/etc/passwd"  # refused later: outside the folder
+    assert join_link("https://h/d/meta.json.gz", "../img/a.png") == "https://h/img/a.png"
 
 
 # ----------------------------------------------------------------- atomic writes

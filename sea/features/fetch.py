@@ -2,9 +2,9 @@
 
 The image URLs come from downloaded metadata, so they are not trusted: http(s) downloads
 only go to public internet addresses (checked on every redirect hop, see
-:func:`sea.io.open_public_http`), are capped in size and time, and land in an
-:class:`ImageCache`; local paths and ``file://`` URLs are used in place, but only inside
-the dataset's own folder.
+:func:`sea.io.open_public_http`; through ``http_proxy``/``https_proxy`` when set), are
+capped in size and time, and land in an :class:`ImageCache`; local paths and ``file://``
+URLs are used in place, but only inside the dataset's own folder.
 
 :class:`ImageFetcher` fetches in background threads, in item order, with at most
 ``per_host`` downloads per host at a time. It is a lazy sequence of local paths: reading
