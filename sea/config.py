@@ -499,9 +499,14 @@ class ImageFeatureConfig(Section):
             self.check_clip()
 
     def check_clip(self) -> None:
-        """The open_clip architecture exists, and ``pretrained`` is none, an existing local
-        checkpoint or a tag open_clip knows for it — before any image is fetched."""
+        """The open_clip architecture exists, and ``pretrained`` is none, a tag open_clip knows
+        for it, or a local checkpoint that fits it (:func:`sea.features.image.check_checkpoint`:
+        readable without running code, the architecture's keys and shapes) — before any image
+        is fetched."""
         import open_clip
+
+        from sea.features.image import check_checkpoint
+        from sea.io import DataError
 
         section = "features.image"
         models = open_clip.list_models()
@@ -512,6 +517,10 @@ class ImageFeatureConfig(Section):
             return
         if "/" in tag or "\\" in tag or Path(tag).suffix:
             _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
+            try:
+                check_checkpoint(self.model, tag)
+            except DataError as e:
+                raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
             return
         tags = open_clip.list_pretrained_tags_by_model(self.model)
         _check(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
