@@ -505,9 +505,6 @@ class ImageFeatureConfig(Section):
         is fetched."""
         import open_clip
 
-        from sea.features.image import check_checkpoint
-        from sea.io import DataError
-
         section = "features.image"
         models = open_clip.list_models()
         _check(self.model in models, section,
@@ -517,6 +514,9 @@ class ImageFeatureConfig(Section):
             return
         if "/" in tag or "\\" in tag or Path(tag).suffix:
             _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
+            from sea.features.image import check_checkpoint
+            from sea.io import DataError
+
             try:
                 check_checkpoint(self.model, tag)
             except DataError as e:

@@ -221,6 +221,7 @@ def small_model() -> nn.Module:
 
 
 def read(path: Path) -> dict:
+    """The checked state dict of ``path`` for :func:`small_model`."""
     return read_checkpoint(path, small_model().state_dict(), "tiny")
 
 
@@ -235,6 +236,7 @@ class Payload:
 
 
 def save(state: dict, path: Path) -> Path:
+    """``state`` written to ``path``: safetensors for ``.safetensors``, else torch.save."""
     if path.suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:

@@ -149,6 +149,7 @@ def _no_random_init_warning() -> Iterator[None]:
 
     class Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
+            """Keep every record but that warning."""
             return "initialized randomly" not in record.getMessage()
 
     drop = Drop()
