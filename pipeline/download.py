@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sea.artifacts import SOURCE_FILE
 from sea.cli import run_stage
-from sea.config import ConfigError, DatasetConfig, SplitConfig, load_params
+from sea.config import ConfigError, DatasetConfig, SplitConfig, load_params, shown
 from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file
 from sea.io import (MB, ChecksumError, DataError, FetchTimeoutError, TooLargeError, atomic_dir, fetch, is_plain_name,
@@ -35,7 +35,7 @@ def raw_folder(cfg: DatasetConfig) -> Path:
     would make the stage replace data/raw itself (every other dataset) or data/."""
     if not is_plain_name(cfg.name):
         raise ConfigError(f"params.yaml [dataset]: name must be one plain folder name "
-                          f"(not empty, '.', '..', or with '/', '\\' or NUL), got {cfg.name!r}")
+                          f"(not empty, '.', '..', or with '/', '\\' or NUL), got {shown(cfg.name)}")
     return RAW / cfg.name
 
 
@@ -46,14 +46,14 @@ def dump_files(cfg: DatasetConfig, given_split: str | None = None) -> list[Downl
     files = resolve(cfg, given_split)
     for d in files:
         if not is_plain_name(d.name) or d.name == SOURCE_FILE:
-            raise ConfigError(f"params.yaml [dataset]: {d.role}_url {d.url!r} does not end in a usable file name "
-                              f"(got {d.name!r}); it is saved under data/raw/<name>/ by that name")
+            raise ConfigError(f"params.yaml [dataset]: {d.role}_url {shown(d.url)} does not end in a usable file name "
+                              f"(got {shown(d.name)}); it is saved under data/raw/<name>/ by that name")
     first_named: dict[str, Download] = {}
     for d in files:
         first = first_named.setdefault(d.name, d)
         if first is not d:
             raise ConfigError(f"params.yaml [dataset]: {first.role}_url and {d.role}_url both end in the file name "
-                              f"{d.name!r}; one would overwrite the other in data/raw/{cfg.name}/ "
+                              f"{shown(d.name)}; one would overwrite the other in data/raw/{cfg.name}/ "
                               "(serve them under different names)")
     return files
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_params
+from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_params, shown
 from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features
 from sea.features import empty_features
@@ -124,7 +124,7 @@ def cnn_url(ds: DatasetConfig, cfg: ImageFeatureConfig) -> str:
     """``features.image.cnn_url``, or else the catalog's CNN feature file of ``dataset.name``."""
     url = cfg.cnn_url or image_features_url(ds)
     if not url:
-        raise ConfigError(f"params.yaml [features.image]: source: amazon_cnn needs cnn_url: dataset {ds.name!r} has "
+        raise ConfigError(f"params.yaml [features.image]: source: amazon_cnn needs cnn_url: dataset {shown(ds.name)} has "
                           f"no CNN image feature file in the catalog (only the 2014 release has them)")
     return url
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,12 +46,151 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+#: Longest rendering of a params value in an error message: a value may be a list of a
+#: million entries (or a YAML alias bomb), and a message is one line for a person to read.
+MAX_SHOWN_CHARS = 100
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 6, 6, 4, 6
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 80
+
+
+def shorten(text: str) -> str:
+    """``text`` cut to at most :data:`MAX_SHOWN_CHARS` characters (ending in ``...`` if cut)."""
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, at most :data:`MAX_SHOWN_CHARS` characters, built
+    without ever rendering the whole value (reprlib looks at the first few items of each
+    level). Every message that shows a params value shows it through this."""
+    return shorten(_SHOWN.repr(value))
+
+
+#: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
+#: refused before it is parsed.
+MAX_PARAMS_BYTES = 1 << 20
+#: Values (YAML nodes) once aliases are expanded; params.yaml has under 300. A 2.7 KB
+#: "billion laughs" file (aliases nine deep) expands to 9**9 and took 3 GB and a minute
+#: before it failed. Counted on the node graph, without expanding anything.
+MAX_PARAMS_NODES = 100_000
+#: Characters of all scalars once aliases are expanded: a long string repeated by aliases.
+MAX_PARAMS_CHARS = 4 << 20
+#: Longest single scalar. URLs and paths are at most a few KB; YAML 1.1 reads 1:2:3 as a
+#: base-60 number in time quadratic in its length (400 KB of it took 12 s).
+MAX_SCALAR_CHARS = 16 << 10
+#: Deepest nesting of mappings and lists, aliases expanded; params.yaml nests 3 deep.
+MAX_PARAMS_DEPTH = 32
+
+
+class _TooLarge(Exception):
+    """A params document over one of the limits: ``problem`` at YAML node ``node``."""
+
+    def __init__(self, problem: str, node: Any = None, where: str = ""):
+        super().__init__(problem)
+        self.problem, self.node, self.where = problem, node, where
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader whose composer stops past :data:`MAX_PARAMS_DEPTH` nested nodes
+    (it recurses once per level) and refuses scalars over :data:`MAX_SCALAR_CHARS`."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        """Compose one node, counting the nesting levels."""
+        if self._depth >= MAX_PARAMS_DEPTH:
+            raise _TooLarge(f"nests deeper than {MAX_PARAMS_DEPTH} levels", self.peek_event())
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_scalar_node(self, anchor):
+        """Compose a scalar, refusing a long one before it is resolved or constructed."""
+        node = super().compose_scalar_node(anchor)
+        if len(node.value) > MAX_SCALAR_CHARS:
+            raise _TooLarge(f"holds a value longer than {MAX_SCALAR_CHARS} characters", node)
+        return node
+
+
+def _measure(node: yaml.Node, where: str, depth: int, memo: dict[int, tuple[int, int, int] | None]
+             ) -> tuple[int, int, int]:
+    """``(nodes, characters, height)`` of ``node`` with its aliases expanded, computed once per
+    node object (an alias is the anchored node itself), so a bomb costs its size in the file.
+    Raises :class:`_TooLarge` naming ``where`` (the key path) as soon as a limit is passed."""
+    key = id(node)
+    if key in memo:
+        if memo[key] is None:
+            raise _TooLarge("has a YAML alias inside the collection it names (an endless value)", node, where)
+        if depth + memo[key][2] > MAX_PARAMS_DEPTH:
+            raise _TooLarge(f"nests deeper than {MAX_PARAMS_DEPTH} levels once YAML aliases are expanded",
+                            node, where)
+        return memo[key]
+    if isinstance(node, yaml.ScalarNode):
+        memo[key] = (1, len(node.value), 0)
+        return memo[key]
+    if depth >= MAX_PARAMS_DEPTH:
+        raise _TooLarge(f"nests deeper than {MAX_PARAMS_DEPTH} levels once YAML aliases are expanded", node, where)
+    memo[key] = None  # in progress: meeting it again below means a cycle
+    if isinstance(node, yaml.MappingNode):
+        children = []
+        for k, v in node.value:
+            label = k.value[:MAX_SHOWN_CHARS] if isinstance(k, yaml.ScalarNode) else "?"
+            children += [(k, where), (v, shorten(f"{where}.{label}" if where else label))]
+    else:
+        children = [(v, shorten(f"{where}[{i}]")) for i, v in enumerate(node.value)]
+    nodes, chars, height = 1, 0, 0
+    for child, child_where in children:
+        n, c, h = _measure(child, child_where, depth + 1, memo)
+        nodes, chars, height = nodes + n, chars + c, max(height, h + 1)
+        if nodes > MAX_PARAMS_NODES:
+            raise _TooLarge(f"expands to more than {MAX_PARAMS_NODES} values once YAML aliases are "
+                            f"expanded; a params file holds a few hundred", child, child_where)
+        if chars > MAX_PARAMS_CHARS:
+            raise _TooLarge(f"expands to more than {MAX_PARAMS_CHARS} characters once YAML aliases are "
+                            f"expanded", child, child_where)
+    memo[key] = (nodes, chars, height)
+    return memo[key]
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The params file as a dict of sections, read with bounded time and memory: at most
+    :data:`MAX_PARAMS_BYTES`, composed with PyYAML's SafeLoader into a node graph whose
+    alias-expanded size and depth are measured (:func:`_measure`) before any Python value
+    is built. Every refusal is one :class:`ConfigError` line naming the file (and the line
+    and key path where there is one)."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes; a params file is a few KB")
+    loader = None
+    try:
+        loader = _BoundedLoader(data)  # reads the encoding (UTF-8/16) from the first bytes
+        node = loader.get_single_node()
+        if node is not None:
+            _measure(node, "", 0, {})
+        params = None if node is None else loader.construct_document(node)
+    except _TooLarge as e:
+        line = f", line {e.node.start_mark.line + 1}" if e.node is not None and e.node.start_mark else ""
+        key = f", at {shorten(e.where)}" if e.where else ""
+        raise ConfigError(f"{path}{line}{key}: {e.problem}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        what = " ".join(f"{e.context or ''} {e.problem or ''}".split())
+        raise ConfigError(f"{path}{line}: not valid YAML: {shorten(what)}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {shorten(' '.join(str(e).split()))}") from None
+    except ValueError as e:  # constructing a value: a date like 2024-13-45, an int of 5000 digits
+        raise ConfigError(f"{path}: a value cannot be read: {shorten(str(e))}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
     return params
@@ -75,31 +215,31 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {shown(value)}")
         return [_coerce(f"{name}[{i}]", inner, v) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+            raise ConfigError(f"{name}: expected true/false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}")
         try:  # YAML reads 1e-4 (no dot) as a string: accept numeric strings
             number = float(value)
         except (ValueError, OverflowError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}") from None
         if not math.isfinite(number):
-            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{name}: expected a finite number, got {shown(value)}")
         return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
         if "\0" in value:
-            raise ConfigError(f"{name}: must not contain a NUL character, got {value!r}")
+            raise ConfigError(f"{name}: must not contain a NUL character, got {shown(value)}")
         return value
     raise TypeError(f"unsupported config type {tp} for {name}")  # a bug in this module
 
@@ -109,12 +249,14 @@ class Section:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, section: str):
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"params.yaml [{section}]: expected a mapping of keys, got {shown(data)}")
         data = dict(data or {})
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise ConfigError(f"params.yaml [{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"params.yaml [{section}]: unknown key(s) {shown(unknown)}; known: {sorted(known)}")
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
@@ -141,7 +283,7 @@ def _check(cond: bool, section: str, msg: str) -> None:
 
 
 def _choice(value: str, choices: tuple[str, ...], section: str, name: str) -> None:
-    _check(value in choices, section, f"{name} must be one of {list(choices)}, got {value!r}")
+    _check(value in choices, section, f"{name} must be one of {list(choices)}, got {shown(value)}")
 
 
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:(\d+))?")
@@ -160,13 +302,13 @@ def check_device(value: str, section: str, name: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
     m = _DEVICE.fullmatch(value)
     _check(m is not None and (m[3] is None or m[1] == "cuda"), section,
-           f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
+           f"{name} must be auto, cpu, cuda or cuda:N, got {shown(value)}")
     if m[1] == "cuda":
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(m[3] or 0)
-        _check(index < count, section, f"{name}: {value!r} asked for, but this machine has "
+        _check(index < count, section, f"{name}: {shown(value)} asked for, but this machine has "
                f"{count} CUDA device(s); use auto or cpu")
 
 
@@ -176,7 +318,7 @@ def check_folder_name(value: str, section: str, name: str) -> None:
     _check(value not in ("", ".", "..") and not any(c in value for c in "/\\")
            and all(c.isprintable() for c in value) and value == value.strip(), section,
            f"{name} must be one plain folder name (no '/', '\\', '.' or '..', no control "
-           f"characters or surrounding spaces), got {value!r}")
+           f"characters or surrounding spaces), got {shown(value)}")
     _check(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
            f"{name} is longer than {MAX_NAME_BYTES} bytes")
 
@@ -228,14 +370,14 @@ class DatasetConfig(Section):
         _choice(self.image_size, IMAGE_SIZES, section, "image_size")
         if self.mirror is not None:
             _check(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
-                   f"mirror must be an http(s):// or file:// base URL, got {self.mirror!r}")
+                   f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}")
         for name in ("reviews_url", "meta_url", "mirror"):
             check_url(getattr(self, name), section, name)
         _check(self.metadata or not (self.meta_url or self.meta_sha256), section,
                "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
         if self.source == "amazon":
             _check(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
-                   f"reviews_url is required with source: amazon when name ({self.name!r}) is not a catalog "
+                   f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
                    f"entry (python -m sea datasets lists them)")
         else:
             _check(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
@@ -279,7 +421,7 @@ class SplitConfig(Section):
             _choice(self.given, OFFICIAL_SPLITS, section, "given")
         else:
             _check(self.given is None, section,
-                   f"given: {self.given!r} is only read with method: given (method is {self.method!r}); set it to null")
+                   f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); set it to null")
 
 
 #: Most feature-extraction ranks one machine may run (features.*.processes).
@@ -289,16 +431,16 @@ MAX_PROCESSES = 64
 def check_processes(processes: int, device: str, section: str) -> None:
     """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
     CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
-    _check(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {processes}")
+    _check(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
     if processes == 1 or device == "cpu":
         return
-    _check(":" not in device, section, f"processes: {processes} puts rank r on cuda:r; "
-           f"device must then be auto, cuda or cpu, got {device!r}")
+    _check(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
+           f"device must then be auto, cuda or cpu, got {shown(device)}")
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     _check(count == 0 and device == "auto" or processes <= count, section,
-           f"processes: {processes} needs {processes} CUDA devices (one per rank) with device {device!r}; "
+           f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) with device {shown(device)}; "
            f"this machine has {count}: lower processes or use device: cpu")
 
 
@@ -370,7 +512,7 @@ class ImageFeatureConfig(Section):
         _choice(self.source, IMAGE_SOURCES, section, "source")
         _check(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
         _check(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
-               section, f"cnn_sha256 must be 64 hex digits or null, got {self.cnn_sha256!r}")
+               section, f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}")
         _check(self.cnn_url is None or bool(self.cnn_url.strip()), section,
                "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
         check_url(self.cnn_url, section, "cnn_url")
@@ -378,22 +520,31 @@ class ImageFeatureConfig(Section):
             self.check_clip()
 
     def check_clip(self) -> None:
-        """The open_clip architecture exists, and ``pretrained`` is none, an existing local
-        checkpoint or a tag open_clip knows for it — before any image is fetched."""
+        """The open_clip architecture exists, and ``pretrained`` is none, a tag open_clip knows
+        for it, or a local checkpoint that fits it (:func:`sea.features.image.check_checkpoint`:
+        readable without running code, the architecture's keys and shapes) — before any image
+        is fetched."""
         import open_clip
 
         section = "features.image"
         models = open_clip.list_models()
         _check(self.model in models, section,
-               f"model {self.model!r} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
+               f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
         tag = (self.pretrained or "").strip()
         if tag.lower() in ("", "none"):
             return
         if "/" in tag or "\\" in tag or Path(tag).suffix:
-            _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {tag!r} does not exist")
+            _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
+            from sea.features.image import check_checkpoint
+            from sea.io import DataError
+
+            try:
+                check_checkpoint(self.model, tag)
+            except DataError as e:
+                raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
             return
         tags = open_clip.list_pretrained_tags_by_model(self.model)
-        _check(tag in tags, section, f"pretrained {tag!r} is not an open_clip tag for {self.model} "
+        _check(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
                f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
 
 
@@ -495,10 +646,10 @@ class TrainConfig(Section):
                "cbns_memory_batches and cbns_warmup_steps must be >= 0")
         _check(self.processes >= 1, section, "processes must be >= 1")
         _check(self.batch_size % self.processes == 0, section,
-               f"batch_size {self.batch_size} is the global batch: it must be a multiple of processes "
-               f"({self.processes}), each process taking batch_size / processes rows")
+               f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
+               f"({shown(self.processes)}), each process taking batch_size / processes rows")
         _check(self.processes == 1 or ":" not in self.device, section,
-               f"device {self.device!r} names one GPU; with processes > 1 use auto, cuda or cpu "
+               f"device {shown(self.device)} names one GPU; with processes > 1 use auto, cuda or cpu "
                f"(each process takes the GPU of its local rank)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -521,10 +672,10 @@ class EvalConfig(Section):
         _check(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
         _check(self.batch_size >= 1, section, "batch_size must be >= 1")
         metric, _, k = self.select.partition("@")
-        _check(metric in ("recall", "ndcg", "precision", "map", "hit") and k.isdigit(), section,
-               f"select must look like recall@20, got {self.select!r}")
+        _check(metric in ("recall", "ndcg", "precision", "map", "hit") and re.fullmatch(r"[0-9]{1,9}", k) is not None,
+               section, f"select must look like recall@20, got {shown(self.select)}")
         _check(int(k) in self.topk, section,
-               f"select {self.select!r} needs {k} in topk {self.topk} (metrics are computed at those cut-offs)")
+               f"select {shown(self.select)} needs {k} in topk {shown(self.topk)} (metrics are computed at those cut-offs)")
 
 
 @dataclass
@@ -543,7 +694,7 @@ class ComputeConfig(Section):
     def validate(self, section: str) -> None:
         _choice(self.kernels, self.KERNELS, section, "kernels")
         _check(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
-               f"threads must be auto or a whole number in [1, 1024], got {self.threads!r}")
+               f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}")
 
 
 @dataclass
@@ -577,7 +728,7 @@ class TrainingSetup:
                               "it needs both modalities")
         if setup.train.sampler == "cross_batch" and setup.ranking_loss != "softmax":
             raise ConfigError(f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "
-                              f"loss.kind is {setup.ranking_loss!r} (set loss.kind: softmax)")
+                              f"loss.kind is {shown(setup.ranking_loss)} (set loss.kind: softmax)")
         return setup
 
     @property

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from sea.config import ConfigError, DatasetConfig
+from sea.config import ConfigError, DatasetConfig, shown
 from sea.data.split import SPLITS
 from sea.io import CHUNK, ChecksumError, DataError, atomic_path
 
@@ -117,7 +117,7 @@ class Entry:
         """The train, valid and test files of an official split (2023)."""
         if split not in self.release.splits:
             known = list(self.release.splits) or "none"
-            raise ConfigError(f"params.yaml [split]: given: {split!r} is not an official split of "
+            raise ConfigError(f"params.yaml [split]: given: {shown(split)} is not an official split of "
                               f"{self.name} (release {self.release.key}; its splits: {known})")
         return [self.file(part, self.release.split, split=split, part=part) for part in SPLITS]
 
@@ -217,13 +217,13 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
     entry = catalog().get(ds.name)
     if entry is None:
         if ds.mirror:
-            raise ConfigError(f"params.yaml [dataset]: mirror is set, but name {ds.name!r} is not a catalog "
+            raise ConfigError(f"params.yaml [dataset]: mirror is set, but name {shown(ds.name)} is not a catalog "
                               f"entry (python -m sea datasets lists them): a mirror replaces a catalog URL's host")
         if given_split:
-            raise ConfigError(f"params.yaml [split]: given: {given_split!r} needs a catalog entry with official "
-                              f"splits (the 2023 release, e.g. all_beauty-2023); {ds.name!r} is not one")
+            raise ConfigError(f"params.yaml [split]: given: {shown(given_split)} needs a catalog entry with official "
+                              f"splits (the 2023 release, e.g. all_beauty-2023); {shown(ds.name)} is not one")
         if not ds.reviews_url:
-            raise ConfigError(f"params.yaml [dataset]: name {ds.name!r} is not in the dataset catalog (python -m "
+            raise ConfigError(f"params.yaml [dataset]: name {shown(ds.name)} is not in the dataset catalog (python -m "
                               f"sea datasets lists it), so reviews_url is required")
         roles = [("reviews", ds.reviews_url, ds.reviews_sha256), ("meta", ds.meta_url, ds.meta_sha256)]
         # (metadata: false with a meta_url is refused by DatasetConfig)
@@ -250,8 +250,8 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
                 match = [a for a in allowed if a.name == DatasetConfig.local_name(explicit_url)]
                 if not match:
                     raise ConfigError(
-                        f"params.yaml [dataset]: {f.role}_url {explicit_url!r} names the file "
-                        f"{DatasetConfig.local_name(explicit_url)!r}, but catalog entry {ds.name!r} ({entry.release.key} "
+                        f"params.yaml [dataset]: {f.role}_url {shown(explicit_url)} names the file "
+                        f"{shown(DatasetConfig.local_name(explicit_url))}, but catalog entry {shown(ds.name)} ({entry.release.key} "
                         f"{entry.category}) has {' or '.join(repr(a.name) for a in allowed)}: set {f.role}_url "
                         f"and {f.role}_sha256 to null to take the catalog's (dataset.mirror for another host), "
                         f"or choose a dataset.name outside the catalog for a dump of your own")

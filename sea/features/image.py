@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
+import re
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from sea.config import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
-from sea.io import sha256_file
+from sea.io import MB, DataError, sha256_file
 from sea.runtime import rebalance
 
 if TYPE_CHECKING:
@@ -41,6 +44,17 @@ MAX_PIXELS = 40_000_000
 MAX_ASPECT = 20
 #: The image formats PIL may open (no plugins that call out to other programs).
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+#: A local checkpoint may be at most this many times the float32 bytes of the architecture's
+#: parameters (a training checkpoint with Adam's two moments is about 3 times) ...
+CHECKPOINT_SIZE_FACTOR = 4
+#: ... plus this much (the archive's own records, a few small extra entries); a larger file
+#: is refused before any of it is read.
+CHECKPOINT_SLACK_BYTES = 64 << 20
+#: The first bytes of a zip archive: what torch.save writes (since torch 1.6).
+ZIP_MAGIC = b"PK\x03\x04"
+#: What torch.load may raise on a corrupt or hostile archive (weights_only: no code runs).
+TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError,
+                     IndexError, AttributeError)
 
 
 # --------------------------------------------------------------------------- model
@@ -48,6 +62,116 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _load_tensors(path: Path, name: str):
+    """What the file holds, loaded without running any code: ``.safetensors`` with
+    safetensors, anything else only as a torch.save zip archive, with ``weights_only=True``
+    and memory-mapped (a plain pickle or a legacy torch.save file is refused unread)."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except SafetensorError as e:
+            raise DataError(f"{name}: not a readable safetensors file ({shorten(str(e))})") from None
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            raise DataError(f"{name}: not a checkpoint: neither a torch.save archive (zip) nor .safetensors (plain "
+                            f"pickles and legacy torch.save files are not read; save it again with torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except TORCH_LOAD_ERRORS as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:
+            raise DataError(f"{name}: holds Python objects, not only tensors: weights_only loading refuses it "
+                            f"(it names {shorten(refused[1])}); nothing in it was run") from None
+        first = str(e).strip().split("\n", 1)[0] or type(e).__name__
+        raise DataError(f"{name}: not a loadable torch.save archive (truncated or corrupt: {shorten(first)})") from None
+
+
+def read_checkpoint(path: str | Path, expected: Mapping[str, "torch.Tensor"], arch: str) -> dict[str, "torch.Tensor"]:
+    """The state dict in the local checkpoint ``path`` for a model whose own state dict is
+    ``expected`` (architecture ``arch``, named in messages), checked to fit it.
+
+    A file over :data:`CHECKPOINT_SIZE_FACTOR` times the model's float32 parameter bytes
+    plus :data:`CHECKPOINT_SLACK_BYTES` is refused unread; it is then read without running
+    code (:func:`_load_tensors`). A ``"state_dict"`` entry is taken when there is one, and a
+    ``module.`` prefix on every key (DataParallel) dropped. The keys must be the model's,
+    each a dense CPU tensor of the model's shape, floating where the model's is, and finite.
+    Everything else is a one-line :class:`~sea.io.DataError` naming the file.
+    """
+    import torch
+
+    path = Path(path)
+    name = f"checkpoint {shorten(str(path))}"
+    limit = CHECKPOINT_SIZE_FACTOR * 4 * sum(t.numel() for t in expected.values()) + CHECKPOINT_SLACK_BYTES
+    size = path.stat().st_size
+    if size > limit:
+        raise DataError(f"{name}: {size / MB:,.0f} MB is more than a {arch} checkpoint can need ({limit / MB:,.0f} MB: "
+                        f"{CHECKPOINT_SIZE_FACTOR}x its float32 parameters + {CHECKPOINT_SLACK_BYTES >> 20} MiB); "
+                        f"refused unread")
+    state = _load_tensors(path, name)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not (isinstance(state, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided and v.device.type == "cpu"
+            for k, v in state.items())):
+        raise DataError(f"{name}: not a state dict (parameter names mapped to dense tensors)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise DataError(f"{name}: its keys are not those of {arch}: {len(missing)} missing (e.g. {shown(missing[:2])}), "
+                        f"{len(unexpected)} unexpected (e.g. {shown(unexpected[:2])})")
+    for key, want in expected.items():
+        got = state[key]
+        if got.shape != want.shape:
+            raise DataError(f"{name}: {key} has shape {shown(list(got.shape))}, {arch} needs {list(want.shape)}")
+        if got.is_floating_point() != want.is_floating_point() or got.is_complex():
+            raise DataError(f"{name}: {key} is {got.dtype}, {arch} needs {want.dtype}")
+    # a sum is NaN or infinite exactly when a term is (or when it overflows float32: absurd
+    # weights); one pass without temporaries, 15 times faster than isfinite().all(), on one
+    # thread (threads only contend on these tensors)
+    with _torch_threads(1):
+        for key, got in state.items():
+            if got.is_floating_point() and not torch.isfinite(got.sum(dtype=torch.promote_types(got.dtype, torch.float32))):
+                raise DataError(f"{name}: {key} holds NaN or infinite values")
+    return state
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning (root logger) while a model is built
+    whose weights come from a checkpoint right after."""
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            """Keep every record but that warning."""
+            return "initialized randomly" not in record.getMessage()
+
+    drop = Drop()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
+
+
+def check_checkpoint(model_name: str, path: str | Path) -> None:
+    """Refuse, before any image is fetched, a local checkpoint :func:`load_clip` would
+    refuse: :func:`read_checkpoint` against ``model_name`` built on the meta device (shapes
+    only: no memory, no initialisation)."""
+    import open_clip
+    import torch
+
+    with _no_random_init_warning(), torch.device("meta"):
+        model = open_clip.create_model(model_name, pretrained=None, pretrained_image=False, pretrained_text=False,
+                                       device="meta")
+    read_checkpoint(path, model.state_dict(), model_name)
 
 
 def load_clip(
@@ -66,7 +190,9 @@ def load_clip(
     * ``None``, ``""`` or ``"none"``: random initialisation after ``torch.manual_seed(seed)``
       (deterministic for a given seed; the features carry no visual meaning);
     * a path to an existing file: a local checkpoint (a ``state_dict`` saved with
-      ``torch.save``, optionally under a ``"state_dict"`` key, or ``.safetensors``);
+      ``torch.save``, optionally under a ``"state_dict"`` key, or ``.safetensors``), read
+      and checked by :func:`read_checkpoint` (a bad one is a :class:`~sea.io.DataError`)
+      and loaded with ``load_state_dict(strict=True)``;
     * anything else: an open_clip pretrained tag such as ``"openai"`` (downloads weights).
 
     ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
@@ -90,23 +216,26 @@ def load_clip(
     if random_init:
         source, kind = None, "random"
     elif Path(pretrained).is_file():
-        # absolute, so open_clip cannot mistake a file called e.g. "openai" for a tag (only
-        # handed to open_clip: the info records the path as given, and the file's sha256)
-        source, kind = str(Path(pretrained).resolve()), "checkpoint"
+        # loaded here, not by open_clip (which would also take a file called e.g. "openai"
+        # for a tag); the info records the path as given, and the file's sha256
+        source, kind = None, "checkpoint"
     elif _looks_like_path(pretrained):
-        raise FileNotFoundError(f"CLIP checkpoint {pretrained!r} does not exist")
+        raise FileNotFoundError(f"CLIP checkpoint {shown(pretrained)} does not exist")
     else:
         source, kind = pretrained, "tag"
 
     torch.manual_seed(seed)  # weights are initialised on the CPU, then moved to `dev`
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name,
-        pretrained=source,
-        device=dev,
-        pretrained_image=False,
-        pretrained_text=not random_init,  # random init must not fetch hub text towers
-        precision=open_clip_precision,
-    )
+    with _no_random_init_warning() if kind == "checkpoint" else contextlib.nullcontext():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=source,
+            device=dev,
+            pretrained_image=False,
+            pretrained_text=kind == "tag",  # random init or a checkpoint must not fetch hub text towers
+            precision=open_clip_precision,
+        )
+    if kind == "checkpoint":  # as open_clip does: after the cast to `precision`, strictly
+        model.load_state_dict(read_checkpoint(pretrained, model.state_dict(), model_name), strict=True)
     model.eval()
     if precision != "float32":
         preprocess = _to_dtype(preprocess, torch_dtype(precision))

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sea.config import ConfigError, Section
+from sea.config import ConfigError, Section, shown
 from sea.metrics import to_csr
 from sea.models.graphs import user_item_adjacency
 
@@ -182,7 +182,7 @@ def model_class(name: str) -> type[Recommender]:
     import sea.models  # noqa: F401  (imports every model file, filling the registry)
 
     if name not in REGISTRY:
-        raise ConfigError(f"params.yaml [model]: name {name!r} is not a known model; known: {sorted(REGISTRY)}")
+        raise ConfigError(f"params.yaml [model]: name {shown(name)} is not a known model; known: {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 

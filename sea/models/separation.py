@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import ConfigError
+from sea.config import ConfigError, shown
 from sea.io import DataError
 from sea.losses import CLUBEstimator, l2_distance_loss, solosim_loss
 from sea.models.base import Term, adam
@@ -323,7 +323,7 @@ def set_composed(model: nn.Module, compose: bool) -> int:
 def check_separation_params(section: str, separation: str, generic_fraction: float, head_dim: int) -> None:
     """Validation shared by the backbones' ``separation``, ``generic_fraction`` and ``head_dim``."""
     if separation not in SEPARATIONS:
-        raise ConfigError(f"params.yaml [{section}]: separation must be one of {list(SEPARATIONS)}, got {separation!r}")
+        raise ConfigError(f"params.yaml [{section}]: separation must be one of {list(SEPARATIONS)}, got {shown(separation)}")
     if not 0.0 < generic_fraction < 1.0:
         raise ConfigError(f"params.yaml [{section}]: generic_fraction must be in (0, 1)")
     if head_dim <= 0:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import ConfigError, Section
+from sea.config import ConfigError, Section, shown
 from sea.models.base import Embeddings, GraphData, Recommender, register
 from sea.ops import matvec
 
@@ -37,7 +37,7 @@ class SimpleXConfig(Section):
                 raise ConfigError(f"params.yaml [{section}]: {msg}")
 
         check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.aggregator in AGGREGATORS, f"aggregator must be one of {list(AGGREGATORS)}, got {self.aggregator!r}")
+        check(self.aggregator in AGGREGATORS, f"aggregator must be one of {list(AGGREGATORS)}, got {shown(self.aggregator)}")
         check(0.0 <= self.gamma <= 1.0, "gamma must be in [0, 1]")
         check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
