@@ -1,11 +1,18 @@
-"""What every bench script needs: the commit it measured and a CUDA sync before a clock read."""
+"""What every bench script needs: the kernels it computes with (the pipeline's portable
+ones, or native with ``SEA_KERNELS=native``), the commit it measured and a CUDA sync
+before a clock read."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
-import torch
+from sea.runtime import KERNELS_ENV, describe, use_kernels
+
+use_kernels(os.environ.get(KERNELS_ENV, "portable"))  # before torch computes anything
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +21,12 @@ def commit() -> str:
     """The short hash of the checkout's HEAD, or ``?`` outside a git checkout."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return out.stdout.strip() or "?"
+
+
+def kernels() -> str:
+    """The kernels this bench process computes with, in words."""
+    k = describe()
+    return f"{k['kernels']} kernels (ATen {k['cpu_kernels']})"
 
 
 def sync(device: str | torch.device) -> None:

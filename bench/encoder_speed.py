@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import commit as bench_commit, sync
+from common import commit as bench_commit, kernels, sync
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -141,7 +141,7 @@ def main() -> None:
     precisions = list(dict.fromkeys(["float32", chosen])) if args.precision == "both" else [chosen]
 
     name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
-    commit = bench_commit()
+    commit = f"{bench_commit()}, {kernels()}"
     images: dict[str, tuple[float, np.ndarray | None]] = {}
     texts: dict[str, tuple[float, np.ndarray | None]] = {}
     with tempfile.TemporaryDirectory(prefix="sea-bench-images-") as d:

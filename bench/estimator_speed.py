@@ -24,7 +24,7 @@ import torch
 
 from sea.losses import CLUBEstimator
 from sea.models.base import adam
-from common import commit as bench_commit, sync
+from common import commit as bench_commit, kernels, sync
 
 
 def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer, steps: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
-    commit = bench_commit()
+    commit = f"{bench_commit()}, {kernels()}"
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {args.device} ({name}), torch {torch.__version__}, commit {commit or '?'}")
     for n in args.rows:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sea.config import TrainingSetup
 from sea.models.base import Batch, GraphData, adam, model_class
 from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything, train_step
-from common import commit as bench_commit, sync
+from common import commit as bench_commit, kernels, sync
 
 BABY = (19445, 7050, 119674)  # users, items, training interactions (SEA.md §5)
 FEATURE_DIMS = {"image": 4096, "text": 384}  # MMRec's Baby features, for models that read features
@@ -113,7 +113,7 @@ def main() -> None:
     variants += [(f"softmax + CBNS memory of {m} batches", {"kind": "softmax"},
                   {"sampler": "cross_batch", "cbns_memory_batches": m, "cbns_warmup_steps": 0}) for m in args.memory]
 
-    commit = bench_commit()
+    commit = f"{bench_commit()}, {kernels()}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"model={args.model} device={name} commit={commit} batch={args.batch_size} {' '.join(args.set)}: "
           f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train_users):,} training pairs, "

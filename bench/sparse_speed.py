@@ -24,7 +24,7 @@ from sea.models.base import GraphData
 from sea.models.bprmf import rows_norm
 from sea.models.graphs import spmm
 from train_speed import PRESETS, synthetic
-from common import commit as bench_commit
+from common import commit as bench_commit, kernels
 
 
 def median_seconds(step, repeats: int) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
         f"L2 of 2048 x {args.negatives} negatives fwd+bwd": (penalty(lambda: table[ids].norm()),
                                                                 penalty(lambda: rows_norm(table, ids))),
     }
-    commit = bench_commit()
+    commit = f"{bench_commit()}, {kernels()}"
     print(f"device=cpu ({torch.get_num_threads()} threads) commit={commit} preset=baby repeats={args.repeats}")
     for name, (plain, fast) in pairs.items():
         t_plain, t_fast = median_seconds(plain, args.repeats), median_seconds(fast, args.repeats)

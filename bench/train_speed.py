@@ -29,7 +29,7 @@ from sea.config import TrainingSetup
 from sea.models.base import REGISTRY, Batch, GraphData, adam, model_class
 from sea.models.separation import set_composed
 from sea.train import RankingLoss, UniformNegatives, build_model, evaluate, seed_everything, train_step
-from common import commit as bench_commit, sync
+from common import commit as bench_commit, kernels, sync
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
     "sample": (1534, 600, 11279, 512, 384),
@@ -125,7 +125,7 @@ def main() -> None:
     evaluate(model, data, "valid", [10, 20])
     sync(device)
     eval_s = time.perf_counter() - t0
-    commit = bench_commit()
+    commit = f"{bench_commit()}, {kernels()}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
     print(f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "

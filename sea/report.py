@@ -63,6 +63,11 @@ def metric_table(rows: dict[str, dict[str, float]], columns: list[str],
     return "\n".join(lines)
 
 
+def kernels_phrase(info: dict) -> str:
+    """How a stage computed, in words, from :func:`sea.runtime.describe`'s keys."""
+    return f"{info['kernels']} kernels, ATen {info.get('cpu_kernels', '?')}"
+
+
 def _feature_line(modality: str, info: dict) -> str:
     n, missing = info.get("n_items", 0), info.get("n_missing", 0) + info.get("n_undecodable", 0)
     encoder = info.get("model", "?")
@@ -70,6 +75,8 @@ def _feature_line(modality: str, info: dict) -> str:
         encoder += f" (pretrained: {info.get('pretrained')})"
     if info.get("precision"):
         encoder += f" in {info['precision']}"
+    if info.get("kernels"):
+        encoder += f" ({kernels_phrase(info)})"
     return (f"- **{modality}**: {encoder}, {info.get('dim')}-d; {n - missing} of {n} items encoded, "
             f"{missing} filled with the mean vector" + (f" — {info['note']}" if info.get("note") else ""))
 
@@ -125,7 +132,8 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         "## Model and training",
         f"- model `{name}`: " + (", ".join(f"{k} {v}" for k, v in own.items()) or "no params of its own")
         + f"; {train['parameters']:,} trainable parameters"
-        + (f" (+ {extra:,} fitted separately)" if extra else ""),
+        + (f" (+ {extra:,} fitted separately)" if extra else "")
+        + (f"; trained on {train['device']} with {kernels_phrase(train)}" if train.get("kernels") else ""),
         f"- modalities {setup['model']['modalities']}" if feature_info else "- modalities: not used",
         f"- ranking loss `{ranking_loss}` (loss.kind {setup['loss']['kind']}), sampler "
         f"{setup['train']['sampler']}, {setup['train']['negatives']} negative(s) per positive; "

@@ -36,10 +36,12 @@ def native_bf16_cpu() -> bool:
 
 
 def resolve_precision(name: str, device: str) -> str:
-    """The dtype an encoder computes in on ``device`` (already resolved): ``auto`` is
-    float16 on CUDA, bfloat16 on a CPU that multiplies it natively (about twice float32's
-    speed there, every row within cosine 0.9999 of float32's: ``tests/test_precision.py``,
-    ``bench/encoder_speed.py``), float32 elsewhere. Any other value is returned unchanged."""
+    """The dtype an encoder computes in on ``device`` (already resolved). The default,
+    ``float32``, computes the same features on every machine; ``bfloat16`` is about twice
+    as fast on a CPU that multiplies it natively, every row within cosine 0.9999 of
+    float32's (``tests/test_precision.py``, ``bench/encoder_speed.py``). ``auto`` picks by
+    the machine, so its features depend on it: float16 on CUDA, bfloat16 on a CPU that
+    multiplies it natively, float32 elsewhere. Any other value is returned unchanged."""
     if name != "auto":
         return name
     if device.startswith("cuda"):

@@ -195,8 +195,8 @@ def load_clip(
       and loaded with ``load_state_dict(strict=True)``;
     * anything else: an open_clip pretrained tag such as ``"openai"`` (downloads weights).
 
-    ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
-    bfloat16 on a CPU that multiplies it natively, else float32) is the dtype the model
+    ``precision`` (float32, bfloat16, float16, or ``auto``: see
+    :func:`sea.features.resolve_precision`) is the dtype the model
     computes in, through open_clip's own mixed precision (its ``fp16``/``bf16``: the
     weights of products in that dtype, layer norms in float32), applied after the float32
     initialisation or loading.

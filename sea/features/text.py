@@ -135,8 +135,8 @@ def encode_texts(
     precision: str = "float32",
 ) -> tuple[np.ndarray, dict]:
     """Embed ``texts`` with a sentence-transformers model whose weights are cast to
-    ``precision`` (:func:`sea.features.resolve_precision`: ``auto`` is float16 on CUDA,
-    bfloat16 on a CPU that multiplies it natively, else float32).
+    ``precision`` (float32, bfloat16, float16, or ``auto``: see
+    :func:`sea.features.resolve_precision`).
 
     Returns a float32 array ``[len(texts), d]`` whose row ``i`` embeds ``texts[i]`` (``d``
     comes from the model), and an info dict (``model``, ``source``, ``precision`` as

