@@ -282,10 +282,10 @@ def test_incomplete_last_line_of_plain_file(tmp_path):
 
 
 def test_bad_csv_rows(tmp_path):
-    path = write_lines(tmp_path / "r.csv", ["I1,U1,5.0,100", "I2,U2,5.0"])
+    path = write_lines(tmp_path / "r.csv", ["I1,U1,5.0,1005177600", "I2,U2,5.0"])
     with pytest.raises(DataError, match=r"r\.csv:2: expected 4 comma-separated fields"):
         read_reviews(path)
-    path = write_lines(tmp_path / "h.csv", ["item,user,rating,timestamp", "I1,U1,5.0,100"])
+    path = write_lines(tmp_path / "h.csv", ["item,user,rating,timestamp", "I1,U1,5.0,1005177600"])
     with pytest.raises(DataError, match=r"h\.csv:1: .*no header"):
         read_reviews(path)
 

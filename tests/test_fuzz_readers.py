@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from sea.data.amazon import clean_text, read_metadata, read_reviews
 from sea.data.arrays import load_features
-from sea.data.lines import FLOAT32_MAX
+from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND, FLOAT32_MAX
 from sea.data.mmrec import read_inter, read_item_ids
 from sea.io import DataError
 
@@ -160,7 +160,8 @@ def _check_frame_or_error(read, path: Path):
 def _check_review_frame(df: pd.DataFrame) -> None:
     assert list(df.columns) == ["user", "item", "rating", "timestamp"] and len(df) > 0
     assert df["rating"].dtype == np.float32 and df["timestamp"].dtype == np.int64
-    assert np.isfinite(df["rating"].to_numpy()).all() and (df["timestamp"] >= 0).all()
+    assert df["rating"].between(1, 5).all()  # Amazon's stars; also rules out NaN
+    assert df["timestamp"].between(FIRST_REVIEW_SECOND, END_REVIEW_SECOND - 1).all()  # 2014/2018: seconds
     assert all(map(_valid_id, df["user"])) and all(map(_valid_id, df["item"]))
 
 

@@ -13,6 +13,8 @@ Every text reader of the project (Amazon reviews and metadata, MMRec ``.inter`` 
 The ``parse_*`` and ``check_*`` helpers turn a field into a value or raise a
 :class:`~sea.io.DataError` naming the file and line; they accept only plain ASCII numbers
 (no ``nan``, ``inf``, ``1_000`` or non-ASCII digits) and ids that are printable text.
+:func:`check_stars` and :func:`check_review_time` add what only Amazon data promises: 1-5
+stars, and a review time in a fixed plausible window in the reader's own unit.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ __all__ = [
     "check_text",
     "check_rating",
     "check_timestamp",
+    "check_stars",
+    "check_review_time",
+    "MIN_STARS",
+    "MAX_STARS",
+    "FIRST_REVIEW_SECOND",
+    "END_REVIEW_SECOND",
     "parse_id",
     "parse_finite",
     "parse_timestamp",
@@ -65,6 +73,20 @@ MAX_ID = 2**31 - 1
 MAX_TIMESTAMP = 2**63
 #: The largest finite float32: ratings and features beyond it would turn into inf.
 FLOAT32_MAX = 3.4028234663852886e38
+
+#: Amazon ratings are 1 to 5 stars in every release (the real dumps hold 1.0-5.0 only). A
+#: value outside is not a rating: a timestamp from swapped CSV columns, another scale.
+MIN_STARS, MAX_STARS = 1.0, 5.0
+#: Amazon review times lie in ``FIRST_REVIEW_SECOND <= ts < END_REVIEW_SECOND`` unix seconds:
+#: from 1995-01-01 (Amazon opened in July 1995; no review is older) to 2100-01-01. The window
+#: is fixed, not the current clock, so that whether a file is read never depends on the day
+#: it is read. The 2023 release counts milliseconds: the same window times 1000. The two
+#: windows do not overlap, so a value in the other unit is recognised and named.
+FIRST_REVIEW_SECOND = 788_918_400  # 1995-01-01T00:00:00Z
+END_REVIEW_SECOND = 4_102_444_800  # 2100-01-01T00:00:00Z
+_PER_SECOND = {"s": 1, "ms": 1000}
+_UNIT_NAME = {"s": "seconds", "ms": "milliseconds"}
+_UNIT_RELEASE = {"s": "the 2014/2018 dumps", "ms": "the 2023 dumps"}
 
 BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -266,6 +288,39 @@ def check_timestamp(value: object, name: str, where: str) -> int:
     return value
 
 
+def check_stars(value: float, name: str, where: str) -> float:
+    """An Amazon rating (already a checked number): ``MIN_STARS <= value <= MAX_STARS``."""
+    if not MIN_STARS <= value <= MAX_STARS:
+        hint = ""
+        if any(_in_window(value, unit) for unit in _PER_SECOND):
+            hint = " and looks like a unix time"
+        raise DataError(f"{where}: {name} {value!r} is outside Amazon's 1-5 stars{hint}")
+    return value
+
+
+def _in_window(ts: float, unit: str) -> bool:
+    return FIRST_REVIEW_SECOND * _PER_SECOND[unit] <= ts < END_REVIEW_SECOND * _PER_SECOND[unit]
+
+
+def check_review_time(ts: int, name: str, where: str, unit: str) -> int:
+    """An Amazon review time (already a checked whole number) in ``unit`` ("s" or "ms"):
+    from 1995-01-01 to 2100-01-01 (:data:`FIRST_REVIEW_SECOND`, :data:`END_REVIEW_SECOND`).
+    A value that fits the other unit's window is refused with that hint."""
+    if _in_window(ts, unit):
+        return ts
+    factor = _PER_SECOND[unit]
+    other = next(u for u in _PER_SECOND if u != unit)
+    hint = ""
+    if _in_window(ts, other):
+        hint = (f"; it looks like unix {_UNIT_NAME[other]} (as in {_UNIT_RELEASE[other]}), but this "
+                f"file is read in {_UNIT_NAME[unit]} (as in {_UNIT_RELEASE[unit]})")
+    raise DataError(
+        f"{where}: {name} {ts} is outside Amazon's review times, 1995-01-01 to 2100-01-01 "
+        f"({FIRST_REVIEW_SECOND * factor} <= {name} < {END_REVIEW_SECOND * factor} unix "
+        f"{_UNIT_NAME[unit]}){hint}"
+    )
+
+
 def parse_finite(text: str, name: str, where: str) -> float:
     """A decimal number field (e.g. "5.0"), finite and within float32's range."""
     if not _FLOAT.fullmatch(text):
@@ -298,16 +353,19 @@ def require_newline(line: bytes, where: str) -> None:
         )
 
 
-def review_fields(rec: dict, keys: tuple[str, str, str, str], where: str, release: str) -> tuple[str, str, float, int]:
+def review_fields(rec: dict, keys: tuple[str, str, str, str], where: str, release: str,
+                  unit: str) -> tuple[str, str, float, int]:
     """``(user, item, rating, timestamp)`` of one review record whose fields are named
-    ``keys`` (in that order), each checked; a missing field is one DataError naming it."""
+    ``keys`` (in that order), each checked (1-5 stars, a review time in ``unit``: "s" or
+    "ms"); a missing field is one DataError naming it."""
     try:
         user, item, rating, ts = (rec[k] for k in keys)
     except KeyError as e:
         raise DataError(f"{where}: review lacks the required field {e.args[0]!r} ({release} reviews need "
                         f"{', '.join(keys)}; present: {', '.join(rec)[:300]})") from None
-    return (check_id(user, keys[0], where), check_id(item, keys[1], where), check_rating(rating, keys[2], where),
-            check_timestamp(ts, keys[3], where))
+    return (check_id(user, keys[0], where), check_id(item, keys[1], where),
+            check_stars(check_rating(rating, keys[2], where), keys[2], where),
+            check_review_time(check_timestamp(ts, keys[3], where), keys[3], where, unit))
 
 
 # --------------------------------------------------------------------------- metadata text
