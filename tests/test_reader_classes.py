@@ -21,9 +21,10 @@ from sea import artifacts
 from sea.data.amazon import TruncatedFileWarning, read_metadata, read_reviews
 from sea.data.amazon2023 import read_benchmark_csv
 from sea.data.arrays import load_features
-from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES
+from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES, TRUNCATION_MARGIN
 from sea.data.mmrec import read_features, read_inter, read_item_ids
 from sea.io import DataError
+from test_fuzz_readers import gzip_rule
 
 DM_REVIEWS = "2014/digital_music/reviews_Digital_Music_5.head.json.gz"
 DM_META = "2014/digital_music/meta_Digital_Music.head.json.gz"
@@ -125,13 +126,21 @@ def test_real_gzip_with_a_flipped_bit_is_never_read(amazon_real, tmp_path):
 
 
 def test_gzip_ending_early_keeps_complete_lines_only(tmp_path):
-    lines = [review(f"U{i}") for i in range(50)]
+    lines = [review(f"U{i:05d}") for i in range(4_000)]  # 320 KB: over twice TRUNCATION_MARGIN
     data = _stored_gzip(lines)
-    cut = data[: data.index(b"U31") + 2]  # ends inside line 32
+    cut = data[: data.index(b"U03001") + 2]  # ends inside line 3,002
     path = write(tmp_path / "r.bin", bytes(cut))
-    with pytest.warns(TruncatedFileWarning, match="kept the 31 complete lines"):
+    n = len(gzip_rule(bytes(cut)))  # the complete lines decoded before the last TRUNCATION_MARGIN bytes
+    # by hand: stored blocks copy the text after a 10-byte header and 5-byte block headers, so
+    # line n ends before the margin (which starts at the cut's last byte, "0") and line n + 1 after
+    boundary = len(cut) - 1 - TRUNCATION_MARGIN
+    text = [len(line) + 1 for line in lines]
+    block_headers = len(data) - 18 - sum(text)
+    assert 0 < n < 3_001 and 10 + sum(text[:n]) <= boundary < 10 + block_headers + sum(text[: n + 1])
+    with pytest.warns(TruncatedFileWarning, match=f"kept the {n:,} complete lines .* the {3_001 - n:,} complete "
+                                                  f"lines after them and the incomplete line"):
         df = read_reviews(path, fmt="json", allow_truncated=True)
-    assert df["user"].tolist() == [f"U{i}" for i in range(31)]
+    assert df["user"].tolist() == [f"U{i:05d}" for i in range(n)]
 
 
 def test_gzip_bomb_is_refused(tmp_path):

@@ -19,10 +19,12 @@ Metadata (:func:`read_metadata`) is one record a line: JSON in 2018, a Python di
 
 Files are read with :class:`sea.data.lines.Lines`: a line over ``MAX_LINE_BYTES`` (1 MiB)
 is refused before it is parsed, a UTF-8 byte-order mark at the start of the file is dropped,
-and a corrupt gzip stream (CRC or length check, bad deflate data) is always an error. A gzip
-stream that only ends early (an interrupted download) is an error that names the file and
-how many complete lines could be read; ``allow_truncated=True`` keeps those lines (never the
-incomplete one after them) and emits a :class:`TruncatedFileWarning`.
+and a corrupt gzip stream (CRC or length check, bad deflate data, or a stream that ends
+early although the file still ends with its own trailer) is always an error. A gzip stream
+that is only cut short (an interrupted download) is an error that names the file and how
+many complete lines can be used; ``allow_truncated=True`` keeps those lines (the complete
+lines decoded before the file's last ``TRUNCATION_MARGIN`` = 128 KiB of compressed bytes,
+which damage at the end cannot reach) and emits a :class:`TruncatedFileWarning`.
 
 Every value is checked: ids are non-blank text without control characters or lone
 surrogates, ratings numbers from 1 to 5 (Amazon's stars), timestamps whole numbers of unix
@@ -172,8 +174,9 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
         path: a 2014/2018 review file (JSON lines, ``.json[.gz]``/``.jsonl[.gz]``) or a 2018
             ratings-only file (``.csv[.gz]``, no header: ``item,user,rating,timestamp``).
         fmt: ``"auto"`` (by the file name, see the module docstring), ``"json"`` or ``"csv"``.
-        allow_truncated: for a gzip file that ends early, return the complete lines read
-            and warn (:class:`TruncatedFileWarning`) instead of raising.
+        allow_truncated: for a gzip file that is cut short, return the complete lines
+            decoded before its last 128 KiB (see :class:`sea.data.lines.Lines`) and warn
+            (:class:`TruncatedFileWarning`) instead of raising.
 
     Returns:
         One row per non-blank line, in file order, duplicates kept: ``user`` (str,
