@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sea.data.amazon import (
     read_reviews,
 )
 from sea.io import DataError
+from test_fuzz_readers import gzip_rule
 
 DM = "2014/digital_music"
 DM_REVIEWS = f"{DM}/reviews_Digital_Music_5.head.json.gz"
@@ -198,39 +200,46 @@ def test_truncated_gzip_is_an_error(amazon_real):
         read_reviews(path)
     msg = str(err.value)
     assert str(path) in msg
-    assert "ends early" in msg and "6,908 complete lines" in msg
+    assert "ends early" in msg and "only the 6,714 complete lines decoded before its last 131,072" in msg
     assert "re-download" in msg and "allow_truncated=True" in msg
 
 
 def test_truncated_gzip_allowed_keeps_complete_lines(amazon_real):
     # The damaged file's stream holds the head file's 6,908 lines, then part of a 6,909th
-    # (reviewer AO2AQRPPSTABB on B0000024WV), which must not come back.
-    with pytest.warns(TruncatedFileWarning, match="kept the 6,908 complete lines"):
+    # (reviewer AO2AQRPPSTABB on B0000024WV), which must not come back. Only the lines decoded
+    # before the last TRUNCATION_MARGIN compressed bytes are kept: 6,714 (the README's figure).
+    data = (amazon_real / DM_TRUNCATED).read_bytes()
+    n = len(gzip_rule(data))
+    assert n == 6_714
+    with pytest.warns(TruncatedFileWarning, match="kept the 6,714 complete lines .* the 194 complete lines after them "
+                                                  "and the incomplete line at the end are not used"):
         df = read_reviews(amazon_real / DM_TRUNCATED, allow_truncated=True)
-    pd.testing.assert_frame_equal(df, read_reviews(amazon_real / DM_REVIEWS))
-    assert not ((df["user"] == "AO2AQRPPSTABB") & (df["item"] == "B0000024WV")).any()
+    pd.testing.assert_frame_equal(df, read_reviews(amazon_real / DM_REVIEWS).iloc[:n])
 
 
 def test_truncated_gzip_mid_line_gives_a_proper_prefix(tmp_path):
-    lines = [review(f"U{i}", f"I{i % 7}", ts=1_000_000_000 + i) for i in range(2_000)]
+    rng = random.Random(0)  # random text compresses little: the file is a few times the margin
+    lines = [json.dumps({"reviewerID": f"U{i}", "asin": f"I{i % 7}", "overall": 5.0, "unixReviewTime": 1_000_000_000 + i,
+                         "reviewText": rng.randbytes(150).hex()}) for i in range(4_000)]
     whole = gzip.compress(("\n".join(lines) + "\n").encode())
     cut = tmp_path / "cut.json.gz"
     cut.write_bytes(whole[: len(whole) // 2])
-    # what a decompressor can still recover from the cut file
+    # what a decompressor can still recover from the cut file, and what the rule keeps of it
     recovered = zlib.decompressobj(wbits=31).decompress(cut.read_bytes())
-    n_complete = recovered.count(b"\n")
-    assert 0 < n_complete < len(lines) and not recovered.endswith(b"\n")
-    with pytest.raises(DataError, match=rf"cut\.json\.gz.*{n_complete:,} complete lines"):
+    n_complete, n_kept = recovered.count(b"\n"), len(gzip_rule(cut.read_bytes()))
+    assert 0 < n_kept < n_complete < len(lines) and not recovered.endswith(b"\n")
+    with pytest.raises(DataError, match=rf"cut\.json\.gz.*only the {n_kept:,} complete lines.*the "
+                                        rf"{n_complete - n_kept:,} complete lines after them"):
         read_reviews(cut)
     with pytest.warns(TruncatedFileWarning):
         df = read_reviews(cut, allow_truncated=True)
-    assert df["user"].tolist() == [f"U{i}" for i in range(n_complete)]
+    assert df["user"].tolist() == [f"U{i}" for i in range(n_kept)]
 
 
 def test_metadata_truncated_gzip(tmp_path, amazon_real):
     head = (amazon_real / GC_META).read_bytes()
     cut = tmp_path / "meta_cut.json.gz"
-    cut.write_bytes(head[: len(head) // 3])
+    cut.write_bytes(head[: len(head) * 2 // 3])
     with pytest.raises(DataError, match="ends early"):
         read_metadata(cut)
     with pytest.warns(TruncatedFileWarning):
@@ -282,10 +291,10 @@ def test_incomplete_last_line_of_plain_file(tmp_path):
 
 
 def test_bad_csv_rows(tmp_path):
-    path = write_lines(tmp_path / "r.csv", ["I1,U1,5.0,100", "I2,U2,5.0"])
+    path = write_lines(tmp_path / "r.csv", ["I1,U1,5.0,1005177600", "I2,U2,5.0"])
     with pytest.raises(DataError, match=r"r\.csv:2: expected 4 comma-separated fields"):
         read_reviews(path)
-    path = write_lines(tmp_path / "h.csv", ["item,user,rating,timestamp", "I1,U1,5.0,100"])
+    path = write_lines(tmp_path / "h.csv", ["item,user,rating,timestamp", "I1,U1,5.0,1005177600"])
     with pytest.raises(DataError, match=r"h\.csv:1: .*no header"):
         read_reviews(path)
 

@@ -13,6 +13,7 @@ import pytest
 
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.amazon2023 import read_benchmark_csv, read_given_split
+from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND
 from sea.io import DataError
 
 
@@ -77,7 +78,7 @@ HEADER = "user_id,parent_asin,rating,timestamp\n"
     ("u1,i1,5.0\n", r"\.csv\.gz:2: expected 4 comma-separated fields"),
     ("u1,i1,five,1\n", r"\.csv\.gz:2: rating 'five' is not a plain decimal number"),
     ("u1,i1,5.0,-3\n", r"\.csv\.gz:2: timestamp '-3' is not a non-negative whole number"),
-    ("u1,i1,5.0,1\nu2,i1,nan,2\n", r"\.csv\.gz:3: rating 'nan'"),
+    ("u1,i1,5.0,1588687728923\nu2,i1,nan,1588687728924\n", r"\.csv\.gz:3: rating 'nan'"),
     ("u1,i1,5.0,16000", r"\.csv\.gz:2: the last line has no newline"),
 ])
 def test_benchmark_csv_bad_rows(tmp_path, body, message):
@@ -95,9 +96,10 @@ def test_benchmark_csv_bad_header_and_missing_file(tmp_path):
 
 
 def test_given_split_refuses_a_pair_twice(tmp_path):
-    paths = {"train": write_gz(tmp_path / "t.train.csv.gz", HEADER + "u1,i1,5.0,1\nu1,i2,4.0,2\n"),
-             "valid": write_gz(tmp_path / "t.valid.csv.gz", HEADER + "u1,i3,5.0,3\n"),
-             "test": write_gz(tmp_path / "t.test.csv.gz", HEADER + "u1,i2,5.0,4\n")}
+    t = 1588687728923  # ms
+    paths = {"train": write_gz(tmp_path / "t.train.csv.gz", HEADER + f"u1,i1,5.0,{t}\nu1,i2,4.0,{t + 1}\n"),
+             "valid": write_gz(tmp_path / "t.valid.csv.gz", HEADER + f"u1,i3,5.0,{t + 2}\n"),
+             "test": write_gz(tmp_path / "t.test.csv.gz", HEADER + f"u1,i2,5.0,{t + 3}\n")}
     with pytest.raises(DataError, match=r"t\.test\.csv\.gz:2: user 'u1' and item 'i2' are already paired at "
                                         r".*t\.train\.csv\.gz:3"):
         read_given_split(paths)
@@ -210,6 +212,8 @@ def test_fuzz_benchmark_csv(tmp_path_factory, data):
     assert lines[0].rstrip(b"\r").split(b",")[:4] == [b"user_id", b"parent_asin", b"rating", b"timestamp"]
     assert len(df) == len(lines) - 1 and data.endswith(b"\n")
     assert all(map(_valid_id, df["user"])) and all(map(_valid_id, df["item"]))
+    assert df["rating"].between(1, 5).all()
+    assert df["timestamp"].between(FIRST_REVIEW_SECOND * 1000, END_REVIEW_SECOND * 1000 - 1).all()  # 2023: ms
     for row, line in zip(df.itertuples(index=False), lines[1:], strict=True):
         fields = line.decode("utf-8").rstrip("\r").split(",")
         assert (row.user, row.item) == (fields[0], fields[1])

@@ -15,12 +15,16 @@ every run tries the same inputs.
 from __future__ import annotations
 
 import ast
+import collections
 import csv
 import gzip
 import io
 import json
+import math
+import random
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,8 @@ from hypothesis import strategies as st
 
 from sea.data.amazon import clean_text, read_metadata, read_reviews
 from sea.data.arrays import load_features
-from sea.data.lines import FLOAT32_MAX
+from sea.data import lines as lines_module
+from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND, FLOAT32_MAX, Lines, TruncatedFileWarning
 from sea.data.mmrec import read_inter, read_item_ids
 from sea.io import DataError
 
@@ -160,7 +165,8 @@ def _check_frame_or_error(read, path: Path):
 def _check_review_frame(df: pd.DataFrame) -> None:
     assert list(df.columns) == ["user", "item", "rating", "timestamp"] and len(df) > 0
     assert df["rating"].dtype == np.float32 and df["timestamp"].dtype == np.int64
-    assert np.isfinite(df["rating"].to_numpy()).all() and (df["timestamp"] >= 0).all()
+    assert df["rating"].between(1, 5).all()  # Amazon's stars; also rules out NaN
+    assert df["timestamp"].between(FIRST_REVIEW_SECOND, END_REVIEW_SECOND - 1).all()  # 2014/2018: seconds
     assert all(map(_valid_id, df["user"])) and all(map(_valid_id, df["item"]))
 
 
@@ -243,9 +249,153 @@ def test_fuzz_damaged_gzip(fuzz_dir, seed_reviews, cut, flips, allow_truncated):
     _check_review_frame(df)
     if not allow_truncated:  # the CRC protects the content: only unchecked header bytes may differ
         pd.testing.assert_frame_equal(df, full)
-    elif not flips:  # cut only: the complete lines before the cut
+    else:  # cut, flipped or both: never a line the original does not have (see the gzip section below)
         pd.testing.assert_frame_equal(df, full.iloc[: len(df)])
-    # (flipped and allowed to end early: lines before an early end cannot be checked)
+
+
+# ----------------------------------------------------------------- gzip: corruption vs a clean cut
+# Seeded damage to real complete gzips (real compressed text: how far garbage decodes depends
+# on it, so these tests skip where ../shared is absent). The property: with
+# allow_truncated=True, Lines either refuses the file or yields only lines of the original, in
+# order from its start. A clean cut keeps exactly what the documented rule says (worked out
+# below with zlib alone).
+
+
+def gzip_rule(data: bytes) -> list[bytes] | None:
+    """What the documented rule does with a one-member gzip whose stream ends early, worked out
+    with zlib alone: None (refused as corrupt) when its last 4 bytes read as this stream's
+    trailer length within TRAILER_TOLERANCE of the size decoded, else the complete lines
+    decoded from its bytes before the last TRUNCATION_MARGIN (counted back from a final run
+    of one repeated byte). Raises zlib.error for bad deflate data (refused too)."""
+    decoded = zlib.decompressobj(wbits=31).decompress(data)
+    gap = (int.from_bytes(data[-4:], "little") - len(decoded)) % 2**32
+    if len(data) >= 18 and min(gap, 2**32 - gap) <= lines_module.TRAILER_TOLERANCE:
+        return None
+    end = len(data.rstrip(data[-1:])) - lines_module.TRUNCATION_MARGIN
+    safe = zlib.decompressobj(wbits=31).decompress(data[:max(end, 0)])
+    return safe[: safe.rfind(b"\n") + 1].splitlines(keepends=True)
+
+
+def read_allowing_cut(path: Path) -> tuple[list[bytes] | None, str]:
+    """The lines Lines yields with allow_truncated=True, or None and the DataError's message."""
+    lines = Lines(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedFileWarning)
+        try:
+            got = [line for _, line in lines]
+            lines.check_complete(allow_truncated=True)
+        except DataError as e:
+            return None, str(e)
+    return got, "cut short" if lines.truncated else "complete"
+
+
+def _damage(rng: random.Random, data: bytes) -> bytes:
+    """One seeded corruption: a flipped bit or byte, a zeroed or random run of 1-64 bytes (three
+    times in four near the end: log-uniform distance), or a zeroed or random tail."""
+    kind = rng.choice(["bit", "byte", "zero", "random", "zero", "random", "zero tail", "random tail"])
+    size = len(data)
+    if kind.endswith("tail"):  # the last 1 .. size/2 bytes, log-uniform
+        at = size - max(1, int(2 ** rng.uniform(0, math.log2(size // 2))))
+    elif rng.random() < 0.75:
+        at = size - min(int(2 ** rng.uniform(0, math.log2(size - 2))), size - 2)
+    else:
+        at = rng.randrange(2, size)  # (bytes 0-1, the gzip magic: then it is no gzip at all)
+    if kind == "bit":
+        patch = bytes([data[at] ^ 1 << rng.randrange(8)])
+    elif kind == "byte":
+        patch = bytes([data[at] ^ rng.randrange(1, 256)])
+    else:
+        n = size - at if kind.endswith("tail") else min(rng.randint(1, 64), size - at)
+        patch = rng.randbytes(n) if kind.startswith("random") else bytes(n)
+    return data[:at] + patch + data[at + len(patch):]
+
+
+@pytest.mark.parametrize("rel, n", [("2018/gift_cards/Gift_Cards_5.json.gz", 300),
+                                    ("2018/all_beauty/All_Beauty_5.json.gz", 80)])
+def test_gzip_corruption_never_yields_an_altered_line(amazon_real, tmp_path, rel, n):
+    data = (amazon_real / rel).read_bytes()
+    original = zlib.decompress(data, wbits=31).splitlines(keepends=True)
+    path = tmp_path / "damaged.json.gz"
+    rng = random.Random(rel)
+    outcomes = collections.Counter()
+    for _ in range(n):
+        damaged = _damage(rng, data)
+        path.write_bytes(damaged)
+        got, how = read_allowing_cut(path)
+        if got is None:
+            outcomes["trailer" if "reads as its own trailer" in how else "refused"] += 1
+            continue
+        outcomes[how] += 1
+        assert got == original[: len(got)], f"an altered line was kept ({how})"
+    # the seeded damage reaches both rules: streams that end early are kept as cut (zero
+    # tails: a preallocated download) or refused by the trailer test
+    assert outcomes["cut short"] > 0 and outcomes["trailer"] > 0, outcomes
+
+
+def _with_known_final_block(lines: list[bytes], k: int = 40) -> tuple[bytes, int]:
+    """A gzip whose final deflate block holds the last ``k`` lines and starts at a known byte:
+    a full flush before them ends the block before on a byte boundary (then the flush's empty
+    stored block, 3 header bits padded to a byte and ``00 00 ff ff``)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    head = c.compress(b"".join(lines[:-k])) + c.flush(zlib.Z_FULL_FLUSH)
+    return head + c.compress(b"".join(lines[-k:])) + c.flush(), len(head)
+
+
+@pytest.mark.parametrize("margin", ["documented", "1 KiB"])
+def test_gzip_damage_before_the_final_block_is_refused(amazon_real, tmp_path, monkeypatch, margin):
+    """Every bit flipped, one at a time, in the 8 bytes before the final block (the end of
+    the block before it: its end-of-block code) and the first 8 bytes of the final block (its
+    BFINAL, BTYPE and code-length header). A damaged end-of-block code makes the decoder read
+    on with the old codes, decoding garbage without error to the end of the file: that used
+    to be kept as "ends early". With the margin cut to 1 KiB, the trailer test alone must
+    refuse it."""
+    if margin == "1 KiB":
+        monkeypatch.setattr(lines_module, "TRUNCATION_MARGIN", 1024)
+    gift_cards = (amazon_real / "2018/gift_cards/Gift_Cards_5.json.gz").read_bytes()
+    lines = zlib.decompress(gift_cards, wbits=31).splitlines(keepends=True)
+    data, final = _with_known_final_block(lines)
+    assert data[final - 4:final] == b"\x00\x00\xff\xff" and data[final] & 0b111 == 0b101  # BFINAL, dynamic
+    path = tmp_path / "final.json.gz"
+    outcomes = collections.Counter()
+    for bit in range(-64, 64):
+        damaged = bytearray(data)
+        damaged[final + bit // 8] ^= 1 << bit % 8
+        path.write_bytes(bytes(damaged))
+        got, how = read_allowing_cut(path)
+        if got is None:
+            outcomes["trailer" if "reads as its own trailer" in how else "refused"] += 1
+            continue
+        outcomes[how] += 1  # "complete": a flipped padding bit of the flush, which nothing reads
+        assert got == lines[: len(got)], f"bit {bit}: an altered line was kept ({how})"
+    assert outcomes["trailer"] > 0 and outcomes["cut short"] == 0, outcomes
+
+
+@pytest.mark.parametrize("rel, n", [("2018/all_beauty/All_Beauty_5.json.gz", 40),
+                                    ("2014/digital_music/reviews_Digital_Music_5.head.json.gz", 10)])
+def test_gzip_clean_cuts_keep_the_lines_before_the_margin(amazon_real, tmp_path, rel, n):
+    """A cut anywhere (and a cut padded with zeros to the full size) keeps exactly the lines
+    the rule says: those decoded before the last TRUNCATION_MARGIN bytes."""
+    data = (amazon_real / rel).read_bytes()
+    original = zlib.decompress(data, wbits=31).splitlines(keepends=True)
+    path = tmp_path / "cut.json.gz"
+    rng = random.Random(rel)
+    accepted = 0
+    for _ in range(n):
+        at = rng.randrange(1, len(data))
+        path.write_bytes(data[:at])
+        got, how = read_allowing_cut(path)
+        want = gzip_rule(data[:at])
+        if want is not None:  # (None: refused by the trailer test, by chance about 1 in 33,000)
+            assert (got, how) == (want, "cut short") and got == original[: len(got)]
+            accepted += 1
+        else:
+            assert got is None
+        # the same cut padded with zeros to the full size (a preallocated download): the zeros
+        # are not counted as data, so at most the same lines are kept, or the file is refused
+        path.write_bytes(data[:at] + bytes(len(data) - at))
+        padded, how = read_allowing_cut(path)
+        assert padded is None or (padded == original[: len(padded)] and len(padded) <= len(got or []))
+    assert accepted == n  # the seeded cuts: none fell within the trailer tolerance
 
 
 # ----------------------------------------------------------------- metadata

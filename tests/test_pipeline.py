@@ -100,7 +100,7 @@ def test_graph_on_truncated_gzip_names_the_file(tmp_path, amazon_real):
 
 def test_graph_with_malformed_line_names_file_and_line(tmp_path):
     bad = tmp_path / "reviews_bad.json.gz"
-    good = json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1})
+    good = json.dumps({"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1005177600})
     bad.write_bytes(gzip.compress(f"{good}\n{good}\n{{not json\n".encode(), mtime=0))
     assert "reviews_bad.json.gz:3" in graph_failure(tmp_path, bad)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import pytest
 
 from sea import artifacts
 from sea.data.amazon import TruncatedFileWarning, read_metadata, read_reviews
+from sea.data.amazon2023 import read_benchmark_csv
 from sea.data.arrays import load_features
-from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES
+from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES, TRUNCATION_MARGIN
 from sea.data.mmrec import read_features, read_inter, read_item_ids
 from sea.io import DataError
+from test_fuzz_readers import gzip_rule
 
 DM_REVIEWS = "2014/digital_music/reviews_Digital_Music_5.head.json.gz"
 DM_META = "2014/digital_music/meta_Digital_Music.head.json.gz"
@@ -123,13 +126,21 @@ def test_real_gzip_with_a_flipped_bit_is_never_read(amazon_real, tmp_path):
 
 
 def test_gzip_ending_early_keeps_complete_lines_only(tmp_path):
-    lines = [review(f"U{i}") for i in range(50)]
+    lines = [review(f"U{i:05d}") for i in range(4_000)]  # 320 KB: over twice TRUNCATION_MARGIN
     data = _stored_gzip(lines)
-    cut = data[: data.index(b"U31") + 2]  # ends inside line 32
+    cut = data[: data.index(b"U03001") + 2]  # ends inside line 3,002
     path = write(tmp_path / "r.bin", bytes(cut))
-    with pytest.warns(TruncatedFileWarning, match="kept the 31 complete lines"):
+    n = len(gzip_rule(bytes(cut)))  # the complete lines decoded before the last TRUNCATION_MARGIN bytes
+    # by hand: stored blocks copy the text after a 10-byte header and 5-byte block headers, so
+    # line n ends before the margin (which starts at the cut's last byte, "0") and line n + 1 after
+    boundary = len(cut) - 1 - TRUNCATION_MARGIN
+    text = [len(line) + 1 for line in lines]
+    block_headers = len(data) - 18 - sum(text)
+    assert 0 < n < 3_001 and 10 + sum(text[:n]) <= boundary < 10 + block_headers + sum(text[: n + 1])
+    with pytest.warns(TruncatedFileWarning, match=f"kept the {n:,} complete lines .* the {3_001 - n:,} complete "
+                                                  f"lines after them and the incomplete line"):
         df = read_reviews(path, fmt="json", allow_truncated=True)
-    assert df["user"].tolist() == [f"U{i}" for i in range(31)]
+    assert df["user"].tolist() == [f"U{i:05d}" for i in range(n)]
 
 
 def test_gzip_bomb_is_refused(tmp_path):
@@ -209,7 +220,7 @@ def test_bom_is_dropped_in_every_text_reader(tmp_path):
     assert df["user"].tolist() == ["USER1"]
     df = read_reviews(write(tmp_path / "r.json.gz", BOM + review("USER1") + "\n"))
     assert df["user"].tolist() == ["USER1"]
-    df = read_reviews(write(tmp_path / "r.csv", BOM + "ITEM1,USER1,5.0,100\n"))
+    df = read_reviews(write(tmp_path / "r.csv", BOM + "ITEM1,USER1,5.0,1005177600\n"))
     assert (df["item"].tolist(), df["user"].tolist()) == (["ITEM1"], ["USER1"])
     meta = read_metadata(write(tmp_path / "m.json", BOM + "{'asin': 'B1', 'title': 'T'}\n"), asins={"B1"})
     assert meta["asin"].tolist() == ["B1"]
@@ -242,23 +253,121 @@ def test_json_timestamp_must_be_a_whole_number_in_range(tmp_path, ts):
         read_reviews(path)
 
 
-def test_json_integral_float_and_millisecond_timestamps_are_read(tmp_path):
-    path = write(tmp_path / "r.json", raw_review(ts="1005177600.0") + "\n" + raw_review(ts="1658002729837") + "\n")
-    assert read_reviews(path)["timestamp"].tolist() == [1005177600, 1658002729837]
+def test_json_integral_float_timestamps_are_read(tmp_path):
+    path = write(tmp_path / "r.json", raw_review(ts="1005177600.0") + "\n" + raw_review(ts="1005177601") + "\n")
+    assert read_reviews(path)["timestamp"].tolist() == [1005177600, 1005177601]
 
 
 @pytest.mark.parametrize("rating", ["nan", "NaN", "inf", "-inf", "1e400", "1e39", "five", " 5", "1_0", "٥", ""])
 def test_csv_rating_must_be_a_plain_finite_number(tmp_path, rating):
-    path = write(tmp_path / "r.csv", f"I1,U1,5.0,100\nI2,U2,{rating},100\n")
+    path = write(tmp_path / "r.csv", f"I1,U1,5.0,1005177600\nI2,U2,{rating},1005177600\n")
     with raises_at(f"{path}:2", "rating"):
         read_reviews(path)
 
 
 @pytest.mark.parametrize("ts", ["1.5", "-1", "1e9", "9223372036854775808", "١٢", "1_000", ""])
 def test_csv_timestamp_must_be_a_whole_number_in_range(tmp_path, ts):
-    path = write(tmp_path / "r.csv", f"I1,U1,5.0,100\nI2,U2,5.0,{ts}\n")
+    path = write(tmp_path / "r.csv", f"I1,U1,5.0,1005177600\nI2,U2,5.0,{ts}\n")
     with raises_at(f"{path}:2", "timestamp"):
         read_reviews(path)
+
+
+# Amazon's own ranges: 1-5 stars, review times from 1995-01-01 to 2100-01-01 in the reader's
+# unit (seconds for 2014/2018, milliseconds for 2023). Each case is the third line of a file
+# of the reader's format (two good lines before it: for the 2023 CSV, the header and one row).
+SECONDS, MILLISECONDS = 1_005_177_600, 1_588_687_728_923  # 2001-11-08 and 2020-05-05
+READERS = {  # name: (file name, line for (i, rating, ts), header or None, rating field, time field, unit)
+    "2014/2018 json": ("r.json", lambda i, r, t: f'{{"reviewerID": "U{i}", "asin": "I1", "overall": {r}, '
+                       f'"unixReviewTime": {t}}}', None, "overall", "unixReviewTime", "s"),
+    "2018 ratings csv": ("r.csv", lambda i, r, t: f"I1,U{i},{r},{t}", None, "rating", "timestamp", "s"),
+    "2023 jsonl": ("r.jsonl.gz", lambda i, r, t: f'{{"user_id": "U{i}", "parent_asin": "P1", "rating": {r}, '
+                   f'"timestamp": {t}}}', None, "rating", "timestamp", "ms"),
+    "2023 benchmark csv": ("All_Beauty.csv.gz", lambda i, r, t: f"U{i},P1,{r},{t}",
+                           "user_id,parent_asin,rating,timestamp", "rating", "timestamp", "ms"),
+}
+
+
+def amazon_file(tmp_path: Path, reader: str, rating: str, ts: str) -> Path:
+    """A file for ``reader`` whose line 3 holds ``rating`` and ``ts`` (lines 1-2 are good)."""
+    name, row, header, *_, unit = READERS[reader]
+    good_ts = SECONDS if unit == "s" else MILLISECONDS
+    lines = [header] if header else [row(0, "5.0", good_ts)]
+    lines += [row(1, "4.0", good_ts + 1), row(2, rating, ts)]
+    return write(tmp_path / name, "".join(line + "\n" for line in lines))
+
+
+WINDOW = {"s": "(788918400 <= {} < 4102444800 unix seconds)",
+          "ms": "(788918400000 <= {} < 4102444800000 unix milliseconds)"}
+UNIT_HINT = {"s": "it looks like unix milliseconds (as in the 2023 dumps), but this file is read in seconds "
+                  "(as in the 2014/2018 dumps)",
+             "ms": "it looks like unix seconds (as in the 2014/2018 dumps), but this file is read in milliseconds "
+                   "(as in the 2023 dumps)"}
+CSV_2018_HINT = " (are the columns in the order item,user,rating,timestamp? The 2018 ratings CSV has no header row)"
+
+
+def case_values(case: str, reader: str) -> tuple[str, str, str]:
+    """(rating, timestamp, the whole message after "file:3: ") of a bad line 3 for ``reader``."""
+    *_, rating, ts, unit = READERS[reader]
+    good = SECONDS if unit == "s" else MILLISECONDS
+    other = MILLISECONDS if unit == "s" else SECONDS
+    stars = "is outside Amazon's 1-5 stars"
+    times = "is outside Amazon's review times, 1995-01-01 to 2100-01-01"
+    value, time, message = {
+        "rating below 1": ("0.5", good, f"{rating} 0.5 {stars}"),
+        "rating above 5": ("5.5", good, f"{rating} 5.5 {stars}"),
+        "rating 0": ("0", good, f"{rating} 0.0 {stars}"),
+        "swapped columns": (str(good), "2.0", f"{rating} {good}.0 {stars} and looks like a unix time"),
+        "time in the other unit": ("5.0", other, f"{ts} {other} {times} {WINDOW[unit].format(ts)}; {UNIT_HINT[unit]}"),
+        "timestamp 2": ("5.0", 2, f"{ts} 2 {times} {WINDOW[unit].format(ts)}"),
+    }[case]
+    return value, str(time), message + (CSV_2018_HINT if reader == "2018 ratings csv" else "")
+
+
+CASES = ["rating below 1", "rating above 5", "rating 0", "swapped columns", "time in the other unit", "timestamp 2"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("reader", list(READERS))
+def test_amazon_ratings_and_times_out_of_range(tmp_path, reader, case):
+    rating, ts, message = case_values(case, reader)
+    path = amazon_file(tmp_path, reader, rating, ts)
+    with pytest.raises(DataError) as err:
+        read_reviews(path)
+    assert str(err.value) == f"{path}:3: {message}"
+
+
+def test_swapped_ratings_csv_columns_are_refused_at_the_first_row(tmp_path):
+    """The tester's file: asin,user,timestamp,rating read as item,user,rating,timestamp used
+    to give rating 1.5e9 and timestamp 2."""
+    path = write(tmp_path / "r.csv", "B00005N7OD,A2XU18GW8RXVJL,1500940800,2.0\n")
+    with raises_at(f"{path}:1", r"rating 1500940800\.0 is outside Amazon's 1-5 stars and looks like a unix time "
+                                r"\(are the columns in the order item,user,rating,timestamp\?"):
+        read_reviews(path)
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_amazon_range_edges(tmp_path, reader):
+    """1 and 5 stars and the first and last second of the window are read; one past is not."""
+    from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND
+
+    *_, unit = READERS[reader]
+    per = 1 if unit == "s" else 1000
+    first, last = FIRST_REVIEW_SECOND * per, END_REVIEW_SECOND * per - 1
+    name, row, header, *_ = READERS[reader]
+    lines = ([header] if header else []) + [row(0, "1", first), row(1, "5.0", last), row(2, "4.5", first)]
+    df = read_reviews(write(tmp_path / name, "".join(line + "\n" for line in lines)))
+    assert df["rating"].tolist() == [1.0, 5.0, 4.5] and df["timestamp"].tolist() == [first, last, first]
+    for rating, ts in [("0.99", first), ("5.01", first), ("5.0", first - 1), ("5.0", last + 1)]:
+        path = amazon_file(tmp_path, reader, rating, str(ts))
+        with raises_at(f"{path}:3", "outside Amazon's"):
+            read_reviews(path)
+
+
+@pytest.mark.parametrize("reader", ["2023 jsonl", "2023 benchmark csv"])
+def test_2023_seconds_refused_by_the_split_reader_too(tmp_path, reader):
+    path = amazon_file(tmp_path, reader, "5.0", str(SECONDS))
+    with raises_at(f"{path}:3", "looks like unix seconds"):
+        (read_benchmark_csv if reader.endswith("csv") else read_reviews)(path)
 
 
 @pytest.mark.parametrize(
@@ -530,7 +639,7 @@ def test_json_review_exception_classes(tmp_path, line, match):
     ],
 )
 def test_csv_review_exception_classes(tmp_path, raw, match):
-    path = write(tmp_path / "r.csv", b"I1,U1,5.0,100\n" + raw)
+    path = write(tmp_path / "r.csv", b"I1,U1,5.0,1005177600\n" + raw)
     with raises_at(f"{path}:2", match):
         read_reviews(path)
 

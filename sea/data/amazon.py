@@ -19,15 +19,19 @@ Metadata (:func:`read_metadata`) is one record a line: JSON in 2018, a Python di
 
 Files are read with :class:`sea.data.lines.Lines`: a line over ``MAX_LINE_BYTES`` (1 MiB)
 is refused before it is parsed, a UTF-8 byte-order mark at the start of the file is dropped,
-and a corrupt gzip stream (CRC or length check, bad deflate data) is always an error. A gzip
-stream that only ends early (an interrupted download) is an error that names the file and
-how many complete lines could be read; ``allow_truncated=True`` keeps those lines (never the
-incomplete one after them) and emits a :class:`TruncatedFileWarning`.
+and a corrupt gzip stream (CRC or length check, bad deflate data, or a stream that ends
+early although the file still ends with its own trailer) is always an error. A gzip stream
+that is only cut short (an interrupted download) is an error that names the file and how
+many complete lines can be used; ``allow_truncated=True`` keeps those lines (the complete
+lines decoded before the file's last ``TRUNCATION_MARGIN`` = 128 KiB of compressed bytes,
+which damage at the end cannot reach) and emits a :class:`TruncatedFileWarning`.
 
 Every value is checked: ids are non-blank text without control characters or lone
-surrogates, ratings finite numbers within float32's range, timestamps whole numbers with
-``0 <= ts < 2**63``. Anything else is a :class:`~sea.io.DataError` naming the file and the
-1-based line.
+surrogates, ratings numbers from 1 to 5 (Amazon's stars), timestamps whole numbers of unix
+seconds from 1995-01-01 to 2100-01-01 (milliseconds in 2023 files; see
+:func:`sea.data.lines.check_review_time`). Anything else is a :class:`~sea.io.DataError`
+naming the file and the 1-based line (a rating that looks like a unix time, or a time in the
+other unit, is named as such).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from sea.data.lines import (
     Lines,
     TruncatedFileWarning,
     check_id,
+    check_review_time,
+    check_stars,
     check_text,
     clean_text,
     decode,
@@ -122,7 +128,7 @@ def _parse_json_review(line: bytes, where: str) -> tuple[str, str, float, int]:
         raise DataError(f"{where}: expected a JSON object (a review), got {type(rec).__name__}")
     if "reviewerID" not in rec and "user_id" in rec:  # Amazon 2023: user_id, parent_asin, ms
         return amazon2023.review_fields(rec, where)
-    return review_fields(rec, ("reviewerID", "asin", "overall", "unixReviewTime"), where, "Amazon 2014/2018")
+    return review_fields(rec, ("reviewerID", "asin", "overall", "unixReviewTime"), where, "Amazon 2014/2018", "s")
 
 
 def _load_json(text: str) -> Any:
@@ -153,11 +159,12 @@ def _parse_csv_review(line: bytes, where: str) -> tuple[str, str, float, int]:
         return (
             check_id(user, "user", where),
             check_id(item, "item", where),
-            parse_finite(rating, "rating", where),
-            parse_timestamp(ts, "timestamp", where),
+            check_stars(parse_finite(rating, "rating", where), "rating", where),
+            check_review_time(parse_timestamp(ts, "timestamp", where), "timestamp", where, "s"),
         )
     except DataError as e:
-        raise DataError(f"{e} (columns are item,user,rating,timestamp with no header row)") from None
+        raise DataError(f"{e} (are the columns in the order item,user,rating,timestamp? The 2018 "
+                        f"ratings CSV has no header row)") from None
 
 
 def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool = False) -> pd.DataFrame:
@@ -167,13 +174,14 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
         path: a 2014/2018 review file (JSON lines, ``.json[.gz]``/``.jsonl[.gz]``) or a 2018
             ratings-only file (``.csv[.gz]``, no header: ``item,user,rating,timestamp``).
         fmt: ``"auto"`` (by the file name, see the module docstring), ``"json"`` or ``"csv"``.
-        allow_truncated: for a gzip file that ends early, return the complete lines read
-            and warn (:class:`TruncatedFileWarning`) instead of raising.
+        allow_truncated: for a gzip file that is cut short, return the complete lines
+            decoded before its last 128 KiB (see :class:`sea.data.lines.Lines`) and warn
+            (:class:`TruncatedFileWarning`) instead of raising.
 
     Returns:
         One row per non-blank line, in file order, duplicates kept: ``user`` (str,
-        reviewerID), ``item`` (str, asin), ``rating`` (float32, finite), ``timestamp``
-        (int64, unix seconds, or milliseconds in 2023 files; ``0 <= ts < 2**63``).
+        reviewerID), ``item`` (str, asin), ``rating`` (float32, 1 to 5), ``timestamp``
+        (int64, unix seconds from 1995-01-01 to 2100-01-01, or milliseconds in 2023 files).
         The string columns have pandas' default string dtype (``str`` from pandas 3).
 
     Raises:

@@ -20,8 +20,9 @@ timestamps in milliseconds. Three kinds of file are read:
   ``parent_asin`` (:func:`metadata_row`).
 
 Lines are read with :class:`sea.data.lines.Lines` (bounded, UTF-8, gzip checked) and every
-value is checked as in the 2014/2018 readers; a bad line is a DataError naming the file
-and the 1-based line.
+value is checked as in the 2014/2018 readers (1-5 stars; review times from 1995-01-01 to
+2100-01-01, here in milliseconds, so that a value in seconds is refused as such); a bad line
+is a DataError naming the file and the 1-based line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from sea.data.lines import (
     CATEGORY_SEPARATOR,
     Lines,
     check_id,
+    check_review_time,
+    check_stars,
     check_text,
     clean_text,
     decode,
@@ -61,7 +64,7 @@ HISTORY = "history"
 
 def review_fields(rec: dict, where: str) -> tuple[str, str, float, int]:
     """``(user, item, rating, timestamp)`` of one 2023 review record (timestamp in ms)."""
-    return lines.review_fields(rec, ("user_id", "parent_asin", "rating", "timestamp"), where, "Amazon 2023")
+    return lines.review_fields(rec, ("user_id", "parent_asin", "rating", "timestamp"), where, "Amazon 2023", "ms")
 
 
 def is_benchmark_csv(path: Path) -> bool:
@@ -74,7 +77,7 @@ def is_benchmark_csv(path: Path) -> bool:
 def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd.DataFrame:
     """Read an official 2023 benchmark CSV (rating_only or one part of a split).
 
-    Returns ``user``, ``item`` (str), ``rating`` (float32), ``timestamp`` (int64, ms) and
+    Returns ``user``, ``item`` (str), ``rating`` (float32, 1-5), ``timestamp`` (int64, ms) and
     ``line`` (the 1-based line each row came from), in file order. A ``history`` column is
     checked to be text and not kept (the models here take the training graph instead).
 
@@ -105,8 +108,8 @@ def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd
                             f"got {len(row)}: {text[:200]!r}")
         users.append(check_id(row[0], "user_id", where))
         items.append(check_id(row[1], "parent_asin", where))
-        ratings.append(parse_finite(row[2], "rating", where))
-        times.append(parse_timestamp(row[3], "timestamp", where))
+        ratings.append(check_stars(parse_finite(row[2], "rating", where), "rating", where))
+        times.append(check_review_time(parse_timestamp(row[3], "timestamp", where), "timestamp", where, "ms"))
         if len(row) == 5:
             check_text(row[4], HISTORY, where)
         where_from.append(lineno)
