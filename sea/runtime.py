@@ -7,15 +7,18 @@ torch picks its CPU kernels by what the CPU offers (AVX2, AVX-512, AMX), and tho
 in the order they add numbers; a model trained for a hundred epochs turns such last-bit
 differences into different metrics (measured: recall@20 ±0.01 on the sample). So:
 
-- ``portable`` (default) pins what can be pinned to the AVX2 level that every x86-64 CPU
-  since 2013–2015 has: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY=avx2``), MKL's
-  conditional numerical reproducibility on its AVX2 code path, in strict mode so that its
-  matrix products do not depend on the thread count either (``MKL_CBWR=AVX2,STRICT``),
-  and no oneDNN (whose kernels are generated for the CPU at hand). With the thread-safe
-  reductions of :mod:`sea.ops`, a stage then writes the same bytes on any such CPU
-  (Intel or AMD, with or without AVX-512) and with any number of threads. On CUDA it
-  keeps float32 products in float32 (no TF32). These variables are read when torch
-  first computes, so :func:`use_kernels` must run before that.
+- ``portable`` (default) pins every choice that depends on the CPU: ATen's vectorised
+  kernels to the AVX2 level every x86-64 CPU since 2013–2015 has
+  (``ATEN_CPU_CAPABILITY=avx2``); MKL, which does torch's matrix products, to its
+  conditional-numerical-reproducibility ``COMPATIBLE`` branch (``MKL_CBWR=COMPATIBLE``)
+  on one thread per calling thread (that branch adds in an order that depends on MKL's
+  thread count); no oneDNN (its kernels are generated for the CPU at hand); no TF32 on
+  CUDA. MKL's faster AVX2 branch would be reproducible on Intel CPUs only: on an AMD CPU
+  MKL takes another path (measured on an emulated EPYC). With the thread-safe operations
+  of :mod:`sea.ops`, a stage then writes the same bytes on any x86-64 CPU with AVX2 (Intel
+  or AMD, with or without AVX-512 or AMX) at any thread count. The variables are read
+  when torch first computes, so :func:`use_kernels` must run before that. The price: MKL's
+  products run at about a sixth of their native speed on 2 cores (BENCHMARKS.md).
 - ``native``: the fastest kernels of this CPU (and TF32 on CUDA GPUs that have it);
   results then depend on the CPU model.
 
@@ -49,7 +52,7 @@ except ImportError:  # not POSIX: no job registry, every process counts itself a
     fcntl = None
 
 #: The environment of the portable kernels on x86-64 (see the module docstring).
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 #: Carry this process's compute settings to the processes it starts (torchrun ranks,
 #: spawned feature shards), which set themselves up from them (:func:`start_worker`).
 KERNELS_ENV, THREADS_ENV = "SEA_KERNELS", "SEA_THREADS"
@@ -77,9 +80,56 @@ def use_kernels(kind: str) -> None:
 
     torch.backends.mkldnn.enabled = not portable
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not portable
-    if portable and _x86_64() and cpu_kernels() not in ("AVX2", "DEFAULT"):
-        raise RuntimeError(f"compute.kernels: portable asked for after torch chose its {cpu_kernels()} kernels: "
-                           "sea.runtime.use_kernels must run before torch computes anything")
+    if portable and _x86_64():
+        if cpu_kernels() not in ("AVX2", "DEFAULT"):
+            raise RuntimeError(f"compute.kernels: portable asked for after torch chose its {cpu_kernels()} "
+                               "kernels: sea.runtime.use_kernels must run before torch computes anything")
+        _pin_mkl_threads()
+
+
+def _mkl_set_local_threads():
+    """MKL's ``mkl_set_num_threads_local`` inside torch's CPU library (MKL is linked into
+    it), or None where this torch has no MKL."""
+    import ctypes
+
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return None
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        fn = ctypes.CDLL(str(lib)).mkl_serv_set_num_threads_local
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_MKL_LOCAL_THREADS = None
+
+
+def _pin_mkl_threads() -> None:
+    """Run MKL's products on one thread, whatever torch's thread count: the COMPATIBLE
+    branch adds in an order that depends on how many threads MKL uses. torch resets the
+    setting whenever its thread count changes, so :func:`set_threads` calls this again."""
+    global _MKL_LOCAL_THREADS
+    if os.environ.get(KERNELS_ENV) != "portable" or not _x86_64():
+        return
+    if _MKL_LOCAL_THREADS is None:
+        _MKL_LOCAL_THREADS = _mkl_set_local_threads()
+        if _MKL_LOCAL_THREADS is None:
+            raise RuntimeError("compute.kernels: portable needs torch's build with MKL on x86-64 (pip's torch "
+                               "wheels): this torch has none; use compute.kernels: native")
+    _MKL_LOCAL_THREADS(1)
+
+
+def set_threads(n: int) -> None:
+    """Set torch's intra-op threads to ``n``, keeping the portable kernels' single-threaded
+    MKL (use this, not ``torch.set_num_threads``, in a process that computes)."""
+    import torch
+
+    torch.set_num_threads(n)
+    _pin_mkl_threads()
 
 
 def cpu_kernels() -> str:
@@ -198,7 +248,7 @@ def rebalance() -> None:
 
     n = balanced_threads()
     if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+        set_threads(n)
 
 
 @contextlib.contextmanager
@@ -251,5 +301,5 @@ def start_stage(stage: str) -> ComputeConfig:
 
 
 __all__ = ["Jobs", "KERNELS_ENV", "PORTABLE_ENV", "THREADS_ENV", "balanced_threads", "cores", "cpu_kernels",
-           "describe", "rebalance", "start", "start_stage", "start_worker", "threads_setting", "use_kernels",
-           "waiting"]
+           "describe", "rebalance", "set_threads", "start", "start_stage", "start_worker", "threads_setting",
+           "use_kernels", "waiting"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sea.ops import GRAIN, BatchNorm1d, full_mean, full_sum, matvec
+from sea.runtime import set_threads
 
 THREADS = (1, 2, 3)
 
@@ -28,12 +29,12 @@ def threads():
     def at_each(fn):
         out = []
         for n in THREADS:
-            torch.set_num_threads(n)
+            set_threads(n)
             out.append(fn())
         return out
 
     yield at_each
-    torch.set_num_threads(old)
+    set_threads(old)
 
 
 def test_full_sum_and_mean_equal_torchs_and_ignore_the_thread_count(threads):

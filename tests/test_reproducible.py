@@ -22,6 +22,7 @@ import torch
 
 from sea.config import TrainingSetup
 from sea.models.base import GraphData
+from sea.runtime import set_threads
 from sea.train import build_model, fit, seed_everything
 
 N_USERS, N_ITEMS = 2500, 700
@@ -64,7 +65,7 @@ VARIANTS = {
 def train_bytes(data: GraphData, params: dict, threads: int) -> tuple[str, str]:
     """(sha256 of the best weights, the history as JSON) after two epochs at ``threads``."""
     old = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         params = params | {"club": {"steps": 5},
                            "train": {"batch_size": 1024, "max_epochs": 2, "lr": 0.01} | params.get("train", {}),
@@ -74,7 +75,7 @@ def train_bytes(data: GraphData, params: dict, threads: int) -> tuple[str, str]:
         model = build_model(data, setup)
         result = fit(model, data, setup, seed=7, log=lambda *_: None)
     finally:
-        torch.set_num_threads(old)
+        set_threads(old)
     weights = hashlib.sha256(b"".join(v.contiguous().numpy().tobytes() for v in result.best_state.values()))
     history = json.dumps([{k: float(v) for k, v in row.items()} for row in result.history], sort_keys=True)
     return weights.hexdigest(), history

@@ -26,7 +26,7 @@ import numpy as np
 from sea.config import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.io import MB, DataError, sha256_file
-from sea.runtime import rebalance
+from sea.runtime import rebalance, set_threads
 
 if TYPE_CHECKING:
     import torch
@@ -280,11 +280,11 @@ def _torch_threads(n: int) -> Iterator[None]:
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    set_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        set_threads(old)
 
 
 def _open_rgb(path: Path, max_pixels: int, max_aspect: float):
