@@ -682,11 +682,12 @@ class EvalConfig(Section):
 class ComputeConfig(Section):
     """How every stage that computes uses the machine (see :mod:`sea.runtime`):
     ``kernels`` (``portable``: the same bytes on every x86-64 CPU with AVX2 and any thread
-    count; ``native``: this CPU's fastest, results depend on the CPU model) and ``threads``
+    count; ``intel``: the same on every Intel CPU with AVX2, faster; ``native``: this CPU's
+    fastest, results depend on the CPU model) and ``threads``
     per process (``auto``: the cores shared among the pipeline's processes running now; a
     number fixes them; results do not depend on it)."""
 
-    KERNELS: ClassVar[tuple[str, ...]] = ("portable", "native")
+    KERNELS: ClassVar[tuple[str, ...]] = ("portable", "intel", "native")
 
     kernels: str = "portable"
     threads: int | str = "auto"

