@@ -1,12 +1,12 @@
 """What the reproducible defaults cost: each computing stage of the bundled sample timed
 under several settings in one run, turn by turn (issue 16).
 
-    python bench/kernels_speed.py                       # portable vs native, float32
+    python bench/kernels_speed.py                       # portable, intel and native, float32
     python bench/kernels_speed.py --rounds 2 --bf16     # and bfloat16 encoders (native)
 
 Copies this working tree to a temporary folder, runs `dvc repro` there once (the stages'
 inputs), then for each round runs text_features, image_features, train and evaluate alone
-(`python pipeline/<stage>.py`) under each setting: `compute.kernels` portable or native,
+(`python pipeline/<stage>.py`) under each setting: `compute.kernels` portable, intel or native,
 the encoders' `precision` float32 (or bfloat16 with --bf16). Prints seconds per stage and
 setting (median over rounds), each setting's total against portable float32 (the
 defaults), the machine and the commit.
@@ -55,7 +55,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="rounds of every setting (median reported)")
     p.add_argument("--bf16", action="store_true", help="also time native kernels with bfloat16 encoders")
     args = p.parse_args()
-    settings = [("portable", "float32"), ("native", "float32")] + ([("native", "bfloat16")] if args.bf16 else [])
+    settings = [("portable", "float32"), ("intel", "float32"), ("native", "float32")] + (
+        [("native", "bfloat16")] if args.bf16 else [])
     print(f"device: {cpu_model()}, {os.cpu_count()} cores; commit {bench_commit()}; {args.rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix="sea-kernels-bench-") as tmp:
         repo = Path(tmp) / "repo"
