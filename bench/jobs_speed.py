@@ -31,7 +31,9 @@ def run(cmd: list[str], cwd: Path) -> float:
     """Seconds ``cmd`` took in ``cwd``; exits with its output if it fails."""
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)})
+                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd),
+                                           # the stages' `python` is this interpreter
+                                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} in {cwd} failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}\n"
                  f"{proc.stderr[-1500:]}")

@@ -35,7 +35,8 @@ STAGES = ("text_features", "image_features", "train", "evaluate")
 def run(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)})
+                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd),
+                                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t
