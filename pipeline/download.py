@@ -18,11 +18,12 @@ from pathlib import Path
 
 from sea.artifacts import SOURCE_FILE
 from sea.cli import run_stage
-from sea.config import ConfigError, DatasetConfig, SplitConfig, load_params, shown
+from sea.config import DatasetConfig, SplitConfig, load_params
+from sea.errors import ConfigError, shown
 from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file
-from sea.io import (MB, ChecksumError, DataError, FetchTimeoutError, TooLargeError, atomic_dir, fetch, is_plain_name,
-                    sha256_file)
+from sea.errors import ChecksumError, DataError, FetchTimeoutError, TooLargeError
+from sea.io import MB, atomic_dir, fetch, is_plain_name, sha256_file
 
 RAW = Path("data/raw")
 #: Partial http(s) downloads (``<sha1 of URL>.part`` and ``.json``), resumed by the next

@@ -19,7 +19,8 @@ from sea.data.catalog import Download, resolve
 from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
-from sea.io import DataError, join_link, write_json
+from sea.errors import DataError
+from sea.io import join_link, write_json
 
 
 def user_table(reviewer_ids) -> pd.DataFrame:

@@ -29,14 +29,16 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import ConfigError, DatasetConfig, ImageFeatureConfig, load_params, shown
+from sea.config import DatasetConfig, ImageFeatureConfig, load_params
+from sea.errors import ConfigError, shown
 from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features
 from sea.features import empty_features
 from sea.features.cnn import obtain_cnn_file, read_cnn_features
 from sea.features.fetch import CACHE_ENV, FetchPolicy, ImageFetcher
 from sea.features.image import encode_images, encode_images_sharded, load_clip
-from sea.io import MB, ChecksumError, FetchError, FetchTimeoutError, TooLargeError, local_path
+from sea.errors import ChecksumError, FetchError, FetchTimeoutError, TooLargeError
+from sea.io import MB, local_path
 
 
 def dataset_root(ds: DatasetConfig) -> Path | None:

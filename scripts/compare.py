@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/,
 
 from sea import compare, experiments  # noqa: E402
 from sea.cli import USER_ERRORS, run_main  # noqa: E402
-from sea.config import ConfigError, EvalConfig  # noqa: E402
-from sea.io import DataError, write_json, write_text  # noqa: E402
+from sea.config import EvalConfig  # noqa: E402
+from sea.errors import ConfigError  # noqa: E402
+from sea.errors import DataError  # noqa: E402
+from sea.io import write_json, write_text  # noqa: E402
 
 #: variant -> overrides on top of params.yaml (explicit, so params.yaml's defaults cannot
 #: turn a plain model into its +SEA version)

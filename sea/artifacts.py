@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from sea.data.arrays import load_features
-from sea.io import DataError, atomic_path
+from sea.errors import DataError
+from sea.io import atomic_path
 
 SOURCE_FILE = "SOURCE.json"  # in data/raw/<name>/: where each dump came from, how it was verified
 PROCESSED = Path("data/processed")

@@ -25,7 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from sea.io import DataError, atomic_path
+from sea.errors import DataError
+from sea.io import atomic_path
 
 FORMAT = "sea-checkpoint/1"
 

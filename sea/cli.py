@@ -1,8 +1,8 @@
 """How every stage script runs: bad params or bad data end in one clear line, never a
 traceback.
 
-A stage script ends with ``run_stage(main, "graph")``. A :class:`~sea.config.ConfigError`
-(a params.yaml value) or a :class:`~sea.io.DataError` / :class:`~sea.io.FetchError` (an
+A stage script ends with ``run_stage(main, "graph")``. A :class:`~sea.errors.ConfigError`
+(a params.yaml value) or a :class:`~sea.errors.DataError` / :class:`~sea.errors.FetchError` (an
 input file or URL) is printed as ``<stage> stage failed: <message>`` on stderr, on one
 line, and the process exits with status 1. Anything else is a bug and keeps its
 traceback. Ctrl-C exits with status 130 without a traceback.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from sea.config import ConfigError, one_line
+from sea.errors import ConfigError, one_line
 from sea.distributed import RankFailed
-from sea.io import DataError, FetchError
+from sea.errors import DataError, FetchError
 
 #: The exceptions that mean "the user's params or input are wrong", not "the code is" —
 #: and RankFailed: a worker rank of a sharded stage failed; it printed its own traceback.

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow
 from scipy import stats
 
-from sea.io import DataError
+from sea.errors import DataError
 
 MOST_POPULAR = "most_popular"
 SPLITS = ("valid", "test")

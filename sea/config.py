@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,33 +36,7 @@ IMAGE_SIZES = ("large", "hi_res", "thumb")
 OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
 
 
-class ConfigError(ValueError):
-    """A params.yaml value that is missing, unknown or out of range."""
-
-
-def one_line(message: str) -> str:
-    """``message`` with its line breaks folded, so it prints as a single line."""
-    return " ".join(str(message).split())
-
-
-#: Longest rendering of a params value in an error message: a value may be a list of a
-#: million entries (or a YAML alias bomb), and a message is one line for a person to read.
-MAX_SHOWN_CHARS = 100
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 6, 6, 4, 6
-_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 80
-
-
-def shorten(text: str) -> str:
-    """``text`` cut to at most :data:`MAX_SHOWN_CHARS` characters (ending in ``...`` if cut)."""
-    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
-
-
-def shown(value: Any) -> str:
-    """``repr(value)`` for an error message, at most :data:`MAX_SHOWN_CHARS` characters, built
-    without ever rendering the whole value (reprlib looks at the first few items of each
-    level). Every message that shows a params value shows it through this."""
-    return shorten(_SHOWN.repr(value))
+from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
 
 
 #: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
@@ -327,7 +300,8 @@ def check_url(value: str | None, section: str, name: str) -> None:
     """A URL param: null, http(s)://, a path, or a local file URL (``file:relative/path``,
     ``file:///abs/path``, ``file://localhost/abs/path``); anything else (another scheme, a
     ``file://`` URL naming another host) is one line naming the param."""
-    from sea.io import FetchError, local_path  # sea.io needs nothing from here: no cycle
+    from sea.errors import FetchError  # sea.io needs nothing from here: no cycle
+    from sea.io import local_path  # sea.io needs nothing from here: no cycle
 
     if value is not None:
         try:
@@ -536,7 +510,7 @@ class ImageFeatureConfig(Section):
         if "/" in tag or "\\" in tag or Path(tag).suffix:
             _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
             from sea.features.image import check_checkpoint
-            from sea.io import DataError
+            from sea.errors import DataError
 
             try:
                 check_checkpoint(self.model, tag)

@@ -20,7 +20,7 @@ for its output. Ranks write their results as files there (:meth:`RankContext.sav
 :func:`load_shards`); the caller merges them once every rank has finished. A rank that
 fails never leaves the others waiting: the first failure terminates the other ranks, and
 :func:`launch` raises one exception with a one-line message naming the rank. A rank's
-:class:`~sea.io.DataError`, :class:`~sea.io.FetchError` or :class:`~sea.config.ConfigError`
+:class:`~sea.errors.DataError`, :class:`~sea.errors.FetchError` or :class:`~sea.errors.ConfigError`
 is raised again in the parent as the same class (so a stage reports it as bad input); any
 other failure prints the rank's traceback on stderr and raises :class:`RankFailed`.
 :func:`shard_bounds` cuts ``n`` units of work into contiguous, balanced shards.
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 
 from sea import runtime
-from sea.config import ConfigError
+from sea.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -276,7 +276,7 @@ def shard_dir() -> Iterator[Path]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sea.io import DataError, FetchError
+    from sea.errors import DataError, FetchError
 
     return ConfigError, DataError, FetchError
 

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sea.config import ConfigError
+from sea.errors import ConfigError
 
 EXPS_NAMESPACE = "refs/exps"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

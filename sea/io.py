@@ -36,86 +36,14 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from sea.errors import (ChecksumError, DataError, FetchError, FetchTimeoutError, HTTPStatusError, IncompleteError,
+                        RefusedError, TooLargeError)
+
 CHUNK = 1 << 20
 MB = 1_000_000  #: the unit of the ``*_mb`` params
 #: How many redirects :func:`open_public_http` follows before giving up.
 MAX_REDIRECTS = 5
 USER_AGENT = "sea-pipeline/0.1"
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file (and the line where there is one)."""
-
-
-class FetchError(RuntimeError):
-    """A download that failed: unreachable URL, HTTP error or checksum mismatch.
-
-    ``reason`` names the kind of failure in one word (counted per reason where many URLs
-    are fetched, e.g. the item images).
-    """
-
-    reason = "unreachable"
-    #: True when no connection to the host could be made at all (DNS failure, connection
-    #: refused, no route): the signal that a host, or the whole network, is absent.
-    no_connection = False
-
-    def __init__(self, message: str, reason: str | None = None, *, no_connection: bool = False) -> None:
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-        self.no_connection = no_connection
-
-
-class ChecksumError(FetchError):
-    """The downloaded bytes do not have the sha256 the params promise."""
-
-    reason = "checksum"
-
-
-class HTTPStatusError(FetchError):
-    """The server answered with an error status (4xx, 5xx) or a redirect without target.
-
-    ``status`` is the HTTP status (None for a redirect without target) and ``retry_after``
-    the seconds its ``Retry-After`` header asks to wait (None when absent or invalid).
-    """
-
-    reason = "http_error"
-
-    def __init__(self, message: str, reason: str | None = None, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, reason)
-        self.status = status
-        self.retry_after = retry_after
-
-    @property
-    def retryable(self) -> bool:
-        """Rate limiting (429), a timeout on the server's side (408) or a server error (5xx)."""
-        return self.status is not None and (self.status in (408, 429) or 500 <= self.status <= 599)
-
-
-class IncompleteError(FetchError):
-    """The body broke off or was shorter than its Content-Length."""
-
-    reason = "incomplete"
-
-
-class TooLargeError(FetchError):
-    """The body is larger than the size cap."""
-
-    reason = "too_large"
-
-
-class FetchTimeoutError(FetchError):
-    """The whole download took longer than its time cap."""
-
-    reason = "timeout"
-
-
-class RefusedError(FetchError):
-    """A URL the policy does not follow: a private address, a file outside the dataset,
-    an unsupported scheme. Never retried."""
-
-    reason = "refused"
 
 
 # --------------------------------------------------------------------------- retries

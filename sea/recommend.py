@@ -21,7 +21,7 @@ import pandas as pd
 from sea import artifacts
 from sea.checkpoint import Checkpoint, load_checkpoint
 from sea.config import TrainingSetup
-from sea.io import DataError
+from sea.errors import DataError
 from sea.metrics import top_k
 from sea.models.base import Embeddings, GraphData, Recommender
 from sea.train import build_model, embed, load_graph_data, score_fn
@@ -87,7 +87,7 @@ def recommend(
         checkpoint: a ``models/model.safetensors`` written by the train stage.
         user_ids: reviewer ids as in the dumps (``reviewerID``; for an MMRec folder, the
             raw ids of ``u_id_mapping.csv`` or the user numbers as strings); ``None``: all
-            users. An unknown id is a :class:`~sea.io.DataError`.
+            users. An unknown id is a :class:`~sea.errors.DataError`.
         k: items per user. Items the user trained on are never recommended.
         seed: which seed's weights (default: the first seed trained).
         root: the project folder whose ``data/processed`` (and ``data/features``) the

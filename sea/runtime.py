@@ -48,7 +48,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from sea.config import ComputeConfig, ConfigError, load_params, one_line
+from sea.config import ComputeConfig, load_params
+from sea.errors import ConfigError, one_line
 
 try:
     import fcntl

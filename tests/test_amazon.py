@@ -19,7 +19,7 @@ from sea.data.amazon import (
     read_metadata,
     read_reviews,
 )
-from sea.io import DataError
+from sea.errors import DataError
 from test_fuzz_readers import gzip_rule
 
 DM = "2014/digital_music"

@@ -14,7 +14,7 @@ import pytest
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.amazon2023 import read_benchmark_csv, read_given_split
 from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND
-from sea.io import DataError
+from sea.errors import DataError
 
 
 @pytest.fixture(scope="module")

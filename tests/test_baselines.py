@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
-from sea.config import ConfigError, TrainingSetup
+from sea.config import TrainingSetup
+from sea.errors import ConfigError
 from sea.models.base import Batch, GraphData, model_class
 from sea.models.bprmf import BPRMF, embedding_l2, rows_norm
 from sea.models.lightgcn import LightGCN

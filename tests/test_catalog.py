@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sea.config import ConfigError, DatasetConfig, SplitConfig
+from sea.config import DatasetConfig, SplitConfig
+from sea.errors import ConfigError
 from sea.data.catalog import EXPLICIT, PINNED, Catalog, catalog, image_features_url, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -397,7 +398,7 @@ def test_a_catalog_name_runs_through_dvc_repro(name, tmp_path, amazon_real, serv
 
 def test_a_damaged_hash_record_is_refused_naming_it(tmp_path):
     from sea.data.catalog import HashRecord
-    from sea.io import DataError
+    from sea.errors import DataError
 
     path = tmp_path / "hashes.json"
     path.write_text("{not json")

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from sea.features.cnn import CNN_DIM, read_cnn_features, record_dtype, write_cnn_features
-from sea.io import ChecksumError, DataError, sha256_file
+from sea.errors import ChecksumError, DataError
+from sea.io import sha256_file
 from tests.shell import env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,14 +252,16 @@ def test_stage_takes_the_catalog_file_of_the_dataset(tmp_path: Path, feature_fil
     ({"processes": 2, "device": "cuda:0"}, "device must then be auto, cuda or cpu"),
 ])
 def test_params_are_checked(image: dict, message: str) -> None:
-    from sea.config import ConfigError, ImageFeatureConfig
+    from sea.config import ImageFeatureConfig
+    from sea.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^params.yaml \[features.image\]: .*" + re.escape(message)):
         ImageFeatureConfig.from_dict({"pretrained": "none"} | image, "features.image")
 
 
 def test_text_processes_are_checked() -> None:
-    from sea.config import ConfigError, TextFeatureConfig
+    from sea.config import TextFeatureConfig
+    from sea.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"params.yaml \[features.text\]: processes must be in \[1, 64\]"):
         TextFeatureConfig.from_dict({"processes": 65}, "features.text")

@@ -25,7 +25,7 @@ from shell import copy_tree, env, git_repo, run
 
 from sea import compare, experiments
 from sea.compare import MOST_POPULAR, paired_test
-from sea.io import DataError
+from sea.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["recall@10", "ndcg@10"]
@@ -396,7 +396,7 @@ def test_a_task_left_running_by_a_crash_is_cleared(tiny: Path):
 
 
 def test_runner_refuses_bad_names_and_overrides(tiny: Path):
-    from sea.config import ConfigError
+    from sea.errors import ConfigError
 
     with pytest.raises(ConfigError, match="experiment name"):
         experiments.check_variants({"bad name": []})

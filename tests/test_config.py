@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sea.config import ConfigError, DatasetConfig, TrainingSetup, load_params
+from sea.config import DatasetConfig, TrainingSetup, load_params
+from sea.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,8 @@ import yaml
 
 from sea import artifacts
 from sea.checkpoint import load_checkpoint
-from sea.config import ConfigError, TrainingSetup
+from sea.config import TrainingSetup
+from sea.errors import ConfigError
 from sea.distributed import World
 from sea.recommend import recommend
 

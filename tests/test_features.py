@@ -103,7 +103,7 @@ def test_text_encoding_is_deterministic(minilm: str, text_features: tuple[np.nda
 def test_text_without_any_text_is_an_error() -> None:
     from sea.features.text import encode_texts
 
-    from sea.io import DataError
+    from sea.errors import DataError
 
     with pytest.raises(DataError, match="none of the 3 items has text"):
         encode_texts(["", None, "   "], "all-MiniLM-L6-v2")
@@ -265,7 +265,7 @@ def test_a_dataset_without_text_gets_an_empty_file_that_text_models_refuse(tmp_p
     import yaml
 
     from sea.artifacts import read_features
-    from sea.io import DataError
+    from sea.errors import DataError
 
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "data/processed").mkdir(parents=True)

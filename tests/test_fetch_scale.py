@@ -28,8 +28,8 @@ from PIL import Image
 from servers import LocalHTTPServer
 
 from sea.features.fetch import FetchPolicy, ImageCache, ImageFetcher, cache_key, fetch_images
-from sea.io import (ChecksumError, HTTPStatusError, IncompleteError, backoff_delay, fetch,
-                    parse_retry_after)
+from sea.errors import ChecksumError, HTTPStatusError, IncompleteError
+from sea.io import backoff_delay, fetch, parse_retry_after
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 2000

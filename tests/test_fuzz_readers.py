@@ -38,7 +38,7 @@ from sea.data.arrays import load_features
 from sea.data import lines as lines_module
 from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND, FLOAT32_MAX, Lines, TruncatedFileWarning
 from sea.data.mmrec import read_inter, read_item_ids
-from sea.io import DataError
+from sea.errors import DataError
 
 AMAZON_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-real"
 _FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,

@@ -29,10 +29,10 @@ from PIL import Image
 
 from servers import ForwardProxy, LocalHTTPServer
 
-from sea.config import ConfigError, DatasetConfig
-from sea.io import (MB, DataError, Deadline, FetchTimeoutError, RefusedError,
-                    TooLargeError, atomic_dir, atomic_path, fetch, is_public_address, open_public_http,
-                    write_json)
+from sea.config import DatasetConfig
+from sea.errors import ConfigError
+from sea.errors import DataError, FetchTimeoutError, RefusedError, TooLargeError
+from sea.io import Deadline, MB, atomic_dir, atomic_path, fetch, is_public_address, open_public_http, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from sea.io import (ChecksumError, FetchError, atomic_path, fetch, join_link, local_path, resolve_url, sha256_file,
-                    write_json)
+from sea.errors import ChecksumError, FetchError
+from sea.io import atomic_path, fetch, join_link, local_path, resolve_url, sha256_file, write_json
 
 PAYLOAD = bytes(range(256)) * 4_000  # ~1 MB: more than one read chunk is not needed, but a real size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

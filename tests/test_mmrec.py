@@ -16,7 +16,7 @@ from sea.data.amazon import read_reviews
 from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_features, read_inter, read_item_ids, write_folder
 from sea.data.split import split
-from sea.io import DataError
+from sea.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

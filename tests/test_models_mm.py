@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sea.config import ConfigError, load_params
+from sea.config import load_params
+from sea.errors import ConfigError
 from sea.models.base import Batch, GraphData, model_class
 from sea.losses import bpr_loss
 from sea.models.freedom import FREEDOMConfig

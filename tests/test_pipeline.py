@@ -251,7 +251,7 @@ def test_empty_image_features_are_refused_by_training(tmp_path):
     """Offline on a real dump no image arrives: the image stage writes flagged zeros and
     the train stage refuses them with the remedy, instead of training on nothing."""
     from sea.artifacts import read_features, write_features
-    from sea.io import DataError
+    from sea.errors import DataError
 
     write_features("image", np.zeros((4, 8), np.float32), {"n_items": 4, "n_decoded": 0}, root=tmp_path)
     write_features("text", np.ones((4, 3), np.float32), {"n_items": 4, "n_with_text": 4}, root=tmp_path)

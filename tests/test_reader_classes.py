@@ -23,7 +23,7 @@ from sea.data.amazon2023 import read_benchmark_csv
 from sea.data.arrays import load_features
 from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES, TRUNCATION_MARGIN
 from sea.data.mmrec import read_features, read_inter, read_item_ids
-from sea.io import DataError
+from sea.errors import DataError
 from test_fuzz_readers import gzip_rule
 
 DM_REVIEWS = "2014/digital_music/reviews_Digital_Music_5.head.json.gz"

@@ -18,7 +18,7 @@ import yaml
 
 from sea import artifacts
 from sea.checkpoint import load_checkpoint
-from sea.io import DataError
+from sea.errors import DataError
 from sea.recommend import recommend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sea.config import ConfigError, TrainingSetup
+from sea.config import TrainingSetup
+from sea.errors import ConfigError
 from sea.data.split import split
 from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking

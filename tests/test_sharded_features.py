@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sea.distributed import RankFailed, launch, load_shards, shard_bounds, shard_dir
-from sea.io import DataError
+from sea.errors import DataError
 from tests.test_features import draw_png
 
 

@@ -12,7 +12,8 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from sea.config import ConfigError, LossConfig, TrainingSetup, load_params
+from sea.config import LossConfig, TrainingSetup, load_params
+from sea.errors import ConfigError
 from sea.data.split import split
 from sea.losses import bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
 from sea.models.base import Batch, Embeddings, GraphData, model_class

@@ -11,8 +11,9 @@ from torch import nn
 
 from sea import artifacts
 from sea.checkpoint import Checkpoint, Run, load_checkpoint, save_checkpoint
-from sea.config import ConfigError, TrainingSetup
-from sea.io import DataError
+from sea.config import TrainingSetup
+from sea.errors import ConfigError
+from sea.errors import DataError
 from sea.losses import bpr_loss, ranking_loss
 from sea.models.base import REGISTRY, Embeddings, GraphData, register
 from sea.models.bprmf import BPRMF

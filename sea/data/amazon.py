@@ -29,7 +29,7 @@ which damage at the end cannot reach) and emits a :class:`TruncatedFileWarning`.
 Every value is checked: ids are non-blank text without control characters or lone
 surrogates, ratings numbers from 1 to 5 (Amazon's stars), timestamps whole numbers of unix
 seconds from 1995-01-01 to 2100-01-01 (milliseconds in 2023 files; see
-:func:`sea.data.lines.check_review_time`). Anything else is a :class:`~sea.io.DataError`
+:func:`sea.data.lines.check_review_time`). Anything else is a :class:`~sea.errors.DataError`
 naming the file and the 1-based line (a rating that looks like a unix time, or a time in the
 other unit, is named as such).
 """
@@ -64,7 +64,7 @@ from sea.data.lines import (
     text_field,
 )
 from sea.data import amazon2023
-from sea.io import DataError
+from sea.errors import DataError
 
 __all__ = [
     "REVIEW_COLUMNS",

@@ -51,7 +51,7 @@ from sea.data.lines import (
 )
 from sea.data import lines
 from sea.data.split import SPLITS
-from sea.io import DataError
+from sea.errors import DataError
 
 #: The header of the official benchmark CSVs; the ``_w_his`` splits add ``history``.
 BENCHMARK_HEADER = ("user_id", "parent_asin", "rating", "timestamp")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from sea.io import DataError
+from sea.errors import DataError
 
 __all__ = ["load_features"]
 

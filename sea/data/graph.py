@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sea.io import DataError
+from sea.errors import DataError
 
 
 class EmptyGraphError(DataError):

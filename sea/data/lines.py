@@ -13,7 +13,7 @@ Every text reader of the project (Amazon reviews and metadata, MMRec ``.inter`` 
   (see :class:`Lines`).
 
 The ``parse_*`` and ``check_*`` helpers turn a field into a value or raise a
-:class:`~sea.io.DataError` naming the file and line; they accept only plain ASCII numbers
+:class:`~sea.errors.DataError` naming the file and line; they accept only plain ASCII numbers
 (no ``nan``, ``inf``, ``1_000`` or non-ASCII digits) and ids that are printable text.
 :func:`check_stars` and :func:`check_review_time` add what only Amazon data promises: 1-5
 stars, and a review time in a fixed plausible window in the reader's own unit.
@@ -30,7 +30,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from sea.io import DataError
+from sea.errors import DataError
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -144,7 +144,7 @@ class Lines:
     line without a newline is yielded (without one) only when the stream ended properly.
     A damaged gzip stream stops the iteration without an exception; :meth:`check_complete`
     then raises (or warns), so that callers decide after reading. A line over
-    :data:`MAX_LINE_BYTES` raises :class:`~sea.io.DataError` at once.
+    :data:`MAX_LINE_BYTES` raises :class:`~sea.errors.DataError` at once.
 
     A gzip file is decompressed member after member (zero padding after a member is
     skipped, as :mod:`gzip` does), and is judged as follows:

@@ -42,7 +42,8 @@ from sea.data.lines import (
     require_newline,
 )
 from sea.data.split import SPLITS
-from sea.io import DataError, atomic_path
+from sea.errors import DataError
+from sea.io import atomic_path
 
 INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
 FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}

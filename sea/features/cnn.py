@@ -14,7 +14,7 @@ and returns them aligned to the item index; items the file lacks get the mean of
 (:func:`sea.features.fill_missing_with_mean`), as in the protocol. The file's sha256 is
 computed in the same pass and checked when one is expected.
 
-What is refused (one :class:`~sea.io.DataError` naming the file and the 1-based record):
+What is refused (one :class:`~sea.errors.DataError` naming the file and the 1-based record):
 
 * a file whose size is not a whole number of records (the last record is cut off);
 * an asin that is not 10 ASCII letters or digits (a file of another format, a gzip, or
@@ -43,7 +43,8 @@ import numpy as np
 
 from sea.features import fill_missing_with_mean
 from sea.config import DatasetConfig
-from sea.io import ChecksumError, DataError, cache_key, fetch, local_path
+from sea.errors import ChecksumError, DataError
+from sea.io import cache_key, fetch, local_path
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def read_cnn_features(
     ``n_items``, ``n_present``, ``n_missing`` and ``n_duplicate_records``.
 
     Raises :class:`DataError` on a malformed file or an item without any record (see the
-    module docstring), and :class:`~sea.io.ChecksumError` when the file's sha256 is not
+    module docstring), and :class:`~sea.errors.ChecksumError` when the file's sha256 is not
     ``expected_sha256``; in both cases nothing is returned.
     """
     from tqdm.auto import tqdm

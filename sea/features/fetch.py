@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sea.io import (Deadline, FetchError, HTTPStatusError, RefusedError, TooLargeError, cache_key, copy_body,
-                    is_public_address, open_public_http, resolve_url, retry_wait, sha256_file)
+from sea.errors import FetchError, HTTPStatusError, RefusedError, TooLargeError
+from sea.io import Deadline, cache_key, copy_body, is_public_address, open_public_http, resolve_url, retry_wait, sha256_file
 
 log = logging.getLogger(__name__)
 

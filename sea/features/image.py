@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequenc
 
 import numpy as np
 
-from sea.config import shorten, shown
+from sea.errors import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
-from sea.io import MB, DataError, sha256_file
+from sea.errors import DataError
+from sea.io import MB, sha256_file
 from sea.runtime import rebalance, set_threads
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def read_checkpoint(path: str | Path, expected: Mapping[str, "torch.Tensor"], ar
     code (:func:`_load_tensors`). A ``"state_dict"`` entry is taken when there is one, and a
     ``module.`` prefix on every key (DataParallel) dropped. The keys must be the model's,
     each a dense CPU tensor of the model's shape, floating where the model's is, and finite.
-    Everything else is a one-line :class:`~sea.io.DataError` naming the file.
+    Everything else is a one-line :class:`~sea.errors.DataError` naming the file.
     """
     import torch
 
@@ -191,7 +192,7 @@ def load_clip(
       (deterministic for a given seed; the features carry no visual meaning);
     * a path to an existing file: a local checkpoint (a ``state_dict`` saved with
       ``torch.save``, optionally under a ``"state_dict"`` key, or ``.safetensors``), read
-      and checked by :func:`read_checkpoint` (a bad one is a :class:`~sea.io.DataError`)
+      and checked by :func:`read_checkpoint` (a bad one is a :class:`~sea.errors.DataError`)
       and loaded with ``load_state_dict(strict=True)``;
     * anything else: an open_clip pretrained tag such as ``"openai"`` (downloads weights).
 

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
-from sea.io import DataError
+from sea.errors import DataError
 from sea.runtime import rebalance
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sea.config import ConfigError, Section, shown
+from sea.config import Section
+from sea.errors import ConfigError, shown
 from sea.metrics import to_csr
 from sea.models.graphs import user_item_adjacency
 

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from sea.config import ConfigError, Section
+from sea.config import Section
+from sea.errors import ConfigError
 from sea.losses import bpr_loss
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph, spmm, user_item_adjacency

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sea.config import ConfigError, Section
+from sea.config import Section
+from sea.errors import ConfigError
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.bprmf import embedding_l2
 from sea.models.graphs import spmm

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import ConfigError, Section
+from sea.config import Section
+from sea.errors import ConfigError
 from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
 from sea.models.graphs import FrozenGraph, item_item_graph, spmm
 from sea.ops import full_mean

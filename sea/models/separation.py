@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import ConfigError, shown
-from sea.io import DataError
+from sea.errors import ConfigError, shown
+from sea.errors import DataError
 from sea.losses import CLUBEstimator, l2_distance_loss, solosim_loss
 from sea.models.base import Term, adam
 from sea.ops import BatchNorm1d, matvec

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import ConfigError, Section, shown
+from sea.config import Section
+from sea.errors import ConfigError, shown
 from sea.models.base import Embeddings, GraphData, Recommender, register
 from sea.ops import matvec
 
