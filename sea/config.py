@@ -37,6 +37,7 @@ OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
 
 
 from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
+from sea.io import check_url  # moves with DatasetConfig and ImageFeatureConfig
 
 
 #: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
@@ -250,13 +251,15 @@ class Section:
         return dataclasses.asdict(self)
 
 
-def _check(cond: bool, section: str, msg: str) -> None:
+def require(cond: bool, section: str, msg: str) -> None:
+    """A :class:`ConfigError` ``params.yaml [section]: msg`` unless ``cond`` holds."""
     if not cond:
         raise ConfigError(f"params.yaml [{section}]: {msg}")
 
 
-def _choice(value: str, choices: tuple[str, ...], section: str, name: str) -> None:
-    _check(value in choices, section, f"{name} must be one of {list(choices)}, got {shown(value)}")
+def require_choice(value: str, choices: tuple[str, ...], section: str, name: str) -> None:
+    """A :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    require(value in choices, section, f"{name} must be one of {list(choices)}, got {shown(value)}")
 
 
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:(\d+))?")
@@ -268,46 +271,32 @@ def check_precision(value: str, section: str) -> None:
     """An encoder's ``precision``: one of :data:`sea.features.PRECISIONS`."""
     from sea.features import PRECISIONS
 
-    _choice(value, PRECISIONS, section, "precision")
+    require_choice(value, PRECISIONS, section, "precision")
 
 
 def check_device(value: str, section: str, name: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
     m = _DEVICE.fullmatch(value)
-    _check(m is not None and (m[3] is None or m[1] == "cuda"), section,
+    require(m is not None and (m[3] is None or m[1] == "cuda"), section,
            f"{name} must be auto, cpu, cuda or cuda:N, got {shown(value)}")
     if m[1] == "cuda":
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(m[3] or 0)
-        _check(index < count, section, f"{name}: {shown(value)} asked for, but this machine has "
+        require(index < count, section, f"{name}: {shown(value)} asked for, but this machine has "
                f"{count} CUDA device(s); use auto or cpu")
 
 
 def check_folder_name(value: str, section: str, name: str) -> None:
     """One plain folder name: not empty, '.' or '..', no path separator or control
     character, at most 255 bytes — it names a folder that stages replace whole."""
-    _check(value not in ("", ".", "..") and not any(c in value for c in "/\\")
+    require(value not in ("", ".", "..") and not any(c in value for c in "/\\")
            and all(c.isprintable() for c in value) and value == value.strip(), section,
            f"{name} must be one plain folder name (no '/', '\\', '.' or '..', no control "
            f"characters or surrounding spaces), got {shown(value)}")
-    _check(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
+    require(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
            f"{name} is longer than {MAX_NAME_BYTES} bytes")
-
-
-def check_url(value: str | None, section: str, name: str) -> None:
-    """A URL param: null, http(s)://, a path, or a local file URL (``file:relative/path``,
-    ``file:///abs/path``, ``file://localhost/abs/path``); anything else (another scheme, a
-    ``file://`` URL naming another host) is one line naming the param."""
-    from sea.errors import FetchError  # sea.io needs nothing from here: no cycle
-    from sea.io import local_path  # sea.io needs nothing from here: no cycle
-
-    if value is not None:
-        try:
-            local_path(value)
-        except FetchError as e:
-            raise ConfigError(f"params.yaml [{section}]: {name}: {e}") from None
 
 
 @dataclass
@@ -340,25 +329,25 @@ class DatasetConfig(Section):
         from sea.data.catalog import catalog  # the catalog module imports this one
 
         check_folder_name(self.name, section, "name")
-        _choice(self.source, ("amazon", "mmrec"), section, "source")
-        _choice(self.image_size, IMAGE_SIZES, section, "image_size")
+        require_choice(self.source, ("amazon", "mmrec"), section, "source")
+        require_choice(self.image_size, IMAGE_SIZES, section, "image_size")
         if self.mirror is not None:
-            _check(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
+            require(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
                    f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}")
         for name in ("reviews_url", "meta_url", "mirror"):
             check_url(getattr(self, name), section, name)
-        _check(self.metadata or not (self.meta_url or self.meta_sha256), section,
+        require(self.metadata or not (self.meta_url or self.meta_sha256), section,
                "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
         if self.source == "amazon":
-            _check(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
+            require(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
                    f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
                    f"entry (python -m sea datasets lists them)")
         else:
-            _check(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
+            require(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
 
-        _check(self.max_download_mb > 0 and self.download_timeout > 0, section,
+        require(self.max_download_mb > 0 and self.download_timeout > 0, section,
                "max_download_mb and download_timeout must be > 0")
-        _check(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
+        require(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
 
     @property
     def raw_dir(self) -> Path:
@@ -375,7 +364,7 @@ class GraphConfig(Section):
     k_core: int = 5
 
     def validate(self, section: str) -> None:
-        _check(self.k_core >= 1, section, "k_core must be >= 1")
+        require(self.k_core >= 1, section, "k_core must be >= 1")
 
 
 @dataclass
@@ -387,14 +376,14 @@ class SplitConfig(Section):
     given: str | None = None
 
     def validate(self, section: str) -> None:
-        _choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
-        _check(self.seed >= 0, section, "seed must be >= 0")
+        require_choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
+        require(self.seed >= 0, section, "seed must be >= 0")
         if self.method == "given":
-            _check(self.given is not None, section,
+            require(self.given is not None, section,
                    f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)")
-            _choice(self.given, OFFICIAL_SPLITS, section, "given")
+            require_choice(self.given, OFFICIAL_SPLITS, section, "given")
         else:
-            _check(self.given is None, section,
+            require(self.given is None, section,
                    f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); set it to null")
 
 
@@ -405,15 +394,15 @@ MAX_PROCESSES = 64
 def check_processes(processes: int, device: str, section: str) -> None:
     """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
     CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
-    _check(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
+    require(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
     if processes == 1 or device == "cpu":
         return
-    _check(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
+    require(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
            f"device must then be auto, cuda or cpu, got {shown(device)}")
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    _check(count == 0 and device == "auto" or processes <= count, section,
+    require(count == 0 and device == "auto" or processes <= count, section,
            f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) with device {shown(device)}; "
            f"this machine has {count}: lower processes or use device: cpu")
 
@@ -427,8 +416,8 @@ class TextFeatureConfig(Section):
     precision: str = "float32"  # the dtype the encoder computes in (sea.features.resolve_precision)
 
     def validate(self, section: str) -> None:
-        _check(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
-        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        require(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
         check_precision(self.precision, section)
         check_processes(self.processes, self.device, section)
         check_device(self.device, section)
@@ -469,25 +458,25 @@ class ImageFeatureConfig(Section):
     min_coverage: float = 0.0  # share of the items with an image URL that must get a file, else the stage fails
 
     def validate(self, section: str) -> None:
-        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
-        _check(self.seed >= 0, section, "seed must be >= 0")
-        _check(self.timeout > 0, section, "timeout must be > 0 seconds")
-        _check(self.max_image_mb > 0, section, "max_image_mb must be > 0")
-        _check(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
+        require(self.seed >= 0, section, "seed must be >= 0")
+        require(self.timeout > 0, section, "timeout must be > 0 seconds")
+        require(self.max_image_mb > 0, section, "max_image_mb must be > 0")
+        require(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
         check_processes(self.processes, self.device, section)
-        _check(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
-        _check(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
-        _check(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
+        require(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
+        require(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
+        require(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
                "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds")
-        _check(self.offline_after >= 1, section, "offline_after must be >= 1")
-        _check(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
+        require(self.offline_after >= 1, section, "offline_after must be >= 1")
+        require(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
         check_device(self.device, section)
         check_precision(self.precision, section)
-        _choice(self.source, IMAGE_SOURCES, section, "source")
-        _check(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
-        _check(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
+        require_choice(self.source, IMAGE_SOURCES, section, "source")
+        require(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
+        require(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
                section, f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}")
-        _check(self.cnn_url is None or bool(self.cnn_url.strip()), section,
+        require(self.cnn_url is None or bool(self.cnn_url.strip()), section,
                "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
         check_url(self.cnn_url, section, "cnn_url")
         if self.source != "amazon_cnn":
@@ -502,13 +491,13 @@ class ImageFeatureConfig(Section):
 
         section = "features.image"
         models = open_clip.list_models()
-        _check(self.model in models, section,
+        require(self.model in models, section,
                f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
         tag = (self.pretrained or "").strip()
         if tag.lower() in ("", "none"):
             return
         if "/" in tag or "\\" in tag or Path(tag).suffix:
-            _check(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
+            require(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
             from sea.features.image import check_checkpoint
             from sea.errors import DataError
 
@@ -518,14 +507,8 @@ class ImageFeatureConfig(Section):
                 raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
             return
         tags = open_clip.list_pretrained_tags_by_model(self.model)
-        _check(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
+        require(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
                f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
-
-
-@dataclass
-class FeaturesConfig(Section):
-    text: TextFeatureConfig = field(default_factory=TextFeatureConfig)
-    image: ImageFeatureConfig = field(default_factory=ImageFeatureConfig)
 
 
 @dataclass
@@ -538,11 +521,11 @@ class ModelConfig(Section):
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
 
     def validate(self, section: str) -> None:
-        _check(bool(self.name), section, "name must name a model")
-        _check(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
+        require(bool(self.name), section, "name must name a model")
+        require(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
                section, "modalities must be a non-empty list without repeats")
         for m in self.modalities:
-            _choice(m, ("image", "text"), section, "modalities[]")
+            require_choice(m, ("image", "text"), section, "modalities[]")
 
 
 @dataclass
@@ -562,13 +545,13 @@ class LossConfig(Section):
     softmax_logq: bool = True
 
     def validate(self, section: str) -> None:
-        _choice(self.kind, ("auto",) + RANKING_LOSSES, section, "kind")
-        _check(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
-        _check(self.temperature > 0, section, "temperature must be > 0")
-        _choice(self.distance, ("club", "l2"), section, "distance")
-        _check(-1.0 <= self.ccl_margin < 1.0, section, "ccl_margin must be in [-1, 1) (a cosine)")
-        _check(self.ccl_negative_weight >= 0, section, "ccl_negative_weight must be >= 0")
-        _check(self.softmax_temperature > 0, section, "softmax_temperature must be > 0")
+        require_choice(self.kind, ("auto",) + RANKING_LOSSES, section, "kind")
+        require(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
+        require(self.temperature > 0, section, "temperature must be > 0")
+        require_choice(self.distance, ("club", "l2"), section, "distance")
+        require(-1.0 <= self.ccl_margin < 1.0, section, "ccl_margin must be in [-1, 1) (a cosine)")
+        require(self.ccl_negative_weight >= 0, section, "ccl_negative_weight must be >= 0")
+        require(self.softmax_temperature > 0, section, "softmax_temperature must be > 0")
 
 
 @dataclass
@@ -579,9 +562,9 @@ class ClubConfig(Section):
     pairing: str = "paper"
 
     def validate(self, section: str) -> None:
-        _check(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0,
+        require(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0,
                section, "steps >= 0, lr > 0, sizes > 0")
-        _choice(self.pairing, ("paper", "reference"), section, "pairing")
+        require_choice(self.pairing, ("paper", "reference"), section, "pairing")
 
 
 @dataclass
@@ -608,21 +591,21 @@ class TrainConfig(Section):
         return list(self.seeds) or [self.seed]
 
     def validate(self, section: str) -> None:
-        _check(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
-        _check(self.seed >= 0 and all(s >= 0 for s in self.seeds), section, "seeds must be >= 0")
+        require(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
+        require(self.seed >= 0 and all(s >= 0 for s in self.seeds), section, "seeds must be >= 0")
         check_device(self.device, section)
-        _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
+        require(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
                "lr, batch_size and max_epochs must be positive")
-        _check(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
-        _check(self.negatives >= 1, section, "negatives must be >= 1")
-        _choice(self.sampler, SAMPLERS, section, "sampler")
-        _check(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
+        require(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
+        require(self.negatives >= 1, section, "negatives must be >= 1")
+        require_choice(self.sampler, SAMPLERS, section, "sampler")
+        require(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
                "cbns_memory_batches and cbns_warmup_steps must be >= 0")
-        _check(self.processes >= 1, section, "processes must be >= 1")
-        _check(self.batch_size % self.processes == 0, section,
+        require(self.processes >= 1, section, "processes must be >= 1")
+        require(self.batch_size % self.processes == 0, section,
                f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
                f"({shown(self.processes)}), each process taking batch_size / processes rows")
-        _check(self.processes == 1 or ":" not in self.device, section,
+        require(self.processes == 1 or ":" not in self.device, section,
                f"device {shown(self.device)} names one GPU; with processes > 1 use auto, cuda or cpu "
                f"(each process takes the GPU of its local rank)")
 
@@ -642,13 +625,13 @@ class EvalConfig(Section):
     batch_size: int = 4096
 
     def validate(self, section: str) -> None:
-        _check(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
-        _check(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
-        _check(self.batch_size >= 1, section, "batch_size must be >= 1")
+        require(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
+        require(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
         metric, _, k = self.select.partition("@")
-        _check(metric in ("recall", "ndcg", "precision", "map", "hit") and re.fullmatch(r"[0-9]{1,9}", k) is not None,
+        require(metric in ("recall", "ndcg", "precision", "map", "hit") and re.fullmatch(r"[0-9]{1,9}", k) is not None,
                section, f"select must look like recall@20, got {shown(self.select)}")
-        _check(int(k) in self.topk, section,
+        require(int(k) in self.topk, section,
                f"select {shown(self.select)} needs {k} in topk {shown(self.topk)} (metrics are computed at those cut-offs)")
 
 
@@ -667,8 +650,8 @@ class ComputeConfig(Section):
     threads: int | str = "auto"
 
     def validate(self, section: str) -> None:
-        _choice(self.kernels, self.KERNELS, section, "kernels")
-        _check(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
+        require_choice(self.kernels, self.KERNELS, section, "kernels")
+        require(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
                f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}")
 
 

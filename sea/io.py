@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from sea.errors import (ChecksumError, DataError, FetchError, FetchTimeoutError, HTTPStatusError, IncompleteError,
+from sea.errors import (ChecksumError, ConfigError, DataError, FetchError, FetchTimeoutError, HTTPStatusError, IncompleteError,
                         RefusedError, TooLargeError)
 
 CHUNK = 1 << 20
@@ -263,6 +263,17 @@ def local_path(url: str, base_dir: str | os.PathLike = ".") -> Path | None:
         return None
     p = Path(path)
     return p if p.is_absolute() else Path(base_dir).resolve() / p
+
+
+def check_url(value: str | None, section: str, name: str) -> None:
+    """A URL param: null, http(s)://, a path, or a local file URL (``file:relative/path``,
+    ``file:///abs/path``, ``file://localhost/abs/path``); anything else (another scheme, a
+    ``file://`` URL naming another host) is one line naming the param."""
+    if value is not None:
+        try:
+            local_path(value)
+        except FetchError as e:
+            raise ConfigError(f"params.yaml [{section}]: {name}: {e}") from None
 
 
 def join_link(base: str, link: str) -> str:
