@@ -18,7 +18,9 @@ from pathlib import Path
 
 from sea.artifacts import SOURCE_FILE
 from sea.cli import run_stage
-from sea.config import DatasetConfig, SplitConfig, load_params
+from sea.config import load_params
+from sea.data.catalog import DatasetConfig
+from sea.data.split import SplitConfig
 from sea.errors import ConfigError, shown
 from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file

@@ -9,7 +9,8 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import DatasetConfig, load_params
+from sea.config import load_params
+from sea.data.catalog import DatasetConfig
 from sea.data.mmrec import FEATURE_FILES, write_folder
 from sea.io import atomic_dir
 

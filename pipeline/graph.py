@@ -12,7 +12,10 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import DatasetConfig, GraphConfig, SplitConfig, load_params
+from sea.config import load_params
+from sea.data.catalog import DatasetConfig
+from sea.data.graph import GraphConfig
+from sea.data.split import SplitConfig
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.amazon2023 import read_given_split
 from sea.data.catalog import Download, resolve

@@ -29,7 +29,9 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import DatasetConfig, ImageFeatureConfig, load_params
+from sea.config import load_params
+from sea.data.catalog import DatasetConfig
+from sea.features.image import ImageFeatureConfig
 from sea.errors import ConfigError, shown
 from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features

@@ -15,7 +15,9 @@ import pandas as pd
 
 from sea import artifacts
 from sea.cli import run_stage
-from sea.config import DatasetConfig, TextFeatureConfig, load_params
+from sea.config import load_params
+from sea.data.catalog import DatasetConfig
+from sea.features.text import TextFeatureConfig
 from sea.data.mmrec import precomputed_features
 from sea.features import empty_features
 from sea.features.text import encode_texts

@@ -14,9 +14,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
+
+from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
 
 
 #: The ranking losses ``loss.kind`` may name (see :func:`sea.losses.ranking_loss`), besides
@@ -28,16 +30,6 @@ COSINE_LOSSES = ("ccl", "softmax")
 #: ids per positive; ``cross_batch`` (CBNS) also keeps a memory of recent batches' item
 #: vectors as extra negatives of the softmax loss.
 SAMPLERS = ("uniform", "cross_batch")
-
-
-#: ``dataset.image_size``: which image of a 2023 item record to take.
-IMAGE_SIZES = ("large", "hi_res", "thumb")
-#: ``split.given``: the official splits of the Amazon Reviews 2023 benchmark.
-OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
-
-
-from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
-from sea.io import check_url  # moves with DatasetConfig and ImageFeatureConfig
 
 
 #: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
@@ -267,13 +259,6 @@ _DEVICE = re.compile(r"(auto|cpu|cuda)(:(\d+))?")
 MAX_NAME_BYTES = 255
 
 
-def check_precision(value: str, section: str) -> None:
-    """An encoder's ``precision``: one of :data:`sea.features.PRECISIONS`."""
-    from sea.features import PRECISIONS
-
-    require_choice(value, PRECISIONS, section, "precision")
-
-
 def check_device(value: str, section: str, name: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
     m = _DEVICE.fullmatch(value)
@@ -297,235 +282,6 @@ def check_folder_name(value: str, section: str, name: str) -> None:
            f"characters or surrounding spaces), got {shown(value)}")
     require(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
            f"{name} is longer than {MAX_NAME_BYTES} bytes")
-
-
-@dataclass
-class DatasetConfig(Section):
-    """Where the data comes from.
-
-    ``source: amazon``: raw review + metadata dumps at URLs (http(s)://, file:// or a path
-    relative to the repo). ``source: mmrec``: an MMRec folder at ``path`` (``<name>.inter``,
-    ``image_feat.npy``, ``text_feat.npy``) used in place of parsing, splitting and encoding.
-    """
-
-    name: str = "sample"
-    source: str = "amazon"
-    reviews_url: str | None = None
-    reviews_sha256: str | None = None
-    meta_url: str | None = None
-    meta_sha256: str | None = None
-    allow_truncated: bool = False
-    path: str | None = None
-    max_download_mb: float = 20000.0  # size cap per dump file (MB = 10^6 bytes)
-    download_timeout: float = 3600.0  # seconds per dump file, all attempts together
-    # the dataset catalog (sea/data/catalog.py): a base URL replacing the catalog's host
-    # prefix, and which image of a 2023 item ("large", "hi_res" or "thumb") to take
-    mirror: str | None = None
-    image_size: str = "large"
-    metadata: bool = True  # false: fetch no metadata dump (items get no text or image)
-    download_retries: int = 4  # further attempts per dump after a failed one (each resumes where it stopped)
-
-    def validate(self, section: str) -> None:
-        from sea.data.catalog import catalog  # the catalog module imports this one
-
-        check_folder_name(self.name, section, "name")
-        require_choice(self.source, ("amazon", "mmrec"), section, "source")
-        require_choice(self.image_size, IMAGE_SIZES, section, "image_size")
-        if self.mirror is not None:
-            require(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
-                   f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}")
-        for name in ("reviews_url", "meta_url", "mirror"):
-            check_url(getattr(self, name), section, name)
-        require(self.metadata or not (self.meta_url or self.meta_sha256), section,
-               "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
-        if self.source == "amazon":
-            require(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
-                   f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
-                   f"entry (python -m sea datasets lists them)")
-        else:
-            require(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
-
-        require(self.max_download_mb > 0 and self.download_timeout > 0, section,
-               "max_download_mb and download_timeout must be > 0")
-        require(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
-
-    @property
-    def raw_dir(self) -> Path:
-        return Path("data/raw") / self.name
-
-    @staticmethod
-    def local_name(url: str) -> str:
-        """File name a URL is saved under: its last path component."""
-        return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-
-
-@dataclass
-class GraphConfig(Section):
-    k_core: int = 5
-
-    def validate(self, section: str) -> None:
-        require(self.k_core >= 1, section, "k_core must be >= 1")
-
-
-@dataclass
-class SplitConfig(Section):
-    method: str = "mmrec"
-    seed: int = 999
-    # method "given": which official split of a 2023 catalog entry (see OFFICIAL_SPLITS);
-    # the download stage fetches its files, the graph stage takes them as they are
-    given: str | None = None
-
-    def validate(self, section: str) -> None:
-        require_choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
-        require(self.seed >= 0, section, "seed must be >= 0")
-        if self.method == "given":
-            require(self.given is not None, section,
-                   f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)")
-            require_choice(self.given, OFFICIAL_SPLITS, section, "given")
-        else:
-            require(self.given is None, section,
-                   f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); set it to null")
-
-
-#: Most feature-extraction ranks one machine may run (features.*.processes).
-MAX_PROCESSES = 64
-
-
-def check_processes(processes: int, device: str, section: str) -> None:
-    """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
-    CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
-    require(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
-    if processes == 1 or device == "cpu":
-        return
-    require(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
-           f"device must then be auto, cuda or cpu, got {shown(device)}")
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    require(count == 0 and device == "auto" or processes <= count, section,
-           f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) with device {shown(device)}; "
-           f"this machine has {count}: lower processes or use device: cpu")
-
-
-@dataclass
-class TextFeatureConfig(Section):
-    model: str = "all-MiniLM-L6-v2"
-    batch_size: int = 64
-    device: str = "auto"
-    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
-    precision: str = "float32"  # the dtype the encoder computes in (sea.features.resolve_precision)
-
-    def validate(self, section: str) -> None:
-        require(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
-        require(self.batch_size >= 1, section, "batch_size must be >= 1")
-        check_precision(self.precision, section)
-        check_processes(self.processes, self.device, section)
-        check_device(self.device, section)
-
-
-#: Where ``features.image`` comes from: open_clip on the item images, or the precomputed
-#: CNN vectors distributed with the Amazon 2014 dumps.
-IMAGE_SOURCES = ("clip", "amazon_cnn")
-
-
-@dataclass
-class ImageFeatureConfig(Section):
-    model: str = "ViT-B-32"
-    pretrained: str | None = "openai"
-    batch_size: int = 64
-    device: str = "auto"
-    seed: int = 0
-    timeout: float = 10.0  # seconds per image attempt in total: connect, redirects and body
-    workers: int = 8
-    max_image_mb: float = 20.0  # size cap per image file, downloaded or local (MB = 10^6 bytes)
-    allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
-    allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
-    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
-    precision: str = "float32"  # the dtype CLIP computes in (sea.features.resolve_precision)
-    # source: clip encodes the item images; amazon_cnn reads the 4096-d CNN vectors of the
-    # Amazon 2014 dumps (image_features_<Category>.b) from cnn_url (see sea.features.cnn)
-    source: str = "clip"
-    cnn_url: str | None = None  # null: the catalog's file of dataset.name; else http(s)://, file:// or a path
-    cnn_sha256: str | None = None
-    cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
-    cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
-    # fetching at scale (sea/features/fetch.py)
-    per_host: int = 4  # concurrent downloads per host (of `workers` in all)
-    retries: int = 3  # further attempts after a 408/429/5xx answer or a broken-off body
-    backoff: float = 1.0  # first retry wait (s), doubled each retry, unless Retry-After says otherwise
-    max_wait: float = 60.0  # seconds of retry waiting per image at most (backoff and Retry-After)
-    offline_after: int = 3  # connection failures (DNS, refused, no route) before a host/the network is given up
-    min_coverage: float = 0.0  # share of the items with an image URL that must get a file, else the stage fails
-
-    def validate(self, section: str) -> None:
-        require(self.batch_size >= 1, section, "batch_size must be >= 1")
-        require(self.seed >= 0, section, "seed must be >= 0")
-        require(self.timeout > 0, section, "timeout must be > 0 seconds")
-        require(self.max_image_mb > 0, section, "max_image_mb must be > 0")
-        require(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
-        check_processes(self.processes, self.device, section)
-        require(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
-        require(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
-        require(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
-               "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds")
-        require(self.offline_after >= 1, section, "offline_after must be >= 1")
-        require(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
-        check_device(self.device, section)
-        check_precision(self.precision, section)
-        require_choice(self.source, IMAGE_SOURCES, section, "source")
-        require(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
-        require(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
-               section, f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}")
-        require(self.cnn_url is None or bool(self.cnn_url.strip()), section,
-               "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
-        check_url(self.cnn_url, section, "cnn_url")
-        if self.source != "amazon_cnn":
-            self.check_clip()
-
-    def check_clip(self) -> None:
-        """The open_clip architecture exists, and ``pretrained`` is none, a tag open_clip knows
-        for it, or a local checkpoint that fits it (:func:`sea.features.image.check_checkpoint`:
-        readable without running code, the architecture's keys and shapes) — before any image
-        is fetched."""
-        import open_clip
-
-        section = "features.image"
-        models = open_clip.list_models()
-        require(self.model in models, section,
-               f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
-        tag = (self.pretrained or "").strip()
-        if tag.lower() in ("", "none"):
-            return
-        if "/" in tag or "\\" in tag or Path(tag).suffix:
-            require(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
-            from sea.features.image import check_checkpoint
-            from sea.errors import DataError
-
-            try:
-                check_checkpoint(self.model, tag)
-            except DataError as e:
-                raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
-            return
-        tags = open_clip.list_pretrained_tags_by_model(self.model)
-        require(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
-               f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
-
-
-@dataclass
-class ModelConfig(Section):
-    """Which model to train (``name``: a registered model, see :mod:`sea.models`) and the
-    feature modalities it may read. The model's own sizes live in its own section,
-    named after it (``sea:``, ``lightgcn:``, …)."""
-
-    name: str = "sea"
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
-
-    def validate(self, section: str) -> None:
-        require(bool(self.name), section, "name must name a model")
-        require(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
-               section, "modalities must be a non-empty list without repeats")
-        for m in self.modalities:
-            require_choice(m, ("image", "text"), section, "modalities[]")
 
 
 @dataclass
@@ -636,26 +392,6 @@ class EvalConfig(Section):
 
 
 @dataclass
-class ComputeConfig(Section):
-    """How every stage that computes uses the machine (see :mod:`sea.runtime`):
-    ``kernels`` (``portable``: the same bytes on every x86-64 CPU with AVX2 and any thread
-    count; ``intel``: the same on every Intel CPU with AVX2, faster; ``native``: this CPU's
-    fastest, results depend on the CPU model) and ``threads``
-    per process (``auto``: the cores shared among the pipeline's processes running now; a
-    number fixes them; results do not depend on it)."""
-
-    KERNELS: ClassVar[tuple[str, ...]] = ("portable", "intel", "native")
-
-    kernels: str = "portable"
-    threads: int | str = "auto"
-
-    def validate(self, section: str) -> None:
-        require_choice(self.kernels, self.KERNELS, section, "kernels")
-        require(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
-               f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}")
-
-
-@dataclass
 class TrainingSetup:
     """Everything the train and evaluate stages read: ``model`` (which model, which
     modalities), the chosen model's own section (``model_cfg``, parsed with that model
@@ -670,7 +406,7 @@ class TrainingSetup:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
-        from sea.models.base import model_class  # sea.models imports this module
+        from sea.models.base import ModelConfig, model_class  # (moves out of config.py next)
 
         model = ModelConfig.from_dict(params.get("model"), "model")
         setup = cls(

@@ -48,8 +48,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from sea.config import ComputeConfig, load_params
 from sea.errors import ConfigError, one_line
+from dataclasses import dataclass
+from typing import ClassVar
+from sea.config import Section, load_params, require, require_choice
+from sea.errors import shown
 
 try:
     import fcntl
@@ -65,6 +68,26 @@ PINS = {
 #: Carry this process's compute settings to the processes it starts (torchrun ranks,
 #: spawned feature shards), which set themselves up from them (:func:`start_worker`).
 KERNELS_ENV, THREADS_ENV = "SEA_KERNELS", "SEA_THREADS"
+
+
+@dataclass
+class ComputeConfig(Section):
+    """How every stage that computes uses the machine (see :mod:`sea.runtime`):
+    ``kernels`` (``portable``: the same bytes on every x86-64 CPU with AVX2 and any thread
+    count; ``intel``: the same on every Intel CPU with AVX2, faster; ``native``: this CPU's
+    fastest, results depend on the CPU model) and ``threads``
+    per process (``auto``: the cores shared among the pipeline's processes running now; a
+    number fixes them; results do not depend on it)."""
+
+    KERNELS: ClassVar[tuple[str, ...]] = ("portable", "intel", "native")
+
+    kernels: str = "portable"
+    threads: int | str = "auto"
+
+    def validate(self, section: str) -> None:
+        require_choice(self.kernels, self.KERNELS, section, "kernels")
+        require(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
+               f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}")
 
 
 def _x86_64() -> bool:

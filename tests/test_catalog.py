@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sea.config import DatasetConfig, SplitConfig
+from sea.data.catalog import DatasetConfig
+from sea.data.split import SplitConfig
 from sea.errors import ConfigError
 from sea.data.catalog import EXPLICIT, PINNED, Catalog, catalog, image_features_url, resolve
 

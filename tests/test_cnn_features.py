@@ -252,7 +252,7 @@ def test_stage_takes_the_catalog_file_of_the_dataset(tmp_path: Path, feature_fil
     ({"processes": 2, "device": "cuda:0"}, "device must then be auto, cuda or cpu"),
 ])
 def test_params_are_checked(image: dict, message: str) -> None:
-    from sea.config import ImageFeatureConfig
+    from sea.features.image import ImageFeatureConfig
     from sea.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^params.yaml \[features.image\]: .*" + re.escape(message)):
@@ -260,7 +260,7 @@ def test_params_are_checked(image: dict, message: str) -> None:
 
 
 def test_text_processes_are_checked() -> None:
-    from sea.config import TextFeatureConfig
+    from sea.features.text import TextFeatureConfig
     from sea.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"params.yaml \[features.text\]: processes must be in \[1, 64\]"):

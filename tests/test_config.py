@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sea.config import DatasetConfig, TrainingSetup, load_params
+from sea.config import TrainingSetup, load_params
+from sea.data.catalog import DatasetConfig
 from sea.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,14 +111,17 @@ def test_cuda_must_exist():
     ("split", "SplitConfig", {"seed": -3}, "seed must be >= 0"),
 ])
 def test_feature_and_split_params_out_of_range(section, cls, values, message):
-    import sea.config
+    from sea.data.split import SplitConfig
+    from sea.features.image import ImageFeatureConfig
+    from sea.features.text import TextFeatureConfig
 
+    classes = {c.__name__: c for c in (SplitConfig, ImageFeatureConfig, TextFeatureConfig)}
     with pytest.raises(ConfigError, match=message):
-        getattr(sea.config, cls).from_dict(values, section)
+        classes[cls].from_dict(values, section)
 
 
 def test_known_clip_tags_and_none_are_accepted():
-    from sea.config import ImageFeatureConfig
+    from sea.features.image import ImageFeatureConfig
 
     for tag in ("openai", "none", None, "laion2b_s34b_b79k"):
         assert ImageFeatureConfig.from_dict({"pretrained": tag}, "features.image").pretrained == tag

@@ -455,11 +455,14 @@ def test_download_stage_resumes_within_the_run(tmp_path, dump_server):
     ("dataset", "DatasetConfig", {"reviews_url": "x.json", "download_retries": -1}, "download_retries"),
 ])
 def test_new_params_are_checked(section, cls, values, param):
-    import sea.config as config
+    from sea.data.catalog import DatasetConfig
+    from sea.errors import ConfigError
+    from sea.features.image import ImageFeatureConfig
 
+    classes = {c.__name__: c for c in (DatasetConfig, ImageFeatureConfig)}
     base = {"pretrained": "none"} if cls == "ImageFeatureConfig" else {}
-    with pytest.raises(config.ConfigError, match=rf"\[{section}\]: .*{param}"):
-        getattr(config, cls).from_dict(base | values, section)
+    with pytest.raises(ConfigError, match=rf"\[{section}\]: .*{param}"):
+        classes[cls].from_dict(base | values, section)
 
 
 def test_min_coverage_stops_the_stage_in_one_line(tmp_path):

@@ -29,7 +29,7 @@ from PIL import Image
 
 from servers import ForwardProxy, LocalHTTPServer
 
-from sea.config import DatasetConfig
+from sea.data.catalog import DatasetConfig
 from sea.errors import ConfigError
 from sea.errors import DataError, FetchTimeoutError, RefusedError, TooLargeError
 from sea.io import Deadline, MB, atomic_dir, atomic_path, fetch, is_public_address, open_public_http, write_json

@@ -19,7 +19,9 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from sea.config import DatasetConfig, ImageFeatureConfig, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, TrainingSetup, load_params
+from sea.config import MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, TrainingSetup, load_params
+from sea.data.catalog import DatasetConfig
+from sea.features.image import ImageFeatureConfig
 from sea.errors import ConfigError, MAX_SHOWN_CHARS, shown
 from sea.features.image import CHECKPOINT_SIZE_FACTOR, CHECKPOINT_SLACK_BYTES, load_clip, read_checkpoint
 from sea.errors import DataError

@@ -56,7 +56,7 @@ def test_cores_is_within_what_the_machine_has():
 SHARE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from sea.config import ComputeConfig
+    from sea.runtime import ComputeConfig
     from sea import runtime
     runtime.start(ComputeConfig())
     ready = Path(sys.argv[1])

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sea.config import IMAGE_SIZES
 from sea.data.lines import (
     CATEGORY_SEPARATOR,
     Lines,
@@ -60,6 +59,10 @@ HISTORY = "history"
 
 
 # --------------------------------------------------------------------------- reviews
+
+
+#: ``dataset.image_size``: which image of a 2023 item record to take.
+IMAGE_SIZES = ("large", "hi_res", "thumb")
 
 
 def review_fields(rec: dict, where: str) -> tuple[str, str, float, int]:

@@ -20,26 +20,86 @@ import functools
 import gzip
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from sea.config import DatasetConfig
 from sea.errors import ConfigError, shown
 from sea.data.split import SPLITS
 from sea.errors import ChecksumError, DataError
 from sea.io import CHUNK, atomic_path
+from sea.config import Section, check_folder_name, require, require_choice
+from sea.data.amazon2023 import IMAGE_SIZES
+from sea.io import check_url
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 #: Where the sha256 of files without a pin are recorded on first download (git-tracked).
 HASH_RECORD = Path("data/hashes.json")
-#: The official splits of the 2023 release, and the three parts of each.
 
 #: How a downloaded file was verified, as the download stage reports it.
 EXPLICIT, PINNED, TOFU_RECORDED, TOFU_VERIFIED = (
     "explicit", "pinned", "trusted on first use (recorded)", "trusted on first use (verified)")
+
+
+@dataclass
+class DatasetConfig(Section):
+    """Where the data comes from.
+
+    ``source: amazon``: raw review + metadata dumps at URLs (http(s)://, file:// or a path
+    relative to the repo). ``source: mmrec``: an MMRec folder at ``path`` (``<name>.inter``,
+    ``image_feat.npy``, ``text_feat.npy``) used in place of parsing, splitting and encoding.
+    """
+
+    name: str = "sample"
+    source: str = "amazon"
+    reviews_url: str | None = None
+    reviews_sha256: str | None = None
+    meta_url: str | None = None
+    meta_sha256: str | None = None
+    allow_truncated: bool = False
+    path: str | None = None
+    max_download_mb: float = 20000.0  # size cap per dump file (MB = 10^6 bytes)
+    download_timeout: float = 3600.0  # seconds per dump file, all attempts together
+    # the dataset catalog (sea/data/catalog.py): a base URL replacing the catalog's host
+    # prefix, and which image of a 2023 item ("large", "hi_res" or "thumb") to take
+    mirror: str | None = None
+    image_size: str = "large"
+    metadata: bool = True  # false: fetch no metadata dump (items get no text or image)
+    download_retries: int = 4  # further attempts per dump after a failed one (each resumes where it stopped)
+
+    def validate(self, section: str) -> None:
+        check_folder_name(self.name, section, "name")
+        require_choice(self.source, ("amazon", "mmrec"), section, "source")
+        require_choice(self.image_size, IMAGE_SIZES, section, "image_size")
+        if self.mirror is not None:
+            require(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
+                   f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}")
+        for name in ("reviews_url", "meta_url", "mirror"):
+            check_url(getattr(self, name), section, name)
+        require(self.metadata or not (self.meta_url or self.meta_sha256), section,
+               "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
+        if self.source == "amazon":
+            require(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
+                   f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
+                   f"entry (python -m sea datasets lists them)")
+        else:
+            require(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
+
+        require(self.max_download_mb > 0 and self.download_timeout > 0, section,
+               "max_download_mb and download_timeout must be > 0")
+        require(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
+
+    @property
+    def raw_dir(self) -> Path:
+        return Path("data/raw") / self.name
+
+    @staticmethod
+    def local_name(url: str) -> str:
+        """File name a URL is saved under: its last path component."""
+        return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,16 @@ from __future__ import annotations
 import pandas as pd
 
 from sea.errors import DataError
+from dataclasses import dataclass
+from sea.config import Section, require
+
+
+@dataclass
+class GraphConfig(Section):
+    k_core: int = 5
+
+    def validate(self, section: str) -> None:
+        require(self.k_core >= 1, section, "k_core must be >= 1")
 
 
 class EmptyGraphError(DataError):

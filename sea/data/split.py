@@ -18,8 +18,35 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from dataclasses import dataclass
+from sea.config import Section, require, require_choice
+from sea.errors import shown
 
 SPLITS = ("train", "valid", "test")
+
+
+#: ``split.given``: the official splits of the Amazon Reviews 2023 benchmark.
+OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
+
+
+@dataclass
+class SplitConfig(Section):
+    method: str = "mmrec"
+    seed: int = 999
+    # method "given": which official split of a 2023 catalog entry (see OFFICIAL_SPLITS);
+    # the download stage fetches its files, the graph stage takes them as they are
+    given: str | None = None
+
+    def validate(self, section: str) -> None:
+        require_choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
+        require(self.seed >= 0, section, "seed must be >= 0")
+        if self.method == "given":
+            require(self.given is not None, section,
+                   f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)")
+            require_choice(self.given, OFFICIAL_SPLITS, section, "given")
+        else:
+            require(self.given is None, section,
+                   f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); set it to null")
 
 
 def _held_out_counts(n: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from sea.config import require, require_choice
+from sea.errors import shown
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -25,6 +27,31 @@ def resolve_device(name: str = "auto") -> str:
 
 #: ``features.*.precision``: the dtype an encoder computes in (its rows are float32 either way).
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_precision(value: str, section: str) -> None:
+    """An encoder's ``precision``: one of :data:`sea.features.PRECISIONS`."""
+    require_choice(value, PRECISIONS, section, "precision")
+
+
+#: Most feature-extraction ranks one machine may run (features.*.processes).
+MAX_PROCESSES = 64
+
+
+def check_processes(processes: int, device: str, section: str) -> None:
+    """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
+    CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
+    require(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
+    if processes == 1 or device == "cpu":
+        return
+    require(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
+           f"device must then be auto, cuda or cpu, got {shown(device)}")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    require(count == 0 and device == "auto" or processes <= count, section,
+           f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) with device {shown(device)}; "
+           f"this machine has {count}: lower processes or use device: cpu")
 
 
 def native_bf16_cpu() -> bool:

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean
-from sea.config import DatasetConfig
+from sea.data.catalog import DatasetConfig
 from sea.errors import ChecksumError, DataError
 from sea.io import cache_key, fetch, local_path
 

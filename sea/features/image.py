@@ -25,9 +25,15 @@ import numpy as np
 
 from sea.errors import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
+from sea.distributed import launch, load_shard_json, load_shards, shard_bounds, shard_dir
 from sea.errors import DataError
 from sea.io import MB, sha256_file
 from sea.runtime import rebalance, set_threads
+from dataclasses import dataclass
+from sea.config import Section, check_device, require, require_choice
+from sea.errors import ConfigError
+from sea.features import check_precision, check_processes
+from sea.io import check_url
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +65,91 @@ TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, Va
 
 
 # --------------------------------------------------------------------------- model
+
+
+#: Where ``features.image`` comes from: open_clip on the item images, or the precomputed
+#: CNN vectors distributed with the Amazon 2014 dumps.
+IMAGE_SOURCES = ("clip", "amazon_cnn")
+
+
+@dataclass
+class ImageFeatureConfig(Section):
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+    timeout: float = 10.0  # seconds per image attempt in total: connect, redirects and body
+    workers: int = 8
+    max_image_mb: float = 20.0  # size cap per image file, downloaded or local (MB = 10^6 bytes)
+    allow_private_hosts: bool = False  # true: image URLs may lead to loopback/private addresses
+    allow_files_outside: bool = False  # true: local image paths may lie outside the dataset folder
+    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
+    precision: str = "float32"  # the dtype CLIP computes in (sea.features.resolve_precision)
+    # source: clip encodes the item images; amazon_cnn reads the 4096-d CNN vectors of the
+    # Amazon 2014 dumps (image_features_<Category>.b) from cnn_url (see sea.features.cnn)
+    source: str = "clip"
+    cnn_url: str | None = None  # null: the catalog's file of dataset.name; else http(s)://, file:// or a path
+    cnn_sha256: str | None = None
+    cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
+    cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
+    # fetching at scale (sea/features/fetch.py)
+    per_host: int = 4  # concurrent downloads per host (of `workers` in all)
+    retries: int = 3  # further attempts after a 408/429/5xx answer or a broken-off body
+    backoff: float = 1.0  # first retry wait (s), doubled each retry, unless Retry-After says otherwise
+    max_wait: float = 60.0  # seconds of retry waiting per image at most (backoff and Retry-After)
+    offline_after: int = 3  # connection failures (DNS, refused, no route) before a host/the network is given up
+    min_coverage: float = 0.0  # share of the items with an image URL that must get a file, else the stage fails
+
+    def validate(self, section: str) -> None:
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
+        require(self.seed >= 0, section, "seed must be >= 0")
+        require(self.timeout > 0, section, "timeout must be > 0 seconds")
+        require(self.max_image_mb > 0, section, "max_image_mb must be > 0")
+        require(1 <= self.workers <= 64, section, "workers must be in [1, 64]")
+        check_processes(self.processes, self.device, section)
+        require(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
+        require(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
+        require(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
+               "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds")
+        require(self.offline_after >= 1, section, "offline_after must be >= 1")
+        require(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
+        check_device(self.device, section)
+        check_precision(self.precision, section)
+        require_choice(self.source, IMAGE_SOURCES, section, "source")
+        require(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
+        require(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
+               section, f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}")
+        require(self.cnn_url is None or bool(self.cnn_url.strip()), section,
+               "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
+        check_url(self.cnn_url, section, "cnn_url")
+        if self.source != "amazon_cnn":
+            self.check_clip()
+
+    def check_clip(self) -> None:
+        """The open_clip architecture exists, and ``pretrained`` is none, a tag open_clip knows
+        for it, or a local checkpoint that fits it (:func:`sea.features.image.check_checkpoint`:
+        readable without running code, the architecture's keys and shapes) — before any image
+        is fetched."""
+        import open_clip
+
+        section = "features.image"
+        models = open_clip.list_models()
+        require(self.model in models, section,
+               f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
+        tag = (self.pretrained or "").strip()
+        if tag.lower() in ("", "none"):
+            return
+        if "/" in tag or "\\" in tag or Path(tag).suffix:
+            require(Path(tag).is_file(), section, f"pretrained: checkpoint file {shown(tag)} does not exist")
+            try:
+                check_checkpoint(self.model, tag)
+            except DataError as e:
+                raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
+            return
+        tags = open_clip.list_pretrained_tags_by_model(self.model)
+        require(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
+               f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
 
 
 def _looks_like_path(value: str) -> bool:
@@ -456,8 +547,6 @@ def encode_images(
 def _image_rank(ctx, batches: list[list[tuple[int, str]]], model_name: str, pretrained: str | None,
                 seed: int, precision: str, workers: int, max_pixels: int, max_aspect: float) -> None:
     """One rank of :func:`encode_images_sharded`: its contiguous share of the batches."""
-    from sea.distributed import shard_bounds
-
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
     mine = [[(i, Path(p)) for i, p in batch] for batch in batches[lo:hi]]
     model, preprocess, info = load_clip(model_name, pretrained, device=ctx.device, seed=seed, precision=precision)
@@ -489,8 +578,6 @@ def encode_images_sharded(
     ``cuda:r`` on CUDA). Same result as one process's; returns the features and
     ``load_clip``'s info merged with ``encode_images``'s, plus ``processes``. ``paths`` is read
     whole before the ranks start (an :class:`ImageFetcher` is waited for)."""
-    from sea.distributed import launch, load_shard_json, load_shards, shard_dir
-
     dev = resolve_device(device)
     batches = [[(i, str(p)) for i, p in batch] for batch in image_batches(paths, batch_size)]
     n_wanted = sum(len(b) for b in batches)

@@ -17,13 +17,33 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
+from sea.distributed import launch, load_shards, shard_bounds, shard_dir
 from sea.errors import DataError
 from sea.runtime import rebalance
+from dataclasses import dataclass
+from sea.config import Section, check_device, require
+from sea.features import check_precision, check_processes
 
 log = logging.getLogger(__name__)
 
 #: Names under which the packaged all-MiniLM-L6-v2 can be asked for.
 MINILM_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+
+
+@dataclass
+class TextFeatureConfig(Section):
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+    device: str = "auto"
+    processes: int = 1  # ranks encoding contiguous shards of the items (sea.distributed)
+    precision: str = "float32"  # the dtype the encoder computes in (sea.features.resolve_precision)
+
+    def validate(self, section: str) -> None:
+        require(bool(self.model.strip()), section, "model must name a sentence-transformers model or folder")
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
+        check_precision(self.precision, section)
+        check_processes(self.processes, self.device, section)
+        check_device(self.device, section)
 
 
 def resolve_text_model(name: str) -> tuple[str, str]:
@@ -117,8 +137,6 @@ def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray],
 
 def _text_rank(ctx, model_name: str, precision: str, texts: list[str], batches: list[np.ndarray]) -> None:
     """One rank of :func:`encode_texts`: its contiguous share of the batches, saved as ``rows``."""
-    from sea.distributed import shard_bounds
-
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
     model = load_text_model(model_name, ctx.device, precision)
     ctx.save("rows", encode_batches(model, texts, batches[lo:hi],
@@ -164,8 +182,6 @@ def encode_texts(
         model = load_text_model(model_name, dev, precision)
         rows = encode_batches(model, sentences, batches)
     else:
-        from sea.distributed import launch, load_shards, shard_dir
-
         with shard_dir() as workdir:
             launch(processes, _text_rank, (model_name, precision, sentences, batches), workdir=workdir,
                    device=dev)

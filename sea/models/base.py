@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sea.config import Section
 from sea.errors import ConfigError, shown
 from sea.metrics import to_csr
 from sea.models.graphs import user_item_adjacency
+from sea.config import Section, require, require_choice
 
 
 @dataclass
@@ -163,6 +163,23 @@ class Recommender(nn.Module):
     def main_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters of the main optimiser (default: all; SEA leaves out its estimators)."""
         return self.parameters()
+
+
+@dataclass
+class ModelConfig(Section):
+    """Which model to train (``name``: a registered model, see :mod:`sea.models`) and the
+    feature modalities it may read. The model's own sizes live in its own section,
+    named after it (``sea:``, ``lightgcn:``, …)."""
+
+    name: str = "sea"
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+
+    def validate(self, section: str) -> None:
+        require(bool(self.name), section, "name must name a model")
+        require(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
+               section, "modalities must be a non-empty list without repeats")
+        for m in self.modalities:
+            require_choice(m, ("image", "text"), section, "modalities[]")
 
 
 REGISTRY: dict[str, type[Recommender]] = {}
