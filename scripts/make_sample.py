@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sea.data.sample import META_FILE, REVIEWS_FILE, generate_sample  # noqa: E402
+from sample_data import META_FILE, REVIEWS_FILE, generate_sample  # scripts/sample_data.py, beside this file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import re
+import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sea.data.sample import IMAGES_DIR, META_FILE, REVIEWS_FILE, generate_sample
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the generator is a script, not the library
+
+from sample_data import IMAGES_DIR, META_FILE, REVIEWS_FILE, generate_sample  # noqa: E402
 
 COMMITTED = Path(__file__).resolve().parents[1] / "data" / "sample"
 SMALL = {"n_users": 150, "n_items": 80}
