@@ -11,7 +11,7 @@ from sea import artifacts
 from sea.cli import run_stage
 from sea.config import DatasetConfig, load_params
 from sea.data.mmrec import FEATURE_FILES, write_folder
-from sea.io import atomic_dir
+from sea.files import atomic_dir
 
 
 def main() -> None:

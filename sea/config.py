@@ -37,7 +37,7 @@ OFFICIAL_SPLITS = ("last_out", "last_out_w_his", "timestamp", "timestamp_w_his")
 
 
 from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
-from sea.io import check_url  # moves with DatasetConfig and ImageFeatureConfig
+from sea.net.urls import check_url  # moves with DatasetConfig and ImageFeatureConfig
 
 
 #: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
@@ -449,7 +449,7 @@ class ImageFeatureConfig(Section):
     cnn_sha256: str | None = None
     cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
     cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
-    # fetching at scale (sea/features/fetch.py)
+    # fetching at scale (sea/net/images.py)
     per_host: int = 4  # concurrent downloads per host (of `workers` in all)
     retries: int = 3  # further attempts after a 408/429/5xx answer or a broken-off body
     backoff: float = 1.0  # first retry wait (s), doubled each retry, unless Retry-After says otherwise

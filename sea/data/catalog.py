@@ -30,7 +30,7 @@ from sea.config import DatasetConfig
 from sea.errors import ConfigError, shown
 from sea.data.split import SPLITS
 from sea.errors import ChecksumError, DataError
-from sea.io import CHUNK, atomic_path
+from sea.files import CHUNK, atomic_path
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 #: Where the sha256 of files without a pin are recorded on first download (git-tracked).

@@ -1,6 +1,6 @@
 """Image features: embed item images with an open_clip image tower.
 
-The image files come from :mod:`sea.features.fetch` (:func:`fetch_images`, or an
+The image files come from :mod:`sea.net.images` (:func:`fetch_images`, or an
 :class:`ImageFetcher` that :func:`encode_images` may read while it is still fetching).
 :func:`load_clip` builds an open_clip model from
 a pretrained tag, a local checkpoint file or a seeded random initialisation, and
@@ -26,7 +26,7 @@ import numpy as np
 from sea.errors import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.errors import DataError
-from sea.io import MB, sha256_file
+from sea.files import MB, sha256_file
 from sea.runtime import rebalance, set_threads
 
 if TYPE_CHECKING:
