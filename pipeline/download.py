@@ -25,7 +25,8 @@ from sea.errors import ConfigError, shown
 from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file
 from sea.errors import ChecksumError, DataError, FetchTimeoutError, TooLargeError
-from sea.io import MB, atomic_dir, fetch, is_plain_name, sha256_file
+from sea.files import MB, atomic_dir, is_plain_name, sha256_file
+from sea.net.download import fetch
 
 RAW = Path("data/raw")
 #: Partial http(s) downloads (``<sha1 of URL>.part`` and ``.json``), resumed by the next

@@ -8,7 +8,7 @@ curves and the markdown report."""
 
 from __future__ import annotations
 
-from sea.runtime import describe, start_stage
+from sea.runtime import start_stage
 
 start_stage("evaluate")  # first, before torch computes anything: params.yaml [compute]
 
@@ -23,7 +23,7 @@ from sea.checkpoint import load_checkpoint
 from sea.cli import run_stage
 from sea.config import TrainingSetup, load_params
 from sea.features import resolve_device
-from sea.io import write_json, write_text
+from sea.files import write_json, write_text
 from sea.metrics import per_user_metrics
 from sea.models.base import GraphData
 from sea.recommend import load_model

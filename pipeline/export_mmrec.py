@@ -12,7 +12,7 @@ from sea.cli import run_stage
 from sea.config import load_params
 from sea.data.catalog import DatasetConfig
 from sea.data.mmrec import FEATURE_FILES, write_folder
-from sea.io import atomic_dir
+from sea.files import atomic_dir
 
 
 def main() -> None:

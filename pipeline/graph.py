@@ -23,7 +23,8 @@ from sea.data.graph import dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, split
 from sea.errors import DataError
-from sea.io import join_link, write_json
+from sea.files import write_json
+from sea.net.urls import join_link
 
 
 def user_table(reviewer_ids) -> pd.DataFrame:
@@ -34,7 +35,8 @@ def user_table(reviewer_ids) -> pd.DataFrame:
 
 def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None) -> pd.DataFrame:
     """One row per re-indexed item: its text sentence and image URL (resolved against the
-    metadata dump's own URL, as a relative link in a web page is: see :func:`sea.io.join_link`)."""
+    metadata dump's own URL, as a relative link in a web page is: see
+    :func:`sea.net.urls.join_link`)."""
     items = pd.DataFrame({"item": range(len(asins)), "asin": asins.astype(str)}).astype({"item": "int32"})
     if meta is None:
         return items.assign(text="", image_url=None)

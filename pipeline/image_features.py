@@ -1,9 +1,9 @@
 """Stage image_features: fetch item images (cached and resumable, concurrent per host,
-retried, capped in size and time, stopping early when offline; see sea.features.fetch)
+retried, capped in size and time, stopping early when offline; see sea.net.images)
 and encode them with open_clip while they arrive (params features.image); missing, refused or undecodable
 images get the mean vector. The image URLs come from the downloaded metadata, so they
 are not trusted: only public http(s) hosts, and local files only inside the folder the
-metadata came from (see sea.features.fetch.ImageFetcher; params allow_private_hosts and
+metadata came from (see sea.net.images.ImageFetcher; params allow_private_hosts and
 allow_files_outside opt out). With ``pretrained: none`` the encoder is randomly
 initialised and says so. With ``features.image.source: amazon_cnn`` the 4096-d CNN vectors
 distributed with the Amazon 2014 dumps are read from ``cnn_url`` (or the catalog's file of
@@ -37,10 +37,11 @@ from sea.data.catalog import image_features_url, resolve
 from sea.data.mmrec import precomputed_features
 from sea.features import empty_features
 from sea.features.cnn import obtain_cnn_file, read_cnn_features
-from sea.features.fetch import CACHE_ENV, FetchPolicy, ImageFetcher
 from sea.features.image import encode_images, encode_images_sharded, load_clip
 from sea.errors import ChecksumError, FetchError, FetchTimeoutError, TooLargeError
-from sea.io import MB, local_path
+from sea.files import MB
+from sea.net.images import CACHE_ENV, FetchPolicy, ImageFetcher
+from sea.net.urls import local_path
 
 
 def dataset_root(ds: DatasetConfig) -> Path | None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/,
 from sea import experiments  # noqa: E402
 from sea.cli import USER_ERRORS, run_main  # noqa: E402
 from sea.errors import DataError  # noqa: E402
-from sea.io import write_json, write_text  # noqa: E402
+from sea.files import write_json, write_text  # noqa: E402
 
 #: every variant trains SEA; variant -> its overrides on top of that
 MODEL = ["model.name=sea"]

@@ -34,7 +34,7 @@ from sea.cli import USER_ERRORS, run_main  # noqa: E402
 from sea.config import EvalConfig  # noqa: E402
 from sea.errors import ConfigError  # noqa: E402
 from sea.errors import DataError  # noqa: E402
-from sea.io import write_json, write_text  # noqa: E402
+from sea.files import write_json, write_text  # noqa: E402
 
 #: variant -> overrides on top of params.yaml (explicit, so params.yaml's defaults cannot
 #: turn a plain model into its +SEA version)

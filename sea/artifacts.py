@@ -31,7 +31,7 @@ import pandas as pd
 
 from sea.data.arrays import load_features
 from sea.errors import DataError
-from sea.io import atomic_path
+from sea.files import atomic_path
 
 SOURCE_FILE = "SOURCE.json"  # in data/raw/<name>/: where each dump came from, how it was verified
 PROCESSED = Path("data/processed")

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from sea.errors import DataError
-from sea.io import atomic_path
+from sea.files import atomic_path
 
 FORMAT = "sea-checkpoint/1"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sea.io import atomic_path
+from sea.files import atomic_path
 
 
 def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None:

@@ -222,7 +222,7 @@ def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_di
     assert "sha256 trusted on first use (recorded)" in first.stdout
     record = json.loads((work / "data" / "hashes.json").read_text())
     reviews = music / "reviews_Digital_Music_5.head.json.gz"
-    from sea.io import sha256_file
+    from sea.files import sha256_file
 
     assert record["digital_music/reviews_Digital_Music_5.json.gz"] == {
         "sha256": sha256_file(reviews), "bytes": reviews.stat().st_size}

@@ -19,7 +19,7 @@ import yaml
 
 from sea.features.cnn import CNN_DIM, read_cnn_features, record_dtype, write_cnn_features
 from sea.errors import ChecksumError, DataError
-from sea.io import sha256_file
+from sea.files import sha256_file
 from tests.shell import env
 
 ROOT = Path(__file__).resolve().parents[1]

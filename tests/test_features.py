@@ -17,9 +17,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sea.features import resolve_device
-from sea.features.fetch import cache_key, cache_name, fetch_images
 from sea.features.image import encode_images, load_clip
-from sea.io import sha256_file
+from sea.files import sha256_file
+from sea.net.images import cache_name, fetch_images
+from sea.net.urls import cache_key
 
 # --------------------------------------------------------------------------- helpers
 
@@ -175,7 +176,7 @@ def test_local_checkpoint_reproduces_saved_model(tmp_path, monkeypatch, clip_see
 
     import torch
 
-    from sea.io import sha256_file
+    from sea.files import sha256_file
 
     ckpt = tmp_path / "vit_b_32_random.pt"
     torch.save(clip_seed0[0].state_dict(), ckpt)
@@ -286,7 +287,7 @@ def test_a_dataset_without_text_gets_an_empty_file_that_text_models_refuse(tmp_p
 def test_encoding_while_fetching_gives_the_same_bytes(clip_seed0, serve_dir, tmp_path: Path) -> None:
     """encode_images reading an ImageFetcher that is still fetching (in item order) gives
     the same matrix, byte for byte, as encoding the finished list of files."""
-    from sea.features.fetch import FetchPolicy, ImageFetcher
+    from sea.net.images import FetchPolicy, ImageFetcher
 
     model, preprocess, _ = clip_seed0
     site = tmp_path / "site"

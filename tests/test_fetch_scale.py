@@ -27,9 +27,11 @@ from PIL import Image
 
 from servers import LocalHTTPServer
 
-from sea.features.fetch import FetchPolicy, ImageCache, ImageFetcher, cache_key, fetch_images
 from sea.errors import ChecksumError, HTTPStatusError, IncompleteError
-from sea.io import backoff_delay, fetch, parse_retry_after
+from sea.net.download import fetch
+from sea.net.images import FetchPolicy, ImageCache, ImageFetcher, fetch_images
+from sea.net.retry import backoff_delay, parse_retry_after
+from sea.net.urls import cache_key
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 2000
@@ -146,7 +148,7 @@ def test_a_killed_run_is_resumed_without_refetching(tmp_path, images):
     was complete is reused, and partial files never count."""
     urls = [f"{images.url}/img/{i}.png" for i in range(N_IMAGES)]
     cache = tmp_path / "cache"
-    script = ("import sys; from sea.features.fetch import fetch_images; "
+    script = ("import sys; from sea.net.images import fetch_images; "
               "urls = sys.stdin.read().split(); "
               "fetch_images(urls, sys.argv[1], allow_private_hosts=True, workers=4, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(cache)], stdin=subprocess.PIPE,

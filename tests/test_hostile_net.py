@@ -32,7 +32,9 @@ from servers import ForwardProxy, LocalHTTPServer
 from sea.data.catalog import DatasetConfig
 from sea.errors import ConfigError
 from sea.errors import DataError, FetchTimeoutError, RefusedError, TooLargeError
-from sea.io import Deadline, MB, atomic_dir, atomic_path, fetch, is_public_address, open_public_http, write_json
+from sea.files import MB, atomic_dir, atomic_path, write_json
+from sea.net.download import fetch
+from sea.net.http import Deadline, is_public_address, open_public_http
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -199,7 +201,7 @@ def test_dump_from_a_file_is_capped_too(tmp_path):
 
 
 def fetch_images(urls, cache, **kw):
-    from sea.features.fetch import fetch_images as fetch
+    from sea.net.images import fetch_images as fetch
 
     kw = {"timeout": 10, "workers": 2, "dataset_root": None} | kw
     return fetch(urls, cache, **kw)
@@ -250,7 +252,7 @@ def test_image_cache_is_verified_when_reused(tmp_path, hostile):
 
 
 def test_image_cache_removes_stale_temporaries(tmp_path, hostile):
-    from sea.features.fetch import cache_key
+    from sea.net.urls import cache_key
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -311,7 +313,7 @@ def test_every_redirect_hop_is_checked(hostile):
 
 def test_malformed_urls_are_counted_not_raised(tmp_path, hostile):
     urls = ["http://[::1/x.png", f"{hostile.url}/redirect?to=http://[bad/x.png", "http:///x.png",
-            f"http://127.0.0.1:99999/x.png"]
+            "http://127.0.0.1:99999/x.png"]
     with pytest.warns(UserWarning, match="bad_url 4"):
         paths, failures = fetch_images(urls, tmp_path / "cache", allow_private_hosts=True)
     assert paths == [None] * 4 and failures == {"bad_url": 4}
@@ -356,7 +358,7 @@ def self_signed_tls(folder: Path, ip: str = "127.0.0.1") -> tuple[ssl.SSLContext
 
 
 def test_https_images_are_verified_and_bounded(tmp_path, monkeypatch):
-    import sea.io
+    import sea.net.http
 
     ctx, cert_file = self_signed_tls(tmp_path)
     server = Hostile(tls=ctx)
@@ -364,13 +366,13 @@ def test_https_images_are_verified_and_bounded(tmp_path, monkeypatch):
         cache = tmp_path / "cache"
         urls = [f"{server.url}/ok.png", f"{server.url}/slow-headers", f"{server.url}/endless"]
         # not trusted yet: the certificate check fails, nothing is cached
-        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        monkeypatch.setattr(sea.net.http, "_ssl_context", None)
         with pytest.warns(UserWarning, match="unreachable 3.*CERTIFICATE_VERIFY_FAILED"):
             paths, _ = fetch_images(urls, cache, allow_private_hosts=True)
         assert paths == [None] * 3 and leftovers(cache) == []
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        monkeypatch.setattr(sea.net.http, "_ssl_context", None)
         with pytest.warns(UserWarning, match="2 of 3 images"):
             paths, failures = fetch_images(urls, cache, allow_private_hosts=True, timeout=2, max_bytes=MB)
         assert paths[0].read_bytes() == PNG and paths[1:] == [None, None]
@@ -663,7 +665,7 @@ def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
 
     from sea.data.amazon import read_metadata
     from sea.data.catalog import resolve
-    from sea.features.fetch import FetchPolicy, ImageFetcher
+    from sea.net.images import FetchPolicy, ImageFetcher
 
     monkeypatch.chdir(REPO)  # the stages run in the repo root: relative forms are taken from there
     ds = DatasetConfig.from_dict({"name": "sample", "meta_url": form}, "dataset")
@@ -789,7 +791,7 @@ def test_a_proxy_that_never_answers_times_out(tmp_path, monkeypatch):
 
 
 def test_a_proxy_refusing_connections_means_offline(tmp_path, monkeypatch):
-    from sea.features.fetch import FetchPolicy, ImageFetcher
+    from sea.net.images import FetchPolicy, ImageFetcher
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -816,7 +818,7 @@ def test_https_through_the_proxy_is_a_tunnel_verified_against_the_target(tmp_pat
     same tunnel."""
     import hashlib
 
-    import sea.io
+    import sea.net.http
 
     ctx, cert_file = self_signed_tls(tmp_path, PUBLIC)
     server = Hostile(tls=ctx)
@@ -824,7 +826,7 @@ def test_https_through_the_proxy_is_a_tunnel_verified_against_the_target(tmp_pat
     try:
         monkeypatch.setenv("https_proxy", proxy.url)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        monkeypatch.setattr(sea.net.http, "_ssl_context", None)
         url = f"https://{PUBLIC}/ok.png"
         (path,), failures = fetch_images([url], tmp_path / "cache")
         assert failures == {} and path.read_bytes() == PNG
@@ -851,7 +853,7 @@ def test_https_through_the_proxy_is_a_tunnel_verified_against_the_target(tmp_pat
     try:
         monkeypatch.setenv("https_proxy", proxy.url)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-        monkeypatch.setattr(sea.io, "_ssl_context", None)
+        monkeypatch.setattr(sea.net.http, "_ssl_context", None)
         with pytest.warns(UserWarning, match="unreachable 1.*CERTIFICATE_VERIFY_FAILED.*mismatch"):
             fetch_images([f"https://{PUBLIC}/ok.png"], tmp_path / "cache2")
         assert proxy.requests == [f"CONNECT {PUBLIC}:443"] and server.hits == []

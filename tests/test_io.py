@@ -1,4 +1,4 @@
-"""Tests of sea.io: atomic writes and verified downloads over a real local HTTP server."""
+"""Tests of sea.files and sea.net: atomic writes and verified downloads over a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Iterator
 import pytest
 
 from sea.errors import ChecksumError, FetchError
-from sea.io import atomic_path, fetch, join_link, local_path, resolve_url, sha256_file, write_json
+from sea.files import atomic_path, sha256_file, write_json
+from sea.net.download import fetch
+from sea.net.urls import join_link, local_path, resolve_url
 
 PAYLOAD = bytes(range(256)) * 4_000  # ~1 MB: more than one read chunk is not needed, but a real size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

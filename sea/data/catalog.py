@@ -30,10 +30,10 @@ import yaml
 from sea.errors import ConfigError, shown
 from sea.data.split import SPLITS
 from sea.errors import ChecksumError, DataError
-from sea.io import CHUNK, atomic_path
+from sea.files import CHUNK, atomic_path
 from sea.config import Section, check_folder_name, require, require_choice
 from sea.data.amazon2023 import IMAGE_SIZES
-from sea.io import check_url
+from sea.net.urls import check_url
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 #: Where the sha256 of files without a pin are recorded on first download (git-tracked).

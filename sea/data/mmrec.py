@@ -43,7 +43,7 @@ from sea.data.lines import (
 )
 from sea.data.split import SPLITS
 from sea.errors import DataError
-from sea.io import atomic_path
+from sea.files import atomic_path
 
 INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
 FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}

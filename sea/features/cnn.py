@@ -28,7 +28,7 @@ their values are not looked at.
 
 :func:`obtain_cnn_file` turns ``features.image.cnn_url`` into a local file: a path or
 ``file://`` URL is read in place; an http(s) URL is downloaded once, through
-:func:`sea.io.fetch` (size and time caps, sha256 check, written atomically), into
+:func:`sea.net.download.fetch` (size and time caps, sha256 check, written atomically), into
 ``data/cache/amazon_cnn/`` (not a DVC output, so nothing partial is ever cached by DVC).
 """
 
@@ -44,7 +44,8 @@ import numpy as np
 from sea.features import fill_missing_with_mean
 from sea.data.catalog import DatasetConfig
 from sea.errors import ChecksumError, DataError
-from sea.io import cache_key, fetch, local_path
+from sea.net.download import fetch
+from sea.net.urls import cache_key, local_path
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ def obtain_cnn_file(url: str, sha256: str | None, *, max_bytes: int, total_timeo
 
     A path or ``file://`` URL is used in place. An http(s) URL is fetched once into
     ``cache_dir`` under a name made of the URL's sha1 and its file name, through
-    :func:`sea.io.fetch` (``max_bytes``, ``total_timeout``, ``sha256`` checked; atomic);
-    ``refresh`` deletes a cached copy and fetches it again.
+    :func:`sea.net.download.fetch` (``max_bytes``, ``total_timeout``, ``sha256`` checked;
+    atomic); ``refresh`` deletes a cached copy and fetches it again.
     """
     local = local_path(url)
     if local is not None:

@@ -1,6 +1,6 @@
 """Image features: embed item images with an open_clip image tower.
 
-The image files come from :mod:`sea.features.fetch` (:func:`fetch_images`, or an
+The image files come from :mod:`sea.net.images` (:func:`fetch_images`, or an
 :class:`ImageFetcher` that :func:`encode_images` may read while it is still fetching).
 :func:`load_clip` builds an open_clip model from
 a pretrained tag, a local checkpoint file or a seeded random initialisation, and
@@ -27,13 +27,13 @@ from sea.errors import shorten, shown
 from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
 from sea.distributed import launch, load_shard_json, load_shards, shard_bounds, shard_dir
 from sea.errors import DataError
-from sea.io import MB, sha256_file
+from sea.files import MB, sha256_file
 from sea.runtime import rebalance, set_threads
 from dataclasses import dataclass
 from sea.config import Section, check_device, require, require_choice
 from sea.errors import ConfigError
 from sea.features import check_precision, check_processes
-from sea.io import check_url
+from sea.net.urls import check_url
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ class ImageFeatureConfig(Section):
     cnn_sha256: str | None = None
     cnn_max_mb: float = 50000.0  # size cap of the download (MB = 10^6 bytes)
     cnn_timeout: float = 7200.0  # seconds for the whole download, all attempts together
-    # fetching at scale (sea/features/fetch.py)
+    # fetching at scale (sea/net/images.py)
     per_host: int = 4  # concurrent downloads per host (of `workers` in all)
     retries: int = 3  # further attempts after a 408/429/5xx answer or a broken-off body
     backoff: float = 1.0  # first retry wait (s), doubled each retry, unless Retry-After says otherwise

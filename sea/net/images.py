@@ -2,7 +2,7 @@
 
 The image URLs come from downloaded metadata, so they are not trusted: http(s) downloads
 only go to public internet addresses (checked on every redirect hop, see
-:func:`sea.io.open_public_http`; through ``http_proxy``/``https_proxy`` when set), are
+:func:`sea.net.http.open_public_http`; through ``http_proxy``/``https_proxy`` when set), are
 capped in size and time, and land in an :class:`ImageCache`; local paths and ``file://``
 URLs are used in place, but only inside the dataset's own folder.
 
@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from sea.errors import FetchError, HTTPStatusError, RefusedError, TooLargeError
-from sea.io import Deadline, cache_key, copy_body, is_public_address, open_public_http, resolve_url, retry_wait, sha256_file
+from sea.files import sha256_file
+from sea.net.http import Deadline, copy_body, is_public_address, open_public_http
+from sea.net.retry import retry_wait
+from sea.net.urls import cache_key, resolve_url
 
 log = logging.getLogger(__name__)
 
