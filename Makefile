@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install, run the whole DVC pipeline on the bundled sample
 #   make test   create .venv, install, run the test suite
+#   make docs   build the documentation site into site/ (mkdocs build --strict)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test sample clean
+.PHONY: setup run test docs sample clean
 
 setup: $(STAMP)
 
@@ -27,6 +28,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+docs: setup
+	$(BIN)/python -m mkdocs build --strict
 
 sample: setup
 	$(BIN)/python scripts/make_sample.py --out data/sample

@@ -1,13 +1,7 @@
-"""Stage download: fetch the review and metadata dumps named in params [dataset] (or by
-its entry in the dataset catalog, sea/data/catalog.yaml; with ``split.given``, an official
-split's train/valid/test files instead of the reviews) into data/raw/<dataset>/, verifying
-each: explicit sha256, catalog pin, or trust on first use (data/hashes.json). With
-``source: mmrec`` it copies the MMRec folder's files there instead. Each dump is capped in
-size (``max_download_mb``) and in total time (``download_timeout``), retried
-``download_retries`` times; an http(s) download that breaks off (or a killed run) is
-resumed from where it stopped (HTTP Range, validated with the server's ETag or
-Last-Modified). The folder appears whole or not at all, and nothing outside it and
-data/cache/downloads/ is ever replaced or deleted."""
+"""Stage download: fetch the dumps that params [dataset] names (through the catalog,
+sea/data/catalog.yaml, or the params' own URLs; with ``split.given``, an official
+split's files), or copy an MMRec folder, into data/raw/<dataset.name>/ with SOURCE.json:
+capped, resumed, each file's sha256 checked. See docs/stages.md and docs/datasets.md."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Stage evaluate: full-ranking metrics of the trained model at each seed's best
-validation epoch, on valid and test, next to a most-popular baseline.
-
-Writes ``reports/metrics.json`` (the DVC metrics: mean over seeds of recall and ndcg at
-each K of ``eval.topk``), ``reports/metrics_detail.json`` (every metric per seed, mean,
-std, most popular), ``reports/per_user.parquet`` (every metric per user), the learning
-curves and the markdown report."""
+"""Stage evaluate: rank all items for every user with the trained models/, at each
+seed's best validation epoch, beside a most-popular baseline, and write reports/
+(metrics.json, metrics_detail.json, per_user.parquet, report.md, learning_curves.png).
+See docs/stages.md."""
 
 from __future__ import annotations
 

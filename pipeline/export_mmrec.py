@@ -1,6 +1,5 @@
-"""Stage export_mmrec: write the processed dataset (interactions with their split, and
-both feature matrices) as an MMRec folder, data/mmrec/<dataset>/, so that MMRec-based code
-(SEA's reference among it) trains on exactly the same data."""
+"""Stage export_mmrec: write data/processed/ and data/features/ as an MMRec folder,
+data/mmrec/<dataset.name>/. See docs/stages.md and docs/datasets.md (MMRec format)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Stage graph: parse the raw dumps, dedupe (user, item) pairs, iterative k-core,
-re-index, split with a seed; write the interactions, items and users tables and their stats.
-With ``split.method: given`` (an official split of a 2023 catalog entry) the split files
-are taken as they are: no dedupe, no k-core, no re-split."""
+"""Stage graph: read data/raw/<dataset.name>/ and write data/processed/ (interactions,
+items and users tables, stats.json): parse, dedupe, k-core, re-index and split with a
+seed, or take an official split or an MMRec folder as given. Params [dataset], [graph],
+[split]. See docs/stages.md."""
 
 from __future__ import annotations
 

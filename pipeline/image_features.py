@@ -1,16 +1,7 @@
-"""Stage image_features: fetch item images (cached and resumable, concurrent per host,
-retried, capped in size and time, stopping early when offline; see sea.net.images)
-and encode them with open_clip while they arrive (params features.image); missing, refused or undecodable
-images get the mean vector. The image URLs come from the downloaded metadata, so they
-are not trusted: only public http(s) hosts, and local files only inside the folder the
-metadata came from (see sea.net.images.ImageFetcher; params allow_private_hosts and
-allow_files_outside opt out). With ``pretrained: none`` the encoder is randomly
-initialised and says so. With ``features.image.source: amazon_cnn`` the 4096-d CNN vectors
-distributed with the Amazon 2014 dumps are read from ``cnn_url`` (or the catalog's file of
-dataset.name) instead (streamed, only the dataset's items kept; sea.features.cnn), as in
-MMRec and SEA's paper. With ``dataset.source: mmrec`` the MMRec folder's image_feat.npy is
-taken instead. ``processes: N`` shards the CLIP encoding over N ranks (sea.distributed). A
-dataset whose items have no image URL at all (no metadata) gets an empty [n_items, 0] file.
+"""Stage image_features: fetch the images of data/processed/items.parquet and encode
+them with open_clip, or read the 2014 CNN vectors or an MMRec folder's image_feat.npy
+(params [features.image]), into data/features/image.npy and image.json. See
+docs/stages.md and docs/features.md; image URLs are untrusted input (docs/bad-input.md).
 
 ``python pipeline/image_features.py --fetch-only`` fills the image cache
 (``$SEA_IMAGE_CACHE``, default data/cache/images) and encodes nothing."""

@@ -1,9 +1,7 @@
-"""Stage text_features: encode each item's sentence with a sentence-transformers model
-(params features.text); items without text get the mean vector. With ``dataset.source:
-mmrec`` the MMRec folder's text_feat.npy is taken instead. A dataset whose items have no
-text at all (no metadata) gets an empty [n_items, 0] file: models without features train
-on it, and a model that reads text stops with one line. ``processes: N`` shards the
-encoding over N ranks (sea.distributed), with the same result."""
+"""Stage text_features: encode each item's sentence of data/processed/items.parquet with
+sentence-transformers (params [features.text]; the MMRec folder's text_feat.npy with
+``dataset.source: mmrec``) into data/features/text.npy and text.json. See docs/stages.md
+and docs/features.md."""
 
 from __future__ import annotations
 

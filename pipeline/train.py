@@ -1,11 +1,7 @@
-"""Stage train: fit the model ``model.name`` names (params model, its own section, loss,
-club, train, eval.select, eval.topk) with early stopping on validation, once per seed of
-``train.seeds`` (or ``train.seed``); save each seed's best-validation weights, its top-K
-recommendations and the per-epoch history. Timings go to the console and logs/ only.
-
-With ``train.processes: N > 1`` the script relaunches itself as N ranks under torchrun
-(``torchrun --standalone --nproc_per_node N``) unless torchrun already started it (several
-machines: run torchrun yourself on each); rank 0 writes every output (sea/distributed.py)."""
+"""Stage train: train the model ``model.name`` names on data/processed/ and
+data/features/, once per seed, and write models/ (weights, train.json, recommendations)
+and reports/history.csv. With ``train.processes: N > 1`` it relaunches itself under
+torchrun (docs/distributed.md). See docs/stages.md and docs/models/index.md."""
 
 from __future__ import annotations
 
