@@ -3,6 +3,7 @@ under several settings in one run, turn by turn (issue 16).
 
     python bench/kernels_speed.py                       # portable, intel and native, float32
     python bench/kernels_speed.py --rounds 2 --bf16     # and bfloat16 encoders (native)
+    python bench/kernels_speed.py --kernels portable intel
 
 Copies this working tree to a temporary folder, runs `dvc repro` there once (the stages'
 inputs), then for each round runs text_features, image_features, train and evaluate alone
@@ -55,9 +56,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=1, help="rounds of every setting (median reported)")
     p.add_argument("--bf16", action="store_true", help="also time native kernels with bfloat16 encoders")
+    p.add_argument("--kernels", nargs="+", default=["portable", "intel", "native"],
+                   choices=["portable", "intel", "native"], help="the compute.kernels values to time (float32)")
     args = p.parse_args()
-    settings = [("portable", "float32"), ("intel", "float32"), ("native", "float32")] + (
-        [("native", "bfloat16")] if args.bf16 else [])
+    settings = [(k, "float32") for k in args.kernels] + ([("native", "bfloat16")] if args.bf16 else [])
     print(f"device: {cpu_model()}, {os.cpu_count()} cores; commit {bench_commit()}; {args.rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix="sea-kernels-bench-") as tmp:
         repo = Path(tmp) / "repo"
