@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sea.config import DatasetConfig, TrainingSetup, load_params
+from sea.config import DatasetConfig, load_params
 from sea.errors import ConfigError
+from sea.setup import TrainingSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 
