@@ -21,15 +21,24 @@ never computed and its networks are not even created; the backbone's own paramet
 created before these heads, so switching a term on or off does not change their
 initialisation.
 
-A backbone gains it through the :class:`Separable` mixin (see :mod:`sea.models.vbpr`)::
+A backbone gains it through the :class:`Separable` mixin, which brings auxiliary_step
+(the estimators' fit), main_parameters (without the estimators) and the separation's loss
+terms (see :mod:`sea.models.vbpr`)::
 
-    class VBPR(Separable, Recommender):              # the hooks below come from the mixin
-        # __init__, last: self.separation = Separation(feature_dims, **separation) if separation else None
-        # build: separation=separation_settings(cfg, loss, club)
-        content, extras = self.item_features(data.features)  # [g; s] per modality, or the raw features
-        ...                                          # read content where the raw feature was
-        Embeddings(user, item, extras)
-        # extra_losses: its own terms | self.separation_losses(emb, batch)
+    class VBPR(Separable, Recommender):
+        def __init__(self, ..., separation=None):
+            ...                                      # the backbone's own parameters first
+            self.separation = Separation(feature_dims, **separation) if separation is not None else None
+
+        # build(): separation=separation_settings(cfg, loss, club)
+
+        def forward(self, data):
+            content, extras = self.item_features(data.features)  # [g; s] per modality, or raw
+            ...                                      # read content where the raw feature was
+            return Embeddings(user, item, extras)
+
+        def extra_losses(self, emb, batch):
+            return own_terms | self.separation_losses(emb, batch)
 
 and its section declares ``separation``, ``generic_fraction`` and ``head_dim``, checked by
 :func:`check_separation_params`.
