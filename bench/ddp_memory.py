@@ -16,9 +16,11 @@ import argparse
 
 import torch
 
-from sea.config import TrainingSetup
-from sea.models.base import Batch, GraphData, model_class
-from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything
+from sea.batch import Batch
+from sea.models.base import GraphData, model_class
+from sea.samplers import UniformNegatives
+from sea.setup import TrainingSetup
+from sea.train import build_model, seed_everything
 from train_speed import PRESETS, synthetic
 
 GIB = 2**30
@@ -60,7 +62,7 @@ def measure(model_name: str, sizes: tuple[int, int, int, int, int], batch_size: 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         emb = model(data)
-        loss = RankingLoss.from_setup(setup, data)(emb, batch)
+        loss = setup.make_ranking_loss(data)(emb, batch)
         terms = model.extra_losses(emb, batch)
         total = loss + sum(t.weight * t.value for t in terms.values())
     total.backward()

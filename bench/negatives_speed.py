@@ -7,7 +7,7 @@ synthetic graph of Amazon Baby's size (19,445 users, 7,050 items, 119,674 traini
     python bench/negatives_speed.py --negatives 1 100 1000 --memory 2 8
     python bench/negatives_speed.py -S lightgcn.reg_weight=0   # any param, as dvc exp run -S
 
-Every variant runs the trainer's own code (sea.train: UniformNegatives, RankingLoss,
+Every variant runs the trainer's own code (sea.samplers.UniformNegatives, sea.losses.RankingLoss,
 train_step) on the same model and batches. Prints the median seconds per batch (after two
 warm-up batches), the projected seconds per epoch and the extra cost over the baseline
 (BPR with one negative), with the device and the commit. Numbers go to BENCHMARKS.md.
@@ -25,9 +25,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sea.config import TrainingSetup
-from sea.models.base import Batch, GraphData, adam, model_class
-from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything, train_step
+from sea.batch import Batch
+from sea.models.base import GraphData, adam, model_class
+from sea.samplers import UniformNegatives
+from sea.setup import TrainingSetup
+from sea.train import build_model, seed_everything, train_step
 from common import commit as bench_commit, kernels, sync
 
 BABY = (19445, 7050, 119674)  # users, items, training interactions (SEA.md §5)
@@ -75,7 +77,7 @@ def time_variant(data: GraphData, model_name: str, loss: dict, train: dict, batc
     opt = adam(model.main_parameters(), 1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
-    ranking = RankingLoss.from_setup(setup, data)
+    ranking = setup.make_ranking_loss(data)
     times = []
     for i in range(batches + 2):
         idx = torch.randint(len(data.train_users), (batch_size,), generator=gen, device=device)

@@ -5,7 +5,7 @@ at Amazon Baby's size (19,445 users, 7,050 items, 119,468 training interactions)
   ``torch.sparse.mm`` (whose backward transposes the CSR matrix, a sort, every time) and
   with :func:`sea.models.graphs.spmm` (the symmetric Â serves its own backward);
 - the L2 penalty of ``B × N`` negatives' vectors, forward + backward, gathered
-  (``table[ids].norm()``) and from per-item counts (:func:`sea.models.bprmf.rows_norm`).
+  (``table[ids].norm()``) and from per-item counts (:func:`sea.losses.rows_norm`).
 
     python bench/sparse_speed.py [--repeats 10] [--negatives 1000]
 
@@ -21,7 +21,7 @@ import time
 import torch
 
 from sea.models.base import GraphData
-from sea.models.bprmf import rows_norm
+from sea.losses import rows_norm
 from sea.models.graphs import spmm
 from train_speed import PRESETS, synthetic
 from common import commit as bench_commit, kernels

@@ -25,10 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sea.config import TrainingSetup
-from sea.models.base import REGISTRY, Batch, GraphData, adam, model_class
+from sea.batch import Batch
+from sea.evaluation import evaluate
+from sea.models.base import REGISTRY, GraphData, adam, model_class
 from sea.models.separation import set_composed
-from sea.train import RankingLoss, UniformNegatives, build_model, evaluate, seed_everything, train_step
+from sea.samplers import UniformNegatives
+from sea.setup import TrainingSetup
+from sea.train import build_model, seed_everything, train_step
 from common import commit as bench_commit, kernels, sync
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
@@ -56,7 +59,7 @@ def time_steps(models: dict[str, torch.nn.Module], setup: TrainingSetup, data: G
     batch by batch (so each meets the same machine state); the first two batches are
     warm-up and not returned."""
     opts = {name: adam(m.main_parameters(), setup.train.lr) for name, m in models.items()}
-    loss = RankingLoss.from_setup(setup, data)
+    loss = setup.make_ranking_loss(data)
     times: dict[str, list[float]] = {name: [] for name in models}
     for i, batch in enumerate(batches):
         for name, model in models.items():

@@ -18,14 +18,16 @@ import torch
 from sea import artifacts
 from sea.checkpoint import load_checkpoint
 from sea.cli import run_stage
-from sea.config import TrainingSetup, load_params
+from sea.config import load_params
+from sea.evaluation import embed, evaluate_per_user
 from sea.features import resolve_device
 from sea.files import write_json, write_text
 from sea.metrics import per_user_metrics
 from sea.models.base import GraphData
 from sea.recommend import load_model
 from sea.report import markdown_report, plot_learning_curves
-from sea.train import embed, evaluate_per_user, load_graph_data
+from sea.setup import TrainingSetup
+from sea.train import load_graph_data
 
 SPLITS = ("valid", "test")
 HEADLINE = ("recall", "ndcg")  # the metrics of metrics.json, at each K

@@ -18,11 +18,13 @@ import torch
 from sea import artifacts, distributed
 from sea.checkpoint import Checkpoint, Run, save_checkpoint
 from sea.cli import run_stage
-from sea.config import TrainingSetup, load_params
+from sea.config import load_params
+from sea.evaluation import embed
 from sea.features import resolve_device
 from sea.files import atomic_path, write_json
 from sea.recommend import top_items, with_ids
-from sea.train import build_model, count_parameters, embed, fit, load_graph_data, seed_everything
+from sea.setup import TrainingSetup
+from sea.train import build_model, count_parameters, fit, load_graph_data, seed_everything
 
 
 def write_history(history: list[dict]) -> None:

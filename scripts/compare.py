@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/,
 
 from sea import compare, experiments  # noqa: E402
 from sea.cli import USER_ERRORS, run_main  # noqa: E402
-from sea.config import EvalConfig  # noqa: E402
+from sea.metrics import EvalConfig  # noqa: E402
 from sea.errors import ConfigError  # noqa: E402
 from sea.errors import DataError  # noqa: E402
 from sea.files import write_json, write_text  # noqa: E402

@@ -6,9 +6,13 @@ whether this process is one rank of a torchrun launch and which; :func:`torchrun
 ``torchrun --standalone --nproc_per_node N <script>`` from inside a stage (in process,
 through ``torch.distributed.run``) and turns a failed rank into one line;
 :func:`process_group` joins the launch's process group (NCCL on CUDA, one GPU per local
-rank; gloo on the CPU) for the duration of a ``with`` block; the collectives the trainer
-needs follow. Nothing here knows about models: the trainer (:mod:`sea.train`) decides what
-is reduced.
+rank; gloo on the CPU) for the duration of a ``with`` block; the collectives follow, then
+everything the trainer (:mod:`sea.train`) does differently on several ranks, as a few
+hooks that do nothing in one process: :func:`replicate` (every rank starts from rank 0's
+weights), :meth:`World.rows` (this rank's rows of a batch), :func:`step_on_shard` (the
+optimiser step on them, gradients averaged), :meth:`World.sum_` (the logged values summed
+over ranks) and :meth:`World.follow_main` (rank 0's decision to stop). Nothing here knows
+about models: the trainer hands over parameters and loss terms.
 
 **Sharded work** (second half): :func:`launch` starts ``n`` worker processes on this machine
 (``torch.multiprocessing`` with the ``spawn`` start method), joins them into one process
@@ -45,8 +49,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 
 from sea import runtime
-from sea.errors import ConfigError
+from sea.errors import ConfigError, DataError, FetchError
 
+# torch is imported inside the functions (a heavy import kept out of this module's own;
+# no import circle): a spawned rank imports this module to run _worker, which sets up
+# torch's kernels and threads (runtime.start_worker) before torch computes anything.
 if TYPE_CHECKING:
     import torch
 
@@ -74,6 +81,23 @@ class World:
         """This rank's contiguous rows of a global batch of ``n`` rows: ``size`` near-equal
         slices in rank order (equal when ``size`` divides ``n``; some empty when n < size)."""
         return slice(*shard_bounds(n, self.size, self.rank))
+
+    def rows(self, n: int) -> slice | None:
+        """:meth:`shard` of a global batch of ``n`` rows on one of several ranks; None (the
+        whole batch) in one process."""
+        return self.shard(n) if self.size > 1 else None
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks, in place (itself in one process)."""
+        return all_reduce_sum_(tensor) if self.size > 1 else tensor
+
+    def follow_main(self, stop: str | None, device: torch.device) -> str | None:
+        """Rank 0's decision to stop training (rank 0 alone evaluates), on every rank:
+        ``stop`` (a message, or None to go on) in one process and on rank 0; on the other
+        ranks their own message, or "rank 0 stopped", when rank 0 stops, else None."""
+        if self.size == 1:
+            return stop
+        return (stop or "rank 0 stopped") if broadcast_flag(stop is not None, device) else None
 
 
 def launched() -> bool:
@@ -210,6 +234,42 @@ def broadcast_flag(flag: bool, device: torch.device, src: int = 0) -> bool:
     return bool(t.item())
 
 
+# ------------------------------------------------------------------ the trainer's hooks
+
+
+def replicate(model: torch.nn.Module) -> World:
+    """This process's :class:`World`; on several ranks, every rank's parameters are first
+    overwritten with rank 0's (as DDP does), so all start from the same weights."""
+    w = world()
+    if w.size > 1:
+        broadcast_(p.data for p in model.parameters())
+    return w
+
+
+def step_on_shard(terms: dict, ranking: str, rows: slice, batch_rows: int, params: Iterable[torch.nn.Parameter],
+                  opt: torch.optim.Optimizer, logs: dict) -> dict:
+    """One rank's optimiser step on its ``rows`` of a global batch of ``batch_rows`` rows.
+
+    ``terms``: name → (value, weight) of the step's loss terms, where ``terms[ranking]``,
+    the ranking loss, is a mean over this rank's rows only, and the others (the model's
+    own terms) were computed on the whole batch, as in one process, on every rank. With
+    the ranking term scaled by ranks × (its share of the rows), the mean of the ranks'
+    gradients of ``params`` (:func:`average_gradients`) is the one-process gradient of the
+    whole batch, whatever the shard sizes. Returns the loss (``loss``), every term and the
+    model's ``logs``, each as this rank's part of a sum over ranks."""
+    size, share = world().size, (rows.stop - rows.start) / batch_rows
+    value = terms[ranking].value
+    own = sum((t.weight * t.value for k, t in terms.items() if k != ranking), value.new_zeros(()))
+    objective = size * share * value + own
+    if objective.requires_grad:
+        objective.backward()
+    average_gradients(params)
+    opt.step()
+    values = {"loss": share * value.detach() + own.detach() / size, ranking: share * value.detach()}
+    return values | {k: t.value.detach() / size for k, t in terms.items() if k != ranking} | {
+        k: v / size for k, v in logs.items()}
+
+
 # ---------------------------------------------------------------------- sharded work (spawned ranks)
 
 
@@ -276,8 +336,6 @@ def shard_dir() -> Iterator[Path]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sea.errors import DataError, FetchError
-
     return ConfigError, DataError, FetchError
 
 

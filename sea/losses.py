@@ -1,17 +1,72 @@
-"""Losses: the ranking losses a model trains with (``loss.kind``: BPR; SimpleX's cosine
-contrastive loss, CCL; the in-batch sampled softmax that CBNS extends), and SEA's: the
-CLUB mutual-information upper bound (with its variational estimator), the ℓ2 distance
-alternative, and Solosim (InfoNCE between generic parts)."""
+"""Losses, in one place: the ``loss`` and ``club`` sections; the ranking losses a model
+trains with (``loss.kind``: BPR; SimpleX's cosine contrastive loss, CCL; the in-batch
+sampled softmax with its logQ correction, which CBNS extends) and :class:`RankingLoss`,
+the one the trainer calls; the embedding penalty of BPR-MF, LightGCN and VBPR
+(:func:`embedding_l2`); and SEA's: the CLUB mutual-information upper bound (with its
+variational estimator), the ℓ2 distance alternative, and Solosim (InfoNCE between
+generic parts)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.ops import full_mean
+from sea.batch import Batch, Embeddings
+from sea.config import Section, require, require_choice
+from sea.ops import full_mean, full_sum
+from sea.samplers import CrossBatchMemory
+
+#: The ranking losses ``loss.kind`` may name (see :class:`RankingLoss`), besides ``auto``
+#: (the model's ``preferred_loss``: ccl for SimpleX, bpr for every other model).
+RANKING_LOSSES = ("bpr", "ccl", "softmax")
+#: The ranking losses that compare cosines: a model trained with one ranks by cosine too.
+COSINE_LOSSES = ("ccl", "softmax")
+
+
+@dataclass
+class LossConfig(Section):
+    """The ranking loss every model trains with (``kind``) and SEA's separation terms."""
+
+    kind: str = "auto"
+    club_weight: float = 0.006
+    solosim_weight: float = 0.012
+    temperature: float = 0.2
+    distance: str = "club"
+    # kind: ccl (SimpleX's cosine contrastive loss)
+    ccl_margin: float = 0.9
+    ccl_negative_weight: float = 150.0
+    # kind: softmax (in-batch sampled softmax, + the CBNS memory with train.sampler: cross_batch)
+    softmax_temperature: float = 0.1
+    softmax_logq: bool = True
+
+    def validate(self, section: str) -> None:
+        require_choice(self.kind, ("auto",) + RANKING_LOSSES, section, "kind")
+        require(self.club_weight >= 0 and self.solosim_weight >= 0, section, "weights must be >= 0")
+        require(self.temperature > 0, section, "temperature must be > 0")
+        require_choice(self.distance, ("club", "l2"), section, "distance")
+        require(-1.0 <= self.ccl_margin < 1.0, section, "ccl_margin must be in [-1, 1) (a cosine)")
+        require(self.ccl_negative_weight >= 0, section, "ccl_negative_weight must be >= 0")
+        require(self.softmax_temperature > 0, section, "softmax_temperature must be > 0")
+
+
+@dataclass
+class ClubConfig(Section):
+    steps: int = 50
+    lr: float = 1e-3
+    hidden_dim: int = 16
+    pairing: str = "paper"
+
+    def validate(self, section: str) -> None:
+        require(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0,
+               section, "steps >= 0, lr > 0, sizes > 0")
+        require_choice(self.pairing, ("paper", "reference"), section, "pairing")
+
+
+# ------------------------------------------------------------------ ranking losses
 
 
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -106,6 +161,74 @@ def sampled_softmax_loss(
     same = cand_ids.unsqueeze(0) == pos_ids[own].unsqueeze(1)
     same[own - first, own] = False
     return F.cross_entropy(logits.masked_fill_(same, -math.inf), own)
+
+
+class RankingLoss:
+    """The ranking term of a training step: ``kind`` (``bpr``, ``ccl`` or ``softmax``) with
+    its params from ``cfg``. For ``softmax``, ``log_q`` (log of each item's share of the
+    training pairs) corrects for popularity, and ``memory`` (CBNS) adds the vectors of
+    recent batches as negatives; every call then enqueues the batch's positives."""
+
+    def __init__(self, kind: str, cfg: LossConfig | None = None, log_q: torch.Tensor | None = None,
+                 memory: CrossBatchMemory | None = None):
+        self.kind, self.cfg, self.log_q, self.memory = kind, cfg or LossConfig(), log_q, memory
+
+    def __call__(self, emb: Embeddings, batch: Batch, rows: slice | None = None) -> torch.Tensor:
+        """The mean loss over the batch's rows, or over ``rows`` only (one rank's share of
+        the global batch: the softmax's candidates and the CBNS memory still take every
+        positive of the batch, as in one process); 0 for no row."""
+        shard = batch if rows is None else Batch(*(t[rows] for t in batch))
+        user = emb.user[shard.users]
+        if self.kind == "softmax":
+            pos_all = emb.item[batch.pos]  # every positive of the batch: a candidate, then into the memory
+            loss = self.softmax(user, pos_all, batch.pos, rows) if len(user) else None
+            if self.memory is not None:
+                self.memory.push(batch.pos, pos_all)
+        elif not len(user):
+            loss = None
+        elif self.kind == "ccl":
+            pos_cos = F.cosine_similarity(user, emb.item[shard.pos], dim=-1)
+            neg_cos = candidate_cosines(user, emb.item, shard.neg)
+            loss = ccl_loss(pos_cos, neg_cos, self.cfg.ccl_margin, self.cfg.ccl_negative_weight)
+        else:
+            loss = ranking_loss(self.kind, user, emb.item[shard.pos], emb.item[shard.neg])
+        return emb.user.new_zeros(()) if loss is None else loss
+
+    def softmax(self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor,
+                rows: slice | None = None) -> torch.Tensor:
+        """The sampled softmax of ``user`` (the batch's rows ``rows``) against the batch's
+        positives ``pos`` and the CBNS memory's negatives."""
+        extra = self.memory.negatives() if self.memory is not None else None
+        extra_ids, extra_vectors = extra if extra is not None else (None, None)
+        return sampled_softmax_loss(user, pos, pos_ids, self.cfg.softmax_temperature, self.log_q,
+                                    extra_vectors, extra_ids, rows)
+
+
+# ------------------------------------------------------------------ the embedding penalty
+
+
+def rows_norm(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of ``table[ids]`` (``ids`` of any shape, repeats allowed).
+
+    With more ids than table rows (e.g. hundreds of negatives per positive) the gathered
+    ``[*ids.shape, d]`` tensor is never built: ‖table[ids]‖² = Σᵢ countᵢ·‖tableᵢ‖², the same
+    function with the same gradient."""
+    if ids.numel() <= table.shape[0]:
+        return table[ids].norm(p=2)
+    counts = torch.bincount(ids.reshape(-1), minlength=table.shape[0]).to(table.dtype)
+    return full_sum(counts * table.pow(2).sum(1)).sqrt()
+
+
+def embedding_l2(*lookups: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """MMRec's "L2" regularisation of a batch's embeddings (its ``EmbLoss``): the sum of
+    each lookup's Frobenius norm (not squared), divided by the batch size. Each lookup is a
+    ``(table, ids)`` pair, the rows ``table[ids]`` (see :func:`rows_norm`); the batch size is
+    the first dimension of the first lookup's ids. MMRec's ``reg_weight`` grids are on this
+    scale."""
+    return sum(rows_norm(table, ids) for table, ids in lookups) / lookups[0][1].shape[0]
+
+
+# ------------------------------------------------------------------ SEA's separation terms
 
 
 def solosim_loss(anchor: torch.Tensor, other: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -9,16 +9,44 @@ averaged over the users with at least one held-out item:
 - hit@K       = 1 if any held-out item is in the top K
 - ndcg@K      = Σ_{r≤K} rel_r / log2(r + 1), divided by its ideal value (min(n, K) hits first)
 - map@K       = Σ_{r≤K} rel_r · precision@r / min(n, K)
+
+The ``eval`` section (:class:`EvalConfig`) says which K and which metric selects the best
+epoch on validation.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from sea.config import Section, require
+from sea.errors import shown
+
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
+
+
+@dataclass
+class EvalConfig(Section):
+    """params.yaml [eval]: the cut-offs K of every metric, the validation metric that
+    selects the best epoch (``select``), and how many users are scored at once."""
+
+    topk: list[int] = field(default_factory=lambda: [10, 20])
+    select: str = "recall@20"
+    batch_size: int = 4096
+
+    def validate(self, section: str) -> None:
+        require(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
+        require(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
+        require(self.batch_size >= 1, section, "batch_size must be >= 1")
+        metric, _, k = self.select.partition("@")
+        require(metric in METRICS and re.fullmatch(r"[0-9]{1,9}", k) is not None,
+               section, f"select must look like recall@20, got {shown(self.select)}")
+        require(int(k) in self.topk, section,
+               f"select {shown(self.select)} needs {k} in topk {shown(self.topk)} (metrics are computed at those cut-offs)")
 
 
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:

@@ -20,11 +20,13 @@ import pandas as pd
 
 from sea import artifacts
 from sea.checkpoint import Checkpoint, load_checkpoint
-from sea.config import TrainingSetup
 from sea.errors import DataError
+from sea.batch import Embeddings
+from sea.evaluation import embed, score_fn
 from sea.metrics import top_k
-from sea.models.base import Embeddings, GraphData, Recommender
-from sea.train import build_model, embed, load_graph_data, score_fn
+from sea.models.base import GraphData, Recommender
+from sea.setup import TrainingSetup
+from sea.train import build_model, load_graph_data
 
 COLUMNS = ["reviewer_id", "user", "rank", "item", "asin", "score"]
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
-from sea.config import TrainingSetup
+from sea.batch import Batch
 from sea.errors import ConfigError
-from sea.models.base import Batch, GraphData, model_class
-from sea.models.bprmf import BPRMF, embedding_l2, rows_norm
+from sea.losses import embedding_l2, rows_norm
+from sea.models.base import GraphData, model_class
+from sea.models.bprmf import BPRMF
 from sea.models.lightgcn import LightGCN
+from sea.setup import TrainingSetup
 
 # 3 users, 4 items; user 2 has a valid and a test item
 EDGES = [(0, 0), (0, 1), (1, 1), (1, 2), (1, 3), (2, 0), (2, 3)]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sea.config import TrainingSetup, load_params
+from sea.config import load_params
 from sea.data.catalog import DatasetConfig
 from sea.errors import ConfigError
+from sea.setup import TrainingSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 

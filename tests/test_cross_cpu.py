@@ -64,11 +64,12 @@ def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[
     import pandas as pd
     from PIL import Image
 
-    from sea.config import TrainingSetup
     from sea.features.image import encode_images, load_clip
     from sea.features.text import encode_texts
+    from sea.evaluation import evaluate
     from sea.models.base import GraphData
-    from sea.train import build_model, evaluate, fit, seed_everything
+    from sea.setup import TrainingSetup
+    from sea.train import build_model, fit, seed_everything
 
     def sha(*arrays) -> str:
         return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()

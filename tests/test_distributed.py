@@ -22,10 +22,10 @@ import yaml
 
 from sea import artifacts
 from sea.checkpoint import load_checkpoint
-from sea.config import TrainingSetup
 from sea.errors import ConfigError
 from sea.distributed import World
 from sea.recommend import recommend
+from sea.setup import TrainingSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pipeline" / "train.py"
@@ -222,8 +222,10 @@ def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -
     to the gradient's scale, so a wrongly weighted or unaveraged gradient shows."""
     import torch
 
-    from sea.models.base import Batch, GraphData
-    from sea.train import RankingLoss, UniformNegatives, build_model, seed_everything, train_step
+    from sea.batch import Batch
+    from sea.models.base import GraphData
+    from sea.samplers import UniformNegatives
+    from sea.train import build_model, seed_everything, train_step
 
     root = Path(os.environ["SEA_TEST_DATASET"])
     data = GraphData.build(pd.read_parquet(root / artifacts.INTERACTIONS), 90,
@@ -235,7 +237,7 @@ def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -
     opt = torch.optim.SGD(model.main_parameters(), lr=0.5)
     gen = torch.Generator().manual_seed(1)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
-    ranking = RankingLoss.from_setup(setup, data)
+    ranking = setup.make_ranking_loss(data)
     model.on_epoch_start(1, gen)
     for _ in range(3):
         idx = torch.randperm(len(data.train_users), generator=gen)[:37]

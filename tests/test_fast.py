@@ -11,7 +11,7 @@ import torch
 
 from sea.models.base import GraphData
 from sea.models.separation import set_composed
-from sea.train import RankingLoss
+from sea.losses import RankingLoss
 from tests.test_sea import make, make_batch
 
 VARIANTS = {

@@ -19,12 +19,13 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from sea.config import MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, TrainingSetup, load_params
+from sea.config import MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, load_params
 from sea.data.catalog import DatasetConfig
 from sea.features.image import ImageFeatureConfig
 from sea.errors import ConfigError, MAX_SHOWN_CHARS, shown
 from sea.features.image import CHECKPOINT_SIZE_FACTOR, CHECKPOINT_SLACK_BYTES, load_clip, read_checkpoint
 from sea.errors import DataError
+from sea.setup import TrainingSetup
 from tests.shell import env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
-from sea.models.base import Batch, GraphData, model_class
+from sea.models.base import GraphData, model_class
 from sea.losses import bpr_loss
 from sea.models.freedom import FREEDOMConfig
 from sea.models.graphs import item_item_graph, user_item_adjacency
@@ -37,7 +38,7 @@ def build(name: str, data: GraphData, cfg: dict | None = None, loss: dict | None
     cls = model_class(name)
     torch.manual_seed(0)
     setup = make_setup(name, cfg, loss=loss, modalities=list(data.features))
-    return cls.build(data, setup.model_cfg, setup)
+    return cls.build(data, setup.model_cfg, setup.model.modalities, setup.loss, setup.club)
 
 
 def test_registered_with_their_sections():

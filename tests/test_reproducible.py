@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from sea.config import TrainingSetup
 from sea.models.base import GraphData
 from sea.runtime import set_threads
+from sea.setup import TrainingSetup
 from sea.train import build_model, fit, seed_everything
 
 N_USERS, N_ITEMS = 2500, 700

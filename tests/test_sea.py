@@ -16,14 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sea.config import TrainingSetup
+from sea.batch import Batch
 from sea.errors import ConfigError
 from sea.data.split import split
 from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking
-from sea.models.base import Batch, GraphData, Recommender, model_class
+from sea.models.base import GraphData, Recommender, model_class
 from sea.models.graphs import item_item_graph
 from sea.models.sea import SEAConfig
+from sea.setup import TrainingSetup
 from sea.train import build_model, fit, seed_everything, train_step
 
 # ------------------------------------------------------------------ helpers (shared)

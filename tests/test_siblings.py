@@ -12,14 +12,18 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from sea.config import LossConfig, TrainingSetup, load_params
+from sea.batch import Batch, Embeddings
+from sea.config import load_params
 from sea.errors import ConfigError
 from sea.data.split import split
-from sea.losses import bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
-from sea.models.base import Batch, Embeddings, GraphData, model_class
+from sea.evaluation import embed, evaluate
+from sea.losses import LossConfig, RankingLoss, bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
+from sea.models.base import GraphData, model_class
 from sea.models.lirdrec import LIRDRec, LIRDRecConfig, dct, mixing_weight, transform_features
 from sea.models.simplex import SimpleX, SimpleXConfig
-from sea.train import CrossBatchMemory, RankingLoss, build_model, embed, evaluate, fit, seed_everything, train_step
+from sea.samplers import CrossBatchMemory
+from sea.setup import TrainingSetup
+from sea.train import build_model, fit, seed_everything, train_step
 
 
 def toy_graph(n_users: int = 40, n_items: int = 30, feature_dims=None, seed: int = 0,
@@ -590,7 +594,7 @@ def test_cbns_memory_fills_during_a_real_step_and_runs_are_reproducible():
                       train={"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 1})
     seed_everything(0)
     model = build_model(data, setup)
-    ranking = RankingLoss.from_setup(setup, data)
+    ranking = setup.make_ranking_loss(data)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     batches = [random_batch(data, n=16, negatives=1, seed=s) for s in range(3)]
     for batch in batches:

@@ -11,14 +11,16 @@ from torch import nn
 
 from sea import artifacts
 from sea.checkpoint import Checkpoint, Run, load_checkpoint, save_checkpoint
-from sea.config import TrainingSetup
+from sea.batch import Embeddings
 from sea.errors import ConfigError
 from sea.errors import DataError
+from sea.evaluation import embed, evaluate
 from sea.losses import bpr_loss, ranking_loss
-from sea.models.base import REGISTRY, Embeddings, GraphData, register
+from sea.models.base import REGISTRY, GraphData, register
 from sea.models.bprmf import BPRMF
-from sea.train import (UniformNegatives, build_model, embed, evaluate, fit, load_graph_data,
-                       seed_everything)
+from sea.samplers import UniformNegatives
+from sea.setup import TrainingSetup
+from sea.train import build_model, fit, load_graph_data, seed_everything
 
 # ------------------------------------------------------------------ data
 

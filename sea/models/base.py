@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, NamedTuple
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from sea.batch import Batch, Embeddings, Term
 from sea.errors import ConfigError, shown
+from sea.losses import ClubConfig, LossConfig
 from sea.metrics import to_csr
 from sea.models.graphs import user_item_adjacency
 from sea.config import Section, require, require_choice
@@ -91,32 +93,6 @@ class GraphData:
         )
 
 
-@dataclass
-class Embeddings:
-    """A forward pass: one vector per user and per item (same width), plus whatever the
-    model's own losses need (``extras``, e.g. SEA's generic/unique parts)."""
-
-    user: torch.Tensor  # [n_users, d]
-    item: torch.Tensor  # [n_items, d]
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-class Batch(NamedTuple):
-    """One training batch: ``users[b]`` interacted with ``pos[b]``; ``neg[b, :]`` are its
-    sampled negatives (``train.negatives`` per positive)."""
-
-    users: torch.Tensor  # [B] long
-    pos: torch.Tensor  # [B] long
-    neg: torch.Tensor  # [B, N] long
-
-
-class Term(NamedTuple):
-    """A loss term: its unweighted value (logged) and the weight it enters the total with."""
-
-    value: torch.Tensor
-    weight: float
-
-
 class Recommender(nn.Module):
     """Base class of every model the trainer serves.
 
@@ -132,9 +108,14 @@ class Recommender(nn.Module):
     preferred_loss: ClassVar[str] = "bpr"
 
     @classmethod
-    def build(cls, data: GraphData, cfg: Section, setup: Any) -> "Recommender":
-        """The model sized from ``data``, with its own section ``cfg`` and the shared
-        sections in ``setup`` (``setup.loss``, ``setup.club``, ``setup.model.modalities``)."""
+    def build(cls, data: GraphData, cfg: Section, modalities: Sequence[str] | None = None,
+              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "Recommender":
+        """The model sized from ``data``, with its own section ``cfg``. A model with
+        ``uses_features`` reads the features of ``modalities`` (``model.modalities``, in that
+        order; None: every modality of ``data``); SEA's separation
+        (:class:`~sea.models.separation.Separable`) reads the ``loss`` and ``club`` sections.
+        The trainer passes all five; a model needing none of the last three ignores them
+        (``*unused``)."""
         raise NotImplementedError
 
     def forward(self, data: GraphData) -> Embeddings:
@@ -163,6 +144,16 @@ class Recommender(nn.Module):
     def main_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters of the main optimiser (default: all; SEA leaves out its estimators)."""
         return self.parameters()
+
+    def fitted_separately(self) -> list[nn.Parameter]:
+        """The parameters outside :meth:`main_parameters` (SEA's estimators)."""
+        return list(parameters_except(self, self.main_parameters()))
+
+
+def parameters_except(module: nn.Module, excluded: Iterable[nn.Parameter]) -> Iterator[nn.Parameter]:
+    """``module``'s parameters, in order, without ``excluded``."""
+    skip = {id(p) for p in excluded}
+    return (p for p in module.parameters() if id(p) not in skip)
 
 
 @dataclass
@@ -196,9 +187,10 @@ def register(cls: type[Recommender]) -> type[Recommender]:
 
 
 def model_class(name: str) -> type[Recommender]:
-    """The model registered as ``name``; a ConfigError listing the known names otherwise."""
-    import sea.models  # noqa: F401  (imports every model file, filling the registry)
+    """The model registered as ``name``; a ConfigError listing the known names otherwise.
 
+    The registry is complete here: importing this module runs ``sea/models/__init__.py``
+    first, which imports every model file of the package (each registers itself)."""
     if name not in REGISTRY:
         raise ConfigError(f"params.yaml [model]: name {shown(name)} is not a known model; known: {sorted(REGISTRY)}")
     return REGISTRY[name]

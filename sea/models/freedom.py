@@ -18,7 +18,7 @@ projection P_m of each modality's raw feature (λ = ``reg_weight``).
 
 ``separation: sea`` ("FREEDOM+SEA", SEA's Table 3): each modality's feature is split into
 generic and unique parts by :class:`~sea.models.separation.Separation` before P_m, and
-the CLUB and Solosim terms are added.
+the CLUB and Solosim terms are added (the :class:`~sea.models.separation.Separable` mixin).
 
 Not implemented: MMRec's FREEDOM also fine-tunes the raw feature tables through that term
 (its features are trainable embeddings); here the features stay fixed and only P_m (and the
@@ -29,17 +29,19 @@ split) learn. Its kNN lists count each item as its own nearest neighbour; here t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.losses import bpr_loss
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph, spmm, user_item_adjacency
-from sea.models.separation import Features, Separation, check_separation_params, parameters_except
+from sea.losses import ClubConfig, LossConfig, bpr_loss
+from sea.models.base import GraphData, Recommender, register
+from sea.models.graphs import FrozenGraph, item_item_graph, user_item_adjacency
+from sea.models.propagation import propagate
+from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
 
 
 @dataclass
@@ -70,7 +72,7 @@ class FREEDOMConfig(Section):
 
 
 @register
-class FREEDOM(Recommender):
+class FREEDOM(Separable, Recommender):
     """FREEDOM recommender.
 
     Args:
@@ -129,19 +131,16 @@ class FREEDOM(Recommender):
         self.separation = Separation(feature_dims, **separation) if separation is not None else None
 
     @classmethod
-    def build(cls, data: GraphData, cfg: FREEDOMConfig, setup: Any) -> "FREEDOM":
-        modalities = list(setup.model.modalities)
+    def build(cls, data: GraphData, cfg: FREEDOMConfig, modalities: Sequence[str] | None = None,
+              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "FREEDOM":
+        modalities = list(modalities or data.features)
         graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
         edges = torch.unique(torch.stack([data.train_users, data.train_items]), dim=1)
-        separation = None
-        if cfg.separation == "sea":
-            separation = dict(generic_fraction=cfg.generic_fraction, head_dim=cfg.head_dim,
-                              head_hidden_dim=cfg.embedding_dim, loss=setup.loss, club=setup.club)
         return cls(
             data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities},
             graph.to(data.device), edges[0], edges[1],
             embedding_dim=cfg.embedding_dim, layers=cfg.layers, dropout=cfg.dropout,
-            reg_weight=cfg.reg_weight, separation=separation,
+            reg_weight=cfg.reg_weight, separation=separation_settings(cfg, loss, club),
         )
 
     @staticmethod
@@ -171,12 +170,7 @@ class FREEDOM(Recommender):
 
     def lightgcn(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(user, item) vectors: the mean of layers 0…L of Âᵏ·[E_user; E_item]."""
-        h = torch.cat([self.user.weight, self.item.weight])
-        total = h
-        for _ in range(self.layers):
-            h = spmm(adj, h)
-            total = total + h
-        out = total / (self.layers + 1)
+        out = propagate(adj, torch.cat([self.user.weight, self.item.weight]), self.layers, mean=True)
         return out[: self.n_users], out[self.n_users :]
 
     def forward(self, data: GraphData) -> Embeddings:
@@ -193,8 +187,8 @@ class FREEDOM(Recommender):
         item = item + self.item_graph(self.item.weight)
         extras = {}
         if self.training and (self.projections is not None or self.separation is not None):
-            content = self.separation(data.features) if self.separation is not None else Features(data.features)
-            extras = {"content": content} | ({"split": content} if self.separation is not None else {})
+            content, extras = self.item_features(data.features)
+            extras = {"content": content} | extras
         return Embeddings(user, item, extras)
 
     def feature_bpr(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
@@ -211,16 +205,4 @@ class FREEDOM(Recommender):
         terms = {}
         if self.projections is not None:
             terms["feature_bpr"] = Term(self.feature_bpr(emb, batch), self.reg_weight)
-        if self.separation is not None:
-            terms |= self.separation.extra_losses(emb.extras["split"], batch.pos)
-        return terms
-
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.separation is None:
-            return {}
-        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
-
-    def main_parameters(self) -> Iterator[nn.Parameter]:
-        if self.separation is None:
-            return self.parameters()
-        return parameters_except(self, self.separation.estimator_parameters())
+        return terms | self.separation_losses(emb, batch)

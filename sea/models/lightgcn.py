@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.bprmf import embedding_l2
-from sea.models.graphs import spmm
+from sea.losses import embedding_l2
+from sea.models.base import GraphData, Recommender, register
+from sea.models.propagation import propagate
 
 
 @dataclass
@@ -43,7 +44,7 @@ class LightGCN(Recommender):
         \mathbf{e} = \frac{1}{L + 1} \sum_{l=0}^{L} \mathbf{e}^{(l)}
 
     Scores are dot products. The regularisation term is ``reg_weight`` times
-    :func:`~sea.models.bprmf.embedding_l2` of the batch's *layer-0* user, positive and
+    :func:`~sea.losses.embedding_l2` of the batch's *layer-0* user, positive and
     negative vectors.
 
     Args:
@@ -67,7 +68,7 @@ class LightGCN(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def build(cls, data: GraphData, cfg: LightGCNConfig, setup=None) -> "LightGCN":
+    def build(cls, data: GraphData, cfg: LightGCNConfig, *unused) -> "LightGCN":
         return cls(data.n_users, data.n_items, embedding_dim=cfg.embedding_dim, layers=cfg.layers,
                    reg_weight=cfg.reg_weight)
 
@@ -83,11 +84,7 @@ class LightGCN(Recommender):
             adj: the normalised adjacency :math:`\\hat{A}`, ``[U + I, U + I]`` (sparse).
         """
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        out = x
-        for _ in range(self.layers):
-            x = spmm(adj, x)
-            out = out + x
-        return out / (self.layers + 1)
+        return propagate(adj, x, self.layers, mean=True)
 
     def forward(self, data: GraphData) -> Embeddings:
         """Propagate over ``data.adj`` and split into user and item vectors."""
@@ -95,7 +92,7 @@ class LightGCN(Recommender):
         return Embeddings(user=h[: self.n_users], item=h[self.n_users :])
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
-        """``reg``: :func:`~sea.models.bprmf.embedding_l2` of the batch's layer-0 vectors."""
+        """``reg``: :func:`~sea.losses.embedding_l2` of the batch's layer-0 vectors."""
         if self.reg_weight == 0:
             return {}
         reg = embedding_l2((self.user_emb.weight, batch.users), (self.item_emb.weight, batch.pos),

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph, spmm
+from sea.models.base import GraphData, Recommender, register
+from sea.models.graphs import FrozenGraph, item_item_graph
+from sea.models.propagation import propagate
 from sea.ops import full_mean
 
 
@@ -212,8 +214,9 @@ class LIRDRec(Recommender):
         self.item_graph = FrozenGraph(item_graph)
 
     @classmethod
-    def build(cls, data: GraphData, cfg: LIRDRecConfig, setup: Any = None) -> "LIRDRec":
-        modalities = list(setup.model.modalities) if setup is not None else list(data.features)
+    def build(cls, data: GraphData, cfg: LIRDRecConfig, modalities: Sequence[str] | None = None,
+              *unused) -> "LIRDRec":
+        modalities = list(modalities or data.features)
         features = {m: data.features[m] for m in modalities}
         graph = item_item_graph({m: x.cpu() for m, x in features.items()}, cfg.knn_k, cfg.image_knn_weight)
         return cls(
@@ -230,20 +233,12 @@ class LIRDRec(Recommender):
         item's own features only (no id, no graph)."""
         return [self.item_encoders[m](features[m]) for m in self.modalities] + [self.shared_encoder(shared_input)]
 
-    def propagate(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        """``x + Âx + … + Â^L x`` over the user–item graph (``ui_layers`` = L)."""
-        out, h = x, x
-        for _ in range(self.ui_layers):
-            h = spmm(adj, h)
-            out = out + h
-        return out
-
     def forward(self, data: GraphData) -> Embeddings:
         """User and item vectors, ``[·, K · embedding_dim]``."""
         items = self.encode_items(data.features, self.shared_input)
         nodes = torch.cat([F.normalize(torch.cat([u.weight, i]), dim=1)
                            for u, i in zip(self.user_branches, items, strict=True)], dim=1)
-        h = self.propagate(nodes, data.adj)
+        h = propagate(data.adj, nodes, self.ui_layers)  # x + Âx + … + Â^L x
         user, item = h[: self.n_users], h[self.n_users :]
         user = self.fusion(list(user.chunk(len(items), dim=1)))
         hop = item

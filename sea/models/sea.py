@@ -6,23 +6,27 @@ the item node, a learnable vector gives the user node, and both are L2-normalise
 propagated without weights over the user–item graph (h = x + Âx + Â²x). Users fuse their
 modalities with learnable per-user weights; items concatenate them and take one hop over
 an item–item kNN graph built once from the raw features. Scores are dot products. The
-separation adds the CLUB (or ℓ2) and Solosim terms and fits the CLUB estimators.
+separation adds the CLUB (or ℓ2) and Solosim terms and fits the CLUB estimators (the
+:class:`~sea.models.separation.Separable` mixin's hooks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sea.batch import Embeddings
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.graphs import FrozenGraph, item_item_graph, spmm
-from sea.models.separation import Separation, SplitFeatures, parameters_except
+from sea.losses import ClubConfig, LossConfig
+from sea.models.base import GraphData, Recommender, register
+from sea.models.graphs import FrozenGraph, item_item_graph
+from sea.models.propagation import propagate
+from sea.models.separation import Separable, Separation, SplitFeatures
 
 
 @dataclass
@@ -66,7 +70,7 @@ class ModalityEncoder(nn.Module):
 
 
 @register
-class SEA(Recommender):
+class SEA(Separable, Recommender):
     """SEA recommender.
 
     Args:
@@ -98,8 +102,8 @@ class SEA(Recommender):
         mlp_hidden_dim: int = 256,
         gcn_layers: int = 2,
         head_dim: int = 32,
-        loss: Any,
-        club: Any,
+        loss: LossConfig,
+        club: ClubConfig,
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -118,32 +122,25 @@ class SEA(Recommender):
                                      head_hidden_dim=embedding_dim, loss=loss, club=club)
 
     @classmethod
-    def build(cls, data: GraphData, cfg: SEAConfig, setup: Any) -> "SEA":
-        modalities = list(setup.model.modalities)
+    def build(cls, data: GraphData, cfg: SEAConfig, modalities: Sequence[str] | None = None,
+              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "SEA":
+        modalities = list(modalities or data.features)
         graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
         return cls(
             data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities}, graph.to(data.device),
             embedding_dim=cfg.embedding_dim, generic_fraction=cfg.generic_fraction,
             mlp_hidden_dim=cfg.mlp_hidden_dim, gcn_layers=cfg.gcn_layers, head_dim=cfg.head_dim,
-            loss=setup.loss, club=setup.club,
+            loss=loss or LossConfig(), club=club or ClubConfig(),
         )
-
-    def propagate(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        """x + Âx + Â²x + … (``gcn_layers`` hops, no weights)."""
-        out, h = x, x
-        for _ in range(self.gcn_layers):
-            h = spmm(adj, h)
-            out = out + h
-        return out
 
     def forward(self, data: GraphData) -> Embeddings:
         """Embed every user and item; ``extras["split"]`` holds each modality's [g; s]
         (:class:`~sea.models.separation.SplitFeatures`)."""
-        split = self.separation(data.features)
+        split, extras = self.item_features(data.features)
         users, items = [], []
         for m in self.modalities:
             u, i = self.encoders[m](split, m)
-            h = self.propagate(torch.cat([u, i]), data.adj)
+            h = propagate(data.adj, torch.cat([u, i]), self.gcn_layers)  # x + Âx + Â²x + …
             users.append(h[: self.n_users])
             items.append(h[self.n_users :])
         if self.user_modality_logits is not None:
@@ -151,13 +148,4 @@ class SEA(Recommender):
             users = [w[:, j : j + 1] * u for j, u in enumerate(users)]
         item = torch.cat(items, dim=1)
         item = item + self.item_graph(item)
-        return Embeddings(torch.cat(users, dim=1), item, extras={"split": split})
-
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
-
-    def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
-        return self.separation.extra_losses(emb.extras["split"], batch.pos)
-
-    def main_parameters(self) -> Iterator[nn.Parameter]:
-        return parameters_except(self, self.separation.estimator_parameters())
+        return Embeddings(torch.cat(users, dim=1), item, extras)

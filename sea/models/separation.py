@@ -21,13 +21,27 @@ never computed and its networks are not even created; the backbone's own paramet
 created before these heads, so switching a term on or off does not change their
 initialisation.
 
-A backbone uses it like this (see :mod:`sea.models.vbpr`)::
+A backbone gains it through the :class:`Separable` mixin, which brings auxiliary_step
+(the estimators' fit), main_parameters (without the estimators) and the separation's loss
+terms (see :mod:`sea.models.vbpr`)::
 
-    split = self.separation(data.features)          # modality -> [n_items, d_m] = [g; s]
-    ...                                            # use split[m] where the raw feature was
-    Embeddings(user, item, extras={"split": split})
-    # auxiliary_step / extra_losses: delegate with batch.pos (the distinct items are taken once)
-    # main_parameters: leave out self.separation.estimator_parameters()
+    class VBPR(Separable, Recommender):
+        def __init__(self, ..., separation=None):
+            ...                                      # the backbone's own parameters first
+            self.separation = Separation(feature_dims, **separation) if separation is not None else None
+
+        # build(): separation=separation_settings(cfg, loss, club)
+
+        def forward(self, data):
+            content, extras = self.item_features(data.features)  # [g; s] per modality, or raw
+            ...                                      # read content where the raw feature was
+            return Embeddings(user, item, extras)
+
+        def extra_losses(self, emb, batch):
+            return own_terms | self.separation_losses(emb, batch)
+
+and its section declares ``separation``, ``generic_fraction`` and ``head_dim``, checked by
+:func:`check_separation_params`.
 
 Every reader of a split applies a linear map to it first (an MLP's first layer, a CLUB
 projection, a Solosim head's first layer, VBPR's E, FREEDOM's P_m). So the split is never
@@ -41,20 +55,17 @@ formulation, kept for the equivalence tests and ``bench/train_speed.py --plain``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.errors import ConfigError, shown
-from sea.errors import DataError
-from sea.losses import CLUBEstimator, l2_distance_loss, solosim_loss
-from sea.models.base import Term, adam
+from sea.batch import Batch, Embeddings, Term
+from sea.errors import ConfigError, DataError, shown
+from sea.losses import CLUBEstimator, ClubConfig, LossConfig, l2_distance_loss, solosim_loss
+from sea.models.base import adam, parameters_except
 from sea.ops import BatchNorm1d, matvec
-
-if TYPE_CHECKING:
-    from sea.config import ClubConfig, LossConfig
 
 SEPARATIONS = ("none", "sea")  # the choices of a backbone's `separation` param
 
@@ -74,12 +85,6 @@ def generic_width(feature_dim: int, generic_fraction: float) -> int:
     if feature_dim < 2:
         raise DataError(f"a feature of width {feature_dim} cannot be split into generic and unique parts")
     return max(1, min(feature_dim - 1, round(generic_fraction * feature_dim)))
-
-
-def parameters_except(module: nn.Module, excluded: Iterable[nn.Parameter]) -> Iterator[nn.Parameter]:
-    """``module``'s parameters, in order, without ``excluded``."""
-    skip = {id(p) for p in excluded}
-    return (p for p in module.parameters() if id(p) not in skip)
 
 
 PARTS = ("all", "generic", "unique")
@@ -309,6 +314,59 @@ class Separation(nn.Module):
                 value = split.features["text"].new_zeros(())
             terms["solosim"] = Term(value, self.solosim_weight)
         return terms
+
+
+class Separable:
+    """Mixin of a backbone that may split its item features with SEA's separation:
+    ``class VBPR(Separable, Recommender)``. The backbone sets ``self.separation`` (a
+    :class:`Separation`, or None for ``separation: none``) last in its ``__init__``, so
+    that switching it on leaves the backbone's initialisation unchanged, and reads its
+    features through :meth:`item_features`. The mixin supplies the rest of the
+    :class:`~sea.models.base.Recommender` hooks: the separation's terms
+    (:meth:`separation_losses`; :meth:`extra_losses` is only those unless the backbone adds
+    its own), the estimators' fit (:meth:`auxiliary_step`) and the main optimiser's
+    parameters without the estimators (:meth:`main_parameters`)."""
+
+    separation: Separation | None
+
+    def item_features(self, features: dict[str, torch.Tensor]) -> tuple[Features, dict[str, Any]]:
+        """(the item features as the backbone reads them: each modality split into [g; s],
+        or raw without the separation; the extras the separation's hooks need:
+        ``{"split": …}``, or none)."""
+        if self.separation is None:
+            return Features(features), {}
+        split = self.separation(features)
+        return split, {"split": split}
+
+    def separation_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
+        """``club`` and ``solosim`` on the batch's distinct positives (none without the separation)."""
+        if self.separation is None:
+            return {}
+        return self.separation.extra_losses(emb.extras["split"], batch.pos)
+
+    def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
+        return self.separation_losses(emb, batch)
+
+    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.separation is None:
+            return {}
+        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
+
+    def main_parameters(self) -> Iterator[nn.Parameter]:
+        if self.separation is None:
+            return self.parameters()
+        return parameters_except(self, self.separation.estimator_parameters())
+
+
+def separation_settings(cfg: Any, loss: LossConfig | None, club: ClubConfig | None) -> dict[str, Any] | None:
+    """The keyword arguments of :class:`Separation` (besides the feature widths) for a
+    backbone section ``cfg`` with ``separation: sea`` (its ``generic_fraction`` and
+    ``head_dim``; its ``embedding_dim`` as the Solosim heads' hidden width) and the shared
+    ``loss`` and ``club`` sections (None: their defaults); None for ``separation: none``."""
+    if cfg.separation != "sea":
+        return None
+    return dict(generic_fraction=cfg.generic_fraction, head_dim=cfg.head_dim, head_hidden_dim=cfg.embedding_dim,
+                loss=loss or LossConfig(), club=club or ClubConfig())
 
 
 def set_composed(model: nn.Module, compose: bool) -> int:

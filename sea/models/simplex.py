@@ -8,7 +8,7 @@ by default, with the cosine contrastive loss (``loss.kind: auto`` → CCL, see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from torch import nn
 
 from sea.config import Section
 from sea.errors import ConfigError, shown
-from sea.models.base import Embeddings, GraphData, Recommender, register
+from sea.batch import Embeddings
+from sea.models.base import GraphData, Recommender, register
 from sea.ops import matvec
 
 AGGREGATORS = ("mean", "self_attention", "user_attention")
@@ -102,7 +103,7 @@ class SimpleX(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def build(cls, data: GraphData, cfg: SimpleXConfig, setup: Any = None) -> "SimpleX":
+    def build(cls, data: GraphData, cfg: SimpleXConfig, *unused) -> "SimpleX":
         users, items = history_edges(*data.csr["train"])
         return cls(data.n_users, data.n_items, users.to(data.device), items.to(data.device),
                    embedding_dim=cfg.embedding_dim, aggregator=cfg.aggregator, gamma=cfg.gamma,
@@ -124,8 +125,8 @@ class SimpleX(Recommender):
             logits = matvec(keys, self.query)
         else:
             logits = (keys * self.user_emb(self.history_users)).sum(-1)
-        # imported here: importing torch_geometric takes about 2 s, which every stage that
-        # imports the model registry would pay otherwise
+        # imported here: importing torch_geometric (a heavy optional dependency, no import
+        # circle) takes about 2 s, which every stage that imports the model registry would pay
         from torch_geometric.utils import softmax as segment_softmax
 
         return segment_softmax(logits, self.history_users, num_nodes=self.n_users)

@@ -9,22 +9,24 @@ batch's vectors. (The paper's bias terms β_i and β'·f_i are left out, as in M
 
 ``separation: sea`` ("VBPR+SEA", SEA's Table 3): each modality's feature is first split
 into generic and unique parts by :class:`~sea.models.separation.Separation`, and f_i is the
-concatenation of those splits [g^m; s^m]; the CLUB and Solosim terms are added.
+concatenation of those splits [g^m; s^m]; the CLUB and Solosim terms are added (the
+:class:`~sea.models.separation.Separable` mixin).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.models.base import Batch, Embeddings, GraphData, Recommender, Term, register
-from sea.models.bprmf import embedding_l2
-from sea.models.separation import Features, Separation, check_separation_params, parameters_except
+from sea.losses import ClubConfig, LossConfig, embedding_l2
+from sea.models.base import GraphData, Recommender, register
+from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
 
 
 @dataclass
@@ -48,14 +50,14 @@ class VBPRConfig(Section):
 
 
 @register
-class VBPR(Recommender):
+class VBPR(Separable, Recommender):
     """VBPR recommender.
 
     Args:
         n_users, n_items: graph sizes.
         feature_dims: modality name -> raw feature width; f_i concatenates them in this order.
         embedding_dim: d, the width of the id part and of the content part (64).
-        reg_weight: weight of the embedding L2 penalty (:func:`~sea.models.bprmf.embedding_l2`,
+        reg_weight: weight of the embedding L2 penalty (:func:`~sea.losses.embedding_l2`,
             as BPR-MF's).
         separation: keyword arguments of :class:`Separation` (without ``feature_dims``)
             for VBPR+SEA, or None for plain VBPR.
@@ -94,22 +96,16 @@ class VBPR(Recommender):
         nn.init.zeros_(self.content.bias)
 
     @classmethod
-    def build(cls, data: GraphData, cfg: VBPRConfig, setup: Any) -> "VBPR":
-        separation = None
-        if cfg.separation == "sea":
-            separation = dict(generic_fraction=cfg.generic_fraction, head_dim=cfg.head_dim,
-                              head_hidden_dim=cfg.embedding_dim, loss=setup.loss, club=setup.club)
-        return cls(data.n_users, data.n_items, {m: data.features[m].shape[1] for m in setup.model.modalities},
-                   embedding_dim=cfg.embedding_dim, reg_weight=cfg.reg_weight, separation=separation)
+    def build(cls, data: GraphData, cfg: VBPRConfig, modalities: Sequence[str] | None = None,
+              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "VBPR":
+        return cls(data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities or data.features},
+                   embedding_dim=cfg.embedding_dim, reg_weight=cfg.reg_weight,
+                   separation=separation_settings(cfg, loss, club))
 
     def forward(self, data: GraphData) -> Embeddings:
         """User vectors [γ_u; θ_u] and item vectors [γ_i; E·f_i]; with the separation,
         ``extras["split"]`` holds each modality's [g; s]."""
-        if self.separation is None:
-            content, extras = Features(data.features), {}
-        else:
-            content = self.separation(data.features)
-            extras = {"split": content}
+        content, extras = self.item_features(data.features)
         # E·[f^1; f^2] = Σ_m E[:, block m]·f^m (a split is read through E, never materialised)
         blocks = torch.split(self.content.weight, self.feature_dims, dim=1)
         projected = sum(content.project(m, w) for m, w in zip(self.modalities, blocks)) + self.content.bias
@@ -123,16 +119,4 @@ class VBPR(Recommender):
         if self.reg_weight > 0:
             reg = embedding_l2((emb.user, batch.users), (emb.item, batch.pos), (emb.item, batch.neg))
             terms["reg"] = Term(reg, self.reg_weight)
-        if self.separation is not None:
-            terms |= self.separation.extra_losses(emb.extras["split"], batch.pos)
-        return terms
-
-    def auxiliary_step(self, emb: Embeddings, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.separation is None:
-            return {}
-        return self.separation.auxiliary_step(emb.extras["split"], batch.pos)
-
-    def main_parameters(self) -> Iterator[nn.Parameter]:
-        if self.separation is None:
-            return self.parameters()
-        return parameters_except(self, self.separation.estimator_parameters())
+        return terms | self.separation_losses(emb, batch)

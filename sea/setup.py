@@ -1,0 +1,141 @@
+"""What the train and evaluate stages read: the ``train`` section (:class:`TrainConfig`)
+and :class:`TrainingSetup`, every section a run is made of (``model`` and the chosen
+model's own section, ``loss``, ``club``, ``train``, ``eval``), checked together.
+
+Each section is defined beside the code that reads it: ``model`` in :mod:`sea.config`,
+the model's own in its file under :mod:`sea.models`, ``loss`` and ``club`` in
+:mod:`sea.losses`, ``eval`` in :mod:`sea.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sea.config import Section, check_device, require, require_choice
+from sea.errors import ConfigError, shown
+from sea.losses import COSINE_LOSSES, ClubConfig, LossConfig, RankingLoss
+from sea.metrics import EvalConfig
+from sea.models.base import GraphData, ModelConfig, model_class
+from sea.ops import full_sum
+from sea.samplers import SAMPLERS, CrossBatchMemory
+
+
+@dataclass
+class TrainConfig(Section):
+    """params.yaml [train]: the device, the optimiser and its batches, early stopping, the
+    seeds, the negatives (``sampler``) and the number of processes."""
+
+    device: str = "auto"
+    lr: float = 1e-4
+    batch_size: int = 2048
+    max_epochs: int = 1000
+    patience: int = 20
+    seed: int = 999
+    seeds: list[int] = field(default_factory=list)
+    eval_every: int = 1
+    negatives: int = 1  # uniform negatives per positive
+    sampler: str = "uniform"  # uniform | cross_batch (CBNS: needs loss.kind softmax)
+    cbns_memory_batches: int = 4  # M: the memory holds the item vectors of the last M batches
+    cbns_warmup_steps: int = 100  # W: the memory's entries serve as negatives from step W on
+    # Distributed training (sea/distributed.py): N > 1 runs the stage as N torchrun ranks,
+    # each on 1/N of every batch (batch_size stays the global batch).
+    processes: int = 1
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds to train: ``seeds`` when given, else ``[seed]``."""
+        return list(self.seeds) or [self.seed]
+
+    def validate(self, section: str) -> None:
+        require(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
+        require(self.seed >= 0 and all(s >= 0 for s in self.seeds), section, "seeds must be >= 0")
+        check_device(self.device, section)
+        require(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
+               "lr, batch_size and max_epochs must be positive")
+        require(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
+        require(self.negatives >= 1, section, "negatives must be >= 1")
+        require_choice(self.sampler, SAMPLERS, section, "sampler")
+        require(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
+               "cbns_memory_batches and cbns_warmup_steps must be >= 0")
+        require(self.processes >= 1, section, "processes must be >= 1")
+        require(self.batch_size % self.processes == 0, section,
+               f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
+               f"({shown(self.processes)}), each process taking batch_size / processes rows")
+        require(self.processes == 1 or ":" not in self.device, section,
+               f"device {shown(self.device)} names one GPU; with processes > 1 use auto, cuda or cpu "
+               f"(each process takes the GPU of its local rank)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section's values; ``processes`` only when it is not 1, so that a single-process
+        run's checkpoint (which stores these params) keeps the bytes it had before the param."""
+        values = super().to_dict()
+        if self.processes == 1:
+            del values["processes"]
+        return values
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the train and evaluate stages read: ``model`` (which model, which
+    modalities), the chosen model's own section (``model_cfg``, parsed with that model
+    class's ``Config``), ``loss``, ``club``, ``train`` and ``eval``."""
+
+    model: ModelConfig
+    model_cfg: Section
+    loss: LossConfig
+    club: ClubConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
+        model = ModelConfig.from_dict(params.get("model"), "model")
+        setup = cls(
+            model=model,
+            model_cfg=model_class(model.name).Config.from_dict(params.get(model.name), model.name),
+            loss=LossConfig.from_dict(params.get("loss"), "loss"),
+            club=ClubConfig.from_dict(params.get("club"), "club"),
+            train=TrainConfig.from_dict(params.get("train"), "train"),
+            eval=EvalConfig.from_dict(params.get("eval"), "eval"),
+        )
+        if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
+            raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: "
+                              "it needs both modalities")
+        if setup.train.sampler == "cross_batch" and setup.ranking_loss != "softmax":
+            raise ConfigError(f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "
+                              f"loss.kind is {shown(setup.ranking_loss)} (set loss.kind: softmax)")
+        return setup
+
+    @property
+    def ranking_loss(self) -> str:
+        """``loss.kind``, with ``auto`` resolved to the model's ``preferred_loss`` (SimpleX:
+        ccl; every model that names none: bpr)."""
+        if self.loss.kind != "auto":
+            return self.loss.kind
+        return model_class(self.model.name).preferred_loss
+
+    @property
+    def ranks_by_cosine(self) -> bool:
+        """Whether the ranking loss compares cosines (then evaluation ranks by cosine too)."""
+        return self.ranking_loss in COSINE_LOSSES
+
+    def make_ranking_loss(self, data: GraphData) -> RankingLoss:
+        """The ranking term of :func:`sea.train.train_step` for this setup on ``data``: the
+        resolved ``loss.kind`` with the ``loss`` section's params; for ``softmax`` with
+        ``softmax_logq``, log q of each item (its share of the training pairs); for
+        ``train.sampler: cross_batch``, CBNS's memory."""
+        kind, tc = self.ranking_loss, self.train
+        log_q = None
+        if kind == "softmax" and self.loss.softmax_logq:
+            counts = torch.bincount(data.train_items, minlength=data.n_items).float()
+            log_q = (counts / full_sum(counts)).log()  # -inf only for items never a positive
+        memory = CrossBatchMemory(tc.cbns_memory_batches, tc.cbns_warmup_steps) if tc.sampler == "cross_batch" else None
+        return RankingLoss(kind, self.loss, log_q, memory)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params sections this setup was built from (the model's under its name)."""
+        return {"model": self.model.to_dict(), self.model.name: self.model_cfg.to_dict()} | {
+            k: getattr(self, k).to_dict() for k in ("loss", "club", "train", "eval")}
