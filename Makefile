@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test docs sample clean
+.PHONY: setup run test lint docs sample clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,12 @@ run: setup
 	dvc repro
 	@echo "report: reports/report.md, metrics: reports/metrics.json"
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 docs: setup
 	$(BIN)/python -m mkdocs build --strict

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 
 import torch
+from train_speed import PRESETS, synthetic
 
 from sea.batch import Batch
 from sea.models.base import GraphData, model_class
 from sea.samplers import UniformNegatives
 from sea.setup import TrainingSetup
 from sea.train import build_model, seed_everything
-from train_speed import PRESETS, synthetic
 
 GIB = 2**30
 
@@ -80,22 +80,32 @@ def main() -> None:
     p.add_argument("--preset", choices=PRESETS, nargs="+", default=list(PRESETS))
     p.add_argument("--models", nargs="+", default=["lightgcn", "sea", "freedom"])
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--scaling", action="store_true",
-                   help="also measure with twice the users, the items, the interactions (one at a time) "
-                        "and print the bytes each extra one costs")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also measure with twice the users, the items, the interactions (one at a time) "
+        "and print the bytes each extra one costs",
+    )
     args = p.parse_args()
     for preset in args.preset:
         n_users, n_items, n_train, d_img, d_txt = PRESETS[preset]
-        print(f"{preset}: {n_users:,} users, {n_items:,} items, ~{n_train:,} training interactions, "
-              f"features {d_img}+{d_txt}")
+        print(
+            f"{preset}: {n_users:,} users, {n_items:,} items, ~{n_train:,} training interactions, "
+            f"features {d_img}+{d_txt}"
+        )
         for name in args.models:
             parts = measure(name, PRESETS[preset], args.batch_size)
             total = sum(parts.values())
             detail = ", ".join(f"{k} {v * 1024:.1f}" for k, v in parts.items())
             print(f"  {name:9s} {total * 1024:8.1f} MiB per rank  ({detail} MiB)")
             if args.scaling:
-                print("            bytes per extra " + ", ".join(
-                    f"{what} {per:,.0f}" for what, per in marginal_bytes(name, preset, args.batch_size, total).items()))
+                print(
+                    "            bytes per extra "
+                    + ", ".join(
+                        f"{what} {per:,.0f}"
+                        for what, per in marginal_bytes(name, preset, args.batch_size, total).items()
+                    )
+                )
 
 
 def marginal_bytes(model_name: str, preset: str, batch_size: int, total: float) -> dict[str, float]:
@@ -103,9 +113,11 @@ def marginal_bytes(model_name: str, preset: str, batch_size: int, total: float) 
     difference to a graph with twice as many of them (the others unchanged)."""
     n_users, n_items, n_train, d_img, d_txt = PRESETS[preset]
     out = {}
-    for what, sizes, n in (("user", (2 * n_users, n_items, n_train), n_users),
-                           ("item", (n_users, 2 * n_items, n_train), n_items),
-                           ("interaction", (n_users, n_items, 2 * n_train), n_train)):
+    for what, sizes, n in (
+        ("user", (2 * n_users, n_items, n_train), n_users),
+        ("item", (n_users, 2 * n_items, n_train), n_items),
+        ("interaction", (n_users, n_items, 2 * n_train), n_train),
+    ):
         out[what] = (sum(measure(model_name, (*sizes, d_img, d_txt), batch_size).values()) - total) * GIB / n
     return out
 

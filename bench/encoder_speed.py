@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import commit as bench_commit, kernels, sync
+from common import commit as bench_commit
+from common import kernels, sync
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -48,8 +49,10 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-WORDS = ("soft cotton baby blanket organic crib sheet stroller toy bottle bpa free machine washable "
-         "pink blue grey bear elephant pattern gift set pack of two newborn toddler safe durable").split()
+WORDS = (
+    "soft cotton baby blanket organic crib sheet stroller toy bottle bpa free machine washable "
+    "pink blue grey bear elephant pattern gift set pack of two newborn toddler safe durable"
+).split()
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -58,23 +61,31 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 120)))) for _ in range(n)]
 
 
-
 def bench_images(args, device: str, precision: str, paths: list[Path]) -> tuple[float, np.ndarray | None]:
     """images/s and the features (None with --processes > 1)."""
     from sea.features.image import encode_images, encode_images_sharded, load_clip
 
     if args.processes > 1:
         t = time.perf_counter()
-        encode_images_sharded(paths, args.clip, None, processes=args.processes, batch_size=args.image_batch,
-                              device=device, workers=args.workers, threads=args.threads, precision=precision)
+        encode_images_sharded(
+            paths,
+            args.clip,
+            None,
+            processes=args.processes,
+            batch_size=args.image_batch,
+            device=device,
+            workers=args.workers,
+            threads=args.threads,
+            precision=precision,
+        )
         return len(paths) / (time.perf_counter() - t), None
     model, preprocess, _ = load_clip(args.clip, None, device=device, precision=precision)
-    encode_images(paths[:args.image_batch], model, preprocess, batch_size=args.image_batch, device=device,
-                  workers=args.workers)  # warm-up
+    encode_images(
+        paths[: args.image_batch], model, preprocess, batch_size=args.image_batch, device=device, workers=args.workers
+    )  # warm-up
     sync(device)
     t = time.perf_counter()
-    rows, _ = encode_images(paths, model, preprocess, batch_size=args.image_batch, device=device,
-                            workers=args.workers)
+    rows, _ = encode_images(paths, model, preprocess, batch_size=args.image_batch, device=device, workers=args.workers)
     sync(device)
     return len(paths) / (time.perf_counter() - t), rows
 
@@ -85,8 +96,15 @@ def bench_texts(args, device: str, precision: str, texts: list[str]) -> tuple[fl
 
     if args.processes > 1:
         t = time.perf_counter()
-        encode_texts(texts, args.text_model, batch_size=args.text_batch, device=device, processes=args.processes,
-                     threads=args.threads, precision=precision)
+        encode_texts(
+            texts,
+            args.text_model,
+            batch_size=args.text_batch,
+            device=device,
+            processes=args.processes,
+            threads=args.threads,
+            precision=precision,
+        )
         return len(texts) / (time.perf_counter() - t), None
     model = load_text_model(args.text_model, device, precision)
     _, batches = length_batches(texts, args.text_batch)
@@ -128,8 +146,12 @@ def main() -> None:
     p.add_argument("--clip", default="ViT-B-32", help="open_clip architecture (random weights)")
     p.add_argument("--text-model", default="all-MiniLM-L6-v2")
     p.add_argument("--skip", choices=["images", "texts"], default=None)
-    p.add_argument("--precision", choices=["both", "auto", "float32", "bfloat16", "float16"], default="both",
-                   help="both (default): float32 and what auto picks on the device, in one run")
+    p.add_argument(
+        "--precision",
+        choices=["both", "auto", "float32", "bfloat16", "float16"],
+        default="both",
+        help="both (default): float32 and what auto picks on the device, in one run",
+    )
     args = p.parse_args()
     device = args.device
     on_gpu = device.startswith("cuda")
@@ -155,11 +177,17 @@ def main() -> None:
         sentences = make_texts(args.texts)
         for precision in precisions:
             texts[precision] = bench_texts(args, device, precision, sentences)
-    print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"processes {args.processes}, commit {commit or '?'}")
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"processes {args.processes}, commit {commit or '?'}"
+    )
     if images:
-        report(f"CLIP {args.clip} ({args.workers} decode threads, batch {args.image_batch}, "
-               f"{args.images:,} 500x500 JPEGs)", "images", images)
+        report(
+            f"CLIP {args.clip} ({args.workers} decode threads, batch {args.image_batch}, "
+            f"{args.images:,} 500x500 JPEGs)",
+            "images",
+            images,
+        )
     if texts:
         report(f"{args.text_model} (batch {args.text_batch}, {args.texts:,} texts of 20-120 words)", "items", texts)
 

@@ -21,10 +21,11 @@ import statistics
 import time
 
 import torch
+from common import commit as bench_commit
+from common import kernels, sync
 
 from sea.losses import CLUBEstimator
 from sea.models.base import adam
-from common import commit as bench_commit, kernels, sync
 
 
 def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer, steps: int) -> torch.Tensor:
@@ -37,7 +38,6 @@ def autograd_fit(est: CLUBEstimator, x: torch.Tensor, y: torch.Tensor, optimizer
     return ll.detach()
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,19 +46,24 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
     commit = f"{bench_commit()}, {kernels()}"
-    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(f"device: {args.device} ({name}), torch {torch.__version__}, commit {commit or '?'}")
     for n in args.rows:
         g = torch.Generator().manual_seed(n)
         x = torch.randn(2, n, 32, generator=g).to(args.device)
-        y = (0.5 * x + torch.randn(2, n, 32, generator=g).to(args.device))
+        y = 0.5 * x + torch.randn(2, n, 32, generator=g).to(args.device)
         torch.manual_seed(0)
         ests = {"autograd": CLUBEstimator(32, 32, 16, count=2).to(args.device)}
         ests["closed form"] = CLUBEstimator(32, 32, 16, count=2).to(args.device)
         ests["closed form"].load_state_dict(ests["autograd"].state_dict())
         opts = {k: adam(e.parameters(), 1e-3) for k, e in ests.items()}
-        fits = {"autograd": lambda: autograd_fit(ests["autograd"], x, y, opts["autograd"], args.steps),
-                "closed form": lambda: ests["closed form"].fit(x, y, opts["closed form"], args.steps)}
+        fits = {
+            # called within this iteration only: the loop variables are the current ones
+            "autograd": lambda: autograd_fit(ests["autograd"], x, y, opts["autograd"], args.steps),  # noqa: B023
+            "closed form": lambda: ests["closed form"].fit(x, y, opts["closed form"], args.steps),  # noqa: B023
+        }
         times: dict[str, list[float]] = {k: [] for k in fits}
         last = {k: fit() for k, fit in fits.items()}  # warm-up
         for _ in range(args.repeats):
@@ -70,9 +75,11 @@ def main() -> None:
                 times[k].append((time.perf_counter() - t) / args.steps * 1e3)
         ms = {k: statistics.median(v) for k, v in times.items()}
         lls = "; ".join(f"{k} {', '.join(f'{v:.3f}' for v in ll.tolist())}" for k, ll in last.items())
-        print(f"{n} pairs x 2 modalities, {args.steps} steps per fit: autograd {ms['autograd']:.3f} ms/step, "
-              f"closed form {ms['closed form']:.3f} ms/step, ratio {ms['autograd'] / ms['closed form']:.2f}x "
-              f"(last log-likelihoods after {(args.repeats + 1) * args.steps} steps: {lls})")
+        print(
+            f"{n} pairs x 2 modalities, {args.steps} steps per fit: autograd {ms['autograd']:.3f} ms/step, "
+            f"closed form {ms['closed form']:.3f} ms/step, ratio {ms['autograd'] / ms['closed form']:.2f}x "
+            f"(last log-likelihoods after {(args.repeats + 1) * args.steps} steps: {lls})"
+        )
 
 
 if __name__ == "__main__":

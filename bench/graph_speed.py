@@ -35,8 +35,13 @@ def main() -> None:
         sys.exit(f"{args.dumps}: no dumps; run python bench/make_dumps.py first")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     # not "clothing": that is a catalog entry (sea/data/catalog.yaml), whose files have other names
-    params["dataset"] |= {"name": "bench_clothing", "reviews_url": reviews.name, "meta_url": meta.name,
-                          "reviews_sha256": None, "meta_sha256": None}
+    params["dataset"] |= {
+        "name": "bench_clothing",
+        "reviews_url": reviews.name,
+        "meta_url": meta.name,
+        "reviews_sha256": None,
+        "meta_sha256": None,
+    }
     commit = bench_commit()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "data" / "raw" / "bench_clothing"
@@ -45,15 +50,23 @@ def main() -> None:
             (raw / f.name).symlink_to(f.resolve())
         (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "graph.py")], cwd=tmp,
-                              env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "pipeline" / "graph.py")],
+            cwd=tmp,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"graph stage failed:\n{proc.stderr[-2000:]}")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(proc.stdout.strip().splitlines()[-1])
-    print(f"graph stage: {seconds:.1f} s, peak RSS {peak_mb:,.0f} MB; "
-          f"{os.cpu_count()} CPUs; commit {commit}; reviews {reviews.stat().st_size:,} B, meta {meta.stat().st_size:,} B (gzip)")
+    print(
+        f"graph stage: {seconds:.1f} s, peak RSS {peak_mb:,.0f} MB; "
+        f"{os.cpu_count()} CPUs; commit {commit}; "
+        f"reviews {reviews.stat().st_size:,} B, meta {meta.stat().st_size:,} B (gzip)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,24 @@ from pipeline_speed import cpu_model
 def run(cmd: list[str], cwd: Path) -> float:
     """Seconds ``cmd`` took in ``cwd``; exits with its output if it fails."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd),
-                                           # the stages' `python` is this interpreter
-                                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ
+        | {
+            "TQDM_DISABLE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(cwd),
+            # the stages' `python` is this interpreter
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} in {cwd} failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}\n"
-                 f"{proc.stderr[-1500:]}")
+        sys.exit(
+            f"{' '.join(cmd)} in {cwd} failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
+        )
     return time.perf_counter() - t
 
 
@@ -57,16 +68,32 @@ def main() -> None:
     p.add_argument("--jobs", type=int, nargs="+", default=[2], help="--jobs values (default 2)")
     p.add_argument("--variants", nargs=2, default=["lightgcn", "sea"], help="two compare.py variants")
     args = p.parse_args()
-    print(f"device: {cpu_model()}, {os.cpu_count()} cores; commit {bench_commit()}; "
-          f"compare.py --variants {' '.join(args.variants)} --seeds 1")
+    print(
+        f"device: {cpu_model()}, {os.cpu_count()} cores; commit {bench_commit()}; "
+        f"compare.py --variants {' '.join(args.variants)} --seeds 1"
+    )
     for rev in args.revs:
-        sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
-                             text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         with tempfile.TemporaryDirectory(prefix="sea-jobs-bench-") as tmp:
             repo = clone(sha, Path(tmp) / "repo")
             for jobs in args.jobs:
-                seconds = run([sys.executable, "scripts/compare.py", "--variants", *args.variants, "--seeds", "1",
-                               "--baseline", args.variants[0], "--jobs", str(jobs)], repo)
+                seconds = run(
+                    [
+                        sys.executable,
+                        "scripts/compare.py",
+                        "--variants",
+                        *args.variants,
+                        "--seeds",
+                        "1",
+                        "--baseline",
+                        args.variants[0],
+                        "--jobs",
+                        str(jobs),
+                    ],
+                    repo,
+                )
                 print(f"  {rev} ({sha}): --jobs {jobs}: {seconds:.1f} s", flush=True)
 
 

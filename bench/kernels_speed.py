@@ -35,9 +35,19 @@ STAGES = ("text_features", "image_features", "train", "evaluate")
 
 def run(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env=os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd),
-                                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ
+        | {
+            "TQDM_DISABLE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(cwd),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t
@@ -56,15 +66,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=1, help="rounds of every setting (median reported)")
     p.add_argument("--bf16", action="store_true", help="also time native kernels with bfloat16 encoders")
-    p.add_argument("--kernels", nargs="+", default=["portable", "intel", "native"],
-                   choices=["portable", "intel", "native"], help="the compute.kernels values to time (float32)")
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        default=["portable", "intel", "native"],
+        choices=["portable", "intel", "native"],
+        help="the compute.kernels values to time (float32)",
+    )
     args = p.parse_args()
     settings = [(k, "float32") for k in args.kernels] + ([("native", "bfloat16")] if args.bf16 else [])
     print(f"device: {cpu_model()}, {os.cpu_count()} cores; commit {bench_commit()}; {args.rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix="sea-kernels-bench-") as tmp:
         repo = Path(tmp) / "repo"
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.splitlines()
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         for f in files:
             if (ROOT / f).is_file():
                 (repo / f).parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +98,11 @@ def main() -> None:
         med = {st: statistics.median(v) for st, v in times[setting].items()}
         total = sum(med.values())
         base = base or total
-        print(f"kernels {setting[0]:8s} encoders {setting[1]:8s}: "
-              + ", ".join(f"{st} {t:.1f} s" for st, t in med.items())
-              + f"; total {total:.1f} s ({base / total:.2f}x the defaults' speed)")
+        print(
+            f"kernels {setting[0]:8s} encoders {setting[1]:8s}: "
+            + ", ".join(f"{st} {t:.1f} s" for st, t in med.items())
+            + f"; total {total:.1f} s ({base / total:.2f}x the defaults' speed)"
+        )
 
 
 if __name__ == "__main__":

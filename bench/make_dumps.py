@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-WORDS = ("soft cotton fit size small large comfortable fabric color quality great love wear "
-         "shirt dress shoes pair washed nice price looks perfect true runs little bit "
-         "ordered returned material stretch style summer winter daughter husband gift").split()
+WORDS = (
+    "soft cotton fit size small large comfortable fabric color quality great love wear "
+    "shirt dress shoes pair washed nice price looks perfect true runs little bit "
+    "ordered returned material stretch style summer winter daughter husband gift"
+).split()
 CATEGORIES = ("Women", "Men", "Girls", "Boys", "Baby", "Novelty", "Shoes", "Jewelry", "Watches")
 
 
@@ -41,7 +43,7 @@ def sentences(rng: np.random.Generator, n: int, words: int) -> list[str]:
     picks = rng.integers(0, len(vocab), int(lengths.sum()))
     out, start = [], 0
     for length in lengths:
-        out.append(" ".join(vocab[picks[start:start + length]]).capitalize() + ".")
+        out.append(" ".join(vocab[picks[start : start + length]]).capitalize() + ".")
         start += length
     return out
 
@@ -64,10 +66,17 @@ def review_lines(rng: np.random.Generator, n: int, n_users: int, n_items: int) -
     pick_t, pick_s, helpful = rng.integers(0, 4096, n), rng.integers(0, 1024, n), rng.integers(0, 5, n)
     lines = []
     for j in tqdm(range(n), desc="reviews", unit="line", unit_scale=True, mininterval=1):
-        rec = {"reviewerID": f"A{users[j]:013d}", "asin": asin(int(items[j])), "reviewerName": f"user {users[j]}",
-               "helpful": [int(helpful[j]), int(helpful[j]) + 1], "reviewText": texts[pick_t[j]],
-               "overall": float(ratings[j]), "summary": summaries[pick_s[j]],
-               "unixReviewTime": int(times[j]), "reviewTime": "07 23, 2014"}
+        rec = {
+            "reviewerID": f"A{users[j]:013d}",
+            "asin": asin(int(items[j])),
+            "reviewerName": f"user {users[j]}",
+            "helpful": [int(helpful[j]), int(helpful[j]) + 1],
+            "reviewText": texts[pick_t[j]],
+            "overall": float(ratings[j]),
+            "summary": summaries[pick_s[j]],
+            "unixReviewTime": int(times[j]),
+            "reviewTime": "07 23, 2014",
+        }
         lines.append(json.dumps(rec).encode() + b"\n")
     return lines
 
@@ -83,8 +92,10 @@ def meta_lines(rng: np.random.Generator, n: int, n_items: int) -> list[bytes]:
         i = int(order[j])
         rec = {
             "asin": asin(i),
-            "related": {"also_bought": [asin(int(r)) for r in related[i, :6]],
-                        "also_viewed": [asin(int(r)) for r in related[i, 6:]]},
+            "related": {
+                "also_bought": [asin(int(r)) for r in related[i, :6]],
+                "also_viewed": [asin(int(r)) for r in related[i, 6:]],
+            },
             "title": titles[i % 4096],
             "price": round(float(5 + (i % 9000) / 100), 2),
             "salesRank": {"Clothing": int(i * 7 % 1_000_000)},
@@ -101,7 +112,7 @@ def write_gz(path: Path, lines: list[bytes]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as gz:
         for start in range(0, len(lines), 65536):
-            gz.write(b"".join(lines[start:start + 65536]))
+            gz.write(b"".join(lines[start : start + 65536]))
     tmp.replace(path)
 
 

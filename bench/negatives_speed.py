@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from common import commit as bench_commit
+from common import kernels, sync
 from tqdm.auto import tqdm
 
 from sea.batch import Batch
@@ -30,14 +32,14 @@ from sea.models.base import GraphData, adam, model_class
 from sea.samplers import UniformNegatives
 from sea.setup import TrainingSetup
 from sea.train import build_model, seed_everything, train_step
-from common import commit as bench_commit, kernels, sync
 
 BABY = (19445, 7050, 119674)  # users, items, training interactions (SEA.md §5)
 FEATURE_DIMS = {"image": 4096, "text": 384}  # MMRec's Baby features, for models that read features
 
 
-def synthetic_graph(n_users: int, n_items: int, n_train: int, dims: dict[str, int], device: torch.device,
-                    seed: int = 0) -> GraphData:
+def synthetic_graph(
+    n_users: int, n_items: int, n_train: int, dims: dict[str, int], device: torch.device, seed: int = 0
+) -> GraphData:
     """Exactly ``n_train`` distinct training pairs with Zipf-popular items, every user with
     at least one; a few valid/test pairs; Gaussian features of ``dims``."""
     rng = np.random.default_rng(seed)
@@ -45,12 +47,11 @@ def synthetic_graph(n_users: int, n_items: int, n_train: int, dims: dict[str, in
     items = (rng.zipf(1.3, len(users)) - 1) % n_items
     pairs = pd.DataFrame({"user": users, "item": items}).drop_duplicates()
     train = pairs.head(n_train)
-    held = pairs.iloc[n_train:n_train + 2 * n_users]
+    held = pairs.iloc[n_train : n_train + 2 * n_users]
     split = np.where(np.arange(len(held)) % 2 == 0, "valid", "test")
     table = pd.concat([train.assign(split="train"), held.assign(split=split)], ignore_index=True)
     feats = {m: rng.normal(size=(n_items, d)).astype(np.float32) for m, d in dims.items()}
     return GraphData.build(table, n_items, feats, device)
-
 
 
 def parse_sets(sets: list[str]) -> dict[str, dict[str, object]]:
@@ -65,8 +66,16 @@ def parse_sets(sets: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
-def time_variant(data: GraphData, model_name: str, loss: dict, train: dict, batches: int, batch_size: int,
-                 device: torch.device, sets: dict[str, dict[str, object]]) -> float:
+def time_variant(
+    data: GraphData,
+    model_name: str,
+    loss: dict,
+    train: dict,
+    batches: int,
+    batch_size: int,
+    device: torch.device,
+    sets: dict[str, dict[str, object]],
+) -> float:
     """Median seconds of one training step (negative draw included) under these params."""
     params = {"model": {"name": model_name}, "club": {"steps": 0}} | sets
     params["loss"] = sets.get("loss", {}) | loss
@@ -100,8 +109,14 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=10, help="timed batches per variant (after 2 warm-up)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a param for every variant (repeatable)")
+    p.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a param for every variant (repeatable)",
+    )
     args = p.parse_args()
     sets = parse_sets(args.set)
 
@@ -112,21 +127,31 @@ def main() -> None:
     variants = [("bpr, 1 negative (baseline)", {"kind": "bpr"}, {"negatives": 1})]
     variants += [(f"ccl, {n} negatives", {"kind": "ccl"}, {"negatives": n}) for n in args.negatives]
     variants += [("softmax, in-batch only", {"kind": "softmax"}, {})]
-    variants += [(f"softmax + CBNS memory of {m} batches", {"kind": "softmax"},
-                  {"sampler": "cross_batch", "cbns_memory_batches": m, "cbns_warmup_steps": 0}) for m in args.memory]
+    variants += [
+        (
+            f"softmax + CBNS memory of {m} batches",
+            {"kind": "softmax"},
+            {"sampler": "cross_batch", "cbns_memory_batches": m, "cbns_warmup_steps": 0},
+        )
+        for m in args.memory
+    ]
 
     commit = f"{bench_commit()}, {kernels()}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"model={args.model} device={name} commit={commit} batch={args.batch_size} {' '.join(args.set)}: "
-          f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train_users):,} training pairs, "
-          f"{n_batches} batches/epoch")
+    print(
+        f"model={args.model} device={name} commit={commit} batch={args.batch_size} {' '.join(args.set)}: "
+        f"{data.n_users:,} users, {data.n_items:,} items, {len(data.train_users):,} training pairs, "
+        f"{n_batches} batches/epoch"
+    )
     results = {}
     for label, loss, train in tqdm(variants, desc="variants", unit="variant"):
         results[label] = time_variant(data, args.model, loss, train, args.batches, args.batch_size, device, sets)
     base = results[variants[0][0]]
     for label, seconds in results.items():
-        print(f"  {label:<40} {seconds:.4f} s/batch -> {seconds * n_batches:7.2f} s/epoch "
-              f"({(seconds - base) * n_batches:+7.2f} s/epoch vs baseline)")
+        print(
+            f"  {label:<40} {seconds:.4f} s/batch -> {seconds * n_batches:7.2f} s/epoch "
+            f"({(seconds - base) * n_batches:+7.2f} s/epoch vs baseline)"
+        )
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 

@@ -56,11 +56,16 @@ def main() -> None:
     import torch
 
     commit = bench_commit()
-    print(f"device: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-          f"commit {commit or '?'}")
+    print(
+        f"device: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+        f"commit {commit or '?'}"
+    )
     runs = [timed([sys.executable, "-m", "dvc", "repro", "-f"]) for _ in range(args.runs)]
-    print("dvc repro -f: " + ", ".join(f"{t:.1f} s" for t in runs)
-          + (f"; median {statistics.median(runs):.1f} s" if len(runs) > 1 else ""))
+    print(
+        "dvc repro -f: "
+        + ", ".join(f"{t:.1f} s" for t in runs)
+        + (f"; median {statistics.median(runs):.1f} s" if len(runs) > 1 else "")
+    )
     if args.no_stages:
         return
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

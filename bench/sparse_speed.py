@@ -19,12 +19,13 @@ import statistics
 import time
 
 import torch
-
-from sea.models.base import GraphData
-from sea.losses import rows_norm
-from sea.models.graphs import spmm
+from common import commit as bench_commit
+from common import kernels
 from train_speed import PRESETS, synthetic
-from common import commit as bench_commit, kernels
+
+from sea.losses import rows_norm
+from sea.models.base import GraphData
+from sea.models.graphs import spmm
 
 
 def median_seconds(step, repeats: int) -> float:
@@ -55,6 +56,7 @@ def main() -> None:
                 h = product(h)
                 out = out + h
             out.sum().backward()
+
         return step
 
     table = torch.randn(n_items, 64, requires_grad=True)
@@ -64,15 +66,23 @@ def main() -> None:
         return lambda: norm().backward()
 
     pairs = {
-        "propagation, 2 hops fwd+bwd": (propagate(lambda h: torch.sparse.mm(adj, h)), propagate(lambda h: spmm(adj, h))),
-        f"L2 of 2048 x {args.negatives} negatives fwd+bwd": (penalty(lambda: table[ids].norm()),
-                                                                penalty(lambda: rows_norm(table, ids))),
+        "propagation, 2 hops fwd+bwd": (
+            propagate(lambda h: torch.sparse.mm(adj, h)),
+            propagate(lambda h: spmm(adj, h)),
+        ),
+        f"L2 of 2048 x {args.negatives} negatives fwd+bwd": (
+            penalty(lambda: table[ids].norm()),
+            penalty(lambda: rows_norm(table, ids)),
+        ),
     }
     commit = f"{bench_commit()}, {kernels()}"
     print(f"device=cpu ({torch.get_num_threads()} threads) commit={commit} preset=baby repeats={args.repeats}")
     for name, (plain, fast) in pairs.items():
         t_plain, t_fast = median_seconds(plain, args.repeats), median_seconds(fast, args.repeats)
-        print(f"  {name}: plain {t_plain * 1e3:.1f} ms, fast {t_fast * 1e3:.1f} ms, plain/fast ratio {t_plain / t_fast:.2f}x")
+        print(
+            f"  {name}: plain {t_plain * 1e3:.1f} ms, fast {t_fast * 1e3:.1f} ms, "
+            f"plain/fast ratio {t_plain / t_fast:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from common import commit as bench_commit
+from common import kernels, sync
 
 from sea.batch import Batch
 from sea.evaluation import evaluate
@@ -32,7 +34,6 @@ from sea.models.separation import set_composed
 from sea.samplers import UniformNegatives
 from sea.setup import TrainingSetup
 from sea.train import build_model, seed_everything, train_step
-from common import commit as bench_commit, kernels, sync
 
 PRESETS = {  # users, items, training interactions, image dim, text dim
     "sample": (1534, 600, 11279, 512, 384),
@@ -52,9 +53,13 @@ def synthetic(n_users: int, n_items: int, n_train: int, dims: dict[str, int], se
     return df, feats
 
 
-
-def time_steps(models: dict[str, torch.nn.Module], setup: TrainingSetup, data: GraphData, batches: list[Batch],
-               device: torch.device) -> dict[str, list[float]]:
+def time_steps(
+    models: dict[str, torch.nn.Module],
+    setup: TrainingSetup,
+    data: GraphData,
+    batches: list[Batch],
+    device: torch.device,
+) -> dict[str, list[float]]:
     """Seconds of each training step of each model on ``batches``, the models taking turns
     batch by batch (so each meets the same machine state); the first two batches are
     warm-up and not returned."""
@@ -82,10 +87,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--negatives", type=int, default=1, help="negatives per positive")
     p.add_argument("--club-steps", type=int, default=50, help="SEA's CLUB estimator steps per batch")
-    p.add_argument("--separation", choices=["none", "sea"], default="none",
-                   help="vbpr/freedom: SEA's separation plug-in")
-    p.add_argument("--formulation", choices=["both", "fast", "plain"], default="both",
-                   help="models with SEA's separation: time the plain and/or the fast formulation")
+    p.add_argument(
+        "--separation", choices=["none", "sea"], default="none", help="vbpr/freedom: SEA's separation plug-in"
+    )
+    p.add_argument(
+        "--formulation",
+        choices=["both", "fast", "plain"],
+        default="both",
+        help="models with SEA's separation: time the plain and/or the fast formulation",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
@@ -131,8 +141,10 @@ def main() -> None:
     commit = f"{bench_commit()}, {kernels()}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     mem = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
-    print(f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "
-          f"batch={args.batch_size} negatives={args.negatives} club_steps={args.club_steps}")
+    print(
+        f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "
+        f"batch={args.batch_size} negatives={args.negatives} club_steps={args.club_steps}"
+    )
     print(f"  {len(data.train_users):,} train interactions, {n_batches} batches/epoch")
     for form, t in per_batch.items():
         print(f"  formulation {form}: {t:.4f} s/batch (median of {args.batches}) -> {t * n_batches:.2f} s/epoch")

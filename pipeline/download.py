@@ -13,12 +13,10 @@ from pathlib import Path
 from sea.artifacts import SOURCE_FILE
 from sea.cli import run_stage
 from sea.config import load_params
-from sea.data.catalog import DatasetConfig
-from sea.data.split import SplitConfig
-from sea.errors import ConfigError, shown
-from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, Download, HashRecord, resolve, verify_pin
+from sea.data.catalog import TOFU_RECORDED, TOFU_VERIFIED, DatasetConfig, Download, HashRecord, resolve, verify_pin
 from sea.data.mmrec import FEATURE_FILES, inter_file
-from sea.errors import ChecksumError, DataError, FetchTimeoutError, TooLargeError
+from sea.data.split import SplitConfig
+from sea.errors import ChecksumError, ConfigError, DataError, FetchTimeoutError, TooLargeError, shown
 from sea.files import MB, atomic_dir, is_plain_name, sha256_file
 from sea.net.download import fetch
 
@@ -32,8 +30,10 @@ def raw_folder(cfg: DatasetConfig) -> Path:
     """data/raw/<name>, once ``name`` is checked to be one plain folder name: ``.`` or ``..``
     would make the stage replace data/raw itself (every other dataset) or data/."""
     if not is_plain_name(cfg.name):
-        raise ConfigError(f"params.yaml [dataset]: name must be one plain folder name "
-                          f"(not empty, '.', '..', or with '/', '\\' or NUL), got {shown(cfg.name)}")
+        raise ConfigError(
+            f"params.yaml [dataset]: name must be one plain folder name "
+            f"(not empty, '.', '..', or with '/', '\\' or NUL), got {shown(cfg.name)}"
+        )
     return RAW / cfg.name
 
 
@@ -44,15 +44,19 @@ def dump_files(cfg: DatasetConfig, given_split: str | None = None) -> list[Downl
     files = resolve(cfg, given_split)
     for d in files:
         if not is_plain_name(d.name) or d.name == SOURCE_FILE:
-            raise ConfigError(f"params.yaml [dataset]: {d.role}_url {shown(d.url)} does not end in a usable file name "
-                              f"(got {shown(d.name)}); it is saved under data/raw/<name>/ by that name")
+            raise ConfigError(
+                f"params.yaml [dataset]: {d.role}_url {shown(d.url)} does not end in a usable file name "
+                f"(got {shown(d.name)}); it is saved under data/raw/<name>/ by that name"
+            )
     first_named: dict[str, Download] = {}
     for d in files:
         first = first_named.setdefault(d.name, d)
         if first is not d:
-            raise ConfigError(f"params.yaml [dataset]: {first.role}_url and {d.role}_url both end in the file name "
-                              f"{shown(d.name)}; one would overwrite the other in data/raw/{cfg.name}/ "
-                              "(serve them under different names)")
+            raise ConfigError(
+                f"params.yaml [dataset]: {first.role}_url and {d.role}_url both end in the file name "
+                f"{shown(d.name)}; one would overwrite the other in data/raw/{cfg.name}/ "
+                "(serve them under different names)"
+            )
     return files
 
 
@@ -69,18 +73,26 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) 
             sha = record.expected(d.record_key)
             check = TOFU_VERIFIED if sha else TOFU_RECORDED
         try:
-            path = fetch(d.url, dest / d.name, sha, max_bytes=int(cfg.max_download_mb * MB),
-                         total_timeout=cfg.download_timeout, retries=cfg.download_retries + 1,
-                         partial_dir=PARTIAL)
+            path = fetch(
+                d.url,
+                dest / d.name,
+                sha,
+                max_bytes=int(cfg.max_download_mb * MB),
+                total_timeout=cfg.download_timeout,
+                retries=cfg.download_retries + 1,
+                partial_dir=PARTIAL,
+            )
         except TooLargeError as e:
             raise TooLargeError(f"{e} (dataset.max_download_mb: {cfg.max_download_mb:g})") from None
         except FetchTimeoutError as e:
             raise FetchTimeoutError(f"{e} (dataset.download_timeout: {cfg.download_timeout:g})") from None
         except ChecksumError as e:
             if check == TOFU_VERIFIED:
-                raise ChecksumError(f"{e}: the bytes differ from the first download of {d.record_key}, recorded "
-                                    f"in {record.path} (trust on first use). If the file really changed "
-                                    f"upstream, delete that entry to record the new hash") from None
+                raise ChecksumError(
+                    f"{e}: the bytes differ from the first download of {d.record_key}, recorded "
+                    f"in {record.path} (trust on first use). If the file really changed "
+                    f"upstream, delete that entry to record the new hash"
+                ) from None
             raise
         verify_pin(path, d)
         # fetch checked the bytes against sha when there is one: no need to read them again
@@ -91,8 +103,11 @@ def fetch_dumps(cfg: DatasetConfig, dest: Path, given_split: str | None = None) 
         if check == TOFU_RECORDED:
             record.add(d.record_key, digest, size)
             recorded = True
-            print(f"warning: no pin for {d.url}: its sha256 is recorded in {record.path} (trust on first use); "
-                  f"commit that file so later downloads are verified against it", file=sys.stderr)
+            print(
+                f"warning: no pin for {d.url}: its sha256 is recorded in {record.path} (trust on first use); "
+                f"commit that file so later downloads are verified against it",
+                file=sys.stderr,
+            )
     if recorded:
         record.save()
     return sources

@@ -36,19 +36,30 @@ HEADLINE = ("recall", "ndcg")  # the metrics of metrics.json, at each K
 def most_popular(data: GraphData, split: str, ks: list[int], batch_size: int):
     """Per-user metrics of ranking every user's candidates by training popularity."""
     pop = torch.bincount(data.train_items.cpu(), minlength=data.n_items).float()
-    return per_user_metrics(lambda u: pop.expand(len(u), -1), data.csr["train"], data.csr[split],
-                            data.n_items, ks, batch_size)
+    return per_user_metrics(
+        lambda u: pop.expand(len(u), -1), data.csr["train"], data.csr[split], data.n_items, ks, batch_size
+    )
 
 
 def per_user_rows(model: str, seed: int, split: str, users: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
-    return pd.DataFrame({"model": model, "seed": np.full(len(users), seed, dtype=np.int64), "split": split,
-                         "user": users.astype(np.int32)} | values)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "seed": np.full(len(users), seed, dtype=np.int64),
+            "split": split,
+            "user": users.astype(np.int32),
+        }
+        | values
+    )
 
 
 def summary(table: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, float]]:
     """Mean of each metric per split over the users of ``table`` (one model, one seed)."""
-    return {s: {m: float(table.loc[table["split"] == s, m].mean()) for m in metrics}
-            | {"users": int((table["split"] == s).sum())} for s in SPLITS}
+    return {
+        s: {m: float(table.loc[table["split"] == s, m].mean()) for m in metrics}
+        | {"users": int((table["split"] == s).sum())}
+        for s in SPLITS
+    }
 
 
 def main() -> None:
@@ -73,15 +84,23 @@ def main() -> None:
 
     metric_names = [c for c in per_user.columns if "@" in c]
     trained = per_user[per_user["model"] == name]
-    per_seed = {str(r.seed): {"best_epoch": r.best_epoch} | summary(trained[trained["seed"] == r.seed], metric_names)
-                for r in ckpt.runs}
+    per_seed = {
+        str(r.seed): {"best_epoch": r.best_epoch} | summary(trained[trained["seed"] == r.seed], metric_names)
+        for r in ckpt.runs
+    }
 
     def over_seeds(reduce) -> dict[str, dict[str, float]]:
         return {s: {m: float(reduce([v[s][m] for v in per_seed.values()])) for m in metric_names} for s in SPLITS}
 
     mean = over_seeds(np.mean)
-    detail = {"model": name, "select": setup.eval.select, "seeds": per_seed, "mean": mean,
-              "std": over_seeds(lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0), "most_popular": summary(per_user[per_user["model"] == "most_popular"], metric_names)}
+    detail = {
+        "model": name,
+        "select": setup.eval.select,
+        "seeds": per_seed,
+        "mean": mean,
+        "std": over_seeds(lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0),
+        "most_popular": summary(per_user[per_user["model"] == "most_popular"], metric_names),
+    }
     headline = [f"{m}@{k}" for m in HEADLINE for k in ks]
     write_json(artifacts.METRICS, {s: {m: mean[s][m] for m in headline} for s in SPLITS})
     write_json(artifacts.METRICS_DETAIL, detail)
@@ -92,12 +111,17 @@ def main() -> None:
         stats=json.loads(artifacts.GRAPH_STATS.read_text()),
         feature_info={m: artifacts.read_feature_info(m) for m in ckpt.feature_dims} if uses_features else {},
         train=json.loads(artifacts.TRAIN_SUMMARY.read_text()),
-        detail=detail, setup=setup.to_dict(), ks=ks, ranking_loss=setup.ranking_loss,
+        detail=detail,
+        setup=setup.to_dict(),
+        ks=ks,
+        ranking_loss=setup.ranking_loss,
     )
     write_text(artifacts.REPORT_MD, report)
     sel = setup.eval.select
-    print(f"test {sel}: {name} {mean['test'][sel]:.4f} (mean of {len(per_seed)} seed(s)), "
-          f"most popular {detail['most_popular']['test'][sel]:.4f}")
+    print(
+        f"test {sel}: {name} {mean['test'][sel]:.4f} (mean of {len(per_seed)} seed(s)), "
+        f"most popular {detail['most_popular']['test'][sel]:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ def main() -> None:
     features = {m: np.load(artifacts.FEATURES / f"{m}.npy", allow_pickle=False) for m in FEATURE_FILES}
     with atomic_dir(dest) as tmp:
         write_folder(tmp, ds.name, inter, features, items["asin"])
-    print(f"MMRec folder {dest}: {len(inter)} interactions, features "
-          f"{ {m: x.shape for m, x in features.items()} }")
+    print(f"MMRec folder {dest}: {len(inter)} interactions, features { {m: x.shape for m, x in features.items()} }")
 
 
 if __name__ == "__main__":

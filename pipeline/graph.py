@@ -13,15 +13,12 @@ import pandas as pd
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import load_params
-from sea.data.catalog import DatasetConfig
-from sea.data.graph import GraphConfig
-from sea.data.split import SplitConfig
 from sea.data.amazon import item_sentence, read_metadata, read_reviews
 from sea.data.amazon2023 import read_given_split
-from sea.data.catalog import Download, resolve
-from sea.data.graph import dedupe, k_core, reindex
+from sea.data.catalog import DatasetConfig, Download, resolve
+from sea.data.graph import GraphConfig, dedupe, k_core, reindex
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
-from sea.data.split import SPLITS, split
+from sea.data.split import SPLITS, SplitConfig, split
 from sea.errors import DataError
 from sea.files import write_json
 from sea.net.urls import join_link
@@ -41,8 +38,10 @@ def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None)
     if meta is None:
         return items.assign(text="", image_url=None)
     m = meta.set_index("asin").reindex(items["asin"])
-    text = [item_sentence(*(r if isinstance(r, str) else "" for r in row))
-            for row in m[["title", "brand", "categories", "description"]].itertuples(index=False)]
+    text = [
+        item_sentence(*(r if isinstance(r, str) else "" for r in row))
+        for row in m[["title", "brand", "categories", "description"]].itertuples(index=False)
+    ]
 
     def absolute(u):
         if not isinstance(u, str) or not u:
@@ -60,14 +59,18 @@ def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) 
     order = df["split"].map({s: i for i, s in enumerate(SPLITS)})
     df = df.assign(_order=order).sort_values(["user", "_order", "timestamp", "item"], kind="stable")
     df["split"] = pd.Categorical(df["split"], categories=list(SPLITS))
-    stats = {"raw": {"reviews": len(df), "users": int(df["user"].nunique()), "items": int(df["item"].nunique())},
-             "deduplicated": {"interactions": len(df), "duplicates_dropped": 0},
-             "k_core": f"as given (the official 5-core files of split.given: {sc.given})",
-             "split": {"method": "given", "given": sc.given, "seed": None}}
+    stats = {
+        "raw": {"reviews": len(df), "users": int(df["user"].nunique()), "items": int(df["item"].nunique())},
+        "deduplicated": {"interactions": len(df), "duplicates_dropped": 0},
+        "k_core": f"as given (the official 5-core files of split.given: {sc.given})",
+        "split": {"method": "given", "given": sc.given, "seed": None},
+    }
     return df.drop(columns="_order").reset_index(drop=True), stats
 
 
-def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+def amazon_tables(
+    ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Parse, dedupe, k-core, re-index and split the raw Amazon dumps (or, with
     ``split.method: given``, take the official split files as they are)."""
     files = {d.role: d for d in resolve(ds, sc.given)}
@@ -93,8 +96,13 @@ def amazon_tables(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[
         }
     meta_file = files.get("meta")
     meta_url = meta_file.url if meta_file else None
-    meta = read_metadata(ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated,
-                         image_size=ds.image_size) if meta_file else None
+    meta = (
+        read_metadata(
+            ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated, image_size=ds.image_size
+        )
+        if meta_file
+        else None
+    )
     items = item_table(asins, meta, meta_url)
     stats["items"] = {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0}
     return inter, items, user_table(users), stats
@@ -126,8 +134,7 @@ def mmrec_tables(ds: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     items = pd.DataFrame({"item": np.arange(n_items, dtype="int32"), "asin": asins, "text": "", "image_url": None})
     stats = {
         "raw": {"reviews": len(inter), "users": int(inter["user"].nunique()), "items": int(inter["item"].nunique())},
-        "deduplicated": {"interactions": int((~inter.duplicated(["user", "item"])).sum()),
-                         "duplicates_dropped": 0},
+        "deduplicated": {"interactions": int((~inter.duplicated(["user", "item"])).sum()), "duplicates_dropped": 0},
         "k_core": f"as given in {path.name}",
         "split": {"method": f"as given in {path.name} (x_label)", "seed": None},
         "items": {"with_metadata": 0},
@@ -149,13 +156,22 @@ def main() -> None:
     source_file = ds.raw_dir / artifacts.SOURCE_FILE  # how each dump was verified (download stage)
     if ds.source == "amazon" and source_file.is_file():
         recorded = json.loads(source_file.read_text())
-        stats["dumps"] = {role: {k: f.get(k) for k in ("file", "sha256", "verified")}
-                          for role, f in recorded.items() if isinstance(f, dict)}
-    stats["after_k_core"] = {"users": n_users, "items": n_items, "interactions": len(inter),
-                             "density": len(inter) / (n_users * n_items)}
+        stats["dumps"] = {
+            role: {k: f.get(k) for k in ("file", "sha256", "verified")}
+            for role, f in recorded.items()
+            if isinstance(f, dict)
+        }
+    stats["after_k_core"] = {
+        "users": n_users,
+        "items": n_items,
+        "interactions": len(inter),
+        "density": len(inter) / (n_users * n_items),
+    }
     stats["split"] |= {s: int(counts.get(s, 0)) for s in SPLITS}
-    stats["items"] |= {"with_text": int((items["text"] != "").sum()),
-                       "with_image_url": int(items["image_url"].notna().sum())}
+    stats["items"] |= {
+        "with_text": int((items["text"] != "").sum()),
+        "with_image_url": int(items["image_url"].notna().sum()),
+    }
     artifacts.write_parquet(inter, artifacts.INTERACTIONS)
     artifacts.write_parquet(items, artifacts.ITEMS)
     artifacts.write_parquet(users, artifacts.USERS)

@@ -21,15 +21,12 @@ import pandas as pd
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import load_params
-from sea.data.catalog import DatasetConfig
-from sea.features.image import ImageFeatureConfig
-from sea.errors import ConfigError, shown
-from sea.data.catalog import image_features_url, resolve
+from sea.data.catalog import DatasetConfig, image_features_url, resolve
 from sea.data.mmrec import precomputed_features
+from sea.errors import ChecksumError, ConfigError, FetchError, FetchTimeoutError, TooLargeError, shown
 from sea.features import empty_features
 from sea.features.cnn import obtain_cnn_file, read_cnn_features
-from sea.features.image import encode_images, encode_images_sharded, load_clip
-from sea.errors import ChecksumError, FetchError, FetchTimeoutError, TooLargeError
+from sea.features.image import ImageFeatureConfig, encode_images, encode_images_sharded, load_clip
 from sea.files import MB
 from sea.net.images import CACHE_ENV, FetchPolicy, ImageFetcher
 from sea.net.urls import local_path
@@ -52,18 +49,27 @@ def image_cache() -> Path:
 
 
 def fetch_policy(cfg: ImageFeatureConfig) -> FetchPolicy:
-    return FetchPolicy(timeout=cfg.timeout, max_bytes=int(cfg.max_image_mb * MB),
-                       allow_private_hosts=cfg.allow_private_hosts, workers=cfg.workers, per_host=cfg.per_host,
-                       retries=cfg.retries, backoff=cfg.backoff, max_wait=cfg.max_wait,
-                       offline_after=cfg.offline_after)
+    return FetchPolicy(
+        timeout=cfg.timeout,
+        max_bytes=int(cfg.max_image_mb * MB),
+        allow_private_hosts=cfg.allow_private_hosts,
+        workers=cfg.workers,
+        per_host=cfg.per_host,
+        retries=cfg.retries,
+        backoff=cfg.backoff,
+        max_wait=cfg.max_wait,
+        offline_after=cfg.offline_after,
+    )
 
 
 def check_coverage(fetcher: ImageFetcher, cfg: ImageFeatureConfig) -> None:
     """Stop with one line when fewer items got an image file than ``min_coverage`` asks."""
     got, wanted = fetcher.n_fetched, fetcher.n_with_url
     if wanted and got < cfg.min_coverage * wanted:
-        raise FetchError(f"only {got} of {wanted} item images could be fetched ({got / wanted:.1%}), below "
-                         f"features.image.min_coverage {cfg.min_coverage:g}; {fetcher.report()}")
+        raise FetchError(
+            f"only {got} of {wanted} item images could be fetched ({got / wanted:.1%}), below "
+            f"features.image.min_coverage {cfg.min_coverage:g}; {fetcher.report()}"
+        )
 
 
 def image_urls(items: pd.DataFrame) -> list[str | None]:
@@ -74,8 +80,13 @@ def image_urls(items: pd.DataFrame) -> list[str | None]:
 def image_fetcher(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig) -> ImageFetcher:
     """The fetcher of the stage (and of ``--fetch-only``): the cache, the policy of
     ``features.image`` and the dataset's own folder for local image files."""
-    return ImageFetcher(urls, image_cache(), fetch_policy(cfg), dataset_root=dataset_root(ds),
-                        allow_files_outside=cfg.allow_files_outside)
+    return ImageFetcher(
+        urls,
+        image_cache(),
+        fetch_policy(cfg),
+        dataset_root=dataset_root(ds),
+        allow_files_outside=cfg.allow_files_outside,
+    )
 
 
 def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
@@ -85,15 +96,25 @@ def encode(urls: list[str | None], ds: DatasetConfig, cfg: ImageFeatureConfig):
             fetcher.wait()  # fail before encoding anything
             check_coverage(fetcher, cfg)
         if cfg.processes == 1:
-            model, preprocess, clip_info = load_clip(cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed,
-                                                     precision=cfg.precision)
-            matrix, info = encode_images(fetcher, model, preprocess, batch_size=cfg.batch_size, device=cfg.device,
-                                         workers=cfg.workers)
+            model, preprocess, clip_info = load_clip(
+                cfg.model, cfg.pretrained, device=cfg.device, seed=cfg.seed, precision=cfg.precision
+            )
+            matrix, info = encode_images(
+                fetcher, model, preprocess, batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers
+            )
             info = clip_info | info
         else:  # the ranks split the batches: encode_images_sharded waits for every file first
             matrix, info = encode_images_sharded(
-                fetcher, cfg.model, cfg.pretrained, processes=cfg.processes, seed=cfg.seed, precision=cfg.precision,
-                batch_size=cfg.batch_size, device=cfg.device, workers=cfg.workers)
+                fetcher,
+                cfg.model,
+                cfg.pretrained,
+                processes=cfg.processes,
+                seed=cfg.seed,
+                precision=cfg.precision,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+                workers=cfg.workers,
+            )
     print(fetcher.report())
     fetcher.warn()
     return matrix, info | describe() | fetcher.summary()
@@ -112,24 +133,31 @@ def fetch_only() -> None:
     check_coverage(fetcher, cfg)
 
 
-CNN_NOTE = ("image features are the 4096-d CNN vectors distributed with the Amazon 2014 dumps "
-            "(image_features_<Category>.b), the image features of MMRec and SEA's paper")
+CNN_NOTE = (
+    "image features are the 4096-d CNN vectors distributed with the Amazon 2014 dumps "
+    "(image_features_<Category>.b), the image features of MMRec and SEA's paper"
+)
 
 
 def cnn_url(ds: DatasetConfig, cfg: ImageFeatureConfig) -> str:
     """``features.image.cnn_url``, or else the catalog's CNN feature file of ``dataset.name``."""
     url = cfg.cnn_url or image_features_url(ds)
     if not url:
-        raise ConfigError(f"params.yaml [features.image]: source: amazon_cnn needs cnn_url: dataset {shown(ds.name)} has "
-                          f"no CNN image feature file in the catalog (only the 2014 release has them)")
+        raise ConfigError(
+            f"params.yaml [features.image]: source: amazon_cnn needs cnn_url: dataset {shown(ds.name)} has "
+            f"no CNN image feature file in the catalog (only the 2014 release has them)"
+        )
     return url
 
 
 def read_cnn(items: pd.DataFrame, cfg: ImageFeatureConfig, url: str):
     """The dumps' CNN vectors of the items (features.image.source: amazon_cnn) from ``url``."""
     if not cfg.cnn_sha256:
-        print(f"warning: no features.image.cnn_sha256 in params.yaml: {url} is not verified (pin it from "
-              f"data/features/image.json)", file=sys.stderr)
+        print(
+            f"warning: no features.image.cnn_sha256 in params.yaml: {url} is not verified (pin it from "
+            f"data/features/image.json)",
+            file=sys.stderr,
+        )
     limits = {"max_bytes": int(cfg.cnn_max_mb * MB), "total_timeout": cfg.cnn_timeout}
     try:
         path, downloaded = obtain_cnn_file(url, cfg.cnn_sha256, **limits)
@@ -157,8 +185,10 @@ def main() -> None:
     items = pd.read_parquet(artifacts.ITEMS)
     if ds.source == "mmrec":
         if cfg.source == "amazon_cnn":
-            raise ConfigError("params.yaml [features.image]: source: amazon_cnn reads Amazon dumps' items; "
-                              "with dataset.source: mmrec the folder's image_feat.npy is used (set source: clip)")
+            raise ConfigError(
+                "params.yaml [features.image]: source: amazon_cnn reads Amazon dumps' items; "
+                "with dataset.source: mmrec the folder's image_feat.npy is used (set source: clip)"
+            )
         matrix, info = precomputed_features(ds.raw_dir, "image", len(items))
     elif cfg.source == "amazon_cnn":
         matrix, info = read_cnn(items, cfg, cnn_url(ds, cfg))

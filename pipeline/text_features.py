@@ -15,10 +15,9 @@ from sea import artifacts
 from sea.cli import run_stage
 from sea.config import load_params
 from sea.data.catalog import DatasetConfig
-from sea.features.text import TextFeatureConfig
 from sea.data.mmrec import precomputed_features
 from sea.features import empty_features
-from sea.features.text import encode_texts
+from sea.features.text import TextFeatureConfig, encode_texts
 
 
 def main() -> None:
@@ -31,8 +30,14 @@ def main() -> None:
     else:
         texts = [t if isinstance(t, str) and t.strip() else None for t in items["text"]]
         if any(texts):
-            matrix, info = encode_texts(texts, cfg.model, batch_size=cfg.batch_size, device=cfg.device,
-                                        precision=cfg.precision, processes=cfg.processes)
+            matrix, info = encode_texts(
+                texts,
+                cfg.model,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+                precision=cfg.precision,
+                processes=cfg.processes,
+            )
             info |= describe()
         else:  # a dataset without metadata: nothing to encode; a model that reads text refuses it
             matrix, info = empty_features("text", len(items))

@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/,
 
 from sea import compare, experiments  # noqa: E402
 from sea.cli import USER_ERRORS, run_main  # noqa: E402
-from sea.metrics import EvalConfig  # noqa: E402
-from sea.errors import ConfigError  # noqa: E402
-from sea.errors import DataError  # noqa: E402
+from sea.errors import (
+    ConfigError,  # noqa: E402
+    DataError,  # noqa: E402
+)
 from sea.files import write_json, write_text  # noqa: E402
+from sea.metrics import EvalConfig  # noqa: E402
 
 #: variant -> overrides on top of params.yaml (explicit, so params.yaml's defaults cannot
 #: turn a plain model into its +SEA version)
@@ -91,17 +93,36 @@ def collect(variants: list[str], commits: dict[str, str] | None = None) -> tuple
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
-                        help=f"variants to train and compare (default: all of {', '.join(VARIANTS)})")
-    parser.add_argument("--baseline", default="lightgcn",
-                        help="variant the others are tested against (or most_popular); default lightgcn")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"variants to train and compare (default: all of {', '.join(VARIANTS)})",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="lightgcn",
+        help="variant the others are tested against (or most_popular); default lightgcn",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per variant (default 1 2 3)")
-    parser.add_argument("-S", "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra param override for every variant (repeatable)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra param override for every variant (repeatable)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default 1)")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the report from finished runs")
-    parser.add_argument("--out", type=Path, default=Path("reports/compare.md"),
-                        help="markdown report; the JSON goes beside it (default reports/compare.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/compare.md"),
+        help="markdown report; the JSON goes beside it (default reports/compare.md)",
+    )
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -120,8 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     queued = experiment_overrides(args.variants, args.seeds, args.extra)
     commits = None if args.collect_only else experiments.run_variants(queued, jobs=args.jobs)
     frames, commits = collect(args.variants, commits)
-    comp = compare.compare(frames, args.baseline, selection_metric(commits),
-                           overrides={v: VARIANTS[v] for v in args.variants}, extra_overrides=args.extra)
+    comp = compare.compare(
+        frames,
+        args.baseline,
+        selection_metric(commits),
+        overrides={v: VARIANTS[v] for v in args.variants},
+        extra_overrides=args.extra,
+    )
     command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
     text = compare.render_markdown(comp, "Model comparison", command)
     write_text(args.out, text)

@@ -11,7 +11,6 @@ Prints the raw counts and the sha256 of the two dump files, to be pasted into
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

@@ -36,10 +36,11 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -50,8 +51,8 @@ IMAGES_DIR = "images"
 STORE_NAME = "Sample Store"
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-FIRST_DAY = datetime(2012, 1, 1, tzinfo=timezone.utc)
-LAST_DAY = datetime(2014, 7, 23, tzinfo=timezone.utc)  # the 2014 dumps end in July 2014
+FIRST_DAY = datetime(2012, 1, 1, tzinfo=UTC)
+LAST_DAY = datetime(2014, 7, 23, tzinfo=UTC)  # the 2014 dumps end in July 2014
 SECONDS_PER_DAY = 86_400
 
 
@@ -75,18 +76,33 @@ class Colour(NamedTuple):
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("Bags", ("Backpacks", "Totes", "Wallets"), ("Backpack", "Tote", "Wallet"),
-             ("Canvas", "Leather", "Nylon"), "square", 38.0),
-    Category("Shoes", ("Sneakers", "Boots"), ("Sneaker", "Boot"),
-             ("Suede", "Leather", "Mesh"), "triangle", 64.0),
-    Category("Hats", ("Caps", "Beanies"), ("Cap", "Beanie"),
-             ("Wool", "Cotton", "Felt"), "circle", 19.0),
-    Category("Kitchen", ("Mugs", "Bowls", "Teapots"), ("Mug", "Bowl", "Teapot"),
-             ("Ceramic", "Porcelain", "Stoneware"), "diamond", 16.0),
-    Category("Stationery", ("Notebooks", "Pencil Cases"), ("Notebook", "Pencil Case"),
-             ("Paper", "Linen", "Cork"), "tall_rectangle", 9.0),
-    Category("Home Decor", ("Cushions", "Vases"), ("Cushion", "Vase"),
-             ("Velvet", "Glass", "Cotton"), "hexagon", 27.0),
+    Category(
+        "Bags",
+        ("Backpacks", "Totes", "Wallets"),
+        ("Backpack", "Tote", "Wallet"),
+        ("Canvas", "Leather", "Nylon"),
+        "square",
+        38.0,
+    ),
+    Category("Shoes", ("Sneakers", "Boots"), ("Sneaker", "Boot"), ("Suede", "Leather", "Mesh"), "triangle", 64.0),
+    Category("Hats", ("Caps", "Beanies"), ("Cap", "Beanie"), ("Wool", "Cotton", "Felt"), "circle", 19.0),
+    Category(
+        "Kitchen",
+        ("Mugs", "Bowls", "Teapots"),
+        ("Mug", "Bowl", "Teapot"),
+        ("Ceramic", "Porcelain", "Stoneware"),
+        "diamond",
+        16.0,
+    ),
+    Category(
+        "Stationery",
+        ("Notebooks", "Pencil Cases"),
+        ("Notebook", "Pencil Case"),
+        ("Paper", "Linen", "Cork"),
+        "tall_rectangle",
+        9.0,
+    ),
+    Category("Home Decor", ("Cushions", "Vases"), ("Cushion", "Vase"), ("Velvet", "Glass", "Cotton"), "hexagon", 27.0),
 )
 
 COLOURS: tuple[Colour, ...] = (
@@ -111,24 +127,97 @@ STYLE_PHRASES: dict[str, str] = {
 }
 
 BRAND_NAMES: tuple[str, ...] = (
-    "Alderbrook", "Brightloom", "Cobalt & Pine", "Driftwood Co", "Elmstead", "Foxglove",
-    "Granite Lane", "Harborline", "Ironleaf", "Juniper Row", "Kestrel", "Larkspur",
-    "Meadowmere", "Northwick", "Oakhollow", "Pebblestone", "Quillfield", "Rookwood",
-    "Saltmarsh", "Thistledown", "Umberly", "Vantor", "Willowby", "Yarrowgate",
+    "Alderbrook",
+    "Brightloom",
+    "Cobalt & Pine",
+    "Driftwood Co",
+    "Elmstead",
+    "Foxglove",
+    "Granite Lane",
+    "Harborline",
+    "Ironleaf",
+    "Juniper Row",
+    "Kestrel",
+    "Larkspur",
+    "Meadowmere",
+    "Northwick",
+    "Oakhollow",
+    "Pebblestone",
+    "Quillfield",
+    "Rookwood",
+    "Saltmarsh",
+    "Thistledown",
+    "Umberly",
+    "Vantor",
+    "Willowby",
+    "Yarrowgate",
 )
 
 FIRST_NAMES: tuple[str, ...] = (
-    "Alice", "Ben", "Carla", "David", "Elena", "Frank", "Grace", "Hugo", "Irene", "Jack",
-    "Karen", "Liam", "Maya", "Noah", "Olivia", "Peter", "Quinn", "Rosa", "Sam", "Tara",
-    "Umar", "Vera", "Walter", "Xenia", "Yusuf", "Zoe", "Marco", "Nina", "Oscar", "Priya",
+    "Alice",
+    "Ben",
+    "Carla",
+    "David",
+    "Elena",
+    "Frank",
+    "Grace",
+    "Hugo",
+    "Irene",
+    "Jack",
+    "Karen",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olivia",
+    "Peter",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Walter",
+    "Xenia",
+    "Yusuf",
+    "Zoe",
+    "Marco",
+    "Nina",
+    "Oscar",
+    "Priya",
 )
 LAST_NAMES: tuple[str, ...] = (
-    "Adams", "Baker", "Chen", "Diaz", "Evans", "Fischer", "Garcia", "Hughes", "Ito",
-    "Jones", "Kumar", "Lopez", "Moreau", "Novak", "Okafor", "Perez", "Rossi", "Smith",
-    "Tanaka", "Unger", "Varga", "Walsh", "Young", "Zimmer",
+    "Adams",
+    "Baker",
+    "Chen",
+    "Diaz",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hughes",
+    "Ito",
+    "Jones",
+    "Kumar",
+    "Lopez",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Perez",
+    "Rossi",
+    "Smith",
+    "Tanaka",
+    "Unger",
+    "Varga",
+    "Walsh",
+    "Young",
+    "Zimmer",
 )
 NICKNAMES: tuple[str, ...] = (
-    "shopaholic", "bargain hunter", "design lover", "busy mom", "gadget guy", "reader",
+    "shopaholic",
+    "bargain hunter",
+    "design lover",
+    "busy mom",
+    "gadget guy",
+    "reader",
 )
 
 
@@ -243,8 +332,7 @@ def make_items(
     asins = make_ids(rng, n_items, "B00", 7)
     popularity = zipf_popularity(rng, n_items, zipf_exponent)
     brand_categories = [
-        rng.choice(len(CATEGORIES), size=int(rng.integers(1, 3)), replace=False)
-        for _ in range(n_brands)
+        rng.choice(len(CATEGORIES), size=int(rng.integers(1, 3)), replace=False) for _ in range(n_brands)
     ]
     brand_price_factor = rng.lognormal(0.0, 0.25, size=n_brands)
     no_description = pick_flagged(rng, n_items, missing_description_rate, set())
@@ -312,11 +400,7 @@ def match_matrix(users: Sequence[User], items: Sequence[Item]) -> np.ndarray:
         fav_cat[u, list(user.categories)] = True
         fav_col[u, list(user.colours)] = True
     fav_sty = np.array([user.style for user in users])
-    return (
-        0.5 * fav_cat[:, item_cat]
-        + 0.3 * fav_col[:, item_col]
-        + 0.2 * (fav_sty[:, None] == item_sty[None, :])
-    )
+    return 0.5 * fav_cat[:, item_cat] + 0.3 * fav_col[:, item_col] + 0.2 * (fav_sty[:, None] == item_sty[None, :])
 
 
 # --------------------------------------------------------------------------------------
@@ -324,9 +408,7 @@ def match_matrix(users: Sequence[User], items: Sequence[Item]) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def interaction_counts(
-    rng: np.random.Generator, n_users: int, low: int, high: int, mean_extra: float
-) -> np.ndarray:
+def interaction_counts(rng: np.random.Generator, n_users: int, low: int, high: int, mean_extra: float) -> np.ndarray:
     """Per-user review counts: ``low`` plus a geometric excess, capped at ``high``."""
     extra = rng.geometric(1.0 / (1.0 + mean_extra), size=n_users) - 1
     return np.minimum(low + extra, high)
@@ -415,9 +497,7 @@ def item_description(rng: np.random.Generator, item: Item) -> str:
     noun = item_noun(item).lower()
     colour = COLOURS[item.colour].name.lower()
     material = spec.materials[item.material].lower()
-    sentences = [
-        f"This {colour} {noun} is made of {material} {STYLE_PHRASES[STYLES[item.style]]}."
-    ]
+    sentences = [f"This {colour} {noun} is made of {material} {STYLE_PHRASES[STYLES[item.style]]}."]
     if rng.random() < 0.6:
         sentences.append(
             choice(
@@ -430,9 +510,7 @@ def item_description(rng: np.random.Generator, item: Item) -> str:
             )
         )
     if rng.random() < 0.4:
-        sentences.append(
-            choice(rng, ("Makes a great gift.", "Easy to clean.", "Ships in recyclable packaging."))
-        )
+        sentences.append(choice(rng, ("Makes a great gift.", "Easy to clean.", "Ships in recyclable packaging.")))
     return " ".join(sentences)
 
 
@@ -442,21 +520,20 @@ def review_text(rng: np.random.Generator, item: Item, rating: int) -> tuple[str,
     colour = COLOURS[item.colour].name.lower()
     style = STYLES[item.style].lower()
     if rating >= 5:
-        opener = choice(rng, (f"Absolutely love this {noun}.", "Exactly what I was looking for.",
-                              "Great quality for the price."))
-        summary = choice(
-            rng, ("Five stars", "Love it", f"Great {noun}", f"Beautiful {colour} {noun}")
+        opener = choice(
+            rng, (f"Absolutely love this {noun}.", "Exactly what I was looking for.", "Great quality for the price.")
         )
+        summary = choice(rng, ("Five stars", "Love it", f"Great {noun}", f"Beautiful {colour} {noun}"))
     elif rating == 4:
-        opener = choice(rng, (f"Really nice {noun}, happy with it.", "Good value overall.",
-                              f"A solid {noun} that does the job."))
+        opener = choice(
+            rng, (f"Really nice {noun}, happy with it.", "Good value overall.", f"A solid {noun} that does the job.")
+        )
         summary = choice(rng, ("Very nice", f"Good {noun}", "Happy with it"))
     elif rating == 3:
         opener = choice(rng, ("It's okay, nothing special.", f"Decent {noun} but not amazing."))
         summary = choice(rng, ("Okay", "It's fine", "Average"))
     else:
-        opener = choice(rng, (f"Disappointed with this {noun}.", "Not what I expected.",
-                              "I would not buy this again."))
+        opener = choice(rng, (f"Disappointed with this {noun}.", "Not what I expected.", "I would not buy this again."))
         summary = choice(rng, ("Not great", "Returned it", f"Meh {noun}"))
     sentences = [opener]
     if rng.random() < 0.5:
@@ -506,7 +583,7 @@ def make_reviews(
 def review_record(review: Review, users: Sequence[User], items: Sequence[Item]) -> dict:
     """The review as a dict with the 2014 dump's keys, in the dump's key order."""
     when = FIRST_DAY.timestamp() + review.day * SECONDS_PER_DAY
-    date = datetime.fromtimestamp(when, tz=timezone.utc)
+    date = datetime.fromtimestamp(when, tz=UTC)
     user = users[review.user]
     return {
         "reviewerID": user.reviewer_id,
@@ -586,9 +663,7 @@ def shape_mask(rng: np.random.Generator, shape: str, size: int) -> Image.Image:
     return mask
 
 
-def pattern_fill(
-    rng: np.random.Generator, rgb: tuple[int, int, int], style: str, size: int
-) -> Image.Image:
+def pattern_fill(rng: np.random.Generator, rgb: tuple[int, int, int], style: str, size: int) -> Image.Image:
     """A ``size``×``size`` RGB fill: the colour (jittered a little) with the style's pattern."""
     base = np.clip(np.array(rgb, dtype=np.float64) + rng.uniform(-12, 12, size=3), 0, 255)
     y, x = np.mgrid[0:size, 0:size]
@@ -645,9 +720,7 @@ def write_gzip_lines(path: Path, lines: Sequence[str]) -> None:
             gz.write(line.encode("utf-8") + b"\n")
 
 
-def write_images(
-    rng: np.random.Generator, items: Sequence[Item], image_dir: Path, size: int
-) -> list[str]:
+def write_images(rng: np.random.Generator, items: Sequence[Item], image_dir: Path, size: int) -> list[str]:
     """Write one PNG per item that has an ``imUrl``; remove stale PNGs; return asins written."""
     image_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -716,15 +789,14 @@ def generate_sample(
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
     item_rng, user_rng, choice_rng, review_rng, meta_rng, image_rng = streams
 
-    items = make_items(item_rng, n_items, n_brands, zipf_exponent,
-                       missing_description_rate, missing_image_rate, corrupt_image_rate)
+    items = make_items(
+        item_rng, n_items, n_brands, zipf_exponent, missing_description_rate, missing_image_rate, corrupt_image_rate
+    )
     users = make_users(user_rng, n_users)
     match = match_matrix(users, items)
-    counts = interaction_counts(choice_rng, n_users, min_interactions, max_interactions,
-                                mean_extra_interactions)
+    counts = interaction_counts(choice_rng, n_users, min_interactions, max_interactions, mean_extra_interactions)
     popularity = np.array([it.popularity for it in items])
-    picks = choose_items(choice_rng, match, popularity, counts, popularity_exponent,
-                         preference_strength, noise_scale)
+    picks = choose_items(choice_rng, match, popularity, counts, popularity_exponent, preference_strength, noise_scale)
     reviews = make_reviews(review_rng, users, items, picks, match, duplicate_rate)
 
     records = [review_record(r, users, items) for r in reviews]

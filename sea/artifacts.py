@@ -78,8 +78,10 @@ def read_features(modalities: list[str], n_items: int, root: Path = FEATURES) ->
         path = root / f"{m}.npy"
         info = read_feature_info(m, root) if (root / f"{m}.json").exists() else {}
         if info.get("n_decoded", info.get("n_with_text")) == 0:
-            raise DataError(f"{path}: no item had a usable {m} (see {m}.json): the features are empty; "
-                            f"fix the inputs, or leave {m} out of model.modalities")
+            raise DataError(
+                f"{path}: no item had a usable {m} (see {m}.json): the features are empty; "
+                f"fix the inputs, or leave {m} out of model.modalities"
+            )
         out[m] = load_features(path, n_items, m)
     return out
 

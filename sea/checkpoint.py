@@ -64,8 +64,9 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` atomically; same weights and params give the same bytes."""
-    tensors = {f"{r.seed}/{k}": v.detach().to("cpu").contiguous().clone()
-               for r in ckpt.runs for k, v in r.state_dict.items()}
+    tensors = {
+        f"{r.seed}/{k}": v.detach().to("cpu").contiguous().clone() for r in ckpt.runs for k, v in r.state_dict.items()
+    }
     meta = {
         "format": FORMAT,
         "model": ckpt.model_name,
@@ -96,7 +97,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     runs = []
     for r in meta["runs"]:
         prefix = f"{r['seed']}/"
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         runs.append(Run(int(r["seed"]), int(r["best_epoch"]), state))
-    return Checkpoint(params=meta["params"], n_users=int(meta["n_users"]), n_items=int(meta["n_items"]),
-                      feature_dims={m: int(d) for m, d in meta["feature_dims"].items()}, runs=runs)
+    return Checkpoint(
+        params=meta["params"],
+        n_users=int(meta["n_users"]),
+        n_items=int(meta["n_items"]),
+        feature_dims={m: int(d) for m, d in meta["feature_dims"].items()},
+        runs=runs,
+    )

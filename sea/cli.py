@@ -11,11 +11,10 @@ traceback. Ctrl-C exits with status 130 without a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from sea.errors import ConfigError, one_line
 from sea.distributed import RankFailed
-from sea.errors import DataError, FetchError
+from sea.errors import ConfigError, DataError, FetchError, one_line
 
 #: The exceptions that mean "the user's params or input are wrong", not "the code is" —
 #: and RankFailed: a worker rank of a sharded stage failed; it printed its own traceback.

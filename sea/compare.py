@@ -122,13 +122,17 @@ def validate(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(f"{source}: unknown split(s) {bad_split}; expected {list(SPLITS)}")
     values = frame[metrics].to_numpy(np.float64)
     if not np.isfinite(values).all():
-        raise DataError(f"{source}: non-finite metric values in {[c for c in metrics if not np.isfinite(frame[c]).all()]}")
+        raise DataError(
+            f"{source}: non-finite metric values in {[c for c in metrics if not np.isfinite(frame[c]).all()]}"
+        )
     out = frame.astype({"seed": "int64", "user": "int64", "model": str, "split": str})
     dup = out.duplicated(list(KEYS))
     if dup.any():
         first = out[dup].iloc[0]
-        raise DataError(f"{source}: {int(dup.sum())} duplicate rows, e.g. model={first['model']} "
-                        f"seed={first['seed']} split={first['split']} user={first['user']}")
+        raise DataError(
+            f"{source}: {int(dup.sum())} duplicate rows, e.g. model={first['model']} "
+            f"seed={first['seed']} split={first['split']} user={first['user']}"
+        )
     trained = sorted(set(out["model"]) - {MOST_POPULAR})
     if len(trained) != 1:
         raise DataError(f"{source}: expected one trained model besides {MOST_POPULAR!r}, found {trained}")
@@ -148,8 +152,7 @@ def summarise(rows: pd.DataFrame, metrics: list[str]) -> dict[str, Stat]:
     per_seed = seed_means(rows, metrics)
     n = len(per_seed)
     return {
-        m: Stat(float(per_seed[m].mean()), float(per_seed[m].std(ddof=1)) if n > 1 else math.nan, n)
-        for m in metrics
+        m: Stat(float(per_seed[m].mean()), float(per_seed[m].std(ddof=1)) if n > 1 else math.nan, n) for m in metrics
     }
 
 
@@ -202,8 +205,10 @@ def _most_popular(frames: dict[str, pd.DataFrame], metrics: list[str]) -> pd.Dat
     first_name, first = found[0]
     for name, other in found[1:]:
         if not (other.index.equals(first.index) and np.allclose(other.to_numpy(), first.to_numpy(), atol=1e-9)):
-            raise DataError(f"the most-popular baseline differs between variants {first_name!r} and {name!r}: "
-                            "they were evaluated on different data or eval params")
+            raise DataError(
+                f"the most-popular baseline differs between variants {first_name!r} and {name!r}: "
+                "they were evaluated on different data or eval params"
+            )
     return first.reset_index().assign(model=MOST_POPULAR, seed=0)
 
 
@@ -252,8 +257,11 @@ def compare(
             if part.empty:
                 raise DataError(f"variant {name!r} has no rows for split {split!r}")
             stat[split] = summarise(part, metrics)  # most popular: one value per user, so no std
-        seeds = [] if name == MOST_POPULAR else sorted(
-            int(s) for s in frames[name].loc[frames[name]["model"] != MOST_POPULAR, "seed"].unique())
+        seeds = (
+            []
+            if name == MOST_POPULAR
+            else sorted(int(s) for s in frames[name].loc[frames[name]["model"] != MOST_POPULAR, "seed"].unique())
+        )
         rows.append(Row(name, seeds, stat, list(overrides.get(name, []))))
 
     tests: dict[str, dict[str, dict[str, PairedTest]]] = {}
@@ -261,7 +269,8 @@ def compare(
         base = rows_of(baseline, split)
         tests[split] = {
             name: {m: paired_test(user_means(rows_of(name, split), m), user_means(base, m)) for m in metrics}
-            for name in names if name != baseline
+            for name in names
+            if name != baseline
         }
     return Comparison(baseline, select, metrics, rows, tests, list(extra_overrides or []))
 
@@ -309,8 +318,11 @@ def render_markdown(comp: Comparison, title: str = "Model comparison", command: 
             cells = [label] + [_cell(row.stats[split][m]) for m in comp.metrics]
             if tested:
                 t = comp.tests[split].get(row.name, {}).get(comp.select)
-                cells += ["—"] * 4 if t is None else [_delta(t), format_p(t.t_pvalue), format_p(t.wilcoxon_pvalue),
-                                                      str(t.n_users)]
+                cells += (
+                    ["—"] * 4
+                    if t is None
+                    else [_delta(t), format_p(t.t_pvalue), format_p(t.wilcoxon_pvalue), str(t.n_users)]
+                )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += _legend(comp, command)
@@ -329,7 +341,7 @@ def _legend(comp: Comparison, command: str) -> list[str]:
         "",
         "- **Cells:** mean ± sample standard deviation over seeds. Each seed's value is the metric "
         "averaged over the users with at least one held-out item in that split (as in "
-        "`reports/metrics.json`); the std is that of the per-seed values (ddof = 1), \"—\" with one seed. "
+        '`reports/metrics.json`); the std is that of the per-seed values (ddof = 1), "—" with one seed. '
         "The most-popular baseline is deterministic and has no std. Every model is evaluated at its "
         "best validation epoch, so test numbers were never used for selection.",
         f"- **Δ:** variant − baseline ({_label(comp.baseline)}) on {comp.select} (the selection metric "
@@ -349,8 +361,11 @@ def _legend(comp: Comparison, command: str) -> list[str]:
         f"- **Seeds:** {seeds}.",
     ]
     if any(r.overrides for r in comp.rows) or comp.extra_overrides:
-        out.append("- **Variants:** " + "; ".join(
-            f"{r.name}: {', '.join(f'`{o}`' for o in r.overrides) or 'params.yaml'}" for r in variants) + ".")
+        out.append(
+            "- **Variants:** "
+            + "; ".join(f"{r.name}: {', '.join(f'`{o}`' for o in r.overrides) or 'params.yaml'}" for r in variants)
+            + "."
+        )
         out.append(f"- **Overrides for every variant:** {', '.join(f'`{o}`' for o in comp.extra_overrides) or 'none'}.")
     if command:
         out.append(f"- Generated by `{command}`.")
@@ -372,15 +387,22 @@ def to_json(comp: Comparison) -> dict:
             r.name: {
                 "seeds": r.seeds,
                 "overrides": r.overrides,
-                **{split: {m: {"mean": s.mean, "std": _clean(s.std), "n_seeds": s.n_seeds}
-                           for m, s in r.stats[split].items()} for split in SPLITS},
+                **{
+                    split: {
+                        m: {"mean": s.mean, "std": _clean(s.std), "n_seeds": s.n_seeds}
+                        for m, s in r.stats[split].items()
+                    }
+                    for split in SPLITS
+                },
             }
             for r in comp.rows
         },
         "tests": {
             split: {
-                name: {m: {k: _clean(v) if isinstance(v, float) else v for k, v in vars(t).items()}
-                       for m, t in per_metric.items()}
+                name: {
+                    m: {k: _clean(v) if isinstance(v, float) else v for k, v in vars(t).items()}
+                    for m, t in per_metric.items()
+                }
                 for name, per_metric in per_row.items()
             }
             for split, per_row in comp.tests.items()

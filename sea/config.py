@@ -12,14 +12,12 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sea.errors import MAX_SHOWN_CHARS, ConfigError, shorten, shown
-
 
 #: params.yaml is about 10 KB; a file a hundred times larger is not a params file, and is
 #: refused before it is parsed.
@@ -69,8 +67,9 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
-def _measure(node: yaml.Node, where: str, depth: int, memo: dict[int, tuple[int, int, int] | None]
-             ) -> tuple[int, int, int]:
+def _measure(
+    node: yaml.Node, where: str, depth: int, memo: dict[int, tuple[int, int, int] | None]
+) -> tuple[int, int, int]:
     """``(nodes, characters, height)`` of ``node`` with its aliases expanded, computed once per
     node object (an alias is the anchored node itself), so a bomb costs its size in the file.
     Raises :class:`_TooLarge` naming ``where`` (the key path) as soon as a limit is passed."""
@@ -79,8 +78,7 @@ def _measure(node: yaml.Node, where: str, depth: int, memo: dict[int, tuple[int,
         if memo[key] is None:
             raise _TooLarge("has a YAML alias inside the collection it names (an endless value)", node, where)
         if depth + memo[key][2] > MAX_PARAMS_DEPTH:
-            raise _TooLarge(f"nests deeper than {MAX_PARAMS_DEPTH} levels once YAML aliases are expanded",
-                            node, where)
+            raise _TooLarge(f"nests deeper than {MAX_PARAMS_DEPTH} levels once YAML aliases are expanded", node, where)
         return memo[key]
     if isinstance(node, yaml.ScalarNode):
         memo[key] = (1, len(node.value), 0)
@@ -100,11 +98,16 @@ def _measure(node: yaml.Node, where: str, depth: int, memo: dict[int, tuple[int,
         n, c, h = _measure(child, child_where, depth + 1, memo)
         nodes, chars, height = nodes + n, chars + c, max(height, h + 1)
         if nodes > MAX_PARAMS_NODES:
-            raise _TooLarge(f"expands to more than {MAX_PARAMS_NODES} values once YAML aliases are "
-                            f"expanded; a params file holds a few hundred", child, child_where)
+            raise _TooLarge(
+                f"expands to more than {MAX_PARAMS_NODES} values once YAML aliases are "
+                f"expanded; a params file holds a few hundred",
+                child,
+                child_where,
+            )
         if chars > MAX_PARAMS_CHARS:
-            raise _TooLarge(f"expands to more than {MAX_PARAMS_CHARS} characters once YAML aliases are "
-                            f"expanded", child, child_where)
+            raise _TooLarge(
+                f"expands to more than {MAX_PARAMS_CHARS} characters once YAML aliases are expanded", child, child_where
+            )
     memo[key] = (nodes, chars, height)
     return memo[key]
 
@@ -251,23 +254,37 @@ MAX_NAME_BYTES = 255
 def check_device(value: str, section: str, name: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
     m = _DEVICE.fullmatch(value)
-    require(m is not None and (m[3] is None or m[1] == "cuda"), section,
-           f"{name} must be auto, cpu, cuda or cuda:N, got {shown(value)}")
+    require(
+        m is not None and (m[3] is None or m[1] == "cuda"),
+        section,
+        f"{name} must be auto, cpu, cuda or cuda:N, got {shown(value)}",
+    )
     if m[1] == "cuda":
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(m[3] or 0)
-        require(index < count, section, f"{name}: {shown(value)} asked for, but this machine has "
-               f"{count} CUDA device(s); use auto or cpu")
+        require(
+            index < count,
+            section,
+            f"{name}: {shown(value)} asked for, but this machine has {count} CUDA device(s); use auto or cpu",
+        )
 
 
 def check_folder_name(value: str, section: str, name: str) -> None:
     """One plain folder name: not empty, '.' or '..', no path separator or control
     character, at most 255 bytes — it names a folder that stages replace whole."""
-    require(value not in ("", ".", "..") and not any(c in value for c in "/\\")
-           and all(c.isprintable() for c in value) and value == value.strip(), section,
-           f"{name} must be one plain folder name (no '/', '\\', '.' or '..', no control "
-           f"characters or surrounding spaces), got {shown(value)}")
-    require(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, section,
-           f"{name} is longer than {MAX_NAME_BYTES} bytes")
+    require(
+        value not in ("", ".", "..")
+        and not any(c in value for c in "/\\")
+        and all(c.isprintable() for c in value)
+        and value == value.strip(),
+        section,
+        f"{name} must be one plain folder name (no '/', '\\', '.' or '..', no control "
+        f"characters or surrounding spaces), got {shown(value)}",
+    )
+    require(
+        len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES,
+        section,
+        f"{name} is longer than {MAX_NAME_BYTES} bytes",
+    )

@@ -40,11 +40,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -132,8 +133,11 @@ def torchrun(script: str, nprocs: int, args: Iterable[str] = (), prefix: str = "
         rank, failure = e.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 1
         signal = f" (signal {failure.signal_name()})" if failure.exitcode < 0 else ""
-        print(f"{prefix}: rank {rank} of {nprocs} failed with exit status {failure.exitcode}{signal} "
-              f"(its message is above); the other ranks were stopped", file=sys.stderr)
+        print(
+            f"{prefix}: rank {rank} of {nprocs} failed with exit status {failure.exitcode}{signal} "
+            f"(its message is above); the other ranks were stopped",
+            file=sys.stderr,
+        )
         return code
     return 0
 
@@ -156,16 +160,23 @@ def process_group(processes: int, device: torch.device) -> Iterator[tuple[World,
         return
     size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if size != processes:
-        raise ConfigError(f"params.yaml [train]: processes is {processes} but torchrun started {size} "
-                          f"processes (nnodes × nproc_per_node); make them equal")
+        raise ConfigError(
+            f"params.yaml [train]: processes is {processes} but torchrun started {size} "
+            f"processes (nnodes × nproc_per_node); make them equal"
+        )
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"params.yaml [train]: local rank {local_rank} needs a GPU, and this machine "
-                              f"has {torch.cuda.device_count()}: start at most that many processes per machine")
+            raise ConfigError(
+                f"params.yaml [train]: local rank {local_rank} needs a GPU, and this machine "
+                f"has {torch.cuda.device_count()}: start at most that many processes per machine"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        timeout=TIMEOUT,
+        device_id=device if device.type == "cuda" else None,
+    )
     try:
         yield world(), device
     finally:
@@ -198,11 +209,11 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     has_grad = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
     flat = all_reduce_sum_(torch.cat([g.reshape(-1) for g in grads] + [has_grad]))
-    size, offset, counts = dist.get_world_size(), 0, flat[-len(params):]
+    size, offset, counts = dist.get_world_size(), 0, flat[-len(params) :]
     for p, count in zip(params, counts.tolist(), strict=True):
         n = p.numel()
         if count > 0:
-            p.grad = (flat[offset:offset + n] / size).view_as(p).clone()
+            p.grad = (flat[offset : offset + n] / size).view_as(p).clone()
         offset += n
 
 
@@ -220,7 +231,7 @@ def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         offset = 0
         with torch.no_grad():
             for t in group:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
 
 
@@ -246,8 +257,15 @@ def replicate(model: torch.nn.Module) -> World:
     return w
 
 
-def step_on_shard(terms: dict, ranking: str, rows: slice, batch_rows: int, params: Iterable[torch.nn.Parameter],
-                  opt: torch.optim.Optimizer, logs: dict) -> dict:
+def step_on_shard(
+    terms: dict,
+    ranking: str,
+    rows: slice,
+    batch_rows: int,
+    params: Iterable[torch.nn.Parameter],
+    opt: torch.optim.Optimizer,
+    logs: dict,
+) -> dict:
     """One rank's optimiser step on its ``rows`` of a global batch of ``batch_rows`` rows.
 
     ``terms``: name → (value, weight) of the step's loss terms, where ``terms[ranking]``,
@@ -266,8 +284,11 @@ def step_on_shard(terms: dict, ranking: str, rows: slice, batch_rows: int, param
     average_gradients(params)
     opt.step()
     values = {"loss": share * value.detach() + own.detach() / size, ranking: share * value.detach()}
-    return values | {k: t.value.detach() / size for k, t in terms.items() if k != ranking} | {
-        k: v / size for k, v in logs.items()}
+    return (
+        values
+        | {k: t.value.detach() / size for k, t in terms.items() if k != ranking}
+        | {k: v / size for k, v in logs.items()}
+    )
 
 
 # ---------------------------------------------------------------------- sharded work (spawned ranks)
@@ -380,11 +401,15 @@ def _raise_failure(workdir: Path, world_size: int, exc: BaseException) -> None:
             for cls in _user_errors():
                 if cls.__name__ == err["type"]:
                     raise cls(message) from None
-        raise RankFailed(f"rank {rank} of {world_size} failed with {err['type']}: {err['message']} "
-                         "(its traceback is above)") from None
+        raise RankFailed(
+            f"rank {rank} of {world_size} failed with {err['type']}: {err['message']} (its traceback is above)"
+        ) from None
     rank = getattr(exc, "error_index", "?")
-    how = (f"was killed by {exc.signal_name}" if getattr(exc, "signal_name", None)
-           else f"exited with status {getattr(exc, 'exit_code', '?')}")
+    how = (
+        f"was killed by {exc.signal_name}"
+        if getattr(exc, "signal_name", None)
+        else f"exited with status {getattr(exc, 'exit_code', '?')}"
+    )
     raise RankFailed(f"rank {rank} of {world_size} {how} (out of memory?) before reporting an error") from None
 
 
@@ -413,8 +438,7 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
     if n < 1:
         raise ValueError(f"need at least one rank, got {n}")
     # the parent hosts the rendezvous store on a free port it already holds (no port race)
-    store = dist.TCPStore("127.0.0.1", 0, n + 1, is_master=True, wait_for_workers=False,
-                          timeout=TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", 0, n + 1, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
     # torch logs "Terminating process ..." for the ranks it stops after a failure; the
     # exception raised here already says which rank failed
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")
@@ -422,8 +446,9 @@ def launch(n: int, fn: Callable, args: tuple = (), *, workdir: Path, device: str
     spawn_log.setLevel(logging.ERROR)
     try:
         with runtime.waiting():
-            mp.start_processes(_worker, args=(fn, args, n, store.port, device, str(workdir)),
-                               nprocs=n, join=True, start_method="spawn")
+            mp.start_processes(
+                _worker, args=(fn, args, n, store.port, device, str(workdir)), nprocs=n, join=True, start_method="spawn"
+            )
     except ProcessException as e:
         _raise_failure(Path(workdir), n, e)
     finally:

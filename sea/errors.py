@@ -31,7 +31,7 @@ _SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 80
 
 def shorten(text: str) -> str:
     """``text`` cut to at most :data:`MAX_SHOWN_CHARS` characters (ending in ``...`` if cut)."""
-    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
 
 
 def shown(value: Any) -> str:
@@ -79,8 +79,9 @@ class HTTPStatusError(FetchError):
 
     reason = "http_error"
 
-    def __init__(self, message: str, reason: str | None = None, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, reason: str | None = None, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, reason)
         self.status = status
         self.retry_after = retry_after

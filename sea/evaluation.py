@@ -7,7 +7,7 @@ metrics of :mod:`sea.metrics` (training items masked). The trainer validates wit
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,15 +35,22 @@ def score_fn(model: Recommender, emb: Embeddings) -> Callable[[torch.Tensor], to
     return lambda users: model.score(emb, users.to(device))
 
 
-def evaluate(model: Recommender, data: GraphData, split: str, ks: list[int], batch_size: int = 4096,
-             emb: Embeddings | None = None) -> dict[str, float]:
+def evaluate(
+    model: Recommender,
+    data: GraphData,
+    split: str,
+    ks: list[int],
+    batch_size: int = 4096,
+    emb: Embeddings | None = None,
+) -> dict[str, float]:
     """Mean full-ranking metrics on ``split`` ('valid' or 'test'), masking training items
     only. ``emb``: embeddings from :func:`embed` to reuse (computed when absent)."""
     emb = embed(model, data) if emb is None else emb
     return evaluate_ranking(score_fn(model, emb), data.csr["train"], data.csr[split], data.n_items, ks, batch_size)
 
 
-def evaluate_per_user(model: Recommender, data: GraphData, split: str, ks: list[int], batch_size: int,
-                      emb: Embeddings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def evaluate_per_user(
+    model: Recommender, data: GraphData, split: str, ks: list[int], batch_size: int, emb: Embeddings
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Like :func:`evaluate`, one value per user (see :func:`sea.metrics.per_user_metrics`)."""
     return per_user_metrics(score_fn(model, emb), data.csr["train"], data.csr[split], data.n_items, ks, batch_size)

@@ -63,8 +63,9 @@ def dvc(*args: str, cwd: Path = Path("."), capture: bool = False) -> subprocess.
     proc = subprocess.run([*_dvc_command(), *args], cwd=cwd, text=True, capture_output=capture)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] if capture else []
-        raise ExperimentError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode})"
-                              + (f": {detail[0]}" if detail else ""))
+        raise ExperimentError(
+            f"`dvc {' '.join(args)}` failed (exit {proc.returncode})" + (f": {detail[0]}" if detail else "")
+        )
     return proc
 
 
@@ -92,8 +93,9 @@ def experiment_ref(name: str, baseline: str) -> str:
 def experiment_commit(name: str, cwd: Path = Path("."), baseline: str | None = None) -> str | None:
     """The commit of finished experiment ``name`` on ``baseline`` (default HEAD), or None."""
     ref = experiment_ref(name, baseline or head(cwd))
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-                          cwd=cwd, text=True, capture_output=True)
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=cwd, text=True, capture_output=True
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -133,12 +135,15 @@ def clean_queue(names: list[str], cwd: Path = Path(".")) -> None:
     tasks, active = queue_status(cwd)
     running = [t for t in tasks if t.status == "Running"]
     if active:
-        raise ExperimentError(f"a DVC experiment run is in progress ({active} active worker(s), tasks "
-                              f"{[t.name for t in running]}): wait for it, or stop it with `dvc queue kill <task>`")
+        raise ExperimentError(
+            f"a DVC experiment run is in progress ({active} active worker(s), tasks "
+            f"{[t.name for t in running]}): wait for it, or stop it with `dvc queue kill <task>`"
+        )
     if running:
         ids = [t.task for t in running]
-        print(f"stale tasks marked Running with no worker alive: {[t.name for t in running]}; removing them",
-              flush=True)
+        print(
+            f"stale tasks marked Running with no worker alive: {[t.name for t in running]}; removing them", flush=True
+        )
         dvc("queue", "kill", *ids, cwd=cwd)
         dvc("queue", "remove", *ids, cwd=cwd)
     ours = [t.task for t in tasks if t.status == "Queued" and t.name in names]
@@ -146,8 +151,11 @@ def clean_queue(names: list[str], cwd: Path = Path(".")) -> None:
         dvc("queue", "remove", *ours, cwd=cwd)
     others = sorted({t.name for t in tasks if t.status == "Queued" and t.name not in names})
     if others:
-        print(f"warning: other queued experiments will run too: {others} (`dvc queue remove --queued` drops them)",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: other queued experiments will run too: {others} (`dvc queue remove --queued` drops them)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_ready(cwd: Path = Path(".")) -> None:
@@ -158,9 +166,12 @@ def check_ready(cwd: Path = Path(".")) -> None:
     head(cwd)
     untracked = git("ls-files", "--others", "--exclude-standard", cwd=cwd).split()
     if untracked:
-        print(f"warning: {len(untracked)} untracked file(s) are not seen by the experiments "
-              f"(git add them first): {', '.join(untracked[:5])}{' ...' if len(untracked) > 5 else ''}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: {len(untracked)} untracked file(s) are not seen by the experiments "
+            f"(git add them first): {', '.join(untracked[:5])}{' ...' if len(untracked) > 5 else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_variants(variants: dict[str, list[str]]) -> None:
@@ -204,9 +215,11 @@ def finished(names: list[str], cwd: Path = Path("."), baseline: str | None = Non
     commits = {n: experiment_commit(n, cwd, base) for n in names}
     missing = [n for n, c in commits.items() if c is None]
     if missing:
-        raise ExperimentError(f"no finished experiment {missing} on commit {base[:7]}; see "
-                              f"`dvc queue logs {missing[0]}` (a failed run), or run from the commit they were "
-                              "queued from")
+        raise ExperimentError(
+            f"no finished experiment {missing} on commit {base[:7]}; see "
+            f"`dvc queue logs {missing[0]}` (a failed run), or run from the commit they were "
+            "queued from"
+        )
     return {n: c for n, c in commits.items() if c is not None}
 
 

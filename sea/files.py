@@ -17,8 +17,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sea.errors import DataError
 
@@ -44,8 +44,10 @@ def _checked_target(target: str | os.PathLike) -> Path:
     text = os.fspath(target)
     name = text.replace(os.altsep or os.sep, os.sep).rsplit(os.sep, 1)[-1]
     if not is_plain_name(name):
-        raise DataError(f"refusing to write {text!r}: its last component {name!r} is not a plain "
-                        "file or folder name (empty, '.', '..', or with a separator or NUL)")
+        raise DataError(
+            f"refusing to write {text!r}: its last component {name!r} is not a plain "
+            "file or folder name (empty, '.', '..', or with a separator or NUL)"
+        )
     return Path(text)
 
 

@@ -61,8 +61,7 @@ class ClubConfig(Section):
     pairing: str = "paper"
 
     def validate(self, section: str) -> None:
-        require(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0,
-               section, "steps >= 0, lr > 0, sizes > 0")
+        require(self.steps >= 0 and self.lr > 0 and self.hidden_dim > 0, section, "steps >= 0, lr > 0, sizes > 0")
         require_choice(self.pairing, ("paper", "reference"), section, "pairing")
 
 
@@ -169,8 +168,13 @@ class RankingLoss:
     training pairs) corrects for popularity, and ``memory`` (CBNS) adds the vectors of
     recent batches as negatives; every call then enqueues the batch's positives."""
 
-    def __init__(self, kind: str, cfg: LossConfig | None = None, log_q: torch.Tensor | None = None,
-                 memory: CrossBatchMemory | None = None):
+    def __init__(
+        self,
+        kind: str,
+        cfg: LossConfig | None = None,
+        log_q: torch.Tensor | None = None,
+        memory: CrossBatchMemory | None = None,
+    ):
         self.kind, self.cfg, self.log_q, self.memory = kind, cfg or LossConfig(), log_q, memory
 
     def __call__(self, emb: Embeddings, batch: Batch, rows: slice | None = None) -> torch.Tensor:
@@ -194,14 +198,16 @@ class RankingLoss:
             loss = ranking_loss(self.kind, user, emb.item[shard.pos], emb.item[shard.neg])
         return emb.user.new_zeros(()) if loss is None else loss
 
-    def softmax(self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor,
-                rows: slice | None = None) -> torch.Tensor:
+    def softmax(
+        self, user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor, rows: slice | None = None
+    ) -> torch.Tensor:
         """The sampled softmax of ``user`` (the batch's rows ``rows``) against the batch's
         positives ``pos`` and the CBNS memory's negatives."""
         extra = self.memory.negatives() if self.memory is not None else None
         extra_ids, extra_vectors = extra if extra is not None else (None, None)
-        return sampled_softmax_loss(user, pos, pos_ids, self.cfg.softmax_temperature, self.log_q,
-                                    extra_vectors, extra_ids, rows)
+        return sampled_softmax_loss(
+            user, pos, pos_ids, self.cfg.softmax_temperature, self.log_q, extra_vectors, extra_ids, rows
+        )
 
 
 # ------------------------------------------------------------------ the embedding penalty
@@ -263,12 +269,20 @@ class CLUBEstimator(nn.Module):
     def __init__(self, x_dim: int, y_dim: int, hidden_dim: int, count: int = 1):
         super().__init__()
         self.count = count
-        sizes = {"mu_1": (x_dim, hidden_dim), "mu_2": (hidden_dim, y_dim),
-                 "logvar_1": (x_dim, hidden_dim), "logvar_2": (hidden_dim, y_dim)}
+        sizes = {
+            "mu_1": (x_dim, hidden_dim),
+            "mu_2": (hidden_dim, y_dim),
+            "logvar_1": (x_dim, hidden_dim),
+            "logvar_2": (hidden_dim, y_dim),
+        }
         for name, (fan_in, fan_out) in sizes.items():
             bound = 1.0 / math.sqrt(fan_in)
-            self.register_parameter(f"{name}_weight", nn.Parameter(torch.empty(count, fan_in, fan_out).uniform_(-bound, bound)))
-            self.register_parameter(f"{name}_bias", nn.Parameter(torch.empty(count, 1, fan_out).uniform_(-bound, bound)))
+            self.register_parameter(
+                f"{name}_weight", nn.Parameter(torch.empty(count, fan_in, fan_out).uniform_(-bound, bound))
+            )
+            self.register_parameter(
+                f"{name}_bias", nn.Parameter(torch.empty(count, 1, fan_out).uniform_(-bound, bound))
+            )
 
     def _mlp(self, x: torch.Tensor, name: str) -> torch.Tensor:
         w1, b1 = getattr(self, f"{name}_1_weight"), getattr(self, f"{name}_1_bias")
@@ -347,6 +361,10 @@ class CLUBEstimator(nn.Module):
         grads = []
         for h, w2, d_out in ((h_mu, w2m, d_mu), (h_lv, w2v, d_logvar)):
             d_h = torch.bmm(d_out, w2.transpose(1, 2)).mul_(h > 0)
-            grads += [torch.bmm(x_t, d_h), d_h.sum(1, keepdim=True),
-                      torch.bmm(h.transpose(1, 2), d_out), d_out.sum(1, keepdim=True)]
+            grads += [
+                torch.bmm(x_t, d_h),
+                d_h.sum(1, keepdim=True),
+                torch.bmm(h.transpose(1, 2), d_out),
+                d_out.sum(1, keepdim=True),
+            ]
         return ll, grads

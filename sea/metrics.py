@@ -17,8 +17,8 @@ epoch on validation.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,10 +43,17 @@ class EvalConfig(Section):
         require(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
         require(self.batch_size >= 1, section, "batch_size must be >= 1")
         metric, _, k = self.select.partition("@")
-        require(metric in METRICS and re.fullmatch(r"[0-9]{1,9}", k) is not None,
-               section, f"select must look like recall@20, got {shown(self.select)}")
-        require(int(k) in self.topk, section,
-               f"select {shown(self.select)} needs {k} in topk {shown(self.topk)} (metrics are computed at those cut-offs)")
+        require(
+            metric in METRICS and re.fullmatch(r"[0-9]{1,9}", k) is not None,
+            section,
+            f"select must look like recall@20, got {shown(self.select)}",
+        )
+        require(
+            int(k) in self.topk,
+            section,
+            f"select {shown(self.select)} needs {k} in topk {shown(self.topk)} "
+            f"(metrics are computed at those cut-offs)",
+        )
 
 
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
@@ -108,7 +115,7 @@ def top_k(
     k = min(k, n_items)
     items, scores = [], []
     for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
+        batch = users[start : start + batch_size]
         s = score_fn(torch.as_tensor(batch)).float()
         s = s.masked_fill(_csr_rows(*exclude, batch, n_items).to(s.device), -torch.inf)
         top = s.topk(k, dim=1)
@@ -140,13 +147,14 @@ def per_user_metrics(
     top, _ = top_k(score_fn, exclude, users, n_items, max(ks), batch_size)
     values: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        hits = _csr_rows(t_ptr, t_idx, batch, n_items).gather(1, top[start:start + batch_size])
+        batch = users[start : start + batch_size]
+        hits = _csr_rows(t_ptr, t_idx, batch, n_items).gather(1, top[start : start + batch_size])
         for name, v in metrics_from_hits(hits, torch.as_tensor(n_rel_all[batch]), ks).items():
             values.setdefault(name, []).append(v)
     ordered = [f"{m}@{k}" for m in METRICS for k in ks]
-    return users, {name: (torch.cat(values[name]).double().numpy() if name in values else np.zeros(0))
-                   for name in ordered}
+    return users, {
+        name: (torch.cat(values[name]).double().numpy() if name in values else np.zeros(0)) for name in ordered
+    }
 
 
 def evaluate_ranking(

@@ -34,13 +34,26 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None
             ax_loss.plot(run["epoch"], run[col], color=colour, linestyle=styles[i % len(styles)], label=col + tag)
         evaluated = run.dropna(subset=valid_cols)
         for i, col in enumerate(valid_cols):
-            ax_valid.plot(evaluated["epoch"], evaluated[col], color=colour, linestyle=styles[i % len(styles)],
-                          marker=".", label=col.removeprefix("valid_") + tag)
+            ax_valid.plot(
+                evaluated["epoch"],
+                evaluated[col],
+                color=colour,
+                linestyle=styles[i % len(styles)],
+                marker=".",
+                label=col.removeprefix("valid_") + tag,
+            )
         best = run[run["epoch"] == run["best_epoch"]] if "best_epoch" in run else run.iloc[:0]
         if len(best) and f"valid_{select}" in run:
             ax_valid.axvline(best["epoch"].iloc[0], color=colour, linewidth=0.8, alpha=0.6)
-            ax_valid.plot(best["epoch"], best[f"valid_{select}"], color=colour, marker="*", markersize=12,
-                          linestyle="none", label=f"best epoch {best['epoch'].iloc[0]}{tag}")
+            ax_valid.plot(
+                best["epoch"],
+                best[f"valid_{select}"],
+                color=colour,
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                label=f"best epoch {best['epoch'].iloc[0]}{tag}",
+            )
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training losses (batch means)")
     ax_loss.legend(fontsize="small")
@@ -53,8 +66,9 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, select: str) -> None
     plt.close(fig)
 
 
-def metric_table(rows: dict[str, dict[str, float]], columns: list[str],
-                 std: dict[str, dict[str, float]] | None = None) -> str:
+def metric_table(
+    rows: dict[str, dict[str, float]], columns: list[str], std: dict[str, dict[str, float]] | None = None
+) -> str:
     """Markdown table, one row per model; ``std`` adds ± values for the rows it names."""
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, values in rows.items():
@@ -77,25 +91,37 @@ def _feature_line(modality: str, info: dict) -> str:
         encoder += f" in {info['precision']}"
     if info.get("kernels"):
         encoder += f" ({kernels_phrase(info)})"
-    return (f"- **{modality}**: {encoder}, {info.get('dim')}-d; {n - missing} of {n} items encoded, "
-            f"{missing} filled with the mean vector" + (f" — {info['note']}" if info.get("note") else ""))
+    return (
+        f"- **{modality}**: {encoder}, {info.get('dim')}-d; {n - missing} of {n} items encoded, "
+        f"{missing} filled with the mean vector" + (f" — {info['note']}" if info.get("note") else "")
+    )
 
 
-def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, detail: dict,
-                    setup: dict, ks: list[int],
-                    ranking_loss: str) -> str:
+def markdown_report(
+    *,
+    stats: dict,
+    feature_info: dict[str, dict],
+    train: dict,
+    detail: dict,
+    setup: dict,
+    ks: list[int],
+    ranking_loss: str,
+) -> str:
     """The evaluate stage's report: data, features (models that read them), the model and
     its params, each seed's best epoch, metrics (mean ± std over seeds) next to most popular.
     Nothing time-dependent: timings stay on the console and in logs/."""
     a = stats["after_k_core"]
     s = stats["split"]
     name = detail["model"]
-    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks] + [f"{m}@{max(ks)}" for m in ("precision", "map", "hit")]
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks] + [
+        f"{m}@{max(ks)}" for m in ("precision", "map", "hit")
+    ]
     parts = [
         f"# {name} on `{stats['dataset']}`",
         "",
         "## Data",
-        f"- raw: {stats['raw']['reviews']:,} reviews, {stats['raw']['users']:,} users, {stats['raw']['items']:,} items; "
+        f"- raw: {stats['raw']['reviews']:,} reviews, {stats['raw']['users']:,} users, "
+        f"{stats['raw']['items']:,} items; "
         f"{stats['deduplicated']['duplicates_dropped']:,} duplicate (user, item) pairs dropped",
         f"- after {stats['k_core']}-core: {a['users']:,} users, {a['items']:,} items, {a['interactions']:,} "
         f"interactions (density {a['density']:.4f})",
@@ -104,8 +130,10 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         f"with an image URL {stats['items']['with_image_url']:,}",
     ]
     for role, f in stats.get("dumps", {}).items():
-        parts.append(f"- {role} dump `{f['file']}`: sha256 `{(f['sha256'] or '')[:16]}…`, verified: "
-                     f"{f.get('verified') or 'not recorded'}")
+        parts.append(
+            f"- {role} dump `{f['file']}`: sha256 `{(f['sha256'] or '')[:16]}…`, verified: "
+            f"{f.get('verified') or 'not recorded'}"
+        )
     parts += ["", "## Features"]
     if feature_info:
         parts += [_feature_line(m, info) for m, info in feature_info.items()]
@@ -113,9 +141,12 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
         parts += [f"- none: {name} reads no item features"]
     image = feature_info.get("image")
     if image is not None and not image.get("pretrained_weights", True):
-        parts += ["", "**Warning: the image features come from a randomly initialised CLIP encoder "
-                  "(`features.image.pretrained: none`). They carry no pretrained visual meaning; "
-                  "numbers here do not measure what real CLIP features would give.**"]
+        parts += [
+            "",
+            "**Warning: the image features come from a randomly initialised CLIP encoder "
+            "(`features.image.pretrained: none`). They carry no pretrained visual meaning; "
+            "numbers here do not measure what real CLIP features would give.**",
+        ]
     seeds = train["seeds"]
     n_seeds = len(detail["seeds"])
     epochs = ", ".join(f"seed {k}: best epoch {v['best_epoch']} of {v['epochs_run']}" for k, v in seeds.items())
@@ -130,7 +161,8 @@ def markdown_report(*, stats: dict, feature_info: dict[str, dict], train: dict, 
     parts += [
         "",
         "## Model and training",
-        f"- model `{name}`: " + (", ".join(f"{k} {v}" for k, v in own.items()) or "no params of its own")
+        f"- model `{name}`: "
+        + (", ".join(f"{k} {v}" for k, v in own.items()) or "no params of its own")
         + f"; {train['parameters']:,} trainable parameters"
         + (f" (+ {extra:,} fitted separately)" if extra else "")
         + (f"; trained on {train['device']} with {kernels_phrase(train)}" if train.get("kernels") else ""),

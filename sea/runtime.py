@@ -45,14 +45,13 @@ import os
 import platform
 import sys
 import tempfile
-from pathlib import Path
-from typing import Iterator
-
-from sea.errors import ConfigError, one_line
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
+
 from sea.config import Section, load_params, require, require_choice
-from sea.errors import shown
+from sea.errors import ConfigError, one_line, shown
 
 try:
     import fcntl
@@ -86,8 +85,11 @@ class ComputeConfig(Section):
 
     def validate(self, section: str) -> None:
         require_choice(self.kernels, self.KERNELS, section, "kernels")
-        require(self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024, section,
-               f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}")
+        require(
+            self.threads == "auto" or isinstance(self.threads, int) and 1 <= self.threads <= 1024,
+            section,
+            f"threads must be auto or a whole number in [1, 1024], got {shown(self.threads)}",
+        )
 
 
 def _x86_64() -> bool:
@@ -116,13 +118,16 @@ def use_kernels(kind: str) -> None:
     if branch is None:
         return
     if cpu_kernels() not in ("AVX2", "DEFAULT"):
-        raise RuntimeError(f"compute.kernels: {kind} asked for after torch chose its {cpu_kernels()} kernels: "
-                           "sea.runtime.use_kernels must run before torch computes anything")
+        raise RuntimeError(
+            f"compute.kernels: {kind} asked for after torch chose its {cpu_kernels()} kernels: "
+            "sea.runtime.use_kernels must run before torch computes anything"
+        )
     mkl = _Mkl.get()
     if mkl.branch() != branch:
-        raise RuntimeError(f"compute.kernels: {kind} needs MKL's {wanted['MKL_CBWR']} branch, and MKL runs "
-                           f"branch {mkl.branch()} here" + (" (this CPU is not Intel's: use portable)"
-                                                            if kind == "intel" else ""))
+        raise RuntimeError(
+            f"compute.kernels: {kind} needs MKL's {wanted['MKL_CBWR']} branch, and MKL runs "
+            f"branch {mkl.branch()} here" + (" (this CPU is not Intel's: use portable)" if kind == "intel" else "")
+        )
     _pin_mkl_threads()
 
 
@@ -130,7 +135,7 @@ class _Mkl:
     """MKL's service functions inside torch's CPU library (pip's torch links MKL into it):
     the reproducibility branch in use, and its thread count per calling thread."""
 
-    _instance: "_Mkl | None" = None
+    _instance: _Mkl | None = None
 
     def __init__(self):
         import ctypes
@@ -144,13 +149,15 @@ class _Mkl:
             so = ctypes.CDLL(str(lib))
             self.cbwr_get, self.set_local_threads = so.mkl_serv_cbwr_get, so.mkl_serv_set_num_threads_local
         except (OSError, AttributeError):
-            raise RuntimeError("compute.kernels: portable and intel need torch's build with MKL on x86-64 (pip's "
-                               "torch wheels): this torch has none; use compute.kernels: native") from None
+            raise RuntimeError(
+                "compute.kernels: portable and intel need torch's build with MKL on x86-64 (pip's "
+                "torch wheels): this torch has none; use compute.kernels: native"
+            ) from None
         self.cbwr_get.argtypes, self.cbwr_get.restype = [ctypes.c_int], ctypes.c_int
         self.set_local_threads.argtypes, self.set_local_threads.restype = [ctypes.c_int], ctypes.c_int
 
     @classmethod
-    def get(cls) -> "_Mkl":
+    def get(cls) -> _Mkl:
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
@@ -203,8 +210,10 @@ def cores() -> int:
 
 def _cgroup_quota() -> int | None:
     """Whole cores of a cgroup CPU quota (v2 ``cpu.max``, or v1), rounded up; None if none."""
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+    for quota_file, period_file in (
+        ("/sys/fs/cgroup/cpu.max", None),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    ):
         try:
             fields = Path(quota_file).read_text().split()
             quota = fields[0]
@@ -345,6 +354,21 @@ def start_stage(stage: str) -> ComputeConfig:
     return cfg
 
 
-__all__ = ["Jobs", "KERNELS_ENV", "PINS", "THREADS_ENV", "balanced_threads", "cores", "cpu_kernels",
-           "describe", "rebalance", "set_threads", "start", "start_stage", "start_worker", "threads_setting",
-           "use_kernels", "waiting"]
+__all__ = [
+    "Jobs",
+    "KERNELS_ENV",
+    "PINS",
+    "THREADS_ENV",
+    "balanced_threads",
+    "cores",
+    "cpu_kernels",
+    "describe",
+    "rebalance",
+    "set_threads",
+    "start",
+    "start_stage",
+    "start_worker",
+    "threads_setting",
+    "use_kernels",
+    "waiting",
+]

@@ -28,8 +28,9 @@ class UniformNegatives:
     A user who trained on every item has no negative; it gets item ``n_items − 1``.
     """
 
-    def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                 generator: torch.Generator):
+    def __init__(
+        self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, generator: torch.Generator
+    ):
         self.n_items, self.generator = n_items, generator
         key = torch.unique(users * n_items + items)  # sorted, duplicates dropped
         u, i = key // n_items, key % n_items

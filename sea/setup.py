@@ -53,20 +53,32 @@ class TrainConfig(Section):
         require(len(set(self.seeds)) == len(self.seeds), section, "seeds must not repeat")
         require(self.seed >= 0 and all(s >= 0 for s in self.seeds), section, "seeds must be >= 0")
         check_device(self.device, section)
-        require(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, section,
-               "lr, batch_size and max_epochs must be positive")
+        require(
+            self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0,
+            section,
+            "lr, batch_size and max_epochs must be positive",
+        )
         require(self.patience >= 1 and self.eval_every >= 1, section, "patience and eval_every must be >= 1")
         require(self.negatives >= 1, section, "negatives must be >= 1")
         require_choice(self.sampler, SAMPLERS, section, "sampler")
-        require(self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0, section,
-               "cbns_memory_batches and cbns_warmup_steps must be >= 0")
+        require(
+            self.cbns_memory_batches >= 0 and self.cbns_warmup_steps >= 0,
+            section,
+            "cbns_memory_batches and cbns_warmup_steps must be >= 0",
+        )
         require(self.processes >= 1, section, "processes must be >= 1")
-        require(self.batch_size % self.processes == 0, section,
-               f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
-               f"({shown(self.processes)}), each process taking batch_size / processes rows")
-        require(self.processes == 1 or ":" not in self.device, section,
-               f"device {shown(self.device)} names one GPU; with processes > 1 use auto, cuda or cpu "
-               f"(each process takes the GPU of its local rank)")
+        require(
+            self.batch_size % self.processes == 0,
+            section,
+            f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
+            f"({shown(self.processes)}), each process taking batch_size / processes rows",
+        )
+        require(
+            self.processes == 1 or ":" not in self.device,
+            section,
+            f"device {shown(self.device)} names one GPU; with processes > 1 use auto, cuda or cpu "
+            f"(each process takes the GPU of its local rank)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The section's values; ``processes`` only when it is not 1, so that a single-process
@@ -91,7 +103,7 @@ class TrainingSetup:
     eval: EvalConfig
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TrainingSetup":
+    def from_params(cls, params: dict[str, Any]) -> TrainingSetup:
         model = ModelConfig.from_dict(params.get("model"), "model")
         setup = cls(
             model=model,
@@ -102,11 +114,12 @@ class TrainingSetup:
             eval=EvalConfig.from_dict(params.get("eval"), "eval"),
         )
         if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
-            raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: "
-                              "it needs both modalities")
+            raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: it needs both modalities")
         if setup.train.sampler == "cross_batch" and setup.ranking_loss != "softmax":
-            raise ConfigError(f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "
-                              f"loss.kind is {shown(setup.ranking_loss)} (set loss.kind: softmax)")
+            raise ConfigError(
+                f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "
+                f"loss.kind is {shown(setup.ranking_loss)} (set loss.kind: softmax)"
+            )
         return setup
 
     @property
@@ -138,4 +151,5 @@ class TrainingSetup:
     def to_dict(self) -> dict[str, Any]:
         """The params sections this setup was built from (the model's under its name)."""
         return {"model": self.model.to_dict(), self.model.name: self.model_cfg.to_dict()} | {
-            k: getattr(self, k).to_dict() for k in ("loss", "club", "train", "eval")}
+            k: getattr(self, k).to_dict() for k in ("loss", "club", "train", "eval")
+        }

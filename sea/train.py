@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -75,8 +75,14 @@ def build_model(data: GraphData, setup: TrainingSetup) -> Recommender:
     return model
 
 
-def train_step(model: Recommender, opt: torch.optim.Optimizer, data: GraphData, batch: Batch,
-               loss: str | RankingLoss, rows: slice | None = None) -> dict[str, torch.Tensor | float]:
+def train_step(
+    model: Recommender,
+    opt: torch.optim.Optimizer,
+    data: GraphData,
+    batch: Batch,
+    loss: str | RankingLoss,
+    rows: slice | None = None,
+) -> dict[str, torch.Tensor | float]:
     """One optimiser step on a batch; returns the total loss and every term (unweighted)
     and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync.
     ``loss``: a :class:`~sea.losses.RankingLoss`, or a kind name (``auto``: the model's
@@ -115,8 +121,9 @@ class FitResult:
     epoch_seconds: list[float] = field(default_factory=list)
 
 
-def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
-        log: Callable[[str], None] = print) -> FitResult:
+def fit(
+    model: Recommender, data: GraphData, setup: TrainingSetup, seed: int, log: Callable[[str], None] = print
+) -> FitResult:
     """Train until ``train.patience`` evaluations pass without a better ``eval.select`` on
     validation, or ``train.max_epochs``; leave the best state loaded and return it.
 
@@ -149,9 +156,10 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
         order = torch.randperm(n_train, generator=gen, device=device)
         sums: dict[str, torch.Tensor | float] = {}
         starts = range(0, n_train, tc.batch_size)
-        for b in tqdm(starts, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if world.is_main else True,
-                      delay=2):
-            idx = order[b:b + tc.batch_size]
+        for b in tqdm(
+            starts, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if world.is_main else True, delay=2
+        ):
+            idx = order[b : b + tc.batch_size]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
             for k, v in train_step(model, opt, data, batch, ranking, world.rows(len(idx))).items():
@@ -186,8 +194,9 @@ def fit(model: Recommender, data: GraphData, setup: TrainingSetup, seed: int,
             break
     bar.close()
     model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_valid, best_state, time.perf_counter() - start,
-                     eval_seconds, epoch_seconds)
+    return FitResult(
+        history, best_epoch, best_valid, best_state, time.perf_counter() - start, eval_seconds, epoch_seconds
+    )
 
 
 def count_parameters(params) -> int:

@@ -9,8 +9,8 @@ use_kernels("portable")  # as the pipeline's stages, before any test computes wi
 import functools  # noqa: E402
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

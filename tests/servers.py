@@ -17,12 +17,20 @@ import urllib.parse
 class LocalHTTPServer:
     """Base of the tests' servers: :meth:`serve` starts one, :meth:`close` stops it."""
 
-    def serve(self, handler: type[http.server.BaseHTTPRequestHandler], host: str = "127.0.0.1", *,
-              path: str = "", tls: ssl.SSLContext | None = None, queue_size: int = 5) -> None:
+    def serve(
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        host: str = "127.0.0.1",
+        *,
+        path: str = "",
+        tls: ssl.SSLContext | None = None,
+        queue_size: int = 5,
+    ) -> None:
         """Serve ``handler`` on a free port of ``host``; :attr:`url` is its base URL plus
         ``path``, https with ``tls``; ``queue_size`` connections may wait to be accepted."""
-        server_class = type("Server", (http.server.ThreadingHTTPServer,),
-                            {"daemon_threads": True, "request_queue_size": queue_size})
+        server_class = type(
+            "Server", (http.server.ThreadingHTTPServer,), {"daemon_threads": True, "request_queue_size": queue_size}
+        )
         self.server = server_class((host, 0), handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)

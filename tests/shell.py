@@ -13,8 +13,12 @@ BIN = Path(sys.executable).parent
 
 
 def env() -> dict[str, str]:
-    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-                         "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1"}
+    return os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -34,8 +38,9 @@ def git_repo(dest: Path) -> None:
 def copy_tree(root: Path, dest: Path) -> Path:
     """The working tree of ``root`` (tracked and untracked, not ignored files) copied to
     ``dest``, made a git repository (not yet committed)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for rel in filter(None, files):
         if (root / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

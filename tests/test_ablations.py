@@ -15,9 +15,14 @@ spec.loader.exec_module(ablations)
 def result(value: float, seeds: list[int], overrides: list[str]) -> dict:
     split = {c: value for c in ablations.COLUMNS}
     std = {c: value / 10 for c in ablations.COLUMNS}
-    return {"valid": split, "test": split, "std": {"valid": std, "test": std}, "seeds": seeds,
-            "most_popular": {"valid": {c: 0.01 for c in ablations.COLUMNS}, "test": {c: 0.02 for c in ablations.COLUMNS}},
-            "overrides": overrides}
+    return {
+        "valid": split,
+        "test": split,
+        "std": {"valid": std, "test": std},
+        "seeds": seeds,
+        "most_popular": {"valid": {c: 0.01 for c in ablations.COLUMNS}, "test": {c: 0.02 for c in ablations.COLUMNS}},
+        "overrides": overrides,
+    }
 
 
 def test_every_variant_trains_sea_with_the_seeds_and_extras():
@@ -28,7 +33,9 @@ def test_every_variant_trains_sea_with_the_seeds_and_extras():
 
 
 def test_table_shows_std_only_over_several_seeds():
-    text = ablations.table({"full": result(0.25, [1, 2, 3], []), "text_only": result(0.125, [999], ["model.modalities=[text]"])})
+    text = ablations.table(
+        {"full": result(0.25, [1, 2, 3], []), "text_only": result(0.125, [999], ["model.modalities=[text]"])}
+    )
     lines = text.splitlines()
     assert lines[2] == "| full | (params.yaml) | " + " | ".join(["0.2500 ± 0.0250"] * 8) + " |"
     assert lines[3] == "| text_only | `model.modalities=[text]` | " + " | ".join(["0.1250"] * 8) + " |"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_fuzz_readers import gzip_rule
 
-from sea.data.graph import dedupe, k_core
 from sea.data.amazon import (
     TruncatedFileWarning,
     clean_text,
@@ -19,8 +19,8 @@ from sea.data.amazon import (
     read_metadata,
     read_reviews,
 )
+from sea.data.graph import dedupe, k_core
 from sea.errors import DataError
-from test_fuzz_readers import gzip_rule
 
 DM = "2014/digital_music"
 DM_REVIEWS = f"{DM}/reviews_Digital_Music_5.head.json.gz"
@@ -84,11 +84,17 @@ def test_real_reviews_counts(amazon_real, rel, rows, users, items, pairs, core):
 def test_real_review_values(amazon_real):
     first = read_reviews(amazon_real / DM_REVIEWS).iloc[0]
     assert (first["user"], first["item"], first["rating"], first["timestamp"]) == (
-        "A3EBHHCZO6V2A4", "5555991584", 5.0, 1158019200,
+        "A3EBHHCZO6V2A4",
+        "5555991584",
+        5.0,
+        1158019200,
     )
     mag = read_reviews(amazon_real / MAG_RATINGS).iloc[0]
     assert (mag["item"], mag["user"], mag["rating"], mag["timestamp"]) == (
-        "B00005N7P0", "AH2IFH762VY5U", 5.0, 1005177600,
+        "B00005N7P0",
+        "AH2IFH762VY5U",
+        5.0,
+        1005177600,
     )
 
 
@@ -211,16 +217,29 @@ def test_truncated_gzip_allowed_keeps_complete_lines(amazon_real):
     data = (amazon_real / DM_TRUNCATED).read_bytes()
     n = len(gzip_rule(data))
     assert n == 6_714
-    with pytest.warns(TruncatedFileWarning, match="kept the 6,714 complete lines .* the 194 complete lines after them "
-                                                  "and the incomplete line at the end are not used"):
+    with pytest.warns(
+        TruncatedFileWarning,
+        match="kept the 6,714 complete lines .* the 194 complete lines after them "
+        "and the incomplete line at the end are not used",
+    ):
         df = read_reviews(amazon_real / DM_TRUNCATED, allow_truncated=True)
     pd.testing.assert_frame_equal(df, read_reviews(amazon_real / DM_REVIEWS).iloc[:n])
 
 
 def test_truncated_gzip_mid_line_gives_a_proper_prefix(tmp_path):
     rng = random.Random(0)  # random text compresses little: the file is a few times the margin
-    lines = [json.dumps({"reviewerID": f"U{i}", "asin": f"I{i % 7}", "overall": 5.0, "unixReviewTime": 1_000_000_000 + i,
-                         "reviewText": rng.randbytes(150).hex()}) for i in range(4_000)]
+    lines = [
+        json.dumps(
+            {
+                "reviewerID": f"U{i}",
+                "asin": f"I{i % 7}",
+                "overall": 5.0,
+                "unixReviewTime": 1_000_000_000 + i,
+                "reviewText": rng.randbytes(150).hex(),
+            }
+        )
+        for i in range(4_000)
+    ]
     whole = gzip.compress(("\n".join(lines) + "\n").encode())
     cut = tmp_path / "cut.json.gz"
     cut.write_bytes(whole[: len(whole) // 2])
@@ -228,8 +247,11 @@ def test_truncated_gzip_mid_line_gives_a_proper_prefix(tmp_path):
     recovered = zlib.decompressobj(wbits=31).decompress(cut.read_bytes())
     n_complete, n_kept = recovered.count(b"\n"), len(gzip_rule(cut.read_bytes()))
     assert 0 < n_kept < n_complete < len(lines) and not recovered.endswith(b"\n")
-    with pytest.raises(DataError, match=rf"cut\.json\.gz.*only the {n_kept:,} complete lines.*the "
-                                        rf"{n_complete - n_kept:,} complete lines after them"):
+    with pytest.raises(
+        DataError,
+        match=rf"cut\.json\.gz.*only the {n_kept:,} complete lines.*the "
+        rf"{n_complete - n_kept:,} complete lines after them",
+    ):
         read_reviews(cut)
     with pytest.warns(TruncatedFileWarning):
         df = read_reviews(cut, allow_truncated=True)
@@ -254,7 +276,9 @@ def test_metadata_truncated_gzip(tmp_path, amazon_real):
 
 @pytest.mark.parametrize("suffix", [".json", ".json.gz"])
 def test_malformed_json_line(tmp_path, suffix):
-    path = write_lines(tmp_path / f"reviews{suffix}", [review(), review("U2"), '{"reviewerID": "U3", "asin": ', review()])
+    path = write_lines(
+        tmp_path / f"reviews{suffix}", [review(), review("U2"), '{"reviewerID": "U3", "asin": ', review()]
+    )
     with pytest.raises(DataError, match=rf"reviews{suffix.replace('.', '[.]')}:3: not a valid JSON line"):
         read_reviews(path)
 
@@ -346,9 +370,16 @@ def test_metadata_bad_records(tmp_path, line, match):
 def test_metadata_fields_2018_and_duplicates(tmp_path):
     thumb = "https://img.example/I/ABC._SX38_SY50_CR,0,0,38,50_.jpg"
     records = [
-        {"asin": "B1", "title": "T &amp; <i>U</i>", "description": ["one", "", "<p>two</p>"],
-         "category": ["Top", "Sub"], "brand": "Br", "image": [thumb],
-         "imageURL": ["https://img.example/I/X._SX38_.jpg"], "imageURLHighRes": ["https://img.example/I/HI.jpg"]},
+        {
+            "asin": "B1",
+            "title": "T &amp; <i>U</i>",
+            "description": ["one", "", "<p>two</p>"],
+            "category": ["Top", "Sub"],
+            "brand": "Br",
+            "image": [thumb],
+            "imageURL": ["https://img.example/I/X._SX38_.jpg"],
+            "imageURLHighRes": ["https://img.example/I/HI.jpg"],
+        },
         {"asin": "B2", "image": [thumb]},
         {"asin": "B3", "image": [], "description": []},
         {"asin": "B1", "title": "second copy"},

@@ -74,13 +74,16 @@ def write_gz(path: Path, text: str) -> Path:
 HEADER = "user_id,parent_asin,rating,timestamp\n"
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("u1,i1,5.0\n", r"\.csv\.gz:2: expected 4 comma-separated fields"),
-    ("u1,i1,five,1\n", r"\.csv\.gz:2: rating 'five' is not a plain decimal number"),
-    ("u1,i1,5.0,-3\n", r"\.csv\.gz:2: timestamp '-3' is not a non-negative whole number"),
-    ("u1,i1,5.0,1588687728923\nu2,i1,nan,1588687728924\n", r"\.csv\.gz:3: rating 'nan'"),
-    ("u1,i1,5.0,16000", r"\.csv\.gz:2: the last line has no newline"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("u1,i1,5.0\n", r"\.csv\.gz:2: expected 4 comma-separated fields"),
+        ("u1,i1,five,1\n", r"\.csv\.gz:2: rating 'five' is not a plain decimal number"),
+        ("u1,i1,5.0,-3\n", r"\.csv\.gz:2: timestamp '-3' is not a non-negative whole number"),
+        ("u1,i1,5.0,1588687728923\nu2,i1,nan,1588687728924\n", r"\.csv\.gz:3: rating 'nan'"),
+        ("u1,i1,5.0,16000", r"\.csv\.gz:2: the last line has no newline"),
+    ],
+)
 def test_benchmark_csv_bad_rows(tmp_path, body, message):
     path = write_gz(tmp_path / "All_Beauty.csv.gz", HEADER + body)
     with pytest.raises(DataError, match=message):
@@ -97,18 +100,35 @@ def test_benchmark_csv_bad_header_and_missing_file(tmp_path):
 
 def test_given_split_refuses_a_pair_twice(tmp_path):
     t = 1588687728923  # ms
-    paths = {"train": write_gz(tmp_path / "t.train.csv.gz", HEADER + f"u1,i1,5.0,{t}\nu1,i2,4.0,{t + 1}\n"),
-             "valid": write_gz(tmp_path / "t.valid.csv.gz", HEADER + f"u1,i3,5.0,{t + 2}\n"),
-             "test": write_gz(tmp_path / "t.test.csv.gz", HEADER + f"u1,i2,5.0,{t + 3}\n")}
-    with pytest.raises(DataError, match=r"t\.test\.csv\.gz:2: user 'u1' and item 'i2' are already paired at "
-                                        r".*t\.train\.csv\.gz:3"):
+    paths = {
+        "train": write_gz(tmp_path / "t.train.csv.gz", HEADER + f"u1,i1,5.0,{t}\nu1,i2,4.0,{t + 1}\n"),
+        "valid": write_gz(tmp_path / "t.valid.csv.gz", HEADER + f"u1,i3,5.0,{t + 2}\n"),
+        "test": write_gz(tmp_path / "t.test.csv.gz", HEADER + f"u1,i2,5.0,{t + 3}\n"),
+    }
+    with pytest.raises(
+        DataError,
+        match=r"t\.test\.csv\.gz:2: user 'u1' and item 'i2' are already paired at "
+        r".*t\.train\.csv\.gz:3",
+    ):
         read_given_split(paths)
 
 
 def test_review_jsonl_2023(tmp_path):
-    rows = [{"rating": 5.0, "title": "ok", "text": "fine", "images": [], "asin": "B01", "parent_asin": "P01",
-             "user_id": "U1", "timestamp": 1588687728923, "helpful_vote": 0, "verified_purchase": True},
-            {"rating": 3, "asin": "B02", "parent_asin": "P02", "user_id": "U2", "timestamp": 1588687728924}]
+    rows = [
+        {
+            "rating": 5.0,
+            "title": "ok",
+            "text": "fine",
+            "images": [],
+            "asin": "B01",
+            "parent_asin": "P01",
+            "user_id": "U1",
+            "timestamp": 1588687728923,
+            "helpful_vote": 0,
+            "verified_purchase": True,
+        },
+        {"rating": 3, "asin": "B02", "parent_asin": "P02", "user_id": "U2", "timestamp": 1588687728924},
+    ]
     path = write_gz(tmp_path / "All_Beauty.jsonl.gz", "".join(json.dumps(r) + "\n" for r in rows))
     df = read_reviews(path)
     assert df["user"].tolist() == ["U1", "U2"] and df["item"].tolist() == ["P01", "P02"]  # parent_asin
@@ -150,8 +170,10 @@ def test_metadata_2023_filtered_to_reviewed_items(amazon_real):
 
 def test_metadata_2023_bad_records(tmp_path):
     def meta(rec) -> Path:
-        return write_gz(tmp_path / "meta_X.jsonl.gz", json.dumps({"title": "t", "parent_asin": "P1"}) + "\n"
-                        + json.dumps(rec) + "\n")
+        return write_gz(
+            tmp_path / "meta_X.jsonl.gz",
+            json.dumps({"title": "t", "parent_asin": "P1"}) + "\n" + json.dumps(rec) + "\n",
+        )
 
     with pytest.raises(DataError, match=r"meta_X\.jsonl\.gz:2: field 'images' must be a list"):
         read_metadata(meta({"parent_asin": "P2", "images": "http://x/y.jpg"}))
@@ -168,8 +190,10 @@ def test_metadata_2023_text_is_cleaned_once(tmp_path):
     """An escaped entity stays as the dump means it, in the description as in the title
     (the 2014/2018 reader does the same): "&amp;lt;b&amp;gt;" is the text "&lt;b&gt;"."""
     raw = "Use &amp;lt;b&amp;gt; here &amp;amp; there"
-    path = write_gz(tmp_path / "meta_X.jsonl.gz", json.dumps(
-        {"parent_asin": "P1", "title": raw, "features": [raw], "description": ["<p>second</p>"]}) + "\n")
+    path = write_gz(
+        tmp_path / "meta_X.jsonl.gz",
+        json.dumps({"parent_asin": "P1", "title": raw, "features": [raw], "description": ["<p>second</p>"]}) + "\n",
+    )
     row = read_metadata(path).iloc[0]
     assert row["title"] == "Use &lt;b&gt; here &amp; there"
     assert row["description"] == "Use &lt;b&gt; here &amp; there second"
@@ -181,21 +205,48 @@ def test_metadata_2023_text_is_cleaned_once(tmp_path):
 
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_fuzz_readers import (AMAZON_REAL, NASTY, _check_frame_or_error, _content_lines,  # noqa: E402
-                               assert_prefilter_keeps_exactly,
-                               _head, _valid_id, fuzz, mutated_lines)
+from test_fuzz_readers import (  # noqa: E402
+    AMAZON_REAL,
+    NASTY,
+    _check_frame_or_error,
+    _content_lines,
+    _head,
+    _valid_id,
+    assert_prefilter_keeps_exactly,
+    fuzz,
+    mutated_lines,
+)
 
 _SYNTH_CSV_2023 = [b"user_id,parent_asin,rating,timestamp"] + [
-    f"AF{i:026d},B0{i % 4:08d},{1 + i % 5}.0,{1_547_589_356_557 + i}".encode() for i in range(12)]
-_SYNTH_META_2023 = [json.dumps({
-    "main_category": "Health", "title": f"Spray {i} \u2019", "features": ["A: b", "<b>c</b>"], "description": [],
-    "images": [{"thumb": f"https://m.media-amazon.com/images/I/{i}t.jpg", "large": f"https://m.media-amazon.com/"
-                f"images/I/{i}l.jpg", "variant": "MAIN", "hi_res": None}], "store": "Good", "categories": [],
-    "details": {"Brand": "Good", "Number of Items": "1"}, "parent_asin": f"B00LTM{i:04d}"}).encode()
-    for i in range(6)]
+    f"AF{i:026d},B0{i % 4:08d},{1 + i % 5}.0,{1_547_589_356_557 + i}".encode() for i in range(12)
+]
+_SYNTH_META_2023 = [
+    json.dumps(
+        {
+            "main_category": "Health",
+            "title": f"Spray {i} \u2019",
+            "features": ["A: b", "<b>c</b>"],
+            "description": [],
+            "images": [
+                {
+                    "thumb": f"https://m.media-amazon.com/images/I/{i}t.jpg",
+                    "large": f"https://m.media-amazon.com/images/I/{i}l.jpg",
+                    "variant": "MAIN",
+                    "hi_res": None,
+                }
+            ],
+            "store": "Good",
+            "categories": [],
+            "details": {"Brand": "Good", "Number of Items": "1"},
+            "parent_asin": f"B00LTM{i:04d}",
+        }
+    ).encode()
+    for i in range(6)
+]
 CSV_2023 = _head("2023/all_beauty/5core/last_out_w_his/All_Beauty.train.csv.gz", 12) or _SYNTH_CSV_2023
-META_2023 = _head("2023/health_and_personal_care/meta_Health_and_Personal_Care.subset1001.jsonl.gz", 6) \
-    or _SYNTH_META_2023
+META_2023 = (
+    _head("2023/health_and_personal_care/meta_Health_and_Personal_Care.subset1001.jsonl.gz", 6) or _SYNTH_META_2023
+)
 NASTY_2023 = NASTY + [b'"parent_asin": "B0DECOY001", ', b"\\u0070arent_asin", b'"parent_asin"', b'"images": 3, ']
 assert AMAZON_REAL  # (the seeds above fall back to synthetic lines where the folder is absent)
 
@@ -222,8 +273,11 @@ def test_fuzz_benchmark_csv(tmp_path_factory, data):
 
 
 @fuzz(300)
-@given(data=mutated_lines(META_2023), pick=st.lists(st.integers(0, 9), max_size=3),
-       decoy=st.lists(st.tuples(st.integers(0, 10**5), st.sampled_from(NASTY_2023)), max_size=2))
+@given(
+    data=mutated_lines(META_2023),
+    pick=st.lists(st.integers(0, 9), max_size=3),
+    decoy=st.lists(st.tuples(st.integers(0, 10**5), st.sampled_from(NASTY_2023)), max_size=2),
+)
 def test_fuzz_metadata_2023(tmp_path_factory, data, pick, decoy):
     for at, nasty in decoy:  # keys that could fool the parent_asin pre-filter, anywhere
         at %= len(data) + 1

@@ -45,8 +45,12 @@ def test_registry_and_sections():
     assert model_class("bprmf") is BPRMF and model_class("lightgcn") is LightGCN
     setup = TrainingSetup.from_params({"model": {"name": "lightgcn"}, "lightgcn": {"layers": 2, "reg_weight": 0.5}})
     assert (setup.model_cfg.layers, setup.model_cfg.reg_weight, setup.model_cfg.embedding_dim) == (2, 0.5, 64)
-    for section, values in [("lightgcn", {"layers": -1}), ("lightgcn", {"reg_weight": -1.0}),
-                            ("bprmf", {"embedding_dim": 0}), ("bprmf", {"layers": 2})]:
+    for section, values in [
+        ("lightgcn", {"layers": -1}),
+        ("lightgcn", {"reg_weight": -1.0}),
+        ("bprmf", {"embedding_dim": 0}),
+        ("bprmf", {"layers": 2}),
+    ]:
         with pytest.raises(ConfigError, match=section):
             TrainingSetup.from_params({"model": {"name": section}, section: values})
 
@@ -78,7 +82,8 @@ def test_embedding_l2_hand_values():
     assert embedding_l2((a, rows), (b, rows)).item() == pytest.approx((5.0 + 1.0) / 2)
     # rows of a lookup repeat: [3, 4] twice and [1, 0] four times
     assert embedding_l2((a, torch.tensor([0, 0])), (b, torch.tensor([[0, 0], [0, 0]]))).item() == pytest.approx(
-        (50 ** 0.5 + 2.0) / 2)
+        (50**0.5 + 2.0) / 2
+    )
 
 
 @pytest.mark.parametrize("shape", [(5,), (6, 40)])  # fewer ids than rows (gathered), more (counted)

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from sea.data.catalog import DatasetConfig
+from sea.data.catalog import EXPLICIT, PINNED, Catalog, DatasetConfig, catalog, image_features_url, resolve
 from sea.data.split import SplitConfig
 from sea.errors import ConfigError
-from sea.data.catalog import EXPLICIT, PINNED, Catalog, catalog, image_features_url, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +38,16 @@ def by_role(files) -> dict:
 
 def test_a_2014_name_fills_in_urls_and_image_features():
     files = by_role(resolve(ds(name="baby")))
-    assert files["reviews"].url == "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Baby_5.json.gz"
+    assert (
+        files["reviews"].url == "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Baby_5.json.gz"
+    )
     assert files["meta"].url == "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Baby.json.gz"
     assert files["reviews"].check == "tofu" and files["reviews"].record_key == "baby/reviews_Baby_5.json.gz"
     sports = catalog().get("sports")  # an alias
     assert sports.name == "sports_and_outdoors" and sports.url(sports.image_features) == (
         "http://snap.stanford.edu/data/amazon/productGraph/image_features/categoryFiles/"
-        "image_features_Sports_and_Outdoors.b")
+        "image_features_Sports_and_Outdoors.b"
+    )
     assert by_role(resolve(ds(name="clothing")))["reviews"].name == "reviews_Clothing_Shoes_and_Jewelry_5.json.gz"
     gift = by_role(resolve(ds(name="gift_cards-2018")))
     assert gift["reviews"].url.endswith("/amazon_v2/categoryFilesSmall/Gift_Cards_5.json.gz")
@@ -57,8 +59,12 @@ def test_2023_pins_are_the_official_hashes(amazon_real):
     for line in (amazon_real / "2023" / "official_sha256.txt").read_text().splitlines():
         path, _, _, oid, _, size = line.split()
         official[path + ".gz"] = (oid.removeprefix("sha256:"), int(size))
-    pins = {f.path: (f.pin.content_sha256, f.pin.content_bytes)
-            for e in catalog().entries.values() for f in e.all_files() if f.pin is not None and e.release.key == "2023"}
+    pins = {
+        f.path: (f.pin.content_sha256, f.pin.content_bytes)
+        for e in catalog().entries.values()
+        for f in e.all_files()
+        if f.pin is not None and e.release.key == "2023"
+    }
     assert pins == official and len(pins) == 70
 
 
@@ -77,7 +83,11 @@ def test_given_split_files_replace_the_reviews():
     assert [d.role for d in files] == ["train", "valid", "test", "meta"]
     assert files[0].url.endswith("/amazon_2023/benchmark/5core/last_out/All_Beauty.train.csv.gz")
     assert all(d.check == PINNED for d in files)
-    assert [d.role for d in resolve(ds(name="all_beauty-2023", metadata=False), "timestamp")] == ["train", "valid", "test"]
+    assert [d.role for d in resolve(ds(name="all_beauty-2023", metadata=False), "timestamp")] == [
+        "train",
+        "valid",
+        "test",
+    ]
     with pytest.raises(ConfigError, match="'last_out' is not an official split of baby"):
         resolve(ds(name="baby"), "last_out")
     with pytest.raises(ConfigError, match="needs a catalog entry with official splits"):
@@ -87,15 +97,24 @@ def test_given_split_files_replace_the_reviews():
 def test_params_override_the_catalog():
     mirror = by_role(resolve(ds(name="baby", mirror="http://lab.example/amazon/")))
     assert mirror["reviews"].url == "http://lab.example/amazon/categoryFiles/reviews_Baby_5.json.gz"
-    local = by_role(resolve(ds(name="baby", reviews_url="/dumps/reviews_Baby_5.json.gz", reviews_sha256="AB" * 32,
-                               mirror="http://lab.example/")))
+    local = by_role(
+        resolve(
+            ds(
+                name="baby",
+                reviews_url="/dumps/reviews_Baby_5.json.gz",
+                reviews_sha256="AB" * 32,
+                mirror="http://lab.example/",
+            )
+        )
+    )
     assert local["reviews"].url == "/dumps/reviews_Baby_5.json.gz"  # explicit url beats the mirror
     assert local["reviews"].check == EXPLICIT and local["reviews"].sha256 == "ab" * 32
     assert local["meta"].url == "http://lab.example/categoryFiles/meta_Baby.json.gz"
     full = by_role(resolve(ds(name="all_beauty-2023", reviews_url="http://lab/x/All_Beauty.jsonl.gz")))["reviews"]
     assert full.check == PINNED and full.pin == catalog().get("all_beauty-2023").full_reviews.pin  # full reviews
     assert image_features_url(ds(name="baby", mirror="http://lab/")) == (
-        "http://lab/image_features/categoryFiles/image_features_Baby.b")
+        "http://lab/image_features/categoryFiles/image_features_Baby.b"
+    )
     assert image_features_url(ds(name="all_beauty-2023")) is None
     pinned = by_role(resolve(ds(name="all_beauty-2023", reviews_sha256="cd" * 32)))
     assert pinned["reviews"].check == EXPLICIT and pinned["reviews"].pin is None  # explicit beats the pin
@@ -112,14 +131,19 @@ def test_the_sample_comes_from_the_catalog_and_own_dumps_keep_their_explicit_url
         assert hashlib.sha256((REPO / f.url).read_bytes()).hexdigest() == f.sha256
     baby = by_role(resolve(ds(**(params | {"name": "baby"}))))  # changing the name alone is enough
     assert baby["reviews"].name == "reviews_Baby_5.json.gz"
-    own = by_role(resolve(ds(name="mine", reviews_url="data/sample/reviews_Sample_5.json.gz", reviews_sha256="ab" * 32)))
+    own = by_role(
+        resolve(ds(name="mine", reviews_url="data/sample/reviews_Sample_5.json.gz", reviews_sha256="ab" * 32))
+    )
     assert own["reviews"].check == EXPLICIT and set(own) == {"reviews"}
 
 
 def test_contradicting_params_are_refused_naming_the_param():
     own = {"reviews_url": "data/sample/reviews_Sample_5.json.gz", "reviews_sha256": "ab" * 32}
-    with pytest.raises(ConfigError, match=r"reviews_url .* names the file 'reviews_Sample_5.json.gz', but catalog "
-                                          r"entry 'baby' .* has 'reviews_Baby_5.json.gz'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reviews_url .* names the file 'reviews_Sample_5.json.gz', but catalog "
+        r"entry 'baby' .* has 'reviews_Baby_5.json.gz'",
+    ):
         resolve(ds(name="baby", **own))  # a dump of one's own under a catalog name
     with pytest.raises(ConfigError, match="mirror is set, but name 'mine' is not a catalog entry"):
         resolve(ds(name="mine", reviews_url="r.json.gz", mirror="http://x/"))
@@ -149,8 +173,9 @@ def test_catalog_file_is_checked(tmp_path):
     bad.write_text(text.replace("  baby: {", "  sports: {", 1))  # a name given twice
     with pytest.raises(ValueError, match="'sports' appears twice"):
         Catalog.load(bad)
-    bad.write_text(text + "    benchmark/5core/rating_only/Nothing.csv.gz: {content_sha256: " + "a" * 64
-                   + ", content_bytes: 1}\n")
+    bad.write_text(
+        text + "    benchmark/5core/rating_only/Nothing.csv.gz: {content_sha256: " + "a" * 64 + ", content_bytes: 1}\n"
+    )
     with pytest.raises(ValueError, match="pins of release 2023 for files no entry has"):
         Catalog.load(bad)
 
@@ -160,17 +185,22 @@ def test_catalog_file_is_checked(tmp_path):
 
 def test_listing_command():
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "sea", "datasets"], capture_output=True, text=True, env=env,
-                         check=True).stdout
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]
-            if len(line.split()) >= 5 and line.split()[1] in ("bundled", "2014", "2018", "2023")}
+    out = subprocess.run(
+        [sys.executable, "-m", "sea", "datasets"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()[1:]
+        if len(line.split()) >= 5 and line.split()[1] in ("bundled", "2014", "2018", "2023")
+    }
     assert rows["baby"][1:4] == ["2014", "Baby", "3"] and rows["baby"][4] == "0"
     assert rows["all_beauty-2023"][1:5] == ["2023", "All_Beauty", "15", "15"]
     assert rows["sports_and_outdoors"][-1] == "sports"
     assert rows["sample"][1:5] == ["bundled", "Sample", "2", "2"]
     assert len(rows) == len(catalog().entries)
-    verbose = subprocess.run([sys.executable, "-m", "sea", "datasets", "-v"], capture_output=True, text=True,
-                             env=env, check=True).stdout
+    verbose = subprocess.run(
+        [sys.executable, "-m", "sea", "datasets", "-v"], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert "image_features_Baby.b  [unpinned (trusted on first use)]" in verbose
     assert "last_out/All_Beauty.test.csv.gz  [pinned, content 14.7 kB uncompressed]" in verbose
 
@@ -188,8 +218,14 @@ def failed_with(proc: subprocess.CompletedProcess, stage_name: str) -> str:
 
 def stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / f"{name}.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / f"{name}.py")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def write_params(cwd: Path, dataset: dict, split: dict | None = None) -> None:
@@ -210,9 +246,13 @@ def serve_as(root: Path, files: dict[str, Path]) -> Path:
 
 def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_dir):
     music = amazon_real / "2014" / "digital_music"
-    site = serve_as(tmp_path / "site", {
-        "categoryFiles/reviews_Digital_Music_5.json.gz": music / "reviews_Digital_Music_5.head.json.gz",
-        "categoryFiles/meta_Digital_Music.json.gz": music / "meta_Digital_Music.head.json.gz"})
+    site = serve_as(
+        tmp_path / "site",
+        {
+            "categoryFiles/reviews_Digital_Music_5.json.gz": music / "reviews_Digital_Music_5.head.json.gz",
+            "categoryFiles/meta_Digital_Music.json.gz": music / "meta_Digital_Music.head.json.gz",
+        },
+    )
     work = tmp_path / "work"
     work.mkdir()
     write_params(work, {"name": "digital_music", "mirror": serve_dir(site) + "/"})
@@ -225,7 +265,9 @@ def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_di
     from sea.files import sha256_file
 
     assert record["digital_music/reviews_Digital_Music_5.json.gz"] == {
-        "sha256": sha256_file(reviews), "bytes": reviews.stat().st_size}
+        "sha256": sha256_file(reviews),
+        "bytes": reviews.stat().st_size,
+    }
     assert set(record) == {"digital_music/reviews_Digital_Music_5.json.gz", "digital_music/meta_Digital_Music.json.gz"}
     raw = work / "data" / "raw" / "digital_music"
     assert (raw / "reviews_Digital_Music_5.json.gz").read_bytes() == reviews.read_bytes()
@@ -239,8 +281,9 @@ def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_di
     assert (raw / "SOURCE.json").read_bytes() == source  # recording or verifying: the same output bytes
 
     # the server now has other bytes under the same name: refused, the first download kept
-    shutil.copyfile(music / "reviews_Digital_Music_5.truncated.json.gz",
-                    site / "categoryFiles/reviews_Digital_Music_5.json.gz")
+    shutil.copyfile(
+        music / "reviews_Digital_Music_5.truncated.json.gz", site / "categoryFiles/reviews_Digital_Music_5.json.gz"
+    )
     changed = failed_with(stage(work, "download"), "download")
     assert "sha256 mismatch" in changed and "data/hashes.json (trust on first use)" in changed
     assert (raw / "reviews_Digital_Music_5.json.gz").read_bytes() == reviews.read_bytes()
@@ -249,8 +292,13 @@ def test_unpinned_files_are_trusted_on_first_use(tmp_path, amazon_real, serve_di
 
 def beauty_site(root: Path, amazon_real: Path, split: str = "last_out") -> Path:
     folder = amazon_real / "2023" / "all_beauty" / "5core" / split
-    return serve_as(root, {f"benchmark/5core/{split}/All_Beauty.{p}.csv.gz": folder / f"All_Beauty.{p}.csv.gz"
-                           for p in ("train", "valid", "test")})
+    return serve_as(
+        root,
+        {
+            f"benchmark/5core/{split}/All_Beauty.{p}.csv.gz": folder / f"All_Beauty.{p}.csv.gz"
+            for p in ("train", "valid", "test")
+        },
+    )
 
 
 def test_2023_official_split_end_to_end(tmp_path, amazon_real, serve_dir):
@@ -258,14 +306,18 @@ def test_2023_official_split_end_to_end(tmp_path, amazon_real, serve_dir):
     site = beauty_site(tmp_path / "site", amazon_real)
     work = tmp_path / "work"
     work.mkdir()
-    write_params(work, {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
-                 {"method": "given", "given": "last_out"})
+    write_params(
+        work,
+        {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
+        {"method": "given", "given": "last_out"},
+    )
 
     down = stage(work, "download")
     assert down.returncode == 0, down.stderr
     assert down.stdout.count("sha256 pinned") == 3 and not (work / "data" / "hashes.json").exists()
-    assert sorted(serve_dir.hits) == sorted(f"/benchmark/5core/last_out/All_Beauty.{p}.csv.gz"
-                                            for p in ("train", "valid", "test"))
+    assert sorted(serve_dir.hits) == sorted(
+        f"/benchmark/5core/last_out/All_Beauty.{p}.csv.gz" for p in ("train", "valid", "test")
+    )
     graph = stage(work, "graph")
     assert graph.returncode == 0, graph.stderr
 
@@ -280,14 +332,23 @@ def test_2023_official_split_end_to_end(tmp_path, amazon_real, serve_dir):
     for part in ("train", "valid", "test"):
         official = pd.read_csv(folder / f"All_Beauty.{part}.csv.gz", dtype={"user_id": str, "parent_asin": str})
         mine = inter[inter["split"] == part]
-        got = set(zip(users["reviewer_id"].to_numpy()[mine["user"]], items["asin"].to_numpy()[mine["item"]],
-                      mine["timestamp"]))
+        got = set(
+            zip(
+                users["reviewer_id"].to_numpy()[mine["user"]], items["asin"].to_numpy()[mine["item"]], mine["timestamp"]
+            )
+        )
         assert got == set(zip(official["user_id"], official["parent_asin"], official["timestamp"]))
     assert len(users) == 253 and len(items) == 356
     assert (inter.groupby("user")["split"].apply(lambda s: list(s)[-2:] == ["valid", "test"])).all()
     stats = json.loads((work / "data" / "processed" / "stats.json").read_text())
-    assert stats["split"] | {} == {"method": "given", "given": "last_out", "seed": None,
-                                   "train": 2029, "valid": 253, "test": 253}
+    assert stats["split"] | {} == {
+        "method": "given",
+        "given": "last_out",
+        "seed": None,
+        "train": 2029,
+        "valid": 253,
+        "test": 253,
+    }
     assert stats["k_core"].startswith("as given")
 
     # graph again: the same bytes
@@ -303,8 +364,11 @@ def test_2023_pin_mismatch_is_refused(tmp_path, amazon_real, serve_dir):
     test_file.write_bytes(gzip.compress(text))
     work = tmp_path / "work"
     work.mkdir()
-    write_params(work, {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
-                 {"method": "given", "given": "last_out"})
+    write_params(
+        work,
+        {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
+        {"method": "given", "given": "last_out"},
+    )
     error = failed_with(stage(work, "download"), "download")
     assert "All_Beauty.test.csv.gz: the uncompressed content does not match the catalog's pin" in error
     assert not (work / "data" / "raw").exists() or not any((work / "data" / "raw").iterdir())
@@ -314,8 +378,11 @@ def test_given_split_with_unseen_users_fails_in_graph_naming_file_and_line(tmp_p
     site = beauty_site(tmp_path / "site", amazon_real, "timestamp")
     work = tmp_path / "work"
     work.mkdir()
-    write_params(work, {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
-                 {"method": "given", "given": "timestamp"})
+    write_params(
+        work,
+        {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
+        {"method": "given", "given": "timestamp"},
+    )
     assert stage(work, "download").returncode == 0
     error = failed_with(stage(work, "graph"), "graph")
     assert "All_Beauty.valid.csv.gz:" in error and "has no row in the train file" in error
@@ -330,8 +397,11 @@ def test_2023_official_split_runs_through_dvc_repro(tmp_path, amazon_real, serve
 
     site = beauty_site(tmp_path / "site", amazon_real)
     work = copy_tree(REPO, tmp_path / "work")
-    write_params(work, {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
-                 {"method": "given", "given": "last_out"})
+    write_params(
+        work,
+        {"name": "all_beauty-2023", "mirror": serve_dir(site), "metadata": False},
+        {"method": "given", "given": "last_out"},
+    )
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["model"]["name"] = "lightgcn"
     params["train"] |= {"max_epochs": 5, "device": "cpu"}
@@ -359,10 +429,14 @@ def test_2023_official_split_runs_through_dvc_repro(tmp_path, amazon_real, serve
 
 
 RELEASE_FILES = {  # a catalog name of each release -> (catalog path, file in ../shared)
-    "digital_music": {"categoryFiles/reviews_Digital_Music_5.json.gz": "2014/digital_music/reviews_Digital_Music_5.head.json.gz",
-                      "categoryFiles/meta_Digital_Music.json.gz": "2014/digital_music/meta_Digital_Music.head.json.gz"},
-    "gift_cards-2018": {"categoryFilesSmall/Gift_Cards_5.json.gz": "2018/gift_cards/Gift_Cards_5.json.gz",
-                        "metaFiles2/meta_Gift_Cards.json.gz": "2018/gift_cards/meta_Gift_Cards.json.gz"},
+    "digital_music": {
+        "categoryFiles/reviews_Digital_Music_5.json.gz": "2014/digital_music/reviews_Digital_Music_5.head.json.gz",
+        "categoryFiles/meta_Digital_Music.json.gz": "2014/digital_music/meta_Digital_Music.head.json.gz",
+    },
+    "gift_cards-2018": {
+        "categoryFilesSmall/Gift_Cards_5.json.gz": "2018/gift_cards/Gift_Cards_5.json.gz",
+        "metaFiles2/meta_Gift_Cards.json.gz": "2018/gift_cards/meta_Gift_Cards.json.gz",
+    },
 }
 
 
@@ -393,8 +467,9 @@ def test_a_catalog_name_runs_through_dvc_repro(name, tmp_path, amazon_real, serv
     assert text["n_with_text"] > 0
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["recall@20"] <= 1.0
-    assert set(json.loads((work / "data/hashes.json").read_text())) == {f"{name}/{p.rsplit('/', 1)[1]}"
-                                                                         for p in RELEASE_FILES[name]}
+    assert set(json.loads((work / "data/hashes.json").read_text())) == {
+        f"{name}/{p.rsplit('/', 1)[1]}" for p in RELEASE_FILES[name]
+    }
 
 
 def test_a_damaged_hash_record_is_refused_naming_it(tmp_path):

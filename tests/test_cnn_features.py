@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sea.features.cnn import CNN_DIM, read_cnn_features, record_dtype, write_cnn_features
 from sea.errors import ChecksumError, DataError
+from sea.features.cnn import CNN_DIM, read_cnn_features, record_dtype, write_cnn_features
 from sea.files import sha256_file
 from tests.shell import env
 
@@ -38,8 +38,16 @@ ITEMS = ["B000000001", "B000000002", "B000000003", "0123456789"]
 def feature_file(tmp_path: Path) -> Path:
     """Records in another order than the items, with products outside the dataset."""
     path = tmp_path / "image_features_Toy.b"
-    write_cnn_features(path, [("B00000000X", vec(10)), ("0123456789", vec(3)), ("B000000001", vec(0)),
-                              ("B0000000ZZ", vec(11)), ("B000000002", vec(1))])
+    write_cnn_features(
+        path,
+        [
+            ("B00000000X", vec(10)),
+            ("0123456789", vec(3)),
+            ("B000000001", vec(0)),
+            ("B0000000ZZ", vec(11)),
+            ("B000000002", vec(1)),
+        ],
+    )
     return path
 
 
@@ -47,7 +55,7 @@ def test_format_is_asin_then_little_endian_floats(feature_file: Path) -> None:
     data = feature_file.read_bytes()
     assert len(data) == 5 * RECORD
     # the third record, parsed by hand: 10 ASCII bytes, then 4096 '<f4'
-    third = data[2 * RECORD:3 * RECORD]
+    third = data[2 * RECORD : 3 * RECORD]
     assert third[:10] == b"B000000001"
     np.testing.assert_array_equal(np.frombuffer(third[10:], dtype="<f4"), vec(0))
 
@@ -61,9 +69,18 @@ def test_rows_follow_the_items_and_missing_get_the_mean(feature_file: Path, chun
     np.testing.assert_array_equal(x[3], vec(3))
     mean = np.stack([vec(0), vec(1), vec(3)]).mean(axis=0, dtype=np.float64).astype(np.float32)
     np.testing.assert_array_equal(x[2], mean)
-    assert info == {"source": "amazon_cnn", "file": "image_features_Toy.b", "sha256": sha256_file(feature_file),
-                    "bytes": 5 * RECORD, "n_records": 5, "dim": CNN_DIM, "n_items": 4, "n_present": 3,
-                    "n_missing": 1, "n_duplicate_records": 0}
+    assert info == {
+        "source": "amazon_cnn",
+        "file": "image_features_Toy.b",
+        "sha256": sha256_file(feature_file),
+        "bytes": 5 * RECORD,
+        "n_records": 5,
+        "dim": CNN_DIM,
+        "n_items": 4,
+        "n_present": 3,
+        "n_missing": 1,
+        "n_duplicate_records": 0,
+    }
 
 
 def test_item_asins_that_cannot_be_in_the_file_are_missing(feature_file: Path) -> None:
@@ -91,7 +108,7 @@ def test_truncated_last_record(feature_file: Path) -> None:
 @pytest.mark.parametrize("asin", [b"B00000\xff001", b"B0000 0001", b"B00000\x000\x001", b"B000-00001"])
 def test_garbage_asin_names_its_record(feature_file: Path, asin: bytes) -> None:
     data = bytearray(feature_file.read_bytes())
-    data[3 * RECORD:3 * RECORD + 10] = asin  # record 4: a product outside the dataset
+    data[3 * RECORD : 3 * RECORD + 10] = asin  # record 4: a product outside the dataset
     feature_file.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"image_features_Toy.b: record 4 \(byte 49,182\): the asin .* is not 10 ASCII"):
         read_cnn_features(feature_file, ITEMS, chunk_records=3)
@@ -155,18 +172,27 @@ def test_record_dtype_has_no_padding() -> None:
 def stage_dir(tmp: Path, image: dict, dataset: dict | None = None) -> Path:
     """A minimal project folder for pipeline/image_features.py: params and items.parquet."""
     tmp.mkdir(parents=True)
-    params = {"dataset": dataset or {"name": "toy", "reviews_url": "data/reviews_Toy_5.json.gz"},
-              "features": {"image": {"model": "ViT-B-32", "pretrained": "none", "device": "cpu"} | image}}
+    params = {
+        "dataset": dataset or {"name": "toy", "reviews_url": "data/reviews_Toy_5.json.gz"},
+        "features": {"image": {"model": "ViT-B-32", "pretrained": "none", "device": "cpu"} | image},
+    }
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp / "data/processed").mkdir(parents=True)
-    pd.DataFrame({"item": np.arange(4, dtype=np.int32), "asin": ITEMS, "text": ["t"] * 4,
-                  "image_url": [None] * 4}).to_parquet(tmp / "data/processed/items.parquet", index=False)
+    pd.DataFrame(
+        {"item": np.arange(4, dtype=np.int32), "asin": ITEMS, "text": ["t"] * 4, "image_url": [None] * 4}
+    ).to_parquet(tmp / "data/processed/items.parquet", index=False)
     return tmp
 
 
 def run_stage(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "pipeline/image_features.py")], cwd=cwd,
-                          env=env() | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "pipeline/image_features.py")],
+        cwd=cwd,
+        env=env() | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def failure_line(proc: subprocess.CompletedProcess) -> str:
@@ -243,25 +269,28 @@ def test_stage_takes_the_catalog_file_of_the_dataset(tmp_path: Path, feature_fil
     assert "source: amazon_cnn needs cnn_url: dataset 'all_beauty-2023' has no CNN" in failure_line(run_stage(cwd))
 
 
-@pytest.mark.parametrize("image, message", [
-    ({"source": "amazon_cnn", "cnn_url": " "}, "cnn_url must be null"),
-    ({"source": "cnn"}, "source must be one of ['clip', 'amazon_cnn']"),
-    ({"source": "amazon_cnn", "cnn_url": "x.b", "cnn_sha256": "abc"}, "cnn_sha256 must be 64 hex digits"),
-    ({"source": "amazon_cnn", "cnn_url": "x.b", "cnn_max_mb": 0}, "cnn_max_mb and cnn_timeout must be > 0"),
-    ({"processes": 0}, "processes must be in [1, 64]"),
-    ({"processes": 2, "device": "cuda:0"}, "device must then be auto, cuda or cpu"),
-])
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        ({"source": "amazon_cnn", "cnn_url": " "}, "cnn_url must be null"),
+        ({"source": "cnn"}, "source must be one of ['clip', 'amazon_cnn']"),
+        ({"source": "amazon_cnn", "cnn_url": "x.b", "cnn_sha256": "abc"}, "cnn_sha256 must be 64 hex digits"),
+        ({"source": "amazon_cnn", "cnn_url": "x.b", "cnn_max_mb": 0}, "cnn_max_mb and cnn_timeout must be > 0"),
+        ({"processes": 0}, "processes must be in [1, 64]"),
+        ({"processes": 2, "device": "cuda:0"}, "device must then be auto, cuda or cpu"),
+    ],
+)
 def test_params_are_checked(image: dict, message: str) -> None:
-    from sea.features.image import ImageFeatureConfig
     from sea.errors import ConfigError
+    from sea.features.image import ImageFeatureConfig
 
     with pytest.raises(ConfigError, match=r"^params.yaml \[features.image\]: .*" + re.escape(message)):
         ImageFeatureConfig.from_dict({"pretrained": "none"} | image, "features.image")
 
 
 def test_text_processes_are_checked() -> None:
-    from sea.features.text import TextFeatureConfig
     from sea.errors import ConfigError
+    from sea.features.text import TextFeatureConfig
 
     with pytest.raises(ConfigError, match=r"params.yaml \[features.text\]: processes must be in \[1, 64\]"):
         TextFeatureConfig.from_dict({"processes": 65}, "features.text")
@@ -277,17 +306,26 @@ SMALL_DIM = 8  # the reader takes any width; small records make many cuts and fl
 FULL = 5 * (10 + 4 * SMALL_DIM)
 
 
-@settings(derandomize=True, database=None, deadline=None, max_examples=300,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.one_of(st.just(FULL), st.integers(0, FULL)),  # whole files half of the time
-       flips=st.lists(st.tuples(st.integers(0, FULL - 1), st.integers(0, 255)), max_size=4),
-       chunk=st.integers(1, 6))
+@settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    cut=st.one_of(st.just(FULL), st.integers(0, FULL)),  # whole files half of the time
+    flips=st.lists(st.tuples(st.integers(0, FULL - 1), st.integers(0, 255)), max_size=4),
+    chunk=st.integers(1, 6),
+)
 def test_fuzz_mutated_files_give_values_or_one_data_error(tmp_path: Path, cut: int, flips: list, chunk: int) -> None:
     """Cut and byte-flipped files: the reader returns finite rows of the file's own values
     (or the mean) for every item, or raises DataError; nothing else."""
     rng = np.random.default_rng(0)
-    records = [(a, rng.random(SMALL_DIM, dtype=np.float32)) for a in ["B000000001", "B000000002", "ZZZZZZZZZZ",
-                                                                      "B000000001", "0123456789"]]
+    records = [
+        (a, rng.random(SMALL_DIM, dtype=np.float32))
+        for a in ["B000000001", "B000000002", "ZZZZZZZZZZ", "B000000001", "0123456789"]
+    ]
     records[3] = (records[3][0], records[0][1])  # an identical repeat
     path = tmp_path / "fuzz.b"
     write_cnn_features(path, records)

@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import stats
-
 from shell import copy_tree, env, git_repo, run
 
 from sea import compare, experiments
@@ -31,21 +30,32 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["recall@10", "ndcg@10"]
 
 
-def per_user(model: str, values: dict[tuple[int, str], dict[int, float]], pop: dict[str, dict[int, float]] | None = None,
-             metrics: list[str] = METRICS) -> pd.DataFrame:
+def per_user(
+    model: str,
+    values: dict[tuple[int, str], dict[int, float]],
+    pop: dict[str, dict[int, float]] | None = None,
+    metrics: list[str] = METRICS,
+) -> pd.DataFrame:
     """A per-user frame: ``values[(seed, split)][user]`` is the first metric, the second is
     half of it; ``pop[split][user]`` the most-popular rows (written once per seed)."""
     rows = []
     seeds = sorted({s for s, _ in values})
     for (seed, split), users in values.items():
         for user, v in users.items():
-            rows.append({"model": model, "seed": seed, "split": split, "user": user,
-                         metrics[0]: v, metrics[1]: v / 2})
+            rows.append({"model": model, "seed": seed, "split": split, "user": user, metrics[0]: v, metrics[1]: v / 2})
     for split, users in (pop or {}).items():
         for seed in seeds:
             for user, v in users.items():
-                rows.append({"model": MOST_POPULAR, "seed": seed, "split": split, "user": user,
-                             metrics[0]: v, metrics[1]: v / 2})
+                rows.append(
+                    {
+                        "model": MOST_POPULAR,
+                        "seed": seed,
+                        "split": split,
+                        "user": user,
+                        metrics[0]: v,
+                        metrics[1]: v / 2,
+                    }
+                )
     frame = pd.DataFrame(rows).astype({"seed": "int64", "user": "int32"})
     return compare.validate(frame, f"<{model}>")
 
@@ -105,14 +115,23 @@ def exact_wilcoxon_p(d: np.ndarray) -> float:
     ranks (distinct, non-zero |d|): 2 · min(P(W+ ≤ w), P(W+ ≥ w)), at most 1."""
     ranks = np.argsort(np.argsort(np.abs(d))) + 1
     w = ranks[d > 0].sum()
-    totals = np.array([sum(r for r, s in zip(ranks, signs, strict=True) if s)
-                       for signs in itertools.product([False, True], repeat=len(d))])
+    totals = np.array(
+        [
+            sum(r for r, s in zip(ranks, signs, strict=True) if s)
+            for signs in itertools.product([False, True], repeat=len(d))
+        ]
+    )
     return min(1.0, 2 * min((totals <= w).mean(), (totals >= w).mean()))
 
 
-@pytest.mark.parametrize("d", [[0.1, 0.2, 0.3, 0.4, 0.5],             # all positive: p = 2/2^5
-                               [0.1, -0.2, 0.3, 0.4, 0.5, -0.6, 0.7],
-                               [-0.05, -0.15, 0.25, -0.35, -0.45, -0.55, 0.65, -0.75]])
+@pytest.mark.parametrize(
+    "d",
+    [
+        [0.1, 0.2, 0.3, 0.4, 0.5],  # all positive: p = 2/2^5
+        [0.1, -0.2, 0.3, 0.4, 0.5, -0.6, 0.7],
+        [-0.05, -0.15, 0.25, -0.35, -0.45, -0.55, 0.65, -0.75],
+    ],
+)
 def test_wilcoxon_matches_its_definition(d):
     d = np.array(d)
     users = pd.Index(np.arange(len(d)) * 3, name="user")
@@ -120,7 +139,8 @@ def test_wilcoxon_matches_its_definition(d):
     result = paired_test(pd.Series(base.to_numpy() + d, index=users), base)
     assert result.wilcoxon_pvalue == pytest.approx(exact_wilcoxon_p(d), rel=1e-9)
     assert result.wilcoxon_statistic == min(
-        (np.argsort(np.argsort(np.abs(d))) + 1)[d > 0].sum(), (np.argsort(np.argsort(np.abs(d))) + 1)[d < 0].sum())
+        (np.argsort(np.argsort(np.abs(d))) + 1)[d > 0].sum(), (np.argsort(np.argsort(np.abs(d))) + 1)[d < 0].sum()
+    )
     if len(d) == 5:
         assert result.wilcoxon_pvalue == pytest.approx(2 / 32)
 
@@ -141,8 +161,15 @@ def test_fewer_than_two_users_give_no_p_value():
 
 def test_pairing_averages_seeds_per_user_and_drops_unpaired_users():
     # variant: users 0..5, two seeds; baseline: users 2..7, one seed
-    var = per_user("sea", {(1, "test"): {u: 0.1 * u for u in range(6)}, (2, "test"): {u: 0.1 * u + 0.2 for u in range(6)},
-                           (1, "valid"): {0: 0.5}, (2, "valid"): {0: 0.5}})
+    var = per_user(
+        "sea",
+        {
+            (1, "test"): {u: 0.1 * u for u in range(6)},
+            (2, "test"): {u: 0.1 * u + 0.2 for u in range(6)},
+            (1, "valid"): {0: 0.5},
+            (2, "valid"): {0: 0.5},
+        },
+    )
     base = per_user("bprmf", {(5, "test"): {u: 0.05 * u for u in range(2, 8)}, (5, "valid"): {0: 0.5}})
     comp = compare.compare({"sea": var, "bprmf": base}, "bprmf", "recall@10")
     t = comp.tests["test"]["sea"]["recall@10"]
@@ -165,15 +192,23 @@ def three_variants() -> dict[str, pd.DataFrame]:
     pop = {s: dict(enumerate(rng.random(n) * 0.2)) for s in ("valid", "test")}
     frames = {}
     for name, shift in (("lightgcn", 0.0), ("sea", 0.08), ("bprmf", -0.02)):
-        values = {(seed, split): dict(enumerate(np.clip(rng.random(n) * 0.5 + shift, 0, 1)))
-                  for seed in (1, 2, 3) for split in ("valid", "test")}
+        values = {
+            (seed, split): dict(enumerate(np.clip(rng.random(n) * 0.5 + shift, 0, 1)))
+            for seed in (1, 2, 3)
+            for split in ("valid", "test")
+        }
         frames[name] = per_user(name, values, pop)
     return frames
 
 
 def test_report_holds_the_numbers(three_variants):
-    comp = compare.compare(three_variants, "lightgcn", "recall@10",
-                           overrides={"sea": ["model.name=sea"]}, extra_overrides=["train.max_epochs=1"])
+    comp = compare.compare(
+        three_variants,
+        "lightgcn",
+        "recall@10",
+        overrides={"sea": ["model.name=sea"]},
+        extra_overrides=["train.max_epochs=1"],
+    )
     assert [r.name for r in comp.rows] == ["lightgcn", "sea", "bprmf", MOST_POPULAR]
     md = compare.render_markdown(comp, command="python scripts/compare.py --seeds 1 2 3")
     data = compare.to_json(comp)
@@ -269,17 +304,31 @@ def test_script_queues_each_variant_with_seeds_and_extras():
         "cmp-vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea", "train.seeds=[1,2]", "train.max_epochs=1"],
     }
     args = script.parse_args([])
-    assert args.variants == ["bprmf", "lightgcn", "vbpr", "vbpr_sea", "freedom", "freedom_sea", "sea",
-                             "lirdrec", "simplex", "lightgcn_ccl", "lightgcn_cbns"]
+    assert args.variants == [
+        "bprmf",
+        "lightgcn",
+        "vbpr",
+        "vbpr_sea",
+        "freedom",
+        "freedom_sea",
+        "sea",
+        "lirdrec",
+        "simplex",
+        "lightgcn_ccl",
+        "lightgcn_cbns",
+    ]
     assert (args.baseline, args.seeds, args.extra) == ("lightgcn", [1, 2, 3], [])
     assert script.parse_args(["--variants", "sea", "bprmf", "--baseline", "most_popular"]).baseline == "most_popular"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--variants", "sea", "gru4rec"], "unknown variant"),
-    (["--variants", "sea", "bprmf"], "--baseline lightgcn is not among"),
-    (["--variants", "sea", "sea", "--baseline", "sea"], "twice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variants", "sea", "gru4rec"], "unknown variant"),
+        (["--variants", "sea", "bprmf"], "--baseline lightgcn is not among"),
+        (["--variants", "sea", "sea", "--baseline", "sea"], "twice"),
+    ],
+)
 def test_script_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         load_script().parse_args(argv)
@@ -307,9 +356,20 @@ def tiny(tmp_path: Path, monkeypatch) -> Path:
     run(["dvc", "init", "-q"], tmp_path)
     (tmp_path / "params.yaml").write_text("a: 1\nb: x\n")
     (tmp_path / "stage.py").write_text(TINY_STAGE)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["a", "b"],
-        "metrics": [{"out.json": {"cache": False}}]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "s": {
+                        "cmd": f"{sys.executable} stage.py",
+                        "deps": ["stage.py"],
+                        "params": ["a", "b"],
+                        "metrics": [{"out.json": {"cache": False}}],
+                    }
+                }
+            }
+        )
+    )
     run(["dvc", "repro", "-q"], tmp_path)
     run(["git", "add", "-A"], tmp_path)
     run(["git", "commit", "-qm", "tiny"], tmp_path)
@@ -376,8 +436,14 @@ def test_a_task_left_running_by_a_crash_is_cleared(tiny: Path):
     """A run killed mid-experiment leaves its task "Running" with no worker; the next run
     clears it instead of waiting for it forever."""
     run(["dvc", "exp", "run", "--queue", "-n", "t-crash", "-S", "a=50"], tiny)
-    crashed = subprocess.Popen(["dvc", "exp", "run", "--run-all"], cwd=tiny, env=env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    crashed = subprocess.Popen(
+        ["dvc", "exp", "run", "--run-all"],
+        cwd=tiny,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300  # a guard against hanging, not a timing check
         while not any(t.status == "Running" for t in experiments.queue_status(tiny)[0]):
@@ -436,8 +502,21 @@ def test_compare_end_to_end(tmp_path: Path):
     run(["git", "commit", "-qm", "copy"], project)
     lock = (project / "dvc.lock").read_bytes()
 
-    proc = run([sys.executable, "scripts/compare.py", "--variants", "bprmf", "lightgcn", "--seeds", "1", "2",
-                "-S", "train.max_epochs=1"], project)
+    proc = run(
+        [
+            sys.executable,
+            "scripts/compare.py",
+            "--variants",
+            "bprmf",
+            "lightgcn",
+            "--seeds",
+            "1",
+            "2",
+            "-S",
+            "train.max_epochs=1",
+        ],
+        project,
+    )
     for upstream in ("download", "graph", "text_features", "image_features"):
         assert f"Running stage '{upstream}'" not in proc.stdout, proc.stdout
     data = json.loads((project / "reports/compare.json").read_text())
@@ -458,6 +537,18 @@ def test_compare_end_to_end(tmp_path: Path):
 
     # the report again from the finished experiments, without training
     (project / "reports/compare.json").unlink()
-    run([sys.executable, "scripts/compare.py", "--variants", "bprmf", "lightgcn", "--seeds", "1", "2",
-         "--collect-only"], project)
+    run(
+        [
+            sys.executable,
+            "scripts/compare.py",
+            "--variants",
+            "bprmf",
+            "lightgcn",
+            "--seeds",
+            "1",
+            "2",
+            "--collect-only",
+        ],
+        project,
+    )
     assert json.loads((project / "reports/compare.json").read_text())["rows"] == data["rows"]

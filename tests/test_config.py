@@ -22,17 +22,20 @@ def test_the_committed_params_are_valid():
     assert DatasetConfig.from_dict(params["dataset"], "dataset").raw_dir == Path("data/raw/sample")
 
 
-@pytest.mark.parametrize("section, values, message", [
-    ("loss", {"club_weigth": 0.1}, "unknown key"),
-    ("loss", {"club_weight": "a lot"}, "expected a number"),
-    ("loss", {"distance": "cosine"}, "distance must be one of"),
-    ("sea", {"generic_fraction": 1.5}, "generic_fraction must be in"),
-    ("sea", {"embedding_dim": 64.5}, "expected an integer"),
-    ("model", {"modalities": ["audio"]}, "modalities"),
-    ("train", {"seeds": [1, 1]}, "seeds must not repeat"),
-    ("club", {"pairing": "mine"}, "pairing"),
-    ("eval", {"select": "auc"}, "select"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("loss", {"club_weigth": 0.1}, "unknown key"),
+        ("loss", {"club_weight": "a lot"}, "expected a number"),
+        ("loss", {"distance": "cosine"}, "distance must be one of"),
+        ("sea", {"generic_fraction": 1.5}, "generic_fraction must be in"),
+        ("sea", {"embedding_dim": 64.5}, "expected an integer"),
+        ("model", {"modalities": ["audio"]}, "modalities"),
+        ("train", {"seeds": [1, 1]}, "seeds must not repeat"),
+        ("club", {"pairing": "mine"}, "pairing"),
+        ("eval", {"select": "auc"}, "select"),
+    ],
+)
 def test_bad_values_are_rejected(section, values, message):
     with pytest.raises(ConfigError, match=message):
         TrainingSetup.from_params({section: values})
@@ -76,16 +79,19 @@ def test_non_finite_numbers_are_rejected(value):
         TrainingSetup.from_params({"train": {"lr": value}})
 
 
-@pytest.mark.parametrize("section, values, message", [
-    ("eval", {"select": "recall@50"}, "needs 50 in topk"),
-    ("eval", {"topk": [10, 10]}, "topk must not repeat"),
-    ("eval", {"batch_size": 0}, "batch_size"),
-    ("train", {"batch_size": -1}, "batch_size"),
-    ("train", {"seed": -1}, "seeds must be >= 0"),
-    ("train", {"seeds": [1, -2]}, "seeds must be >= 0"),
-    ("train", {"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
-    ("train", {"device": "cpu:1"}, "device must be auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("eval", {"select": "recall@50"}, "needs 50 in topk"),
+        ("eval", {"topk": [10, 10]}, "topk must not repeat"),
+        ("eval", {"batch_size": 0}, "batch_size"),
+        ("train", {"batch_size": -1}, "batch_size"),
+        ("train", {"seed": -1}, "seeds must be >= 0"),
+        ("train", {"seeds": [1, -2]}, "seeds must be >= 0"),
+        ("train", {"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
+        ("train", {"device": "cpu:1"}, "device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_training_params_out_of_range(section, values, message):
     with pytest.raises(ConfigError, match=message):
         TrainingSetup.from_params({section: values})
@@ -99,18 +105,21 @@ def test_cuda_must_exist():
         TrainingSetup.from_params({"train": {"device": f"cuda:{n}"}})
 
 
-@pytest.mark.parametrize("section, cls, values, message", [
-    ("features.text", "TextFeatureConfig", {"batch_size": 0}, "batch_size must be >= 1"),
-    ("features.text", "TextFeatureConfig", {"device": "tpu"}, "device must be"),
-    ("features.image", "ImageFeatureConfig", {"batch_size": -1}, "batch_size must be >= 1"),
-    ("features.image", "ImageFeatureConfig", {"model": "ViT-B-33"}, "not an open_clip architecture"),
-    ("features.image", "ImageFeatureConfig", {"pretrained": "opnai"}, "not an open_clip tag for ViT-B-32"),
-    ("features.image", "ImageFeatureConfig", {"pretrained": "weights/missing.pt"}, "does not exist"),
-    ("features.image", "ImageFeatureConfig", {"workers": 0}, "workers"),
-    ("features.image", "ImageFeatureConfig", {"precision": "half"}, r"precision must be one of \['auto'"),
-    ("features.text", "TextFeatureConfig", {"precision": "fp16"}, "precision must be one of"),
-    ("split", "SplitConfig", {"seed": -3}, "seed must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "section, cls, values, message",
+    [
+        ("features.text", "TextFeatureConfig", {"batch_size": 0}, "batch_size must be >= 1"),
+        ("features.text", "TextFeatureConfig", {"device": "tpu"}, "device must be"),
+        ("features.image", "ImageFeatureConfig", {"batch_size": -1}, "batch_size must be >= 1"),
+        ("features.image", "ImageFeatureConfig", {"model": "ViT-B-33"}, "not an open_clip architecture"),
+        ("features.image", "ImageFeatureConfig", {"pretrained": "opnai"}, "not an open_clip tag for ViT-B-32"),
+        ("features.image", "ImageFeatureConfig", {"pretrained": "weights/missing.pt"}, "does not exist"),
+        ("features.image", "ImageFeatureConfig", {"workers": 0}, "workers"),
+        ("features.image", "ImageFeatureConfig", {"precision": "half"}, r"precision must be one of \['auto'"),
+        ("features.text", "TextFeatureConfig", {"precision": "fp16"}, "precision must be one of"),
+        ("split", "SplitConfig", {"seed": -3}, "seed must be >= 0"),
+    ],
+)
 def test_feature_and_split_params_out_of_range(section, cls, values, message):
     from sea.data.split import SplitConfig
     from sea.features.image import ImageFeatureConfig

@@ -44,8 +44,11 @@ def tiny_clip():
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    model = CLIP(32, CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
-                 CLIPTextCfg(context_length=16, vocab_size=1000, width=32, heads=2, layers=1)).eval()
+    model = CLIP(
+        32,
+        CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
+        CLIPTextCfg(context_length=16, vocab_size=1000, width=32, heads=2, layers=1),
+    ).eval()
     return model, open_clip.image_transform(64, is_train=False)
 
 
@@ -64,9 +67,9 @@ def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[
     import pandas as pd
     from PIL import Image
 
+    from sea.evaluation import evaluate
     from sea.features.image import encode_images, load_clip
     from sea.features.text import encode_texts
-    from sea.evaluation import evaluate
     from sea.models.base import GraphData
     from sea.setup import TrainingSetup
     from sea.train import build_model, fit, seed_everything
@@ -84,7 +87,7 @@ def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[
     for i, colour in enumerate([(200, 30, 30), (20, 90, 220)]):
         pixels = np.zeros((48, 64, 3), dtype=np.uint8)
         pixels[:, :, :] = colour
-        pixels[8 + 8 * i:30, 10:40] = 255 - np.array(colour, dtype=np.uint8)
+        pixels[8 + 8 * i : 30, 10:40] = 255 - np.array(colour, dtype=np.uint8)
         paths.append(folder / f"probe{i}.png")
         Image.fromarray(pixels).save(paths[-1])
     model, preprocess = tiny_clip() if clip == "tiny" else load_clip(clip, None, device="cpu", seed=0)[:2]
@@ -93,16 +96,29 @@ def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[
 
     rng = np.random.default_rng(0)
     n_users, n_items = 400, 120
-    rows = [(u, int(i), s) for u in range(n_users)
-            for i, s in zip(rng.choice(np.flatnonzero(np.arange(n_items) % 4 == u % 4), 7, replace=False),
-                            ["train"] * 5 + ["valid", "test"], strict=True)]
-    features = {"image": rng.normal(size=(n_items, 48)).astype(np.float32),
-                "text": rng.normal(size=(n_items, 32)).astype(np.float32)}
+    rows = [
+        (u, int(i), s)
+        for u in range(n_users)
+        for i, s in zip(
+            rng.choice(np.flatnonzero(np.arange(n_items) % 4 == u % 4), 7, replace=False),
+            ["train"] * 5 + ["valid", "test"],
+            strict=True,
+        )
+    ]
+    features = {
+        "image": rng.normal(size=(n_items, 48)).astype(np.float32),
+        "text": rng.normal(size=(n_items, 32)).astype(np.float32),
+    }
     data = GraphData.build(pd.DataFrame(rows, columns=["user", "item", "split"]), n_items, features)
-    setup = TrainingSetup.from_params({
-        "model": {"name": "sea"}, "sea": {"embedding_dim": 16, "mlp_hidden_dim": 32, "head_dim": 8},
-        "club": {"steps": 3}, "train": {"batch_size": 512, "max_epochs": 2, "lr": 0.01},
-        "eval": {"topk": [10, 20], "select": "recall@20"}})
+    setup = TrainingSetup.from_params(
+        {
+            "model": {"name": "sea"},
+            "sea": {"embedding_dim": 16, "mlp_hidden_dim": 32, "head_dim": 8},
+            "club": {"steps": 3},
+            "train": {"batch_size": 512, "max_epochs": 2, "lr": 0.01},
+            "eval": {"topk": [10, 20], "select": "recall@20"},
+        }
+    )
     seed_everything(3)
     sea = build_model(data, setup)
     result = fit(sea, data, setup, seed=3, log=lambda *_: None)
@@ -112,8 +128,9 @@ def probe(kernels: str, clip: str = "tiny", threads: int | None = None) -> dict[
     return out
 
 
-def run_probe(kernels: str, tmp: Path, cpu: str | None = None, threads: int | None = None,
-              ok: bool = True) -> dict[str, str] | str:
+def run_probe(
+    kernels: str, tmp: Path, cpu: str | None = None, threads: int | None = None, ok: bool = True
+) -> dict[str, str] | str:
     """The probe's hashes with ``kernels`` on this machine, or on QEMU's ``cpu`` (at
     ``threads`` torch threads; default: the machine's); with ``ok=False`` it must fail,
     and its error output is returned."""

@@ -22,8 +22,8 @@ import yaml
 
 from sea import artifacts
 from sea.checkpoint import load_checkpoint
-from sea.errors import ConfigError
 from sea.distributed import World
+from sea.errors import ConfigError
 from sea.recommend import recommend
 from sea.setup import TrainingSetup
 
@@ -54,14 +54,24 @@ def write_dataset(root: Path, n_users: int = 90, n_items: int = 90, seed: int = 
         items = rng.permutation(np.concatenate([liked, others]))
         rows += [(u, int(i), s) for i, s in zip(items, ["train"] * 7 + ["valid", "test"], strict=True)]
     inter = pd.DataFrame(rows, columns=["user", "item", "split"]).astype({"user": "int32", "item": "int32"})
-    inter = inter.assign(rating=np.float32(5.0), timestamp=np.arange(len(inter), dtype=np.int64),
-                         split=pd.Categorical(inter["split"], categories=["train", "valid", "test"]))
+    inter = inter.assign(
+        rating=np.float32(5.0),
+        timestamp=np.arange(len(inter), dtype=np.int64),
+        split=pd.Categorical(inter["split"], categories=["train", "valid", "test"]),
+    )
     (root / artifacts.PROCESSED).mkdir(parents=True)
     inter.to_parquet(root / artifacts.INTERACTIONS, index=False)
-    pd.DataFrame({"user": np.arange(n_users, dtype=np.int32),
-                  "reviewer_id": [f"A{u:05d}" for u in range(n_users)]}).to_parquet(root / artifacts.USERS, index=False)
-    pd.DataFrame({"item": np.arange(n_items, dtype=np.int32), "asin": [f"B{i:05d}" for i in range(n_items)],
-                  "text": "", "image_url": None}).to_parquet(root / artifacts.ITEMS, index=False)
+    pd.DataFrame(
+        {"user": np.arange(n_users, dtype=np.int32), "reviewer_id": [f"A{u:05d}" for u in range(n_users)]}
+    ).to_parquet(root / artifacts.USERS, index=False)
+    pd.DataFrame(
+        {
+            "item": np.arange(n_items, dtype=np.int32),
+            "asin": [f"B{i:05d}" for i in range(n_items)],
+            "text": "",
+            "image_url": None,
+        }
+    ).to_parquet(root / artifacts.ITEMS, index=False)
     (root / artifacts.FEATURES).mkdir(parents=True)
     onehot = np.eye(3, dtype=np.float32)[np.arange(n_items) % 3]
     for m, d in (("image", 12), ("text", 8)):
@@ -82,8 +92,15 @@ def params_for(model: str, processes: int) -> dict:
         "model": {"name": model},
         model: {"embedding_dim": 16} | ({"mlp_hidden_dim": 32} if model == "sea" else {}),
         "club": {"steps": 5},
-        "train": {"device": "cpu", "lr": 0.01, "batch_size": 128, "max_epochs": 3, "patience": 10,
-                  "seed": 7, "processes": processes},
+        "train": {
+            "device": "cpu",
+            "lr": 0.01,
+            "batch_size": 128,
+            "max_epochs": 3,
+            "patience": 10,
+            "seed": 7,
+            "processes": processes,
+        },
         "eval": {"topk": [5, 10], "select": "recall@10"},
     }
 
@@ -92,8 +109,9 @@ def train(dataset: Path, dest: Path, params: dict, command: list[str] | None = N
     """The train stage in a fresh copy of ``dataset`` at ``dest``."""
     shutil.copytree(dataset, dest)
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run(command or [sys.executable, str(SCRIPT)], cwd=dest, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command or [sys.executable, str(SCRIPT)], cwd=dest, env=env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def trained(dataset: Path, dest: Path, params: dict) -> Path:
@@ -165,11 +183,28 @@ def test_multi_node_rendezvous_gives_the_single_machine_result(runs, dataset, tm
     shutil.copytree(dataset, dest)
     (dest / "params.yaml").write_text(yaml.safe_dump(params_for("lightgcn", 2)))
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
-           "--max-restarts", "0", str(SCRIPT)]
-    nodes = [subprocess.Popen(cmd, cwd=dest, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "test",
+        "--max-restarts",
+        "0",
+        str(SCRIPT),
+    ]
+    nodes = [
+        subprocess.Popen(cmd, cwd=dest, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     logs = [node.communicate(timeout=300)[0] for node in nodes]
     assert all(node.returncode == 0 for node in nodes), "\n".join(logs)
     standalone = runs("lightgcn", 2)
@@ -182,8 +217,9 @@ def test_a_failing_rank_ends_the_stage_in_one_line(dataset, tmp_path):
     shutil.copytree(dataset, dest)
     (dest / artifacts.FEATURES / "image.npy").unlink()
     (dest / "params.yaml").write_text(yaml.safe_dump(params_for("sea", 2)))
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=dest, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], cwd=dest, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -228,10 +264,15 @@ def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -
     from sea.train import build_model, seed_everything, train_step
 
     root = Path(os.environ["SEA_TEST_DATASET"])
-    data = GraphData.build(pd.read_parquet(root / artifacts.INTERACTIONS), 90,
-                           {m: np.load(root / artifacts.FEATURES / f"{m}.npy") for m in ("image", "text")})
-    setup = TrainingSetup.from_params(params_for(model_name, 1) | {
-        "loss": {"kind": kind}, "train": {"sampler": sampler, "cbns_warmup_steps": 0, "cbns_memory_batches": 2}})
+    data = GraphData.build(
+        pd.read_parquet(root / artifacts.INTERACTIONS),
+        90,
+        {m: np.load(root / artifacts.FEATURES / f"{m}.npy") for m in ("image", "text")},
+    )
+    setup = TrainingSetup.from_params(
+        params_for(model_name, 1)
+        | {"loss": {"kind": kind}, "train": {"sampler": sampler, "cbns_warmup_steps": 0, "cbns_memory_batches": 2}}
+    )
     seed_everything(0)
     model = build_model(data, setup)
     opt = torch.optim.SGD(model.main_parameters(), lr=0.5)

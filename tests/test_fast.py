@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
+from sea.losses import RankingLoss
 from sea.models.base import GraphData
 from sea.models.separation import set_composed
-from sea.losses import RankingLoss
 from tests.test_sea import make, make_batch
 
 VARIANTS = {
@@ -71,10 +71,10 @@ def test_composed_and_plain_split_give_the_same_step(variant, dtype):
     floor = max(g.abs().max() for g in grads_p.values()) * (1e-4 if dtype == torch.float64 else 1e-2)
     for n in grads_f:
         scale = grads_p[n].abs().max().clamp(min=floor)
-        torch.testing.assert_close(grads_f[n] / scale, grads_p[n] / scale, **tol, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(grads_f[n] / scale, grads_p[n] / scale, **tol, msg=lambda m, n=n: f"{n}: {m}")
     # and the estimators were fitted to the same values
     for (n, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items()):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_composed_projection_reads_only_the_rows_and_part_asked_for():
@@ -98,8 +98,11 @@ def test_fixed_sparse_products_have_torchs_value_and_gradient():
     assert torch.equal(dense, dense.T)  # exactly symmetric: its own transpose serves the backward
     knn = item_item_graph({"image": torch.randn(25, 6, generator=g), "text": torch.randn(25, 5, generator=g)}, 3, 0.3)
     assert not torch.equal(knn.to_dense(), knn.to_dense().T)  # a kNN graph is not
-    for matrix, product in [(adj, lambda x: spmm(adj, x)), (knn, FrozenGraph(knn)),
-                            (adj, FrozenGraph(adj, symmetric=True))]:
+    for matrix, product in [
+        (adj, lambda x: spmm(adj, x)),
+        (knn, FrozenGraph(knn)),
+        (adj, FrozenGraph(adj, symmetric=True)),
+    ]:
         x = torch.randn(matrix.shape[1], 4, generator=g, dtype=torch.float64)
         w = torch.randn(matrix.shape[0], 4, generator=g, dtype=torch.float64)
         ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()

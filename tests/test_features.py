@@ -8,7 +8,6 @@ CLIP tests use a seeded random ViT-B-32 (plus a checkpoint of it saved here).
 from __future__ import annotations
 
 import json
-
 import socket
 from pathlib import Path
 
@@ -102,9 +101,8 @@ def test_text_encoding_is_deterministic(minilm: str, text_features: tuple[np.nda
 
 
 def test_text_without_any_text_is_an_error() -> None:
-    from sea.features.text import encode_texts
-
     from sea.errors import DataError
+    from sea.features.text import encode_texts
 
     with pytest.raises(DataError, match="none of the 3 items has text"):
         encode_texts(["", None, "   "], "all-MiniLM-L6-v2")
@@ -155,8 +153,14 @@ def test_image_features_shape_and_fill(features_seed0: tuple[np.ndarray, dict]) 
     np.testing.assert_allclose(x[3], decoded.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(x[3], x[4])
     assert not np.allclose(x[0], x[1])
-    assert info == {"dim": 512, "n_items": 6, "n_decoded": 4, "n_missing": 1, "n_undecodable": 1,
-                    "undecodable_reasons": {"undecodable": 1}}
+    assert info == {
+        "dim": 512,
+        "n_items": 6,
+        "n_decoded": 4,
+        "n_missing": 1,
+        "n_undecodable": 1,
+        "undecodable_reasons": {"undecodable": 1},
+    }
 
 
 def test_random_clip_is_seeded(image_paths, features_seed0) -> None:
@@ -170,8 +174,9 @@ def test_random_clip_is_seeded(image_paths, features_seed0) -> None:
     assert not np.allclose(other, features_seed0[0])
 
 
-def test_local_checkpoint_reproduces_saved_model(tmp_path, monkeypatch, clip_seed0, image_paths,
-                                                  features_seed0) -> None:
+def test_local_checkpoint_reproduces_saved_model(
+    tmp_path, monkeypatch, clip_seed0, image_paths, features_seed0
+) -> None:
     import json
 
     import torch
@@ -237,8 +242,9 @@ def test_fetch_images(serve_dir, tmp_path: Path) -> None:
     ]
     # the server is on 127.0.0.1: allowed here (by default only public hosts are contacted)
     with pytest.warns(UserWarning, match="4 of 10 images could not be fetched"):
-        got, failures = fetch_images(urls, cache, base_dir=base_dir, dataset_root=base_dir, timeout=5,
-                                     workers=4, allow_private_hosts=True)
+        got, failures = fetch_images(
+            urls, cache, base_dir=base_dir, dataset_root=base_dir, timeout=5, workers=4, allow_private_hosts=True
+        )
 
     assert failures == {"http_error": 1, "missing_file": 1, "refused_scheme": 1, "unreachable": 1}
     assert got[0] == cache / cache_name(urls[0], sha256_file(a)) and got[0].read_bytes() == a.read_bytes()
@@ -248,8 +254,9 @@ def test_fetch_images(serve_dir, tmp_path: Path) -> None:
     assert [got[i] for i in (2, 3, 6, 7, 9)] == [None] * 5
     assert sorted(serve_dir.hits) == ["/a.png", "/missing.png", "/sub%20dir/b.png"]
     # the two downloads, and the 404 remembered so that it is not asked again
-    assert sorted(p.name for p in cache.iterdir()) == sorted([got[0].name, got[1].name,
-                                                              f"{cache_key(urls[2])}.404.gone"])
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [got[0].name, got[1].name, f"{cache_key(urls[2])}.404.gone"]
+    )
 
     # second call: everything comes from the cache, the server sees no new request
     hits_before = len(serve_dir.hits)
@@ -271,11 +278,22 @@ def test_a_dataset_without_text_gets_an_empty_file_that_text_models_refuse(tmp_p
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "data/processed").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "sample"}, "features": {"text": {}}}))
-    pd.DataFrame({"item": np.arange(3, dtype=np.int32), "asin": ["A", "B", "C"], "text": ["", None, " "],
-                  "image_url": [None] * 3}).to_parquet(tmp_path / "data/processed/items.parquet", index=False)
-    proc = subprocess.run([sys.executable, str(root / "pipeline/text_features.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    pd.DataFrame(
+        {
+            "item": np.arange(3, dtype=np.int32),
+            "asin": ["A", "B", "C"],
+            "text": ["", None, " "],
+            "image_url": [None] * 3,
+        }
+    ).to_parquet(tmp_path / "data/processed/items.parquet", index=False)
+    proc = subprocess.run(
+        [sys.executable, str(root / "pipeline/text_features.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "no item has any text input" in proc.stderr
     matrix = np.load(tmp_path / "data/features/text.npy", allow_pickle=False)

@@ -19,12 +19,11 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
-
 from servers import LocalHTTPServer
 
 from sea.errors import ChecksumError, HTTPStatusError, IncompleteError
@@ -127,12 +126,18 @@ def test_thousands_of_images_fetched_once_in_order_within_host_limits(tmp_path, 
             paths = list(fetcher)  # read in item order while the rest is still fetching
         assert fetcher.counts() == {} and fetcher.sources["downloaded"] == N_IMAGES + 50
         assert all(paths[i].read_bytes() == png(i) for i in range(N_IMAGES))
-        assert paths[N_IMAGES:N_IMAGES + 50] == paths[:50] and paths[-1] is None
+        assert paths[N_IMAGES : N_IMAGES + 50] == paths[:50] and paths[-1] is None
         assert set(images.hits.values()) == {1} and set(second.hits.values()) == {1}
         assert sum(images.hits.values()) + sum(second.hits.values()) == N_IMAGES
         assert images.peak <= 3 and second.peak <= 3
-        assert fetcher.summary() == {"n_with_url": N_IMAGES + 50, "n_fetched": N_IMAGES + 50, "fetch_coverage": 1.0,
-                                     "fetch_failures": {}, "unreachable_hosts": [], "offline": False}
+        assert fetcher.summary() == {
+            "n_with_url": N_IMAGES + 50,
+            "n_fetched": N_IMAGES + 50,
+            "fetch_coverage": 1.0,
+            "fetch_failures": {},
+            "unreachable_hosts": [],
+            "offline": False,
+        }
 
         # a second run takes everything from the cache (each file verified), no request
         again, failures = fetch_images(urls, cache, allow_private_hosts=True, progress=False)
@@ -148,11 +153,17 @@ def test_a_killed_run_is_resumed_without_refetching(tmp_path, images):
     was complete is reused, and partial files never count."""
     urls = [f"{images.url}/img/{i}.png" for i in range(N_IMAGES)]
     cache = tmp_path / "cache"
-    script = ("import sys; from sea.net.images import fetch_images; "
-              "urls = sys.stdin.read().split(); "
-              "fetch_images(urls, sys.argv[1], allow_private_hosts=True, workers=4, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(cache)], stdin=subprocess.PIPE,
-                            env=os.environ | {"PYTHONPATH": str(REPO)}, text=True)
+    script = (
+        "import sys; from sea.net.images import fetch_images; "
+        "urls = sys.stdin.read().split(); "
+        "fetch_images(urls, sys.argv[1], allow_private_hosts=True, workers=4, progress=False)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(cache)],
+        stdin=subprocess.PIPE,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        text=True,
+    )
     proc.stdin.write("\n".join(urls))
     proc.stdin.close()
     try:
@@ -180,13 +191,16 @@ def test_a_killed_run_is_resumed_without_refetching(tmp_path, images):
 
 
 def test_429_and_503_are_retried_honouring_retry_after(tmp_path, images):
-    urls = ([f"{images.url}/429/{i}.png?after=0" for i in range(20)]
-            + [f"{images.url}/503/{i}.png" for i in range(20, 40)]
-            + [f"{images.url}/500/{i}.png" for i in range(40, 42)]
-            + [f"{images.url}/429/{i}.png?after=3600" for i in range(42, 44)])
+    urls = (
+        [f"{images.url}/429/{i}.png?after=0" for i in range(20)]
+        + [f"{images.url}/503/{i}.png" for i in range(20, 40)]
+        + [f"{images.url}/500/{i}.png" for i in range(40, 42)]
+        + [f"{images.url}/429/{i}.png?after=3600" for i in range(42, 44)]
+    )
     with pytest.warns(UserWarning, match="4 of 44 images could not be fetched"):
-        paths, failures = fetch_images(urls, tmp_path / "cache", allow_private_hosts=True, retries=2,
-                                       backoff=0.01, max_wait=30, progress=False)
+        paths, failures = fetch_images(
+            urls, tmp_path / "cache", allow_private_hosts=True, retries=2, backoff=0.01, max_wait=30, progress=False
+        )
     assert all(paths[i].read_bytes() == png(i) for i in range(40))
     assert failures == {"http_error": 2, "rate_limited": 2}
     assert all(images.hits[f"/429/{i}.png"] == 2 for i in range(20))
@@ -249,8 +263,9 @@ def test_cached_images_are_used_offline(tmp_path, images):
     fetch_images(urls, tmp_path / "online", allow_private_hosts=True, progress=False)
     (tmp_path / "online").rename(tmp_path / "moved")
     images.close()  # the network is gone: nothing listens on that port any more
-    paths, failures = fetch_images(urls + [urls[0].replace("/0.png", "/999.png")], tmp_path / "moved",
-                                   allow_private_hosts=True, progress=False)
+    paths, failures = fetch_images(
+        urls + [urls[0].replace("/0.png", "/999.png")], tmp_path / "moved", allow_private_hosts=True, progress=False
+    )
     assert all(paths[i].read_bytes() == png(i) for i in range(50)) and paths[50] is None
     assert failures == {"unreachable": 1}
 
@@ -296,8 +311,15 @@ class DumpServer(LocalHTTPServer):
     stop halfway through their body. Counts the body bytes it sent (:attr:`sent`) and the
     requests' Range headers."""
 
-    def __init__(self, payload: bytes = PAYLOAD, *, cut: int = 0, ignore_range: bool = False,
-                 etag: str = '"v1"', etag_on_206: bool = True) -> None:
+    def __init__(
+        self,
+        payload: bytes = PAYLOAD,
+        *,
+        cut: int = 0,
+        ignore_range: bool = False,
+        etag: str = '"v1"',
+        etag_on_206: bool = True,
+    ) -> None:
         self.payload, self.cut, self.ignore_range, self.etag = payload, cut, ignore_range, etag
         self.etag_on_206 = etag_on_206
         self.sent = 0
@@ -333,7 +355,7 @@ class DumpServer(LocalHTTPServer):
                 self.end_headers()
                 if outer.cut > 0:
                     outer.cut -= 1
-                    body = body[:len(body) // 2]
+                    body = body[: len(body) // 2]
                 try:
                     self.wfile.write(body)
                     outer.sent += len(body)
@@ -364,7 +386,7 @@ def test_broken_off_dump_is_resumed_by_the_next_run(tmp_path, dump_server):
         fetch(server.url, dest, PAYLOAD_SHA, retries=1, progress=False, partial_dir=partial)
     assert not dest.exists() and server.sent == len(PAYLOAD) // 2
     (part,) = partial.glob("*.part")
-    assert part.read_bytes() == PAYLOAD[:len(PAYLOAD) // 2]
+    assert part.read_bytes() == PAYLOAD[: len(PAYLOAD) // 2]
 
     fetch(server.url, dest, PAYLOAD_SHA, retries=1, progress=False, partial_dir=partial)
     assert dest.read_bytes() == PAYLOAD and hashlib.sha256(dest.read_bytes()).hexdigest() == PAYLOAD_SHA
@@ -445,17 +467,19 @@ def test_download_stage_resumes_within_the_run(tmp_path, dump_server):
     assert leftovers(tmp_path / "data" / "raw") == ["big"]
 
 
-
-@pytest.mark.parametrize("section, cls, values, param", [
-    ("features.image", "ImageFeatureConfig", {"per_host": 0}, "per_host"),
-    ("features.image", "ImageFeatureConfig", {"retries": -1}, "retries"),
-    ("features.image", "ImageFeatureConfig", {"backoff": -1}, "backoff"),
-    ("features.image", "ImageFeatureConfig", {"max_wait": -1}, "max_wait"),
-    ("features.image", "ImageFeatureConfig", {"offline_after": 0}, "offline_after"),
-    ("features.image", "ImageFeatureConfig", {"min_coverage": 1.5}, "min_coverage"),
-    ("features.image", "ImageFeatureConfig", {"max_image_mb": 0}, "max_image_mb"),
-    ("dataset", "DatasetConfig", {"reviews_url": "x.json", "download_retries": -1}, "download_retries"),
-])
+@pytest.mark.parametrize(
+    "section, cls, values, param",
+    [
+        ("features.image", "ImageFeatureConfig", {"per_host": 0}, "per_host"),
+        ("features.image", "ImageFeatureConfig", {"retries": -1}, "retries"),
+        ("features.image", "ImageFeatureConfig", {"backoff": -1}, "backoff"),
+        ("features.image", "ImageFeatureConfig", {"max_wait": -1}, "max_wait"),
+        ("features.image", "ImageFeatureConfig", {"offline_after": 0}, "offline_after"),
+        ("features.image", "ImageFeatureConfig", {"min_coverage": 1.5}, "min_coverage"),
+        ("features.image", "ImageFeatureConfig", {"max_image_mb": 0}, "max_image_mb"),
+        ("dataset", "DatasetConfig", {"reviews_url": "x.json", "download_retries": -1}, "download_retries"),
+    ],
+)
 def test_new_params_are_checked(section, cls, values, param):
     from sea.data.catalog import DatasetConfig
     from sea.errors import ConfigError
@@ -477,12 +501,17 @@ def test_min_coverage_stops_the_stage_in_one_line(tmp_path):
     urls = [f"http://127.0.0.1:{port}/{i}.png" for i in range(200)]
     processed = tmp_path / "data" / "processed"
     processed.mkdir(parents=True)
-    pd.DataFrame({"item": range(200), "asin": [f"A{i}" for i in range(200)], "text": "",
-                  "image_url": urls}).astype({"item": "int32"}).to_parquet(processed / "items.parquet")
+    pd.DataFrame({"item": range(200), "asin": [f"A{i}" for i in range(200)], "text": "", "image_url": urls}).astype(
+        {"item": "int32"}
+    ).to_parquet(processed / "items.parquet")
     write_params(tmp_path, name="shop")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["features"]["image"] |= {"pretrained": "none", "device": "cpu", "allow_private_hosts": True,
-                                    "min_coverage": 0.5}
+    params["features"]["image"] |= {
+        "pretrained": "none",
+        "device": "cpu",
+        "allow_private_hosts": True,
+        "min_coverage": 0.5,
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = stage(tmp_path, "image_features")
     assert proc.returncode == 1

@@ -33,21 +33,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sea.data import lines as lines_module
 from sea.data.amazon import clean_text, read_metadata, read_reviews
 from sea.data.arrays import load_features
-from sea.data import lines as lines_module
 from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND, FLOAT32_MAX, Lines, TruncatedFileWarning
 from sea.data.mmrec import read_inter, read_item_ids
 from sea.errors import DataError
 
 AMAZON_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-real"
-_FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def fuzz(n: int) -> settings:
     """Seeded settings with ``n`` examples."""
     return settings(_FUZZ, max_examples=n)
+
 
 # ----------------------------------------------------------------- seed lines
 
@@ -64,39 +70,113 @@ def _head(rel: str, n: int) -> list[bytes] | None:
 
 # Synthetic lines in the real formats (used only where the real dumps are absent).
 _SYNTH_REVIEWS = [
-    json.dumps({"reviewerID": f"A{i:013d}", "asin": f"B00{i % 3:07d}", "reviewerName": "name",
-                "helpful": [i, 2], "reviewText": "Text with 'quotes' and \"doubles\" \u00e9", "overall": 5.0 - i % 5,
-                "summary": "s", "unixReviewTime": 1_058_140_800 + i, "reviewTime": "07 14, 2003"}).encode()
+    json.dumps(
+        {
+            "reviewerID": f"A{i:013d}",
+            "asin": f"B00{i % 3:07d}",
+            "reviewerName": "name",
+            "helpful": [i, 2],
+            "reviewText": "Text with 'quotes' and \"doubles\" \u00e9",
+            "overall": 5.0 - i % 5,
+            "summary": "s",
+            "unixReviewTime": 1_058_140_800 + i,
+            "reviewTime": "07 14, 2003",
+        }
+    ).encode()
     for i in range(10)
 ]
 _SYNTH_CSV = [f"B00{i % 4:07d},A{i:013d},{1 + i % 5}.0,{1_005_177_600 + i}".encode() for i in range(15)]
 _SYNTH_META_2014 = [
-    repr({"asin": f"B00{i:07d}", "title": f"Album {i} (Don't)", "price": 11.33,
-          "imUrl": "http://ecx.images-amazon.com/images/I/21W29WZwDAL._SL500_.jpg",
-          "related": {"also_bought": ["B00000282A", "B0084O8O9S"]}, "salesRank": {"Music": i},
-          "categories": [["CDs & Vinyl", "Pop"], ["Music"]], "description": "<b>Great</b> &amp; good"}).encode()
+    repr(
+        {
+            "asin": f"B00{i:07d}",
+            "title": f"Album {i} (Don't)",
+            "price": 11.33,
+            "imUrl": "http://ecx.images-amazon.com/images/I/21W29WZwDAL._SL500_.jpg",
+            "related": {"also_bought": ["B00000282A", "B0084O8O9S"]},
+            "salesRank": {"Music": i},
+            "categories": [["CDs & Vinyl", "Pop"], ["Music"]],
+            "description": "<b>Great</b> &amp; good",
+        }
+    ).encode()
     for i in range(6)
 ]
 _SYNTH_META_2018 = [
-    json.dumps({"category": ["Gift Cards", "Gift Cards"], "tech1": "", "description": ["<div>Gift</div>"],
-                "title": f"Card {i}", "brand": "Amazon", "also_buy": ["B001H53QDK"], "asin": f"B01{i:07d}",
-                "image": ["https://images-na.ssl-images-amazon.com/images/I/41u._SS40_.jpg"]}).encode()
+    json.dumps(
+        {
+            "category": ["Gift Cards", "Gift Cards"],
+            "tech1": "",
+            "description": ["<div>Gift</div>"],
+            "title": f"Card {i}",
+            "brand": "Amazon",
+            "also_buy": ["B001H53QDK"],
+            "asin": f"B01{i:07d}",
+            "image": ["https://images-na.ssl-images-amazon.com/images/I/41u._SS40_.jpg"],
+        }
+    ).encode()
     for i in range(6)
 ]
 
 REVIEW_LINES = (_head("2014/digital_music/reviews_Digital_Music_5.head.json.gz", 6) or _SYNTH_REVIEWS[:6]) + (
-    _head("2018/gift_cards/Gift_Cards_5.json.gz", 6) or _SYNTH_REVIEWS[6:])
+    _head("2018/gift_cards/Gift_Cards_5.json.gz", 6) or _SYNTH_REVIEWS[6:]
+)
 CSV_LINES = _head("2018/magazine_subscriptions/Magazine_Subscriptions.csv", 15) or _SYNTH_CSV
 META_LINES = (_head("2014/digital_music/meta_Digital_Music.head.json.gz", 5) or _SYNTH_META_2014) + (
-    _head("2018/gift_cards/meta_Gift_Cards.json.gz", 5) or _SYNTH_META_2018)
+    _head("2018/gift_cards/meta_Gift_Cards.json.gz", 5) or _SYNTH_META_2018
+)
 
 NASTY = [
-    b"NaN", b"Infinity", b"-Infinity", b"nan", b"inf", b"1e400", b"-1e400", b"-1", b"1099511627776",
-    b"4294967299", b"2147483647", b"1.5", b"1e39", b"0", b"9" * 400, b"9" * 5000, b"\xef\xbb\xbf", b"\\ud800",
-    b"\\udfff", b"\\u0000", b"\\x61", b"\x00", b"\xff", b"\xed\xa0\x80", b"\xe2\x80\xae", b"[" * 3000,
-    b"{" * 3000, b"(" * 300, b'"', b"'", b"\\", b"\n", b"\r", b"\t", b",", b"}", b"]", b":", b" ",
-    b"'asin': 'B0DECOY001', ", b'"asin": "B0DECOY001", ', b"'as' 'in': ", b"true", b"null", b"[]", b"{}",
-    b"__import__('os')", b"\"\"\"", b"''", b"1_0", b"\xd9\xa5",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"nan",
+    b"inf",
+    b"1e400",
+    b"-1e400",
+    b"-1",
+    b"1099511627776",
+    b"4294967299",
+    b"2147483647",
+    b"1.5",
+    b"1e39",
+    b"0",
+    b"9" * 400,
+    b"9" * 5000,
+    b"\xef\xbb\xbf",
+    b"\\ud800",
+    b"\\udfff",
+    b"\\u0000",
+    b"\\x61",
+    b"\x00",
+    b"\xff",
+    b"\xed\xa0\x80",
+    b"\xe2\x80\xae",
+    b"[" * 3000,
+    b"{" * 3000,
+    b"(" * 300,
+    b'"',
+    b"'",
+    b"\\",
+    b"\n",
+    b"\r",
+    b"\t",
+    b",",
+    b"}",
+    b"]",
+    b":",
+    b" ",
+    b"'asin': 'B0DECOY001', ",
+    b'"asin": "B0DECOY001", ',
+    b"'as' 'in': ",
+    b"true",
+    b"null",
+    b"[]",
+    b"{}",
+    b"__import__('os')",
+    b'"""',
+    b"''",
+    b"1_0",
+    b"\xd9\xa5",
 ]
 VALUE = re.compile(rb"""(?<=:\s)("[^"]*"|'[^']*'|[-+0-9.eE]+|true|false|null|NaN|\[[^\[\]]*\])""")
 
@@ -112,16 +192,16 @@ def mutated_lines(draw, lines: list[bytes], max_ops: int = 3) -> bytes:
         pos = draw(st.integers(0, len(line)))
         if op == "flip" and line:
             pos = min(pos, len(line) - 1)
-            line = line[:pos] + bytes([line[pos] ^ draw(st.integers(1, 255))]) + line[pos + 1:]
+            line = line[:pos] + bytes([line[pos] ^ draw(st.integers(1, 255))]) + line[pos + 1 :]
         elif op == "delete":
-            line = line[:pos] + line[pos + draw(st.integers(1, 40)):]
+            line = line[:pos] + line[pos + draw(st.integers(1, 40)) :]
         elif op == "insert":
             line = line[:pos] + draw(st.sampled_from(NASTY)) + line[pos:]
         elif op == "value" and (values := list(VALUE.finditer(line))):
             m = draw(st.sampled_from(values))
             nasty = draw(st.sampled_from(NASTY))
             quote = draw(st.sampled_from([b"", b'"', b"'"]))
-            line = line[:m.start()] + quote + nasty + quote + line[m.end():]
+            line = line[: m.start()] + quote + nasty + quote + line[m.end() :]
         elif op == "cut":
             line = line[:pos]
         elif op == "dup":
@@ -147,8 +227,11 @@ def _content_lines(data: bytes) -> list[bytes]:
 
 
 def _valid_id(value: object) -> bool:
-    return (isinstance(value, str) and bool(value.strip())
-            and not re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufeff]", value))
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and not re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufeff]", value)
+    )
 
 
 def _check_frame_or_error(read, path: Path):
@@ -216,7 +299,7 @@ def test_fuzz_csv_reviews(fuzz_dir, data):
         return
     _check_review_frame(df)
     lines = _content_lines(data)
-    assert len(df) == len(lines) and not data[data.rfind(b"\n") + 1:].strip()  # no cut-off last row
+    assert len(df) == len(lines) and not data[data.rfind(b"\n") + 1 :].strip()  # no cut-off last row
     for row, line in zip(df.itertuples(index=False), lines, strict=True):
         item, user, rating, ts = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
         assert (row.item, row.user) == (item, user)
@@ -232,8 +315,11 @@ def seed_reviews(fuzz_dir) -> tuple[bytes, pd.DataFrame]:
 
 
 @fuzz(300)
-@given(cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)),
-                                                    max_size=2), allow_truncated=st.booleans())
+@given(
+    cut=st.integers(0, 10_000),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=2),
+    allow_truncated=st.booleans(),
+)
 def test_fuzz_damaged_gzip(fuzz_dir, seed_reviews, cut, flips, allow_truncated):
     """A damaged gzip gives the whole file, a prefix of complete lines (cut, allowed) or an error."""
     compressed, full = seed_reviews
@@ -272,7 +358,7 @@ def gzip_rule(data: bytes) -> list[bytes] | None:
     if len(data) >= 18 and min(gap, 2**32 - gap) <= lines_module.TRAILER_TOLERANCE:
         return None
     end = len(data.rstrip(data[-1:])) - lines_module.TRUNCATION_MARGIN
-    safe = zlib.decompressobj(wbits=31).decompress(data[:max(end, 0)])
+    safe = zlib.decompressobj(wbits=31).decompress(data[: max(end, 0)])
     return safe[: safe.rfind(b"\n") + 1].splitlines(keepends=True)
 
 
@@ -307,11 +393,12 @@ def _damage(rng: random.Random, data: bytes) -> bytes:
     else:
         n = size - at if kind.endswith("tail") else min(rng.randint(1, 64), size - at)
         patch = rng.randbytes(n) if kind.startswith("random") else bytes(n)
-    return data[:at] + patch + data[at + len(patch):]
+    return data[:at] + patch + data[at + len(patch) :]
 
 
-@pytest.mark.parametrize("rel, n", [("2018/gift_cards/Gift_Cards_5.json.gz", 300),
-                                    ("2018/all_beauty/All_Beauty_5.json.gz", 80)])
+@pytest.mark.parametrize(
+    "rel, n", [("2018/gift_cards/Gift_Cards_5.json.gz", 300), ("2018/all_beauty/All_Beauty_5.json.gz", 80)]
+)
 def test_gzip_corruption_never_yields_an_altered_line(amazon_real, tmp_path, rel, n):
     data = (amazon_real / rel).read_bytes()
     original = zlib.decompress(data, wbits=31).splitlines(keepends=True)
@@ -354,7 +441,7 @@ def test_gzip_damage_before_the_final_block_is_refused(amazon_real, tmp_path, mo
     gift_cards = (amazon_real / "2018/gift_cards/Gift_Cards_5.json.gz").read_bytes()
     lines = zlib.decompress(gift_cards, wbits=31).splitlines(keepends=True)
     data, final = _with_known_final_block(lines)
-    assert data[final - 4:final] == b"\x00\x00\xff\xff" and data[final] & 0b111 == 0b101  # BFINAL, dynamic
+    assert data[final - 4 : final] == b"\x00\x00\xff\xff" and data[final] & 0b111 == 0b101  # BFINAL, dynamic
     path = tmp_path / "final.json.gz"
     outcomes = collections.Counter()
     for bit in range(-64, 64):
@@ -370,8 +457,10 @@ def test_gzip_damage_before_the_final_block_is_refused(amazon_real, tmp_path, mo
     assert outcomes["trailer"] > 0 and outcomes["cut short"] == 0, outcomes
 
 
-@pytest.mark.parametrize("rel, n", [("2018/all_beauty/All_Beauty_5.json.gz", 40),
-                                    ("2014/digital_music/reviews_Digital_Music_5.head.json.gz", 10)])
+@pytest.mark.parametrize(
+    "rel, n",
+    [("2018/all_beauty/All_Beauty_5.json.gz", 40), ("2014/digital_music/reviews_Digital_Music_5.head.json.gz", 10)],
+)
 def test_gzip_clean_cuts_keep_the_lines_before_the_margin(amazon_real, tmp_path, rel, n):
     """A cut anywhere (and a cut padded with zeros to the full size) keeps exactly the lines
     the rule says: those decoded before the last TRUNCATION_MARGIN bytes."""
@@ -455,9 +544,13 @@ def inter_files(draw) -> bytes:
         header = draw(st.permutations(header))
     rows = []
     for u, i in zip(users, items, strict=True):
-        cell = {"userID": str(u), "itemID": str(i), "x_label": str(draw(st.integers(0, 2))),
-                "rating": draw(st.sampled_from(["5.0", "4", "1.5", "3e0", "0.0"])),
-                "timestamp": str(draw(st.sampled_from([0, 1357776000, 1658002729837, 2**62])))}
+        cell = {
+            "userID": str(u),
+            "itemID": str(i),
+            "x_label": str(draw(st.integers(0, 2))),
+            "rating": draw(st.sampled_from(["5.0", "4", "1.5", "3e0", "0.0"])),
+            "timestamp": str(draw(st.sampled_from([0, 1357776000, 1658002729837, 2**62]))),
+        }
         rows.append([cell[c] for c in header])
     lines = ["\t".join(header).encode()] + ["\t".join(r).encode() for r in rows]
     if draw(st.integers(0, 3)) == 0:  # a header mutation: duplicate, drop or rename a column
@@ -557,8 +650,11 @@ def npy_files(draw) -> tuple[np.ndarray, int, bool]:
     dim = draw(st.integers(1, 4) if draw(often) else st.integers(0, 4))
     shape = (rows, dim) if draw(often) else draw(st.sampled_from([(rows,), (rows, dim, 1), ()]))
     size = int(np.prod(shape))
-    value = st.floats(-1e3, 1e3) if draw(often) else st.one_of(
-        st.floats(width=64), st.sampled_from([0.0, 1e39, -3e38, 1e-46, np.nan, np.inf]))
+    value = (
+        st.floats(-1e3, 1e3)
+        if draw(often)
+        else st.one_of(st.floats(width=64), st.sampled_from([0.0, 1e39, -3e38, 1e-46, np.nan, np.inf]))
+    )
     values = draw(st.lists(value, min_size=size, max_size=size))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -578,8 +674,14 @@ def npy_files(draw) -> tuple[np.ndarray, int, bool]:
 
 
 @fuzz(600)
-@given(file=npy_files(), damage=st.one_of(
-    st.none(), st.none(), st.tuples(st.sampled_from(["flip", "cut", "append"]), st.integers(0, 400), st.integers(1, 255))))
+@given(
+    file=npy_files(),
+    damage=st.one_of(
+        st.none(),
+        st.none(),
+        st.tuples(st.sampled_from(["flip", "cut", "append"]), st.integers(0, 400), st.integers(1, 255)),
+    ),
+)
 def test_fuzz_npy(fuzz_dir, file, damage):
     x, n_rows, extra_rows = file
     path = fuzz_dir / "image_feat.npy"
@@ -603,8 +705,12 @@ def test_fuzz_npy(fuzz_dir, file, damage):
         return
     # an undamaged file: the outcome is known in advance
     with np.errstate(all="ignore"):
-        usable = (x.dtype.kind == "f" and x.ndim == 2 and x.shape[1] >= 1
-                  and (x.shape[0] >= n_rows if extra_rows else x.shape[0] == n_rows))
+        usable = (
+            x.dtype.kind == "f"
+            and x.ndim == 2
+            and x.shape[1] >= 1
+            and (x.shape[0] >= n_rows if extra_rows else x.shape[0] == n_rows)
+        )
         want = x[:n_rows].astype(np.float32) if usable else None
     if usable and np.isfinite(want).all() and want.any():
         assert got is not None, "a valid feature file was refused"

@@ -22,16 +22,21 @@ def sample_core() -> pd.DataFrame:
     return core
 
 
-@pytest.fixture(params=["2014/digital_music/reviews_Digital_Music_5.head.json.gz",
-                        "2018/gift_cards/Gift_Cards_5.json.gz",
-                        "2018/magazine_subscriptions/Magazine_Subscriptions.csv"])
+@pytest.fixture(
+    params=[
+        "2014/digital_music/reviews_Digital_Music_5.head.json.gz",
+        "2018/gift_cards/Gift_Cards_5.json.gz",
+        "2018/magazine_subscriptions/Magazine_Subscriptions.csv",
+    ]
+)
 def real_reviews(request, amazon_real) -> pd.DataFrame:
     return read_reviews(amazon_real / request.param)
 
 
 def test_dedupe_keeps_the_earliest_review():
-    df = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "x", "x"],
-                       "rating": [1.0, 5.0, 3.0], "timestamp": [20, 10, 5]})
+    df = pd.DataFrame(
+        {"user": ["a", "a", "b"], "item": ["x", "x", "x"], "rating": [1.0, 5.0, 3.0], "timestamp": [20, 10, 5]}
+    )
     out = dedupe(df)
     assert len(out) == 2
     assert out.loc[out["user"] == "a", "rating"].item() == 5.0

@@ -20,18 +20,16 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 from PIL import Image
-
 from servers import ForwardProxy, LocalHTTPServer
 
 from sea.data.catalog import DatasetConfig
-from sea.errors import ConfigError
-from sea.errors import DataError, FetchTimeoutError, RefusedError, TooLargeError
+from sea.errors import ConfigError, DataError, FetchTimeoutError, RefusedError, TooLargeError
 from sea.files import MB, atomic_dir, atomic_path, write_json
 from sea.net.download import fetch
 from sea.net.http import Deadline, is_public_address, open_public_http
@@ -83,7 +81,7 @@ class Hostile(LocalHTTPServer):
                 for i in range(len(data)):
                     if outer.stop.is_set() or time.monotonic() > end:
                         return
-                    self.wfile.write(data[i:i + 1])
+                    self.wfile.write(data[i : i + 1])
                     self.wfile.flush()
                     outer.stop.wait(period)
 
@@ -269,8 +267,11 @@ def test_image_cache_removes_stale_temporaries(tmp_path, hostile):
 
 def test_loopback_is_refused_unless_allowed(tmp_path, hostile):
     cache = tmp_path / "cache"
-    urls = [f"{hostile.url}/ok.png", f"http://localhost:{hostile.server.server_address[1]}/ok.png",
-            f"http://[::ffff:127.0.0.1]:{hostile.server.server_address[1]}/ok.png"]
+    urls = [
+        f"{hostile.url}/ok.png",
+        f"http://localhost:{hostile.server.server_address[1]}/ok.png",
+        f"http://[::ffff:127.0.0.1]:{hostile.server.server_address[1]}/ok.png",
+    ]
     with pytest.warns(UserWarning, match="refused_private_host 3"):
         paths, failures = fetch_images(urls, cache)
     assert paths == [None] * 3 and failures == {"refused_private_host": 3}
@@ -285,8 +286,9 @@ def test_redirect_to_file_url_is_refused(tmp_path, hostile):
     secret.write_text("password")
     urls = [f"{hostile.url}/redirect?to={secret.as_uri()}", f"{hostile.url}/redirect?to=file:///etc/passwd"]
     with pytest.warns(UserWarning, match="refused_scheme 2"):
-        paths, failures = fetch_images(urls, tmp_path / "cache", allow_private_hosts=True,
-                                       dataset_root=tmp_path, allow_files_outside=True)
+        paths, failures = fetch_images(
+            urls, tmp_path / "cache", allow_private_hosts=True, dataset_root=tmp_path, allow_files_outside=True
+        )
     assert paths == [None, None] and failures == {"refused_scheme": 2}
     assert leftovers(tmp_path / "cache") == []
 
@@ -303,8 +305,10 @@ def test_every_redirect_hop_is_checked(hostile):
         assert err.value.reason == "refused_private_host"
         assert second.hits == [] and len(hostile.hits) == 1
         # and when the policy allows the second host, the redirect is followed
-        with Deadline(10) as deadline, open_public_http(f"{hostile.url}/redirect?to={target}", deadline,
-                                                        allow_address=lambda ip: True) as resp:
+        with (
+            Deadline(10) as deadline,
+            open_public_http(f"{hostile.url}/redirect?to={target}", deadline, allow_address=lambda ip: True) as resp,
+        ):
             assert resp.read() == PNG
         assert second.hits == ["/ok.png"]
     finally:
@@ -312,8 +316,12 @@ def test_every_redirect_hop_is_checked(hostile):
 
 
 def test_malformed_urls_are_counted_not_raised(tmp_path, hostile):
-    urls = ["http://[::1/x.png", f"{hostile.url}/redirect?to=http://[bad/x.png", "http:///x.png",
-            "http://127.0.0.1:99999/x.png"]
+    urls = [
+        "http://[::1/x.png",
+        f"{hostile.url}/redirect?to=http://[bad/x.png",
+        "http:///x.png",
+        "http://127.0.0.1:99999/x.png",
+    ]
     with pytest.warns(UserWarning, match="bad_url 4"):
         paths, failures = fetch_images(urls, tmp_path / "cache", allow_private_hosts=True)
     assert paths == [None] * 4 and failures == {"bad_url": 4}
@@ -340,18 +348,24 @@ def self_signed_tls(folder: Path, ip: str = "127.0.0.1") -> tuple[ssl.SSLContext
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = folder / f"cert-{ip}.pem", folder / f"key-{ip}.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_file, key_file)
     return ctx, cert_file
@@ -382,14 +396,32 @@ def test_https_images_are_verified_and_bounded(tmp_path, monkeypatch):
         server.close()
 
 
-@pytest.mark.parametrize(("ip", "public"), [
-    ("8.8.8.8", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False),
-    ("172.16.0.1", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
-    ("0.0.0.0", False), ("224.0.0.1", False), ("240.0.0.1", False), ("255.255.255.255", False),
-    ("::1", False), ("::", False), ("fe80::1%eth0", False), ("fc00::1", False), ("ff02::1", False),
-    ("::ffff:127.0.0.1", False), ("::ffff:8.8.8.8", True), ("2002:7f00:1::", False),
-    ("64:ff9b::7f00:1", False),
-])
+@pytest.mark.parametrize(
+    ("ip", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1%eth0", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:8.8.8.8", True),
+        ("2002:7f00:1::", False),
+        ("64:ff9b::7f00:1", False),
+    ],
+)
 def test_public_addresses(ip, public):
     assert is_public_address(ip) is public
 
@@ -425,8 +457,13 @@ def test_local_images_only_inside_the_dataset(tmp_path):
     fifo = dataset / "images" / "fifo.png"
     os.mkfifo(fifo)
     with pytest.warns(UserWarning, match="missing_file 2"):
-        paths, failures = fetch_images(urls[:5] + [str(fifo), "ds/absent.png"], tmp_path / "cache",
-                                       base_dir=tmp_path, dataset_root=dataset, allow_files_outside=True)
+        paths, failures = fetch_images(
+            urls[:5] + [str(fifo), "ds/absent.png"],
+            tmp_path / "cache",
+            base_dir=tmp_path,
+            dataset_root=dataset,
+            allow_files_outside=True,
+        )
     assert paths == [inside, inside, secret, secret, secret, None, None] and failures == {"missing_file": 2}
 
 
@@ -443,6 +480,7 @@ def test_local_image_over_the_size_cap(tmp_path):
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header announces ``width`` x ``height`` with one tiny IDAT chunk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -518,10 +556,12 @@ def test_atomic_dir_replaces_only_its_target(tmp_path):
 def test_stale_temporaries_of_the_same_target_are_removed(tmp_path):
     own_file = tmp_path / ".out.json.k1ll3d_x.tmp"
     own_dir = tmp_path / ".out.json.abcdefgh.tmp"
-    others = [tmp_path / ".out.json.x.abcdefgh.tmp",  # the temporary of another target "out.json.x"
-              tmp_path / ".other.json.abcdefgh.tmp",
-              tmp_path / ".out.json.tmp",
-              tmp_path / "out.json.abcdefgh.tmp"]
+    others = [
+        tmp_path / ".out.json.x.abcdefgh.tmp",  # the temporary of another target "out.json.x"
+        tmp_path / ".other.json.abcdefgh.tmp",
+        tmp_path / ".out.json.tmp",
+        tmp_path / "out.json.abcdefgh.tmp",
+    ]
     own_file.write_text("partial")
     own_dir.mkdir()
     (own_dir / "half").write_text("half")
@@ -543,8 +583,14 @@ def test_stale_temporaries_of_the_same_target_are_removed(tmp_path):
 
 def stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / f"{name}.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / f"{name}.py")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def stage_module(name: str):
@@ -559,8 +605,12 @@ def stage_module(name: str):
 
 def write_params(cwd: Path, **dataset) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["dataset"] = {"reviews_url": str(SAMPLE / "reviews_Sample_5.json.gz"), "meta_url": None,
-                         "reviews_sha256": None, "meta_sha256": None} | dataset
+    params["dataset"] = {
+        "reviews_url": str(SAMPLE / "reviews_Sample_5.json.gz"),
+        "meta_url": None,
+        "reviews_sha256": None,
+        "meta_sha256": None,
+    } | dataset
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -589,7 +639,9 @@ def test_download_stage_refuses_reviews_and_meta_with_one_file_name(tmp_path):
     assert not (tmp_path / "data").exists()
 
     dump_files = stage_module("download").dump_files  # the same check, called directly
-    cfg = DatasetConfig.from_dict({"name": "twins", "reviews_url": "x/r.json.gz", "meta_url": "y/r.json.gz?v=1"}, "dataset")
+    cfg = DatasetConfig.from_dict(
+        {"name": "twins", "reviews_url": "x/r.json.gz", "meta_url": "y/r.json.gz?v=1"}, "dataset"
+    )
     with pytest.raises(ConfigError, match="reviews_url and meta_url both end in the file name 'r.json.gz'"):
         dump_files(cfg)
     cfg = DatasetConfig.from_dict({"name": "twins", "reviews_url": "http://h/a/..", "meta_url": None}, "dataset")
@@ -622,13 +674,21 @@ def test_image_stage_with_hostile_urls(tmp_path, hostile):
     strip = dataset / "images" / "strip.png"
     Image.new("L", (200_000, 1)).save(strip)
     (tmp_path / "outside.png").write_bytes(png_bytes(colour="blue"))
-    urls = ["data/shop/images/a.png", "data/shop/images/strip.png", "data/shop/images/../../../outside.png",
-            "file:///etc/passwd", f"{hostile.url}/ok.png", f"{hostile.url}/redirect?to=file:///etc/passwd",
-            "data/shop/images/absent.png", None]
+    urls = [
+        "data/shop/images/a.png",
+        "data/shop/images/strip.png",
+        "data/shop/images/../../../outside.png",
+        "file:///etc/passwd",
+        f"{hostile.url}/ok.png",
+        f"{hostile.url}/redirect?to=file:///etc/passwd",
+        "data/shop/images/absent.png",
+        None,
+    ]
     processed = tmp_path / "data" / "processed"
     processed.mkdir(parents=True)
-    pd.DataFrame({"item": range(len(urls)), "asin": [f"A{i}" for i in range(len(urls))], "text": "",
-                  "image_url": urls}).astype({"item": "int32"}).to_parquet(processed / "items.parquet")
+    pd.DataFrame(
+        {"item": range(len(urls)), "asin": [f"A{i}" for i in range(len(urls))], "text": "", "image_url": urls}
+    ).astype({"item": "int32"}).to_parquet(processed / "items.parquet")
     write_params(tmp_path, name="shop", meta_url="data/shop/meta.json.gz")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["features"]["image"] |= {"pretrained": "none", "device": "cpu", "timeout": 5, "workers": 2}
@@ -638,8 +698,7 @@ def test_image_stage_with_hostile_urls(tmp_path, hostile):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "data" / "features" / "image.json").read_text()
     info = json.loads(text)
-    assert info["fetch_failures"] == {"missing_file": 1, "refused_outside_dataset": 2,
-                                      "refused_private_host": 2}
+    assert info["fetch_failures"] == {"missing_file": 1, "refused_outside_dataset": 2, "refused_private_host": 2}
     assert info["undecodable_reasons"] == {"extreme_aspect_ratio": 1}
     assert (info["n_with_url"], info["n_fetched"], info["n_decoded"]) == (7, 2, 1)
     assert hostile.hits == []
@@ -652,8 +711,12 @@ def test_image_stage_with_hostile_urls(tmp_path, hostile):
 
 META = SAMPLE / "meta_Sample.json.gz"
 #: The same metadata file in every form dataset.meta_url accepts (relative ones from the repo root).
-META_FORMS = ["data/sample/meta_Sample.json.gz", "file:data/sample/meta_Sample.json.gz", META.as_uri(),
-              f"file://localhost{META}"]
+META_FORMS = [
+    "data/sample/meta_Sample.json.gz",
+    "file:data/sample/meta_Sample.json.gz",
+    META.as_uri(),
+    f"file://localhost{META}",
+]
 
 
 @pytest.mark.parametrize("form", META_FORMS)
@@ -674,19 +737,32 @@ def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
 
     meta = read_metadata(META).head(5)
     escapes = ["../reviews_Sample_5.json.gz", "file:../../README.md", "images/../../../README.md", "/etc/passwd"]
-    meta = pd.concat([meta, meta.tail(len(escapes)).assign(asin=[f"X{i}" for i in range(len(escapes))],
-                                                               image_url=escapes)])
+    meta = pd.concat(
+        [meta, meta.tail(len(escapes)).assign(asin=[f"X{i}" for i in range(len(escapes))], image_url=escapes)]
+    )
     items = stage_module("graph").item_table(pd.Index(meta["asin"]), meta, meta_url)
-    with ImageFetcher(items["image_url"].tolist(), tmp_path / "cache", FetchPolicy(workers=2),
-                      dataset_root=stage_module("image_features").dataset_root(ds), progress=False) as fetcher:
+    with ImageFetcher(
+        items["image_url"].tolist(),
+        tmp_path / "cache",
+        FetchPolicy(workers=2),
+        dataset_root=stage_module("image_features").dataset_root(ds),
+        progress=False,
+    ) as fetcher:
         paths = fetcher.wait()
     assert paths == [SAMPLE / "images" / f"{a}.png" for a in meta["asin"][:5]] + [None] * len(escapes)
     assert fetcher.counts() == {"refused_outside_dataset": len(escapes)}
     assert not (tmp_path / "cache").exists()  # local files are read in place
 
 
-@pytest.mark.parametrize("url", ["file://fileserver/share/meta.json.gz", "file://data/sample/meta_Sample.json.gz",
-                                 "ftp://example.org/meta.json.gz", "file:"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file://fileserver/share/meta.json.gz",
+        "file://data/sample/meta_Sample.json.gz",
+        "ftp://example.org/meta.json.gz",
+        "file:",
+    ],
+)
 def test_meta_url_that_is_no_local_file_url_is_refused_in_one_line(tmp_path, url):
     with pytest.raises(ConfigError, match=r"^params\.yaml \[dataset\]: meta_url: "):
         DatasetConfig.from_dict({"name": "shop", "reviews_url": "r.json.gz", "meta_url": url}, "dataset")
@@ -728,8 +804,13 @@ def test_image_of_a_public_address_through_the_proxy(tmp_path, hostile, proxy, m
 
 def test_private_targets_are_refused_before_the_proxy_is_asked(tmp_path, hostile, proxy):
     port = hostile.server.server_address[1]
-    urls = [f"http://127.0.0.1:{port}/ok.png", "http://10.1.2.3/ok.png", f"http://localhost:{port}/ok.png",
-            "http://[::1]/ok.png", "http://169.254.169.254/latest/meta-data"]
+    urls = [
+        f"http://127.0.0.1:{port}/ok.png",
+        "http://10.1.2.3/ok.png",
+        f"http://localhost:{port}/ok.png",
+        "http://[::1]/ok.png",
+        "http://169.254.169.254/latest/meta-data",
+    ]
     with pytest.warns(UserWarning, match="refused_private_host 5"):
         paths, failures = fetch_images(urls, tmp_path / "cache")
     assert paths == [None] * 5 and failures == {"refused_private_host": 5}
@@ -744,8 +825,13 @@ def test_private_targets_are_refused_before_the_proxy_is_asked(tmp_path, hostile
 def test_redirects_relayed_by_the_proxy_are_checked(tmp_path, hostile, proxy):
     port = hostile.server.server_address[1]
     base = f"http://{PUBLIC}/redirect?to="
-    urls = [base + "http://10.0.0.1/ok.png", base + f"http://127.0.0.1:{port}/ok.png", base + "file:///etc/passwd",
-            base + "http://93.184.216.35/ok.png", f"http://{PUBLIC}/loop"]
+    urls = [
+        base + "http://10.0.0.1/ok.png",
+        base + f"http://127.0.0.1:{port}/ok.png",
+        base + "file:///etc/passwd",
+        base + "http://93.184.216.35/ok.png",
+        f"http://{PUBLIC}/loop",
+    ]
     with pytest.warns(UserWarning, match="4 of 5 images"):
         paths, failures = fetch_images(urls, tmp_path / "cache")
     assert failures == {"refused_private_host": 2, "refused_scheme": 1, "too_many_redirects": 1}
@@ -785,8 +871,9 @@ def test_a_proxy_that_never_answers_times_out(tmp_path, monkeypatch):
         for var in ("http_proxy", "https_proxy"):
             monkeypatch.setenv(var, f"http://127.0.0.1:{silent.getsockname()[1]}")
         with pytest.warns(UserWarning, match="timeout 2"):  # the GET, and the CONNECT of https
-            paths, failures = fetch_images([f"http://{PUBLIC}/a.png", f"https://{PUBLIC}/b.png"],
-                                           tmp_path / "cache", timeout=2)
+            paths, failures = fetch_images(
+                [f"http://{PUBLIC}/a.png", f"https://{PUBLIC}/b.png"], tmp_path / "cache", timeout=2
+            )
     assert paths == [None, None] and failures == {"timeout": 2}
 
 
@@ -835,12 +922,21 @@ def test_https_through_the_proxy_is_a_tunnel_verified_against_the_target(tmp_pat
         with pytest.warns(UserWarning, match="refused_private_host 1"):  # not even a CONNECT
             fetch_images([f"https://127.0.0.1:{server.server.server_address[1]}/ok.png"], tmp_path / "cache")
         with pytest.warns(UserWarning, match="2 of 2 images"):
-            _, failures = fetch_images([f"https://{PUBLIC}/slow-headers", f"https://{PUBLIC}/endless"],
-                                       tmp_path / "cache", timeout=2, max_bytes=MB)
+            _, failures = fetch_images(
+                [f"https://{PUBLIC}/slow-headers", f"https://{PUBLIC}/endless"],
+                tmp_path / "cache",
+                timeout=2,
+                max_bytes=MB,
+            )
         assert failures == {"timeout": 1, "too_large": 1} and len(proxy.requests) == 3
 
-        dest = fetch(f"https://{PUBLIC}/ok.png", tmp_path / "raw" / "ok.png", hashlib.sha256(PNG).hexdigest(),
-                     progress=False, total_timeout=30)
+        dest = fetch(
+            f"https://{PUBLIC}/ok.png",
+            tmp_path / "raw" / "ok.png",
+            hashlib.sha256(PNG).hexdigest(),
+            progress=False,
+            total_timeout=30,
+        )
         assert dest.read_bytes() == PNG and proxy.requests[-1] == f"CONNECT {PUBLIC}:443"
     finally:
         proxy.close()

@@ -21,10 +21,14 @@ from torch import nn
 
 from sea.config import MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, load_params
 from sea.data.catalog import DatasetConfig
-from sea.features.image import ImageFeatureConfig
-from sea.errors import ConfigError, MAX_SHOWN_CHARS, shown
-from sea.features.image import CHECKPOINT_SIZE_FACTOR, CHECKPOINT_SLACK_BYTES, load_clip, read_checkpoint
-from sea.errors import DataError
+from sea.errors import MAX_SHOWN_CHARS, ConfigError, DataError, shown
+from sea.features.image import (
+    CHECKPOINT_SIZE_FACTOR,
+    CHECKPOINT_SLACK_BYTES,
+    ImageFeatureConfig,
+    load_clip,
+    read_checkpoint,
+)
 from sea.setup import TrainingSetup
 from tests.shell import env
 
@@ -56,8 +60,16 @@ def write_params(path: Path, key: str, value) -> Path:
     return path
 
 
-BOMB_KEYS = ["dataset.name", "dataset.reviews_url", "split.given", "features.image.model", "train.seeds",
-             "eval.topk", "sea.knn_k", "freedom.knn_k"]
+BOMB_KEYS = [
+    "dataset.name",
+    "dataset.reviews_url",
+    "split.given",
+    "features.image.model",
+    "train.seeds",
+    "eval.topk",
+    "sea.knn_k",
+    "freedom.knn_k",
+]
 
 
 @pytest.mark.parametrize("key", BOMB_KEYS)
@@ -84,9 +96,7 @@ def test_an_alias_bomb_is_refused_in_one_line_quickly_and_unexpanded(tmp_path: P
 
 def test_a_small_alias_and_a_merge_key_still_load(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text("defaults: &d {device: cpu, seeds: &s [1, 2]}\n"
-                    "train: {<<: *d, lr: 0.01}\n"
-                    "other: {seeds: *s}\n")
+    path.write_text("defaults: &d {device: cpu, seeds: &s [1, 2]}\ntrain: {<<: *d, lr: 0.01}\nother: {seeds: *s}\n")
     params = load_params(path)
     assert params["train"] == {"device": "cpu", "seeds": [1, 2], "lr": 0.01}
     assert params["other"]["seeds"] == [1, 2]
@@ -108,10 +118,13 @@ def test_a_file_over_the_byte_cap_is_refused_unparsed(tmp_path: Path) -> None:
     assert load_params(path) == {"dataset": {"name": "sample"}}
 
 
-@pytest.mark.parametrize("text", [
-    "a: " + "[" * 10_000 + "]" * 10_000,  # composing this recursed 10,000 Python frames deep
-    "".join("  " * i + f"k{i}:\n" for i in range(MAX_PARAMS_DEPTH + 1)) + "  " * (MAX_PARAMS_DEPTH + 1) + "x: 1\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 10_000 + "]" * 10_000,  # composing this recursed 10,000 Python frames deep
+        "".join("  " * i + f"k{i}:\n" for i in range(MAX_PARAMS_DEPTH + 1)) + "  " * (MAX_PARAMS_DEPTH + 1) + "x: 1\n",
+    ],
+)
 def test_deep_nesting_is_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -127,17 +140,22 @@ def test_depth_built_from_aliases_is_refused(tmp_path: Path) -> None:
         load_params(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: &a [1, *a]\n", r"line 1, at a\[1\]: has a YAML alias inside the collection it names"),
-    ("s: &s " + "x" * 16_000 + "\nl: [" + ", ".join(["*s"] * 400) + "]\n",
-     r"at l\[262\]: expands to more than 4194304 characters once YAML aliases are expanded"),
-    ("a: 1" + ":1" * 200_000 + "\n", "line 1: holds a value longer than 16384 characters"),  # base 60: was 12 s+
-    ("a: 2024-13-45\n", "a value cannot be read: month must be in 1..12"),
-    ("a: " + "9" * 5000 + "\n", "a value cannot be read: Exceeds the limit"),
-    ("a: !!python/object/apply:os.system [touch x]\n", "line 1: not valid YAML: could not determine a constructor"),
-    ("a: 1\n---\nb: 2\n", "line 2: not valid YAML: expected a single document in the stream but found another"),
-    ("- 1\n", "expected a mapping of sections"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &a [1, *a]\n", r"line 1, at a\[1\]: has a YAML alias inside the collection it names"),
+        (
+            "s: &s " + "x" * 16_000 + "\nl: [" + ", ".join(["*s"] * 400) + "]\n",
+            r"at l\[262\]: expands to more than 4194304 characters once YAML aliases are expanded",
+        ),
+        ("a: 1" + ":1" * 200_000 + "\n", "line 1: holds a value longer than 16384 characters"),  # base 60: was 12 s+
+        ("a: 2024-13-45\n", "a value cannot be read: month must be in 1..12"),
+        ("a: " + "9" * 5000 + "\n", "a value cannot be read: Exceeds the limit"),
+        ("a: !!python/object/apply:os.system [touch x]\n", "line 1: not valid YAML: could not determine a constructor"),
+        ("a: 1\n---\nb: 2\n", "line 2: not valid YAML: expected a single document in the stream but found another"),
+        ("- 1\n", "expected a mapping of sections"),
+    ],
+)
 def test_other_hostile_documents_are_one_config_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -167,17 +185,23 @@ def test_shown_is_short_and_never_renders_the_whole_value() -> None:
     assert len(shown("x" * 1_000_000)) <= MAX_SHOWN_CHARS
 
 
-@pytest.mark.parametrize("params, where", [
-    ({"train": {"seeds": laughs()}}, "train.seeds"),  # repr() of these would take minutes and gigabytes
-    ({"eval": {"topk": laughs()}}, "eval.topk"),
-    ({"sea": {"knn_k": laughs()}}, "sea.knn_k"),
-    ({"model": {"name": laughs()}}, "model.name"),
-    ({"model": {"modalities": ["x" * 1_000_000]}}, "params.yaml [model]: modalities[]"),
-    ({"simplex": {"aggregator": "x" * 1_000_000}, "model": {"name": "simplex"}}, "params.yaml [simplex]: aggregator"),
-    ({"eval": {"select": "recall@" + "9" * 5000}}, "params.yaml [eval]: select"),  # int() refused 5000 digits
-    ({"train": {1: 2, "b": 3}}, "params.yaml [train]: unknown key(s) [1, 'b']"),  # mixed keys could not be sorted
-    ({"train": ["not", "a", "mapping"]}, "params.yaml [train]: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "params, where",
+    [
+        ({"train": {"seeds": laughs()}}, "train.seeds"),  # repr() of these would take minutes and gigabytes
+        ({"eval": {"topk": laughs()}}, "eval.topk"),
+        ({"sea": {"knn_k": laughs()}}, "sea.knn_k"),
+        ({"model": {"name": laughs()}}, "model.name"),
+        ({"model": {"modalities": ["x" * 1_000_000]}}, "params.yaml [model]: modalities[]"),
+        (
+            {"simplex": {"aggregator": "x" * 1_000_000}, "model": {"name": "simplex"}},
+            "params.yaml [simplex]: aggregator",
+        ),
+        ({"eval": {"select": "recall@" + "9" * 5000}}, "params.yaml [eval]: select"),  # int() refused 5000 digits
+        ({"train": {1: 2, "b": 3}}, "params.yaml [train]: unknown key(s) [1, 'b']"),  # mixed keys could not be sorted
+        ({"train": ["not", "a", "mapping"]}, "params.yaml [train]: expected a mapping"),
+    ],
+)
 def test_huge_or_odd_values_give_a_short_config_error(params: dict, where: str) -> None:
     start = time.perf_counter()
     with pytest.raises(ConfigError) as caught:
@@ -186,8 +210,14 @@ def test_huge_or_odd_values_give_a_short_config_error(params: dict, where: str) 
     assert str(caught.value).startswith(where) and len(str(caught.value)) < 400, str(caught.value)
 
 
-@pytest.mark.parametrize("values", [{"name": "n" * 100_000}, {"name": "x", "reviews_url": laughs()},
-                                    {"name": "x", "mirror": "ftp://" + "m" * 100_000}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"name": "n" * 100_000},
+        {"name": "x", "reviews_url": laughs()},
+        {"name": "x", "mirror": "ftp://" + "m" * 100_000},
+    ],
+)
 def test_dataset_messages_show_short_values(values: dict) -> None:
     with pytest.raises(ConfigError) as caught:
         DatasetConfig.from_dict(values, "dataset")
@@ -197,13 +227,20 @@ def test_dataset_messages_show_short_values(values: dict) -> None:
 def stage(script: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     """``python pipeline/<script>.py`` run in ``cwd`` (its params.yaml), with its wall time."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / f"{script}.py")], cwd=cwd,
-                          env=env() | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipeline" / f"{script}.py")],
+        cwd=cwd,
+        env=env() | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("script, key", [("download", "dataset.name"), ("train", "train.seeds"),
-                                         ("image_features", "features.image.model")])
+@pytest.mark.parametrize(
+    "script, key", [("download", "dataset.name"), ("train", "train.seeds"), ("image_features", "features.image.model")]
+)
 def test_a_stage_fails_on_the_bomb_in_one_line_quickly(tmp_path: Path, script: str, key: str) -> None:
     write_params(tmp_path / "params.yaml", key, laughs())
     proc, elapsed = stage(script, tmp_path)
@@ -289,8 +326,11 @@ def test_a_torch_save_archive_with_a_payload_is_refused_by_weights_only(tmp_path
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pt"
     torch.save({"0.weight": Payload(marker)}, path)  # a real zip archive whose data.pkl calls os.mkdir
-    with pytest.raises(DataError, match=r"holds Python objects, not only tensors: weights_only loading refuses "
-                                        r"it \(it names posix.mkdir\); nothing in it was run"):
+    with pytest.raises(
+        DataError,
+        match=r"holds Python objects, not only tensors: weights_only loading refuses "
+        r"it \(it names posix.mkdir\); nothing in it was run",
+    ):
         read(path)
     assert not marker.exists()
 
@@ -365,20 +405,26 @@ def test_the_params_check_refuses_a_bad_checkpoint_before_any_work(tmp_path: Pat
     with open(big, "wb") as f:  # sparse: 3 GB announced, nothing written
         f.truncate(3 << 30)
     start = time.perf_counter()
-    with pytest.raises(ConfigError, match=rf"^params.yaml \[features.image\]: pretrained: checkpoint {big}: 3,221 MB "
-                                          r"is more than a ViT-B-32 checkpoint can need \(2,488 MB"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^params.yaml \[features.image\]: pretrained: checkpoint {big}: 3,221 MB "
+        r"is more than a ViT-B-32 checkpoint can need \(2,488 MB",
+    ):
         ImageFeatureConfig.from_dict({"pretrained": str(big), "device": "cpu"}, "features.image")
     assert time.perf_counter() - start < 30  # the architecture is built on the meta device
 
 
 def test_the_image_stage_fails_on_a_random_checkpoint_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "weights.pt").write_bytes(os.urandom(4096))
-    params = {"dataset": {"name": "toy", "reviews_url": "r.json"},
-              "features": {"image": {"model": "ViT-B-32", "pretrained": "weights.pt", "device": "cpu"}}}
+    params = {
+        "dataset": {"name": "toy", "reviews_url": "r.json"},
+        "features": {"image": {"model": "ViT-B-32", "pretrained": "weights.pt", "device": "cpu"}},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc, _ = stage("image_features", tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "image_features stage failed: params.yaml [features.image]: pretrained: checkpoint weights.pt: not a "
         "checkpoint: neither a torch.save archive (zip) nor .safetensors (plain pickles and legacy torch.save "
-        "files are not read; save it again with torch.save)"]
+        "files are not read; save it again with torch.save)"
+    ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

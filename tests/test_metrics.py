@@ -33,11 +33,13 @@ def test_metrics_from_hits_hand_computed():
 
 def test_evaluate_ranking_masks_training_items_and_averages_users():
     n_items = 5
-    scores = torch.tensor([
-        [5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: train {0}; test {2} -> ranked 1,2,3.. -> hit at rank 2
-        [1.0, 2.0, 3.0, 4.0, 5.0],  # user 1: train {4}; test {0} -> ranked 3,2,1,0 -> rank 4
-        [0.0, 0.0, 0.0, 0.0, 0.0],  # user 2: no test item -> not averaged
-    ])
+    scores = torch.tensor(
+        [
+            [5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: train {0}; test {2} -> ranked 1,2,3.. -> hit at rank 2
+            [1.0, 2.0, 3.0, 4.0, 5.0],  # user 1: train {4}; test {0} -> ranked 3,2,1,0 -> rank 4
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # user 2: no test item -> not averaged
+        ]
+    )
     train = to_csr(np.array([0, 1, 2]), np.array([0, 4, 1]), 3)
     test = to_csr(np.array([0, 1]), np.array([2, 0]), 3)
     out = evaluate_ranking(lambda u: scores[u], train, test, n_items, [1, 2, 4], batch_size=2)
@@ -55,11 +57,13 @@ def test_to_csr_groups_items_per_user():
 
 
 def test_per_user_metrics_are_what_evaluate_ranking_averages():
-    scores = torch.tensor([
-        [5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: train {0}; test {2, 4} -> ranked 1, 2, 3, 4: hits at ranks 2 and 4
-        [0.0, 0.0, 0.0, 0.0, 0.0],  # user 1: no test item -> no row
-        [1.0, 2.0, 3.0, 4.0, 5.0],  # user 2: train {4}; test {0} -> ranked 3, 2, 1, 0: hit at rank 4
-    ])
+    scores = torch.tensor(
+        [
+            [5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: train {0}; test {2, 4} -> ranked 1, 2, 3, 4: hits at ranks 2 and 4
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # user 1: no test item -> no row
+            [1.0, 2.0, 3.0, 4.0, 5.0],  # user 2: train {4}; test {0} -> ranked 3, 2, 1, 0: hit at rank 4
+        ]
+    )
     train = to_csr(np.array([0, 1, 2]), np.array([0, 1, 4]), 3)
     test = to_csr(np.array([0, 0, 2]), np.array([2, 4, 0]), 3)
     users, values = per_user_metrics(lambda u: scores[u], train, test, 5, [2, 4], batch_size=1)
@@ -67,8 +71,9 @@ def test_per_user_metrics_are_what_evaluate_ranking_averages():
     assert list(values) == [f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hit") for k in (2, 4)]
     assert values["recall@2"].tolist() == pytest.approx([0.5, 0.0])
     assert values["recall@4"].tolist() == pytest.approx([1.0, 1.0])
-    assert values["ndcg@4"].tolist() == pytest.approx([
-        (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)), 1 / math.log2(5)])
+    assert values["ndcg@4"].tolist() == pytest.approx(
+        [(1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)), 1 / math.log2(5)]
+    )
     means = evaluate_ranking(lambda u: scores[u], train, test, 5, [2, 4], batch_size=2)
     assert means["users"] == 2
     assert all(means[k] == pytest.approx(v.mean()) for k, v in values.items())

@@ -28,8 +28,10 @@ def processed() -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.Series]:
     inter = split(core, "mmrec", 999)[["user", "item", "rating", "timestamp", "split"]]
     inter = inter.astype({"rating": "float32", "timestamp": "int64"})
     rng = np.random.default_rng(0)
-    features = {"image": rng.normal(size=(len(asins), 48)).astype(np.float32),
-                "text": rng.normal(size=(len(asins), 20)).astype(np.float32)}
+    features = {
+        "image": rng.normal(size=(len(asins), 48)).astype(np.float32),
+        "text": rng.normal(size=(len(asins), 20)).astype(np.float32),
+    }
     return inter, features, pd.Series(asins.astype(str))
 
 
@@ -72,8 +74,9 @@ def test_pipeline_trains_from_an_mmrec_folder(tmp_path, processed):
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("download", "graph", "text_features", "image_features", "export_mmrec", "train", "evaluate"):
-        proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / f"{stage}.py")], cwd=work,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "pipeline" / f"{stage}.py")], cwd=work, capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"{stage}: {proc.stderr[-3000:]}"
     import json
 

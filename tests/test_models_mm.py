@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step, train
 
 from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
-from sea.models.base import GraphData, model_class
 from sea.losses import bpr_loss
+from sea.models.base import GraphData, model_class
 from sea.models.freedom import FREEDOMConfig
 from sea.models.graphs import item_item_graph, user_item_adjacency
 from sea.models.vbpr import VBPRConfig
-from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step, train
 
 # ------------------------------------------------------------------ a hand-sized graph
 
@@ -27,8 +27,17 @@ from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, 
 def tiny_data(dims=None) -> GraphData:
     """3 users, 4 items; every split non-empty."""
     dims = dims or {"image": 3, "text": 2}
-    rows = [(0, 0, "train"), (0, 1, "train"), (1, 1, "train"), (1, 2, "train"), (2, 3, "train"), (2, 0, "train"),
-            (0, 2, "valid"), (1, 3, "test"), (2, 1, "test")]
+    rows = [
+        (0, 0, "train"),
+        (0, 1, "train"),
+        (1, 1, "train"),
+        (1, 2, "train"),
+        (2, 3, "train"),
+        (2, 0, "train"),
+        (0, 2, "valid"),
+        (1, 3, "test"),
+        (2, 1, "test"),
+    ]
     inter = pd.DataFrame(rows, columns=["user", "item", "split"])
     g = np.random.default_rng(3)
     return GraphData.build(inter, 4, {m: g.normal(size=(4, d)).astype(np.float32) for m, d in dims.items()})
@@ -47,9 +56,13 @@ def test_registered_with_their_sections():
         cls = model_class(name)
         assert cls.Config is config and cls.uses_features
         assert config.from_dict(params[name], name) == config()  # params.yaml holds the defaults
-    for name, bad in (("vbpr", {"separation": "clip"}), ("vbpr", {"reg_weight": -1}),
-                      ("freedom", {"dropout": 1.0}), ("freedom", {"generic_fraction": 0}),
-                      ("freedom", {"layers": -1})):
+    for name, bad in (
+        ("vbpr", {"separation": "clip"}),
+        ("vbpr", {"reg_weight": -1}),
+        ("freedom", {"dropout": 1.0}),
+        ("freedom", {"generic_fraction": 0}),
+        ("freedom", {"layers": -1}),
+    ):
         with pytest.raises(ConfigError, match=rf"\[{name}\]"):
             model_class(name).Config.from_dict(bad, name)
 
@@ -191,7 +204,7 @@ def test_freedom_trains_on_the_pruned_graph_and_evaluates_on_the_full_one():
         layers = [x, torch.sparse.mm(data.adj, x)]
         layers.append(torch.sparse.mm(data.adj, layers[-1]))
         mean = torch.stack(layers).mean(0)
-        item = mean[data.n_users:] + torch.sparse.mm(model.item_graph.matrix, model.item.weight)
+        item = mean[data.n_users :] + torch.sparse.mm(model.item_graph.matrix, model.item.weight)
     assert torch.allclose(full.user, mean[: data.n_users], atol=1e-6)
     assert torch.allclose(full.item, item, atol=1e-6)
 
@@ -230,8 +243,9 @@ def test_freedom_feature_bpr_matches_its_formula():
 def test_bpr_with_several_negatives_matches_its_definition():  # the feature terms rely on it
     g = torch.Generator().manual_seed(4)
     u, p, n = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g), torch.randn(5, 4, 3, generator=g)
-    expected = np.mean([-math.log(1 / (1 + math.exp(-(u[b] @ p[b] - u[b] @ n[b, j]).item())))
-                        for b in range(5) for j in range(4)])
+    expected = np.mean(
+        [-math.log(1 / (1 + math.exp(-(u[b] @ p[b] - u[b] @ n[b, j]).item()))) for b in range(5) for j in range(4)]
+    )
     assert bpr_loss(u, p, n).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -258,7 +272,6 @@ def test_freedom_runs_are_reproducible_and_learn():
     (a, recall), (b, _) = results
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert recall > 0.3  # random top-10 recalls about 1/6
-
 
 
 @pytest.mark.parametrize("name", ["vbpr", "freedom"])

@@ -85,8 +85,10 @@ def test_batch_norm_matches_torchs_in_training_and_evaluation():
         x = (torch.randn(50, 16, generator=g, dtype=torch.float64) * 3 + step).requires_grad_()
         outs = [bn(x) for bn in (ours, theirs)]
         assert torch.allclose(outs[0], outs[1], rtol=1e-10, atol=1e-10)
-        grads = [torch.autograd.grad((o * torch.arange(16.0, dtype=torch.float64)).pow(2).sum(),
-                                     (x, bn.weight, bn.bias)) for o, bn in zip(outs, (ours, theirs))]
+        grads = [
+            torch.autograd.grad((o * torch.arange(16.0, dtype=torch.float64)).pow(2).sum(), (x, bn.weight, bn.bias))
+            for o, bn in zip(outs, (ours, theirs))
+        ]
         for a, b in zip(*grads):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
     assert torch.allclose(ours.running_mean, theirs.running_mean, rtol=1e-12)
@@ -105,6 +107,7 @@ def test_batch_norm_ignores_the_thread_count_where_torchs_does_not(threads):
             out = bn(x)
             (gx,) = torch.autograd.grad(out.pow(3).sum(), x)
             return bits(out) + bits(gx)
+
         return run
 
     assert len(set(threads(value_and_grad(BatchNorm1d(64))))) == 1

@@ -78,8 +78,14 @@ def test_download_over_http_then_graph(tmp_path, serve_dir):
     src = ROOT / "data/sample"
     base = serve_dir(src)
     reviews, meta = src / "reviews_Sample_5.json.gz", src / "meta_Sample.json.gz"
-    write_params(tmp_path, name="http", reviews_url=f"{base}/{reviews.name}", reviews_sha256=sha(reviews),
-                 meta_url=f"{base}/{meta.name}", meta_sha256=sha(meta))
+    write_params(
+        tmp_path,
+        name="http",
+        reviews_url=f"{base}/{reviews.name}",
+        reviews_sha256=sha(reviews),
+        meta_url=f"{base}/{meta.name}",
+        meta_sha256=sha(meta),
+    )
     assert stage("download", tmp_path).returncode == 0
     raw = tmp_path / "data/raw/http"
     assert sha(raw / reviews.name) == sha(reviews)
@@ -110,12 +116,15 @@ def test_graph_that_k_core_empties(tmp_path, amazon_real):
     assert "All_Beauty_5.json.gz" in stderr and "50-core" in stderr
 
 
-@pytest.mark.parametrize("name, section, values, message", [
-    ("graph", "split", {"seed": -1}, "params.yaml [split]: seed must be >= 0"),
-    ("graph", "dataset", {"name": ".."}, "params.yaml [dataset]: name must be one plain folder name"),
-    ("text_features", "features", {"text": {"batch_size": -1}}, "params.yaml [features.text]: batch_size"),
-    ("train", "eval", {"select": "ndcg@50"}, "params.yaml [eval]: select 'ndcg@50' needs 50 in topk"),
-])
+@pytest.mark.parametrize(
+    "name, section, values, message",
+    [
+        ("graph", "split", {"seed": -1}, "params.yaml [split]: seed must be >= 0"),
+        ("graph", "dataset", {"name": ".."}, "params.yaml [dataset]: name must be one plain folder name"),
+        ("text_features", "features", {"text": {"batch_size": -1}}, "params.yaml [features.text]: batch_size"),
+        ("train", "eval", {"select": "ndcg@50"}, "params.yaml [eval]: select 'ndcg@50' needs 50 in topk"),
+    ],
+)
 def test_bad_param_is_one_line_before_any_work(tmp_path, name, section, values, message):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in values.items():
@@ -214,8 +223,9 @@ def test_experiments_and_branches(project):
     exp = run(["dvc", "exp", "run", "-S", "loss.club_weight=0.1"], project)
     # the queued run above trained these very params: DVC's run cache may restore them
     for name in ("train", "evaluate"):
-        assert (f"Running stage '{name}'" in exp.stdout
-                or f"Stage '{name}' is cached - skipping run" in exp.stdout), exp.stdout
+        assert f"Running stage '{name}'" in exp.stdout or f"Stage '{name}' is cached - skipping run" in exp.stdout, (
+            exp.stdout
+        )
     for upstream in STAGES[:5]:
         assert f"Running stage '{upstream}'" not in exp.stdout, exp.stdout
     assert yaml.safe_load((project / "params.yaml").read_text())["loss"]["club_weight"] == 0.1
@@ -238,8 +248,16 @@ def test_ablation_table(project):
     run([sys.executable, "scripts/ablations.py", "-S", "train.max_epochs=1", "-S", "club.steps=1"], project)
     table = (project / "reports/ablations.md").read_text()
     results = json.loads((project / "reports/ablations.json").read_text())
-    variants = ["full", "no_club", "no_solosim", "no_club_no_solosim", "l2_distance",
-                "reference_pairing", "text_only", "image_only"]
+    variants = [
+        "full",
+        "no_club",
+        "no_solosim",
+        "no_club_no_solosim",
+        "l2_distance",
+        "reference_pairing",
+        "text_only",
+        "image_only",
+    ]
     assert list(results) == variants
     for v in variants:
         assert f"| {v} |" in table

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_fuzz_readers import gzip_rule
 
 from sea import artifacts
 from sea.data.amazon import TruncatedFileWarning, read_metadata, read_reviews
@@ -24,7 +25,6 @@ from sea.data.arrays import load_features
 from sea.data.lines import MAX_GZIP_RATIO, MAX_LINE_BYTES, TRUNCATION_MARGIN
 from sea.data.mmrec import read_features, read_inter, read_item_ids
 from sea.errors import DataError
-from test_fuzz_readers import gzip_rule
 
 DM_REVIEWS = "2014/digital_music/reviews_Digital_Music_5.head.json.gz"
 DM_META = "2014/digital_music/meta_Digital_Music.head.json.gz"
@@ -53,7 +53,6 @@ def write(path: Path, text: str | bytes) -> Path:
 
 def raises_at(where: str, match: str = ""):
     """pytest.raises(DataError) whose message starts with ``where`` (file[:line]) and has ``match``."""
-    import re
 
     return pytest.raises(DataError, match=rf"^{re.escape(where)}\b.*{match}")
 
@@ -137,8 +136,10 @@ def test_gzip_ending_early_keeps_complete_lines_only(tmp_path):
     text = [len(line) + 1 for line in lines]
     block_headers = len(data) - 18 - sum(text)
     assert 0 < n < 3_001 and 10 + sum(text[:n]) <= boundary < 10 + block_headers + sum(text[: n + 1])
-    with pytest.warns(TruncatedFileWarning, match=f"kept the {n:,} complete lines .* the {3_001 - n:,} complete "
-                                                  f"lines after them and the incomplete line"):
+    with pytest.warns(
+        TruncatedFileWarning,
+        match=f"kept the {n:,} complete lines .* the {3_001 - n:,} complete lines after them and the incomplete line",
+    ):
         df = read_reviews(path, fmt="json", allow_truncated=True)
     assert df["user"].tolist() == [f"U{i:05d}" for i in range(n)]
 
@@ -277,13 +278,31 @@ def test_csv_timestamp_must_be_a_whole_number_in_range(tmp_path, ts):
 # of the reader's format (two good lines before it: for the 2023 CSV, the header and one row).
 SECONDS, MILLISECONDS = 1_005_177_600, 1_588_687_728_923  # 2001-11-08 and 2020-05-05
 READERS = {  # name: (file name, line for (i, rating, ts), header or None, rating field, time field, unit)
-    "2014/2018 json": ("r.json", lambda i, r, t: f'{{"reviewerID": "U{i}", "asin": "I1", "overall": {r}, '
-                       f'"unixReviewTime": {t}}}', None, "overall", "unixReviewTime", "s"),
+    "2014/2018 json": (
+        "r.json",
+        lambda i, r, t: f'{{"reviewerID": "U{i}", "asin": "I1", "overall": {r}, "unixReviewTime": {t}}}',
+        None,
+        "overall",
+        "unixReviewTime",
+        "s",
+    ),
     "2018 ratings csv": ("r.csv", lambda i, r, t: f"I1,U{i},{r},{t}", None, "rating", "timestamp", "s"),
-    "2023 jsonl": ("r.jsonl.gz", lambda i, r, t: f'{{"user_id": "U{i}", "parent_asin": "P1", "rating": {r}, '
-                   f'"timestamp": {t}}}', None, "rating", "timestamp", "ms"),
-    "2023 benchmark csv": ("All_Beauty.csv.gz", lambda i, r, t: f"U{i},P1,{r},{t}",
-                           "user_id,parent_asin,rating,timestamp", "rating", "timestamp", "ms"),
+    "2023 jsonl": (
+        "r.jsonl.gz",
+        lambda i, r, t: f'{{"user_id": "U{i}", "parent_asin": "P1", "rating": {r}, "timestamp": {t}}}',
+        None,
+        "rating",
+        "timestamp",
+        "ms",
+    ),
+    "2023 benchmark csv": (
+        "All_Beauty.csv.gz",
+        lambda i, r, t: f"U{i},P1,{r},{t}",
+        "user_id,parent_asin,rating,timestamp",
+        "rating",
+        "timestamp",
+        "ms",
+    ),
 }
 
 
@@ -296,12 +315,16 @@ def amazon_file(tmp_path: Path, reader: str, rating: str, ts: str) -> Path:
     return write(tmp_path / name, "".join(line + "\n" for line in lines))
 
 
-WINDOW = {"s": "(788918400 <= {} < 4102444800 unix seconds)",
-          "ms": "(788918400000 <= {} < 4102444800000 unix milliseconds)"}
-UNIT_HINT = {"s": "it looks like unix milliseconds (as in the 2023 dumps), but this file is read in seconds "
-                  "(as in the 2014/2018 dumps)",
-             "ms": "it looks like unix seconds (as in the 2014/2018 dumps), but this file is read in milliseconds "
-                   "(as in the 2023 dumps)"}
+WINDOW = {
+    "s": "(788918400 <= {} < 4102444800 unix seconds)",
+    "ms": "(788918400000 <= {} < 4102444800000 unix milliseconds)",
+}
+UNIT_HINT = {
+    "s": "it looks like unix milliseconds (as in the 2023 dumps), but this file is read in seconds "
+    "(as in the 2014/2018 dumps)",
+    "ms": "it looks like unix seconds (as in the 2014/2018 dumps), but this file is read in milliseconds "
+    "(as in the 2023 dumps)",
+}
 CSV_2018_HINT = " (are the columns in the order item,user,rating,timestamp? The 2018 ratings CSV has no header row)"
 
 
@@ -340,8 +363,11 @@ def test_swapped_ratings_csv_columns_are_refused_at_the_first_row(tmp_path):
     """The tester's file: asin,user,timestamp,rating read as item,user,rating,timestamp used
     to give rating 1.5e9 and timestamp 2."""
     path = write(tmp_path / "r.csv", "B00005N7OD,A2XU18GW8RXVJL,1500940800,2.0\n")
-    with raises_at(f"{path}:1", r"rating 1500940800\.0 is outside Amazon's 1-5 stars and looks like a unix time "
-                                r"\(are the columns in the order item,user,rating,timestamp\?"):
+    with raises_at(
+        f"{path}:1",
+        r"rating 1500940800\.0 is outside Amazon's 1-5 stars and looks like a unix time "
+        r"\(are the columns in the order item,user,rating,timestamp\?",
+    ):
         read_reviews(path)
 
 
@@ -372,9 +398,16 @@ def test_2023_seconds_refused_by_the_split_reader_too(tmp_path, reader):
 
 @pytest.mark.parametrize(
     "row, column",
-    [("1\t1\tnan\t11\t0", "rating"), ("1\t1\tinf\t11\t0", "rating"), ("1\t1\t1e400\t11\t0", "rating"),
-     ("1\t1\t5.0\t1.5\t0", "timestamp"), ("1\t1\t5.0\t-3\t0", "timestamp"), ("1\t1\t5.0\t11\t3", "x_label"),
-     ("1\t1\t5.0\t11", "fields"), ("1\t1\t5.0\t11\t0\t9", "fields")],
+    [
+        ("1\t1\tnan\t11\t0", "rating"),
+        ("1\t1\tinf\t11\t0", "rating"),
+        ("1\t1\t1e400\t11\t0", "rating"),
+        ("1\t1\t5.0\t1.5\t0", "timestamp"),
+        ("1\t1\t5.0\t-3\t0", "timestamp"),
+        ("1\t1\t5.0\t11\t3", "x_label"),
+        ("1\t1\t5.0\t11", "fields"),
+        ("1\t1\t5.0\t11\t0\t9", "fields"),
+    ],
 )
 def test_inter_cells_are_checked(tmp_path, row, column):
     path = write(tmp_path / "x.inter", inter(["0\t0\t5.0\t10\t0", row]))
@@ -413,7 +446,9 @@ def test_inter_reads_integral_float_timestamps(tmp_path):
 
 def test_inter_duplicate_column(tmp_path):
     # pandas renamed the second one to "timestamp.1" and the timestamps became 0
-    path = write(tmp_path / "x.inter", inter(["0\t0\t10\t10\t0"], header="userID\titemID\ttimestamp\ttimestamp\tx_label\n"))
+    path = write(
+        tmp_path / "x.inter", inter(["0\t0\t10\t10\t0"], header="userID\titemID\ttimestamp\ttimestamp\tx_label\n")
+    )
     with raises_at(f"{path}:1", r"duplicate column\(s\) \['timestamp'\]"):
         read_inter(path)
 
@@ -686,5 +721,6 @@ def test_no_warning_for_valid_files(tmp_path):
         warnings.simplefilter("error")
         df = read_inter(write(tmp_path / "x.inter", inter(["0\t0\t5.0\t10\t0", "1\t1\t3e2\t11\t1"])))
     assert df.dtypes.astype(str).tolist() == ["int32", "int32", "float32", "int64", "category"]
-    pd.testing.assert_series_equal(df["split"].astype(str), pd.Series(["train", "valid"], name="split"),
-                                   check_dtype=False)
+    pd.testing.assert_series_equal(
+        df["split"].astype(str), pd.Series(["train", "valid"], name="split"), check_dtype=False
+    )

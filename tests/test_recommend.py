@@ -27,8 +27,9 @@ METRIC_COLUMNS = [f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map", "hi
 
 def stage(name: str, cwd: Path) -> None:
     env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / f"{name}.py")], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipeline" / f"{name}.py")], cwd=cwd, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -60,8 +61,9 @@ def test_per_user_metrics_layout_and_means(run):
     assert per_user["seed"].dtype == "int64" and per_user["user"].dtype == "int32"
     assert all(per_user[c].dtype == "float64" for c in METRIC_COLUMNS)
     groups = per_user.groupby(["model", "seed", "split"]).size()
-    assert sorted(groups.index) == sorted((m, s, sp) for m, s in [("bprmf", 1), ("bprmf", 2), ("most_popular", -1)]
-                                          for sp in ("valid", "test"))
+    assert sorted(groups.index) == sorted(
+        (m, s, sp) for m, s in [("bprmf", 1), ("bprmf", 2), ("most_popular", -1)] for sp in ("valid", "test")
+    )
     metrics = json.loads((run / artifacts.METRICS).read_text())
     assert list(metrics) == ["valid", "test"]
     assert all(list(metrics[s]) == ["recall@10", "recall@20", "ndcg@10", "ndcg@20"] for s in metrics)
@@ -72,8 +74,9 @@ def test_per_user_metrics_layout_and_means(run):
         assert metrics[split]["recall@20"] == pytest.approx(by_seed.mean())
     detail = json.loads((run / artifacts.METRICS_DETAIL).read_text())
     assert detail["model"] == "bprmf" and set(detail["seeds"]) == {"1", "2"}
-    assert detail["std"]["test"]["recall@20"] == pytest.approx(np.std([detail["seeds"][s]["test"]["recall@20"]
-                                                                       for s in ("1", "2")], ddof=1))
+    assert detail["std"]["test"]["recall@20"] == pytest.approx(
+        np.std([detail["seeds"][s]["test"]["recall@20"] for s in ("1", "2")], ddof=1)
+    )
     popular = per_user[(per_user["model"] == "most_popular") & (per_user["split"] == "test")]
     assert detail["most_popular"]["test"]["ndcg@10"] == pytest.approx(popular["ndcg@10"].mean())
 
@@ -82,8 +85,13 @@ def test_no_timings_in_hashed_or_committed_outputs(run):
     history = pd.read_csv(run / artifacts.HISTORY)
     assert list(history.columns[:3]) == ["seed", "epoch", "best_epoch"]
     assert history.groupby("seed").size().to_dict() == {1: 2, 2: 2}
-    for path in (artifacts.HISTORY, artifacts.TRAIN_SUMMARY, artifacts.METRICS, artifacts.METRICS_DETAIL,
-                 artifacts.REPORT_MD):
+    for path in (
+        artifacts.HISTORY,
+        artifacts.TRAIN_SUMMARY,
+        artifacts.METRICS,
+        artifacts.METRICS_DETAIL,
+        artifacts.REPORT_MD,
+    ):
         text = (run / path).read_text().lower()
         assert "second" not in text and " s/" not in text, path
     timings = json.loads((run / artifacts.TRAIN_TIMINGS).read_text())
@@ -118,8 +126,9 @@ def test_recommend_rebuilds_the_model_from_the_checkpoint(run):
     assert (stored.loc[mine.index, "item"] == mine["item"]).all()
     np.testing.assert_allclose(stored.loc[mine.index, "score"], mine["score"], rtol=1e-6)
     # default seed: the first trained
-    assert recommend(run / artifacts.MODEL, ids[:1], k=3, root=run)["item"].tolist() == \
-        stored_items(run, seed=1, user=int(users["user"].iloc[5]), k=3)
+    assert recommend(run / artifacts.MODEL, ids[:1], k=3, root=run)["item"].tolist() == stored_items(
+        run, seed=1, user=int(users["user"].iloc[5]), k=3
+    )
 
 
 def stored_items(run: Path, seed: int, user: int, k: int) -> list[int]:

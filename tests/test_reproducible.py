@@ -48,17 +48,22 @@ def data() -> GraphData:
 
 VARIANTS = {
     "sea": {"model": {"name": "sea"}, "sea": {"embedding_dim": 32, "mlp_hidden_dim": 64}},
-    "sea_l2": {"model": {"name": "sea"}, "sea": {"embedding_dim": 32, "mlp_hidden_dim": 64},
-               "loss": {"distance": "l2"}},
+    "sea_l2": {
+        "model": {"name": "sea"},
+        "sea": {"embedding_dim": 32, "mlp_hidden_dim": 64},
+        "loss": {"distance": "l2"},
+    },
     "bprmf": {"model": {"name": "bprmf"}, "train": {"negatives": 20}},
     "lightgcn": {"model": {"name": "lightgcn"}},
-    "lightgcn_cbns": {"model": {"name": "lightgcn"}, "loss": {"kind": "softmax"},
-                      "train": {"sampler": "cross_batch", "cbns_warmup_steps": 1}},
+    "lightgcn_cbns": {
+        "model": {"name": "lightgcn"},
+        "loss": {"kind": "softmax"},
+        "train": {"sampler": "cross_batch", "cbns_warmup_steps": 1},
+    },
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
-    "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"},
-                "train": {"negatives": 50}},
+    "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
 
 
@@ -67,9 +72,11 @@ def train_bytes(data: GraphData, params: dict, threads: int) -> tuple[str, str]:
     old = torch.get_num_threads()
     set_threads(threads)
     try:
-        params = params | {"club": {"steps": 5},
-                           "train": {"batch_size": 1024, "max_epochs": 2, "lr": 0.01} | params.get("train", {}),
-                           "eval": {"topk": [10, 20], "select": "recall@20"}}
+        params = params | {
+            "club": {"steps": 5},
+            "train": {"batch_size": 1024, "max_epochs": 2, "lr": 0.01} | params.get("train", {}),
+            "eval": {"topk": [10, 20], "select": "recall@20"},
+        }
         setup = TrainingSetup.from_params(params)
         seed_everything(7)
         model = build_model(data, setup)

@@ -9,7 +9,7 @@ import json
 import re
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,19 +22,22 @@ from sample_data import IMAGES_DIR, META_FILE, REVIEWS_FILE, generate_sample  # 
 COMMITTED = Path(__file__).resolve().parents[1] / "data" / "sample"
 SMALL = {"n_users": 150, "n_items": 80}
 REVIEW_KEYS = [
-    "reviewerID", "asin", "reviewerName", "helpful", "reviewText", "overall", "summary",
-    "unixReviewTime", "reviewTime",
+    "reviewerID",
+    "asin",
+    "reviewerName",
+    "helpful",
+    "reviewText",
+    "overall",
+    "summary",
+    "unixReviewTime",
+    "reviewTime",
 ]
 META_REQUIRED = {"asin", "title", "price", "salesRank", "categories", "brand"}
 
 
 def all_files(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by its relative POSIX path."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def read_reviews(root: Path) -> list[dict]:
@@ -85,7 +88,7 @@ def test_reviews_have_the_2014_format(small):
         helpful, total = r["helpful"]
         assert 0 <= helpful <= total
         assert r["reviewText"] and r["summary"] and r["reviewerName"]
-        date = datetime.fromtimestamp(r["unixReviewTime"], tz=timezone.utc)
+        date = datetime.fromtimestamp(r["unixReviewTime"], tz=UTC)
         assert r["reviewTime"] == f"{date.month:02d} {date.day}, {date.year}"
         assert 2012 <= date.year <= 2014
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from sea.batch import Batch
-from sea.errors import ConfigError
 from sea.data.split import split
+from sea.errors import ConfigError
 from sea.losses import CLUBEstimator, bpr_loss, l2_distance_loss, solosim_loss
 from sea.metrics import evaluate_ranking
 from sea.models.base import GraphData, Recommender, model_class
@@ -35,28 +35,52 @@ def toy_data(feature_dims=None, seed: int = 0, n_users: int = 120, n_items: int 
     feature_dims = feature_dims or {"image": 24, "text": 20}
     rng = np.random.default_rng(seed)
     user_c, item_c = rng.integers(0, 4, n_users), rng.integers(0, 4, n_items)
-    rows = [(u, i, 5.0, int(rng.integers(1e9)))
-            for u in range(n_users)
-            for i in rng.choice(np.flatnonzero(item_c == user_c[u]), 6, replace=False)]
+    rows = [
+        (u, i, 5.0, int(rng.integers(1e9)))
+        for u in range(n_users)
+        for i in rng.choice(np.flatnonzero(item_c == user_c[u]), 6, replace=False)
+    ]
     inter = split(pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]), "mmrec", 1)
     onehot = np.eye(4)[item_c]
-    feats = {m: (onehot @ rng.normal(size=(4, d)) + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
-             for m, d in feature_dims.items()}
+    feats = {
+        m: (onehot @ rng.normal(size=(4, d)) + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
+        for m, d in feature_dims.items()
+    }
     return inter, feats
 
 
-def make_setup(name: str = "sea", cfg: dict | None = None, *, loss: dict | None = None, club: dict | None = None,
-               modalities=("image", "text"), train: dict | None = None) -> TrainingSetup:
+def make_setup(
+    name: str = "sea",
+    cfg: dict | None = None,
+    *,
+    loss: dict | None = None,
+    club: dict | None = None,
+    modalities=("image", "text"),
+    train: dict | None = None,
+) -> TrainingSetup:
     """The params a run of model ``name`` reads (3 estimator steps instead of 50)."""
-    return TrainingSetup.from_params({
-        "model": {"name": name, "modalities": list(modalities)}, name: cfg or {},
-        "loss": loss or {}, "club": {"steps": 3} | (club or {}),
-        "train": {"lr": 1e-2, "batch_size": 128, "max_epochs": 8, "patience": 8} | (train or {}),
-    })
+    return TrainingSetup.from_params(
+        {
+            "model": {"name": name, "modalities": list(modalities)},
+            name: cfg or {},
+            "loss": loss or {},
+            "club": {"steps": 3} | (club or {}),
+            "train": {"lr": 1e-2, "batch_size": 128, "max_epochs": 8, "patience": 8} | (train or {}),
+        }
+    )
 
 
-def make(name: str = "sea", cfg: dict | None = None, *, loss=None, club=None, modalities=("image", "text"),
-         feature_dims=None, init_seed: int = 0, **sizes) -> tuple[Recommender, GraphData]:
+def make(
+    name: str = "sea",
+    cfg: dict | None = None,
+    *,
+    loss=None,
+    club=None,
+    modalities=("image", "text"),
+    feature_dims=None,
+    init_seed: int = 0,
+    **sizes,
+) -> tuple[Recommender, GraphData]:
     """Model ``name`` built on the toy data by the trainer's build_model."""
     setup = make_setup(name, cfg, loss=loss, club=club, modalities=modalities)
     inter, feats = toy_data(feature_dims, **sizes)
@@ -68,7 +92,9 @@ def make(name: str = "sea", cfg: dict | None = None, *, loss=None, club=None, mo
 def make_batch(data: GraphData, n: int = 64, negatives: int = 1, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train_users), generator=g)[:n]
-    return Batch(data.train_users[idx], data.train_items[idx], torch.randint(data.n_items, (len(idx), negatives), generator=g))
+    return Batch(
+        data.train_users[idx], data.train_items[idx], torch.randint(data.n_items, (len(idx), negatives), generator=g)
+    )
 
 
 def step(model: Recommender, data: GraphData, batch: Batch, opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -78,8 +104,7 @@ def step(model: Recommender, data: GraphData, batch: Batch, opt: torch.optim.Opt
 
 def train(model: Recommender, data: GraphData, epochs: int, seed: int = 5) -> None:
     """The trainer's fit (lr 1e-2, batches of 128) for ``epochs`` epochs, best state kept."""
-    setup = make_setup(model.name, modalities=list(data.features),
-                       train={"max_epochs": epochs, "patience": epochs})
+    setup = make_setup(model.name, modalities=list(data.features), train={"max_epochs": epochs, "patience": epochs})
     fit(model, data, setup, seed, log=lambda s: None)
 
 
@@ -87,15 +112,15 @@ def recall_at_10(model: Recommender, data: GraphData) -> float:
     model.eval()
     with torch.no_grad():
         emb = model(data)
-    return evaluate_ranking(lambda u: model.score(emb, u), data.csr["train"], data.csr["test"],
-                            data.n_items, [10])["recall@10"]
+    return evaluate_ranking(lambda u: model.score(emb, u), data.csr["train"], data.csr["test"], data.n_items, [10])[
+        "recall@10"
+    ]
 
 
 def grads_missing(model: Recommender) -> list[str]:
     """Main parameters without a non-zero gradient."""
     main = {id(p) for p in model.main_parameters()}
-    return [n for n, p in model.named_parameters()
-            if id(p) in main and (p.grad is None or not p.grad.abs().sum() > 0)]
+    return [n for n, p in model.named_parameters() if id(p) in main and (p.grad is None or not p.grad.abs().sum() > 0)]
 
 
 # ------------------------------------------------------------------ losses
@@ -157,8 +182,10 @@ def test_club_is_near_zero_for_independent_samples():
 
 def test_batched_estimators_fit_as_separate_ones():
     g = torch.Generator().manual_seed(5)
-    data = {m: (torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64))
-            for m in ("a", "b")}
+    data = {
+        m: (torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64))
+        for m in ("a", "b")
+    }
     torch.manual_seed(0)
     joint = CLUBEstimator(4, 4, 8, count=2).double()
     separate = []
@@ -218,7 +245,6 @@ def test_any_feature_width_works(dims):
     emb = model(data)
     assert emb.user.shape == (data.n_users, 2 * 64)
     assert emb.item.shape == (data.n_items, 2 * 64)
-    sep = model.separation
     for m, d in dims.items():
         g, s = emb.extras["split"].parts(m)
         assert g.shape[1] + s.shape[1] == d and g.shape[1] == round(0.5 * d)
@@ -227,8 +253,13 @@ def test_any_feature_width_works(dims):
 def test_sea_is_registered_and_validates_its_section():
     assert model_class("sea").Config is SEAConfig and model_class("sea").uses_features
     assert SEAConfig.from_dict({}, "sea") == SEAConfig()  # the defaults of the brief
-    for bad in ({"generic_fraction": 1.0}, {"knn_k": 0}, {"image_knn_weight": 1.5}, {"head_dim": 0},
-                {"modalities": ["image"]}):
+    for bad in (
+        {"generic_fraction": 1.0},
+        {"knn_k": 0},
+        {"image_knn_weight": 1.5},
+        {"head_dim": 0},
+        {"modalities": ["image"]},
+    ):
         with pytest.raises(ConfigError, match=r"\[sea\]"):
             SEAConfig.from_dict(bad, "sea")
 
@@ -261,11 +292,13 @@ def test_terms_are_taken_on_the_batch_distinct_positive_items():
     items = torch.unique(batch.pos)
     text, image = sep.solosim_pair(emb.extras["split"], items)
     assert model.extra_losses(emb, batch)["solosim"].value.item() == pytest.approx(
-        solosim_loss(text, image, 0.2).item(), rel=1e-6)
+        solosim_loss(text, image, 0.2).item(), rel=1e-6
+    )
     g, s = emb.extras["split"].parts("text")
     assert text.shape[0] == len(items) < len(batch.pos)
-    assert torch.allclose(sep.club_pairs(emb.extras["split"], items)["text"][1], sep.club_unique["text"](s[items]),
-                          atol=1e-5)
+    assert torch.allclose(
+        sep.club_pairs(emb.extras["split"], items)["text"][1], sep.club_unique["text"](s[items]), atol=1e-5
+    )
 
 
 def test_zero_weights_mean_plain_bpr():
@@ -334,8 +367,11 @@ def test_estimator_and_model_optimisers_do_not_cross():
     sum(t.value for t in model.extra_losses(emb, batch).values()).backward()
     opt.step()
     assert all(torch.equal(fitted[k], v) for k, v in model.separation.estimators.state_dict().items())
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()
-               if not k.startswith("separation.estimators."))
+    assert any(
+        not torch.equal(before[k], v)
+        for k, v in model.state_dict().items()
+        if not k.startswith("separation.estimators.")
+    )
 
 
 def test_text_only_has_no_solosim_and_no_modality_weights():

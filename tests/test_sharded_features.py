@@ -91,8 +91,9 @@ def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path | None]:
     corrupt = d / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     colours = ["red", "blue", "green", "black", "orange", "purple"]
-    paths: list[Path | None] = [draw_png(d / f"{c}.png", c, "ellipse" if i % 2 else "rectangle")
-                                for i, c in enumerate(colours)]
+    paths: list[Path | None] = [
+        draw_png(d / f"{c}.png", c, "ellipse" if i % 2 else "rectangle") for i, c in enumerate(colours)
+    ]
     return paths[:2] + [None, corrupt] + paths[2:]
 
 
@@ -101,8 +102,9 @@ def test_images_one_and_two_processes_give_the_same_bytes(scratch: Path, image_p
 
     model, preprocess, clip_info = load_clip("ViT-B-32", None, device="cpu", seed=0)
     one, info1 = encode_images(image_paths, model, preprocess, batch_size=3, device="cpu", workers=2)
-    two, info2 = encode_images_sharded(image_paths, "ViT-B-32", None, processes=2, seed=0, batch_size=3,
-                                       device="cpu", workers=2)
+    two, info2 = encode_images_sharded(
+        image_paths, "ViT-B-32", None, processes=2, seed=0, batch_size=3, device="cpu", workers=2
+    )
     assert one.shape == (8, 512) and info1["n_decoded"] == 6 and info1["n_undecodable"] == 1
     assert one.tobytes() == two.tobytes()
     assert info2 == clip_info | info1 | {"processes": 2}

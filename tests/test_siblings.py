@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from sea.batch import Batch, Embeddings
 from sea.config import load_params
-from sea.errors import ConfigError
 from sea.data.split import split
+from sea.errors import ConfigError
 from sea.evaluation import embed, evaluate
 from sea.losses import LossConfig, RankingLoss, bpr_loss, candidate_cosines, ccl_loss, sampled_softmax_loss
 from sea.models.base import GraphData, model_class
@@ -26,20 +26,25 @@ from sea.setup import TrainingSetup
 from sea.train import build_model, fit, seed_everything, train_step
 
 
-def toy_graph(n_users: int = 40, n_items: int = 30, feature_dims=None, seed: int = 0,
-              duplicate_item: bool = False) -> GraphData:
+def toy_graph(
+    n_users: int = 40, n_items: int = 30, feature_dims=None, seed: int = 0, duplicate_item: bool = False
+) -> GraphData:
     """Users who each like one of 3 clusters; the features reveal an item's cluster.
     With ``duplicate_item``, item 1 gets exactly item 0's features."""
     feature_dims = feature_dims or {"image": 12, "text": 10}
     rng = np.random.default_rng(seed)
     user_c, item_c = rng.integers(0, 3, n_users), np.arange(n_items) % 3
-    rows = [(u, i, 5.0, int(rng.integers(1e9)))
-            for u in range(n_users)
-            for i in rng.choice(np.flatnonzero(item_c == user_c[u]), 5, replace=False)]
+    rows = [
+        (u, i, 5.0, int(rng.integers(1e9)))
+        for u in range(n_users)
+        for i in rng.choice(np.flatnonzero(item_c == user_c[u]), 5, replace=False)
+    ]
     inter = split(pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]), "mmrec", 1)
     onehot = np.eye(3)[item_c]
-    feats = {m: (onehot @ rng.normal(size=(3, d)) + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
-             for m, d in feature_dims.items()}
+    feats = {
+        m: (onehot @ rng.normal(size=(3, d)) + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
+        for m, d in feature_dims.items()
+    }
     if duplicate_item:
         for x in feats.values():
             x[1] = x[0]
@@ -54,9 +59,12 @@ def random_batch(data: GraphData, n: int = 32, negatives: int = 4, seed: int = 0
 
 def lirdrec(data: GraphData, **overrides) -> LIRDRec:
     torch.manual_seed(0)
-    return LIRDRec.build(data, LIRDRecConfig.from_dict({"embedding_dim": 8, "mlp_hidden_dim": 16,
-                                                       "attention_hidden_dim": 4, "knn_k": 3} | overrides,
-                                                      "lirdrec"))
+    return LIRDRec.build(
+        data,
+        LIRDRecConfig.from_dict(
+            {"embedding_dim": 8, "mlp_hidden_dim": 16, "attention_hidden_dim": 4, "knn_k": 3} | overrides, "lirdrec"
+        ),
+    )
 
 
 def simplex(data: GraphData, **overrides) -> SimpleX:
@@ -132,8 +140,9 @@ def test_dct_is_the_orthonormal_dct_ii(d):
 def test_shared_input_is_the_per_item_dct_of_each_modality_concatenated():
     data = toy_graph()
     shared = transform_features(data.features)
-    expected = np.concatenate([scipy.fft.dct(data.features[m].numpy(), norm="ortho", axis=-1)
-                               for m in ("image", "text")], axis=1)
+    expected = np.concatenate(
+        [scipy.fft.dct(data.features[m].numpy(), norm="ortho", axis=-1) for m in ("image", "text")], axis=1
+    )
     np.testing.assert_allclose(shared.numpy(), expected, atol=1e-5)
 
 
@@ -201,7 +210,7 @@ def test_lirdrec_fusion_uses_the_epoch_weight_and_copies_the_last_weights():
     w = mixing_weight(1, 0.8, 0.7)
     expected = torch.softmax(w * scores + (1 - w) * theta0, dim=1)
     out = fusion(parts)
-    torch.testing.assert_close(out, torch.cat([expected[:, k:k + 1] * p for k, p in enumerate(parts)], dim=1))
+    torch.testing.assert_close(out, torch.cat([expected[:, k : k + 1] * p for k, p in enumerate(parts)], dim=1))
 
     # A training forward remembers its weights; an eval forward does not.
     emb = model(data)
@@ -257,12 +266,18 @@ def test_lirdrec_trains():
     assert losses[-1] < 0.9 * losses[0]
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"embedding_dim": 0}, "embedding_dim"), ({"initial_weight": 1.0}, "initial_weight"),
-    ({"decay_base": 0.0}, "decay_base"), ({"ui_layers": -1}, "ui_layers"),
-    ({"image_knn_weight": 2.0}, "image_knn_weight"), ({"reg_weight": -1.0}, "reg_weight"),
-    ({"decay": 0.9}, "decay"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"initial_weight": 1.0}, "initial_weight"),
+        ({"decay_base": 0.0}, "decay_base"),
+        ({"ui_layers": -1}, "ui_layers"),
+        ({"image_knn_weight": 2.0}, "image_knn_weight"),
+        ({"reg_weight": -1.0}, "reg_weight"),
+        ({"decay": 0.9}, "decay"),
+    ],
+)
 def test_lirdrec_config_errors_name_the_param(params, name):
     with pytest.raises(ConfigError, match=name):
         LIRDRecConfig.from_dict(params, "lirdrec")
@@ -277,7 +292,7 @@ def explicit_simplex_users(model: SimpleX, data: GraphData) -> torch.Tensor:
     e_user, e_item = model.user_emb.weight.detach(), model.item_emb.weight.detach()
     rows = []
     for u in range(data.n_users):
-        hist = torch.as_tensor(np.unique(indices[indptr[u]:indptr[u + 1]]))
+        hist = torch.as_tensor(np.unique(indices[indptr[u] : indptr[u + 1]]))
         if len(hist) == 0:
             pooled = torch.zeros(e_user.shape[1])
         else:
@@ -310,8 +325,13 @@ def test_simplex_user_vector_matches_its_definition(aggregator):
 
 
 def test_simplex_counts_a_repeated_interaction_once_and_handles_users_without_history():
-    rows = pd.DataFrame({"user": [0, 0, 0, 1, 2, 2], "item": [0, 0, 1, 2, 1, 2],
-                         "split": ["train", "train", "train", "train", "valid", "test"]})
+    rows = pd.DataFrame(
+        {
+            "user": [0, 0, 0, 1, 2, 2],
+            "item": [0, 0, 1, 2, 1, 2],
+            "split": ["train", "train", "train", "train", "valid", "test"],
+        }
+    )
     data = GraphData.build(rows, n_items=3)
     model = simplex(data, gamma=0.0)
     with torch.no_grad():
@@ -349,10 +369,15 @@ def test_simplex_trains():
     assert losses[-1] < 0.9 * losses[0]
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"aggregator": "max"}, "aggregator"), ({"gamma": 1.5}, "gamma"), ({"dropout": 1.0}, "dropout"),
-    ({"embedding_dim": -3}, "embedding_dim"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"aggregator": "max"}, "aggregator"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"embedding_dim": -3}, "embedding_dim"),
+    ],
+)
 def test_simplex_config_errors_name_the_param(params, name):
     with pytest.raises(ConfigError, match=name):
         SimpleXConfig.from_dict(params, "simplex")
@@ -369,13 +394,18 @@ def test_params_yaml_holds_the_defaults_of_both_sections():
     assert params["train"]["sampler"] == "uniform" and params["loss"]["kind"] == "auto"
 
 
-def setup_for(name: str, loss: dict | None = None, train: dict | None = None,
-              modalities=("image", "text")) -> TrainingSetup:
-    return TrainingSetup.from_params({
-        "model": {"name": name, "modalities": list(modalities)}, name: {},
-        "loss": loss or {}, "club": {"steps": 2},
-        "train": {"lr": 1e-2, "batch_size": 32, "max_epochs": 2, "patience": 2} | (train or {}),
-    })
+def setup_for(
+    name: str, loss: dict | None = None, train: dict | None = None, modalities=("image", "text")
+) -> TrainingSetup:
+    return TrainingSetup.from_params(
+        {
+            "model": {"name": name, "modalities": list(modalities)},
+            name: {},
+            "loss": loss or {},
+            "club": {"steps": 2},
+            "train": {"lr": 1e-2, "batch_size": 32, "max_epochs": 2, "patience": 2} | (train or {}),
+        }
+    )
 
 
 @pytest.mark.parametrize("name,kind", [("simplex", "ccl"), ("lightgcn", "bpr"), ("sea", "bpr"), ("lirdrec", "bpr")])
@@ -387,14 +417,19 @@ def test_loss_kind_auto_is_the_models_preferred_loss(name, kind):
     assert setup_for(name, loss={"kind": "softmax"}).ranking_loss == "softmax"
 
 
-@pytest.mark.parametrize("section,params,match", [
-    ("loss", {"kind": "hinge"}, "kind"), ("loss", {"ccl_margin": 1.0}, "ccl_margin"),
-    ("loss", {"ccl_negative_weight": -1}, "ccl_negative_weight"),
-    ("loss", {"softmax_temperature": 0}, "softmax_temperature"),
-    ("train", {"sampler": "popular"}, "sampler"), ("train", {"cbns_memory_batches": -1}, "cbns_memory_batches"),
-    ("train", {"cbns_warmup_steps": -2}, "cbns_warmup_steps"),
-    ("train", {"sampler": "cross_batch"}, "sampler: cross_batch"),  # the loss is not softmax
-])
+@pytest.mark.parametrize(
+    "section,params,match",
+    [
+        ("loss", {"kind": "hinge"}, "kind"),
+        ("loss", {"ccl_margin": 1.0}, "ccl_margin"),
+        ("loss", {"ccl_negative_weight": -1}, "ccl_negative_weight"),
+        ("loss", {"softmax_temperature": 0}, "softmax_temperature"),
+        ("train", {"sampler": "popular"}, "sampler"),
+        ("train", {"cbns_memory_batches": -1}, "cbns_memory_batches"),
+        ("train", {"cbns_warmup_steps": -2}, "cbns_warmup_steps"),
+        ("train", {"sampler": "cross_batch"}, "sampler: cross_batch"),  # the loss is not softmax
+    ],
+)
 def test_loss_and_sampler_config_errors_name_the_param(section, params, match):
     with pytest.raises(ConfigError, match=match):
         setup_for("lightgcn", **{section: params})
@@ -422,7 +457,8 @@ def test_ccl_matches_its_formula(margin, weight):
     pos_cos = F.cosine_similarity(user, pos, dim=-1)
     neg_cos = F.cosine_similarity(user[:, None], negs, dim=-1)
     assert ccl_loss(pos_cos, neg_cos, margin, weight).item() == pytest.approx(
-        ccl_by_hand(user, pos, negs, margin, weight), rel=1e-9)
+        ccl_by_hand(user, pos, negs, margin, weight), rel=1e-9
+    )
 
 
 def test_ccl_hinge_ignores_negatives_below_the_margin():
@@ -445,15 +481,20 @@ def test_candidate_cosines_two_ways_agree_with_the_definition():
     few = torch.randint(40, (5, 2), generator=g)  # 2 · 3 < 40: gathers the vectors
     many = torch.randint(40, (5, 20), generator=g)  # 20 · 3 ≥ 40: picks from the full matrix
     for ids in (few, many):
-        expected = torch.stack([torch.stack([F.cosine_similarity(user[b], items[ids[b, n]], dim=0)
-                                             for n in range(ids.shape[1])]) for b in range(5)])
+        expected = torch.stack(
+            [
+                torch.stack([F.cosine_similarity(user[b], items[ids[b, n]], dim=0) for n in range(ids.shape[1])])
+                for b in range(5)
+            ]
+        )
         torch.testing.assert_close(candidate_cosines(user, items, ids), expected)
 
 
 def test_ccl_ranking_loss_on_embeddings_matches_the_formula():
     g = torch.Generator().manual_seed(5)
-    emb = Embeddings(torch.randn(10, 4, generator=g, dtype=torch.float64),
-                     torch.randn(30, 4, generator=g, dtype=torch.float64))
+    emb = Embeddings(
+        torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randn(30, 4, generator=g, dtype=torch.float64)
+    )
     batch = Batch(torch.tensor([0, 3, 3, 9]), torch.tensor([1, 2, 5, 29]), torch.randint(30, (4, 50), generator=g))
     loss = RankingLoss("ccl", LossConfig(ccl_margin=0.2, ccl_negative_weight=7.0))
     expected = ccl_by_hand(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg], 0.2, 7.0)
@@ -533,14 +574,18 @@ def test_cross_batch_memory_entries_carry_no_gradient_and_do_not_follow_the_mode
 
 def test_cbns_with_an_empty_memory_is_the_plain_in_batch_softmax():
     g = torch.Generator().manual_seed(7)
-    emb = Embeddings(torch.randn(12, 4, generator=g, dtype=torch.float64),
-                     torch.randn(9, 4, generator=g, dtype=torch.float64))
+    emb = Embeddings(
+        torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64)
+    )
     cfg = LossConfig(kind="softmax", softmax_temperature=0.2)
     log_q = torch.log(torch.full((9,), 1 / 9, dtype=torch.float64) + torch.arange(9) / 100)
     cbns = RankingLoss("softmax", cfg, log_q, CrossBatchMemory(n_batches=0, warmup_steps=0))
-    for step in range(3):
-        batch = Batch(torch.randint(12, (6,), generator=g), torch.randint(9, (6,), generator=g),
-                      torch.zeros(6, 1, dtype=torch.long))
+    for _step in range(3):
+        batch = Batch(
+            torch.randint(12, (6,), generator=g),
+            torch.randint(9, (6,), generator=g),
+            torch.zeros(6, 1, dtype=torch.long),
+        )
         expected = softmax_by_hand(emb.user[batch.users], emb.item[batch.pos], batch.pos, 0.2, log_q)
         assert cbns(emb, batch).item() == pytest.approx(expected, rel=1e-9)
     assert cbns.memory.entries() is None
@@ -548,12 +593,19 @@ def test_cbns_with_an_empty_memory_is_the_plain_in_batch_softmax():
 
 def test_cbns_uses_the_memory_after_the_warm_up():
     g = torch.Generator().manual_seed(8)
-    emb = Embeddings(torch.randn(12, 4, generator=g, dtype=torch.float64),
-                     torch.randn(20, 4, generator=g, dtype=torch.float64))
+    emb = Embeddings(
+        torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randn(20, 4, generator=g, dtype=torch.float64)
+    )
     cfg = LossConfig(kind="softmax", softmax_temperature=0.5)
     cbns = RankingLoss("softmax", cfg, None, CrossBatchMemory(n_batches=2, warmup_steps=2))
-    batches = [Batch(torch.randint(12, (5,), generator=g), torch.randperm(20, generator=g)[:5],
-                     torch.zeros(5, 1, dtype=torch.long)) for _ in range(4)]
+    batches = [
+        Batch(
+            torch.randint(12, (5,), generator=g),
+            torch.randperm(20, generator=g)[:5],
+            torch.zeros(5, 1, dtype=torch.long),
+        )
+        for _ in range(4)
+    ]
     for step, batch in enumerate(batches):
         user, pos = emb.user[batch.users], emb.item[batch.pos]
         if step < 2:  # warming up: in-batch only
@@ -568,10 +620,13 @@ def test_cbns_uses_the_memory_after_the_warm_up():
 
 
 @pytest.mark.parametrize("name", ["lightgcn", "sea", "simplex", "lirdrec"])
-@pytest.mark.parametrize("loss,train", [
-    ({"kind": "ccl"}, {"negatives": 50}),
-    ({"kind": "softmax"}, {"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 3}),
-])
+@pytest.mark.parametrize(
+    "loss,train",
+    [
+        ({"kind": "ccl"}, {"negatives": 50}),
+        ({"kind": "softmax"}, {"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 3}),
+    ],
+)
 def test_ccl_and_cbns_train_each_model_through_the_trainer(name, loss, train):
     data = toy_graph(n_users=60, n_items=36)
     setup = setup_for(name, loss=loss, train=train)
@@ -590,8 +645,11 @@ def test_ccl_and_cbns_train_each_model_through_the_trainer(name, loss, train):
 
 def test_cbns_memory_fills_during_a_real_step_and_runs_are_reproducible():
     data = toy_graph(n_users=60, n_items=36)
-    setup = setup_for("lightgcn", loss={"kind": "softmax"},
-                      train={"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 1})
+    setup = setup_for(
+        "lightgcn",
+        loss={"kind": "softmax"},
+        train={"sampler": "cross_batch", "cbns_memory_batches": 2, "cbns_warmup_steps": 1},
+    )
     seed_everything(0)
     model = build_model(data, setup)
     ranking = setup.make_ranking_loss(data)

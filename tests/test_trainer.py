@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from sea import artifacts
-from sea.checkpoint import Checkpoint, Run, load_checkpoint, save_checkpoint
 from sea.batch import Embeddings
-from sea.errors import ConfigError
-from sea.errors import DataError
+from sea.checkpoint import Checkpoint, Run, load_checkpoint, save_checkpoint
+from sea.errors import ConfigError, DataError
 from sea.evaluation import embed, evaluate
 from sea.losses import bpr_loss, ranking_loss
 from sea.models.base import REGISTRY, GraphData, register
@@ -42,33 +41,39 @@ def data() -> GraphData:
 
 
 def setup_for(name: str = "bprmf", **train) -> TrainingSetup:
-    return TrainingSetup.from_params({
-        "model": {"name": name},
-        name: {"embedding_dim": 8},
-        "train": {"lr": 0.05, "batch_size": 64, "max_epochs": 8, "patience": 50} | train,
-        "eval": {"topk": [5, 10], "select": "recall@10"},
-    })
+    return TrainingSetup.from_params(
+        {
+            "model": {"name": name},
+            name: {"embedding_dim": 8},
+            "train": {"lr": 0.05, "batch_size": 64, "max_epochs": 8, "patience": 50} | train,
+            "eval": {"topk": [5, 10], "select": "recall@10"},
+        }
+    )
 
 
 # ------------------------------------------------------------------ config
 
 
 def test_model_section_is_the_chosen_models_own():
-    setup = TrainingSetup.from_params({"model": {"name": "bprmf"}, "bprmf": {"reg_weight": 0.5},
-                                       "lightgcn": {"layers": "not even checked"}})
+    setup = TrainingSetup.from_params(
+        {"model": {"name": "bprmf"}, "bprmf": {"reg_weight": 0.5}, "lightgcn": {"layers": "not even checked"}}
+    )
     assert setup.model_cfg.reg_weight == 0.5
     assert set(setup.to_dict()) == {"model", "bprmf", "loss", "club", "train", "eval"}
     assert TrainingSetup.from_params(setup.to_dict()).to_dict() == setup.to_dict()
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"model": {"name": "nope"}}, r"name 'nope' is not a known model; known: \[.*'bprmf'.*'lightgcn'"),
-    ({"loss": {"kind": "hinge"}}, "kind must be one of"),
-    ({"train": {"negatives": 0}}, "negatives must be >= 1"),
-    ({"model": {"name": "bprmf", "embedding_dim": 64}}, "unknown key"),
-    ({"model": {"name": "bprmf", "modalities": []}}, "modalities"),
-    ({"model": {"name": "bprmf", "modalities": ["text"]}, "club": {"pairing": "reference"}}, "both modalities"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model": {"name": "nope"}}, r"name 'nope' is not a known model; known: \[.*'bprmf'.*'lightgcn'"),
+        ({"loss": {"kind": "hinge"}}, "kind must be one of"),
+        ({"train": {"negatives": 0}}, "negatives must be >= 1"),
+        ({"model": {"name": "bprmf", "embedding_dim": 64}}, "unknown key"),
+        ({"model": {"name": "bprmf", "modalities": []}}, "modalities"),
+        ({"model": {"name": "bprmf", "modalities": ["text"]}, "club": {"pairing": "reference"}}, "both modalities"),
+    ],
+)
 def test_bad_model_and_training_params(params, message):
     with pytest.raises(ConfigError, match=message):
         TrainingSetup.from_params({"model": {"name": "bprmf"}} | params)
@@ -78,8 +83,9 @@ def test_bad_model_and_training_params(params, message):
 
 
 def sampler_for(users, items, n_users, n_items, seed=0) -> UniformNegatives:
-    return UniformNegatives(torch.tensor(users), torch.tensor(items), n_users, n_items,
-                            torch.Generator().manual_seed(seed))
+    return UniformNegatives(
+        torch.tensor(users), torch.tensor(items), n_users, n_items, torch.Generator().manual_seed(seed)
+    )
 
 
 def test_nth_negative_enumerates_each_users_non_training_items():
@@ -103,8 +109,12 @@ def test_negatives_are_uniform_over_the_non_training_items():
 
 
 def test_negatives_never_hit_training_items_and_follow_the_seed(data):
-    draw = lambda seed: UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items,  # noqa: E731
-                                         torch.Generator().manual_seed(seed))(data.train_users, 3)
+    def draw(seed):
+        sampler = UniformNegatives(
+            data.train_users, data.train_items, data.n_users, data.n_items, torch.Generator().manual_seed(seed)
+        )
+        return sampler(data.train_users, 3)
+
     neg = draw(7)
     train = set(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
     assert not any((u, i) in train for u, row in zip(data.train_users.tolist(), neg.tolist(), strict=True) for i in row)
@@ -117,8 +127,9 @@ def test_negatives_never_hit_training_items_and_follow_the_seed(data):
 def test_bpr_with_several_negatives_is_the_mean_over_them():
     g = torch.Generator().manual_seed(0)
     u, p, n = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(4, 2, 3, generator=g)
-    by_hand = np.mean([-np.log(1 / (1 + np.exp(-(u[b] @ p[b] - u[b] @ n[b, j]).item())))
-                       for b in range(4) for j in range(2)])
+    by_hand = np.mean(
+        [-np.log(1 / (1 + np.exp(-(u[b] @ p[b] - u[b] @ n[b, j]).item()))) for b in range(4) for j in range(2)]
+    )
     assert ranking_loss("bpr", u, p, n).item() == pytest.approx(by_hand, rel=1e-5)
     assert bpr_loss(u, p, n[:, 0]).item() == pytest.approx(bpr_loss(u, p, n[:, :1]).item())
 
@@ -193,8 +204,10 @@ def test_training_is_deterministic_on_cpu(data, tmp_path):
         seed_everything(5)
         model = build_model(data, setup)
         result = fit(model, data, setup, seed=5, log=lambda _: None)
-        save_checkpoint(path, Checkpoint(setup.to_dict(), data.n_users, data.n_items, {},
-                                         [Run(5, result.best_epoch, result.best_state)]))
+        save_checkpoint(
+            path,
+            Checkpoint(setup.to_dict(), data.n_users, data.n_items, {}, [Run(5, result.best_epoch, result.best_state)]),
+        )
         return result.history
 
     assert once(tmp_path / "a.safetensors") == once(tmp_path / "b.safetensors")
@@ -248,8 +261,9 @@ def test_bad_checkpoints_are_data_errors(tmp_path):
 def write_processed(root, interactions: pd.DataFrame, n_items: int) -> None:
     (root / artifacts.PROCESSED).mkdir(parents=True)
     interactions.astype({"user": "int32", "item": "int32"}).to_parquet(root / artifacts.INTERACTIONS)
-    pd.DataFrame({"item": np.arange(n_items, dtype="int32"), "asin": [f"B{i:04d}" for i in range(n_items)]}
-                 ).to_parquet(root / artifacts.ITEMS)
+    pd.DataFrame({"item": np.arange(n_items, dtype="int32"), "asin": [f"B{i:04d}" for i in range(n_items)]}).to_parquet(
+        root / artifacts.ITEMS
+    )
 
 
 def test_models_without_features_read_no_feature_files(tmp_path):

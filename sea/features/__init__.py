@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+
 from sea.config import require, require_choice
 from sea.errors import shown
 
@@ -41,17 +42,27 @@ MAX_PROCESSES = 64
 def check_processes(processes: int, device: str, section: str) -> None:
     """``processes`` ranks (sharded extraction, see :mod:`sea.distributed`): 1..64; on
     CUDA one GPU per rank, so ``cuda:N`` is refused and ``auto``/``cuda`` need that many GPUs."""
-    require(1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}")
+    require(
+        1 <= processes <= MAX_PROCESSES, section, f"processes must be in [1, {MAX_PROCESSES}], got {shown(processes)}"
+    )
     if processes == 1 or device == "cpu":
         return
-    require(":" not in device, section, f"processes: {shown(processes)} puts rank r on cuda:r; "
-           f"device must then be auto, cuda or cpu, got {shown(device)}")
+    require(
+        ":" not in device,
+        section,
+        f"processes: {shown(processes)} puts rank r on cuda:r; "
+        f"device must then be auto, cuda or cpu, got {shown(device)}",
+    )
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    require(count == 0 and device == "auto" or processes <= count, section,
-           f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) with device {shown(device)}; "
-           f"this machine has {count}: lower processes or use device: cpu")
+    require(
+        count == 0 and device == "auto" or processes <= count,
+        section,
+        f"processes: {shown(processes)} needs {shown(processes)} CUDA devices (one per rank) "
+        f"with device {shown(device)}; "
+        f"this machine has {count}: lower processes or use device: cpu",
+    )
 
 
 def native_bf16_cpu() -> bool:
@@ -90,7 +101,9 @@ def fill_missing_with_mean(encoded: np.ndarray, present: list[int], n: int) -> n
     per index in ``present`` and at least one row.
     """
     if len(present) == 0 or encoded.shape[0] != len(present):
-        raise ValueError(f"need one encoded row per present item (got {encoded.shape[0]} rows for {len(present)} items)")
+        raise ValueError(
+            f"need one encoded row per present item (got {encoded.shape[0]} rows for {len(present)} items)"
+        )
     encoded = np.asarray(encoded, dtype=np.float32)
     out = np.empty((n, encoded.shape[1]), dtype=np.float32)
     out[:] = encoded.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -103,11 +116,20 @@ def empty_features(modality: str, n_items: int) -> tuple[np.ndarray, dict]:
     ``[n_items, 0]``, and an info dict that :func:`sea.artifacts.read_features` refuses
     with one line, so a model that reads the modality stops and one that does not trains."""
     counter = "n_with_text" if modality == "text" else "n_decoded"
-    note = (f"no item has any {modality} input (a dataset without metadata?): no {modality} features; "
-            f"models that read {modality} refuse to train on it")
+    note = (
+        f"no item has any {modality} input (a dataset without metadata?): no {modality} features; "
+        f"models that read {modality} refuse to train on it"
+    )
     print(f"warning: {note}", file=sys.stderr)
     return np.zeros((n_items, 0), dtype=np.float32), {"dim": 0, "n_items": n_items, counter: 0, "note": note}
 
 
-__all__ = ["PRECISIONS", "empty_features", "fill_missing_with_mean", "native_bf16_cpu", "resolve_device",
-           "resolve_precision", "torch_dtype"]
+__all__ = [
+    "PRECISIONS",
+    "empty_features",
+    "fill_missing_with_mean",
+    "native_bf16_cpu",
+    "resolve_device",
+    "resolve_precision",
+    "torch_dtype",
+]

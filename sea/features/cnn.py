@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from sea.features import fill_missing_with_mean
 from sea.data.catalog import DatasetConfig
 from sea.errors import ChecksumError, DataError
+from sea.features import fill_missing_with_mean
 from sea.net.download import fetch
 from sea.net.urls import cache_key, local_path
 
@@ -148,19 +148,27 @@ def read_cnn_features(
             bar.update(got)
             k, rest = divmod(got, rec.itemsize)
             if rest and got < len(view):
-                raise DataError(f"{path}: record {done + k + 1:,} is cut off ({rest:,} of {rec.itemsize:,} bytes; "
-                                f"the file has {size:,} bytes, not a whole number of {ASIN_BYTES}-byte asin + "
-                                f"{dim} float32 records): the file is truncated")
+                raise DataError(
+                    f"{path}: record {done + k + 1:,} is cut off ({rest:,} of {rec.itemsize:,} bytes; "
+                    f"the file has {size:,} bytes, not a whole number of {ASIN_BYTES}-byte asin + "
+                    f"{dim} float32 records): the file is truncated"
+                )
             if k == 0:
                 break
             raw = np.frombuffer(buf, dtype=np.uint8, count=k * rec.itemsize).reshape(k, rec.itemsize)
             bad = ~_ASIN_OK[raw[:, :ASIN_BYTES]].all(axis=1)
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                hint = " (a gzip file: decompress it first)" if done + j == 0 and raw[0, :2].tobytes() == b"\x1f\x8b" else ""
-                raise DataError(f"{path}: record {done + j + 1:,} (byte {(done + j) * rec.itemsize:,}): the asin "
-                                f"{raw[j, :ASIN_BYTES].tobytes()!r} is not {ASIN_BYTES} ASCII letters or digits: "
-                                f"not an Amazon image-feature file, or its records are out of step{hint}")
+                hint = (
+                    " (a gzip file: decompress it first)"
+                    if done + j == 0 and raw[0, :2].tobytes() == b"\x1f\x8b"
+                    else ""
+                )
+                raise DataError(
+                    f"{path}: record {done + j + 1:,} (byte {(done + j) * rec.itemsize:,}): the asin "
+                    f"{raw[j, :ASIN_BYTES].tobytes()!r} is not {ASIN_BYTES} ASCII letters or digits: "
+                    f"not an Amazon image-feature file, or its records are out of step{hint}"
+                )
             records = np.frombuffer(buf, dtype=rec, count=k)
             if len(keys):
                 pos = np.searchsorted(keys, records["asin"]).clip(max=len(keys) - 1)
@@ -172,12 +180,14 @@ def read_cnn_features(
 
     sha = digest.hexdigest()
     if expected_sha256 and sha != expected_sha256.lower():
-        raise ChecksumError(f"sha256 mismatch for {path}: expected {expected_sha256.lower()}, got {sha} "
-                            "(features.image.cnn_sha256)")
+        raise ChecksumError(
+            f"sha256 mismatch for {path}: expected {expected_sha256.lower()}, got {sha} (features.image.cnn_sha256)"
+        )
     present = np.flatnonzero(first)
     if len(present) == 0:
-        raise DataError(f"{path}: none of the {n:,} items is among its {done:,} records "
-                        "(the feature file of another category?)")
+        raise DataError(
+            f"{path}: none of the {n:,} items is among its {done:,} records (the feature file of another category?)"
+        )
     features = fill_missing_with_mean(out[present], present.tolist(), n)
     info = {
         "source": "amazon_cnn",
@@ -202,15 +212,24 @@ def _take(path: Path, out: np.ndarray, first: np.ndarray, item: int, vec: np.nda
     if first[item]:
         if np.array_equal(out[item], vec):
             return 1
-        raise DataError(f"{path}: record {record:,} repeats the asin of record {first[item]:,} with a different "
-                        "vector: which one is right is unknown")
+        raise DataError(
+            f"{path}: record {record:,} repeats the asin of record {first[item]:,} with a different "
+            "vector: which one is right is unknown"
+        )
     out[item] = vec
     first[item] = record
     return 0
 
 
-def obtain_cnn_file(url: str, sha256: str | None, *, max_bytes: int, total_timeout: float,
-                    cache_dir: Path = CNN_CACHE, refresh: bool = False) -> tuple[Path, bool]:
+def obtain_cnn_file(
+    url: str,
+    sha256: str | None,
+    *,
+    max_bytes: int,
+    total_timeout: float,
+    cache_dir: Path = CNN_CACHE,
+    refresh: bool = False,
+) -> tuple[Path, bool]:
     """The local feature file for ``url`` and whether it is a download (in ``cache_dir``).
 
     A path or ``file://`` URL is used in place. An http(s) URL is fetched once into

@@ -17,23 +17,28 @@ import pickle
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sea.errors import shorten, shown
-from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
-from sea.distributed import launch, load_shard_json, load_shards, shard_bounds, shard_dir
-from sea.errors import DataError
-from sea.files import MB, sha256_file
-from sea.runtime import rebalance, set_threads
-from dataclasses import dataclass
 from sea.config import Section, check_device, require, require_choice
-from sea.errors import ConfigError
-from sea.features import check_precision, check_processes
+from sea.distributed import launch, load_shard_json, load_shards, shard_bounds, shard_dir
+from sea.errors import ConfigError, DataError, shorten, shown
+from sea.features import (
+    check_precision,
+    check_processes,
+    fill_missing_with_mean,
+    resolve_device,
+    resolve_precision,
+    torch_dtype,
+)
+from sea.files import MB, sha256_file
 from sea.net.urls import check_url
+from sea.runtime import rebalance, set_threads
 
 if TYPE_CHECKING:
     import torch
@@ -60,8 +65,17 @@ CHECKPOINT_SLACK_BYTES = 64 << 20
 #: The first bytes of a zip archive: what torch.save writes (since torch 1.6).
 ZIP_MAGIC = b"PK\x03\x04"
 #: What torch.load may raise on a corrupt or hostile archive (weights_only: no code runs).
-TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError,
-                     IndexError, AttributeError)
+TORCH_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+)
 
 
 # --------------------------------------------------------------------------- model
@@ -110,18 +124,27 @@ class ImageFeatureConfig(Section):
         check_processes(self.processes, self.device, section)
         require(1 <= self.per_host <= 64, section, "per_host must be in [1, 64]")
         require(0 <= self.retries <= 20, section, "retries must be in [0, 20]")
-        require(0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400, section,
-               "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds")
+        require(
+            0 <= self.backoff <= 3600 and 0 <= self.max_wait <= 86400,
+            section,
+            "backoff must be in [0, 3600] and max_wait in [0, 86400] seconds",
+        )
         require(self.offline_after >= 1, section, "offline_after must be >= 1")
         require(0 <= self.min_coverage <= 1, section, "min_coverage must be in [0, 1]")
         check_device(self.device, section)
         check_precision(self.precision, section)
         require_choice(self.source, IMAGE_SOURCES, section, "source")
         require(self.cnn_max_mb > 0 and self.cnn_timeout > 0, section, "cnn_max_mb and cnn_timeout must be > 0")
-        require(self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
-               section, f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}")
-        require(self.cnn_url is None or bool(self.cnn_url.strip()), section,
-               "cnn_url must be null (the catalog's file of dataset.name) or a URL/path")
+        require(
+            self.cnn_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{64}", self.cnn_sha256) is not None,
+            section,
+            f"cnn_sha256 must be 64 hex digits or null, got {shown(self.cnn_sha256)}",
+        )
+        require(
+            self.cnn_url is None or bool(self.cnn_url.strip()),
+            section,
+            "cnn_url must be null (the catalog's file of dataset.name) or a URL/path",
+        )
         check_url(self.cnn_url, section, "cnn_url")
         if self.source != "amazon_cnn":
             self.check_clip()
@@ -135,8 +158,11 @@ class ImageFeatureConfig(Section):
 
         section = "features.image"
         models = open_clip.list_models()
-        require(self.model in models, section,
-               f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)")
+        require(
+            self.model in models,
+            section,
+            f"model {shown(self.model)} is not an open_clip architecture (e.g. {', '.join(models[:6])}, ...)",
+        )
         tag = (self.pretrained or "").strip()
         if tag.lower() in ("", "none"):
             return
@@ -148,8 +174,12 @@ class ImageFeatureConfig(Section):
                 raise ConfigError(f"params.yaml [{section}]: pretrained: {e}") from None
             return
         tags = open_clip.list_pretrained_tags_by_model(self.model)
-        require(tag in tags, section, f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
-               f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path")
+        require(
+            tag in tags,
+            section,
+            f"pretrained {shown(tag)} is not an open_clip tag for {self.model} "
+            f"(known: {tags or 'none'}); use none, a tag, or a local checkpoint path",
+        )
 
 
 def _looks_like_path(value: str) -> bool:
@@ -172,20 +202,24 @@ def _load_tensors(path: Path, name: str):
             raise DataError(f"{name}: not a readable safetensors file ({shorten(str(e))})") from None
     with open(path, "rb") as f:
         if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
-            raise DataError(f"{name}: not a checkpoint: neither a torch.save archive (zip) nor .safetensors (plain "
-                            f"pickles and legacy torch.save files are not read; save it again with torch.save)")
+            raise DataError(
+                f"{name}: not a checkpoint: neither a torch.save archive (zip) nor .safetensors (plain "
+                f"pickles and legacy torch.save files are not read; save it again with torch.save)"
+            )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except TORCH_LOAD_ERRORS as e:
         refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
         if refused:
-            raise DataError(f"{name}: holds Python objects, not only tensors: weights_only loading refuses it "
-                            f"(it names {shorten(refused[1])}); nothing in it was run") from None
+            raise DataError(
+                f"{name}: holds Python objects, not only tensors: weights_only loading refuses it "
+                f"(it names {shorten(refused[1])}); nothing in it was run"
+            ) from None
         first = str(e).strip().split("\n", 1)[0] or type(e).__name__
         raise DataError(f"{name}: not a loadable torch.save archive (truncated or corrupt: {shorten(first)})") from None
 
 
-def read_checkpoint(path: str | Path, expected: Mapping[str, "torch.Tensor"], arch: str) -> dict[str, "torch.Tensor"]:
+def read_checkpoint(path: str | Path, expected: Mapping[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """The state dict in the local checkpoint ``path`` for a model whose own state dict is
     ``expected`` (architecture ``arch``, named in messages), checked to fit it.
 
@@ -203,22 +237,30 @@ def read_checkpoint(path: str | Path, expected: Mapping[str, "torch.Tensor"], ar
     limit = CHECKPOINT_SIZE_FACTOR * 4 * sum(t.numel() for t in expected.values()) + CHECKPOINT_SLACK_BYTES
     size = path.stat().st_size
     if size > limit:
-        raise DataError(f"{name}: {size / MB:,.0f} MB is more than a {arch} checkpoint can need ({limit / MB:,.0f} MB: "
-                        f"{CHECKPOINT_SIZE_FACTOR}x its float32 parameters + {CHECKPOINT_SLACK_BYTES >> 20} MiB); "
-                        f"refused unread")
+        raise DataError(
+            f"{name}: {size / MB:,.0f} MB is more than a {arch} checkpoint can need ({limit / MB:,.0f} MB: "
+            f"{CHECKPOINT_SIZE_FACTOR}x its float32 parameters + {CHECKPOINT_SLACK_BYTES >> 20} MiB); "
+            f"refused unread"
+        )
     state = _load_tensors(path, name)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not (isinstance(state, dict) and all(
+    if not (
+        isinstance(state, dict)
+        and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided and v.device.type == "cpu"
-            for k, v in state.items())):
+            for k, v in state.items()
+        )
+    ):
         raise DataError(f"{name}: not a state dict (parameter names mapped to dense tensors)")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     if missing or unexpected:
-        raise DataError(f"{name}: its keys are not those of {arch}: {len(missing)} missing (e.g. {shown(missing[:2])}), "
-                        f"{len(unexpected)} unexpected (e.g. {shown(unexpected[:2])})")
+        raise DataError(
+            f"{name}: its keys are not those of {arch}: {len(missing)} missing (e.g. {shown(missing[:2])}), "
+            f"{len(unexpected)} unexpected (e.g. {shown(unexpected[:2])})"
+        )
     for key, want in expected.items():
         got = state[key]
         if got.shape != want.shape:
@@ -230,7 +272,9 @@ def read_checkpoint(path: str | Path, expected: Mapping[str, "torch.Tensor"], ar
     # thread (threads only contend on these tensors)
     with _torch_threads(1):
         for key, got in state.items():
-            if got.is_floating_point() and not torch.isfinite(got.sum(dtype=torch.promote_types(got.dtype, torch.float32))):
+            if got.is_floating_point() and not torch.isfinite(
+                got.sum(dtype=torch.promote_types(got.dtype, torch.float32))
+            ):
                 raise DataError(f"{name}: {key} holds NaN or infinite values")
     return state
 
@@ -261,8 +305,9 @@ def check_checkpoint(model_name: str, path: str | Path) -> None:
     import torch
 
     with _no_random_init_warning(), torch.device("meta"):
-        model = open_clip.create_model(model_name, pretrained=None, pretrained_image=False, pretrained_text=False,
-                                       device="meta")
+        model = open_clip.create_model(
+            model_name, pretrained=None, pretrained_image=False, pretrained_text=False, device="meta"
+        )
     read_checkpoint(path, model.state_dict(), model_name)
 
 
@@ -273,7 +318,7 @@ def load_clip(
     device: str = "auto",
     seed: int = 0,
     precision: str = "float32",
-) -> tuple["torch.nn.Module", Callable, dict]:
+) -> tuple[torch.nn.Module, Callable, dict]:
     """Build an open_clip model in eval mode and its (inference) image transform, which
     yields tensors of the model's input dtype.
 
@@ -333,8 +378,10 @@ def load_clip(
         preprocess = _to_dtype(preprocess, torch_dtype(precision))
 
     if kind == "random":
-        note = (f"image features come from a randomly initialised {model_name} (pretrained: none, "
-                f"seed {seed}): they carry no pretrained visual meaning")
+        note = (
+            f"image features come from a randomly initialised {model_name} (pretrained: none, "
+            f"seed {seed}): they carry no pretrained visual meaning"
+        )
     elif kind == "checkpoint":
         note = f"image features come from {model_name} with weights loaded from the local checkpoint {pretrained}"
     else:
@@ -352,7 +399,7 @@ def load_clip(
     return model, preprocess, info
 
 
-def _to_dtype(preprocess: Callable, dtype: "torch.dtype") -> Callable:
+def _to_dtype(preprocess: Callable, dtype: torch.dtype) -> Callable:
     """``preprocess`` followed by a cast of its float32 tensor to ``dtype``."""
     from torchvision import transforms
 
@@ -419,9 +466,18 @@ def image_batches(paths: Sequence[Path | None], batch_size: int) -> Iterator[lis
         yield batch
 
 
-def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model, preprocess: Callable,
-                    device: str, *, workers: int, max_pixels: int, max_aspect: float,
-                    desc: str = "encode images") -> tuple[list[int], int, list[np.ndarray], Counter]:
+def _encode_batches(
+    batches: Iterable[list[tuple[int, Path]]],
+    total: int,
+    model,
+    preprocess: Callable,
+    device: str,
+    *,
+    workers: int,
+    max_pixels: int,
+    max_aspect: float,
+    desc: str = "encode images",
+) -> tuple[list[int], int, list[np.ndarray], Counter]:
     """Decode and embed the images of ``batches``: the decoded items, how many items had a
     file, their feature rows (one array per batch), and the refusal reasons counted.
 
@@ -446,9 +502,12 @@ def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model
     chunks: list[np.ndarray] = []
     n_wanted = 0
     batches = iter(batches)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode(), \
-            tqdm(total=total, desc=desc, unit="img") as bar, \
-            (_torch_threads(1) if cuda else contextlib.nullcontext()):
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        torch.inference_mode(),
+        tqdm(total=total, desc=desc, unit="img") as bar,
+        _torch_threads(1) if cuda else contextlib.nullcontext(),
+    ):
         batch = next(batches, None)
         pending = [pool.submit(load, item) for item in batch] if cuda and batch else None
         while batch is not None:
@@ -479,14 +538,17 @@ def _encode_batches(batches: Iterable[list[tuple[int, Path]]], total: int, model
     return decoded, n_wanted, chunks, refused
 
 
-def _assemble(n_items: int, n_wanted: int, decoded: list[int], chunks: list[np.ndarray], refused: Counter,
-              dim: Callable[[], int]) -> tuple[np.ndarray, dict]:
+def _assemble(
+    n_items: int, n_wanted: int, decoded: list[int], chunks: list[np.ndarray], refused: Counter, dim: Callable[[], int]
+) -> tuple[np.ndarray, dict]:
     """The feature matrix (missing and undecodable items get the mean) and its info."""
     if decoded:
         features = fill_missing_with_mean(np.concatenate(chunks), decoded, n_items)
     else:  # e.g. offline: no image host reachable. Zeros, flagged in info; training refuses them.
-        msg = (f"none of the {n_items} images could be fetched and decoded ({n_wanted} had a file): "
-               "the image features are all zero and carry no information")
+        msg = (
+            f"none of the {n_items} images could be fetched and decoded ({n_wanted} had a file): "
+            "the image features are all zero and carry no information"
+        )
         warnings.warn(msg, stacklevel=3)
         features = np.zeros((n_items, dim()), dtype=np.float32)
     info = {
@@ -539,24 +601,54 @@ def encode_images(
     dev = resolve_device(device)
     model = model.to(dev).eval()
     decoded, n_wanted, chunks, refused = _encode_batches(
-        image_batches(paths, batch_size), len(paths), model, preprocess, dev, workers=workers,
-        max_pixels=max_pixels, max_aspect=max_aspect)
+        image_batches(paths, batch_size),
+        len(paths),
+        model,
+        preprocess,
+        dev,
+        workers=workers,
+        max_pixels=max_pixels,
+        max_aspect=max_aspect,
+    )
     return _assemble(len(paths), n_wanted, decoded, chunks, refused, lambda: _clip_dim(model, preprocess, dev))
 
 
-def _image_rank(ctx, batches: list[list[tuple[int, str]]], model_name: str, pretrained: str | None,
-                seed: int, precision: str, workers: int, max_pixels: int, max_aspect: float) -> None:
+def _image_rank(
+    ctx,
+    batches: list[list[tuple[int, str]]],
+    model_name: str,
+    pretrained: str | None,
+    seed: int,
+    precision: str,
+    workers: int,
+    max_pixels: int,
+    max_aspect: float,
+) -> None:
     """One rank of :func:`encode_images_sharded`: its contiguous share of the batches."""
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
     mine = [[(i, Path(p)) for i, p in batch] for batch in batches[lo:hi]]
     model, preprocess, info = load_clip(model_name, pretrained, device=ctx.device, seed=seed, precision=precision)
     decoded, _, chunks, refused = _encode_batches(
-        mine, sum(len(b) for b in mine), model, preprocess, ctx.device, workers=workers, max_pixels=max_pixels,
-        max_aspect=max_aspect, desc=f"encode images (rank {ctx.rank})")
+        mine,
+        sum(len(b) for b in mine),
+        model,
+        preprocess,
+        ctx.device,
+        workers=workers,
+        max_pixels=max_pixels,
+        max_aspect=max_aspect,
+        desc=f"encode images (rank {ctx.rank})",
+    )
     ctx.save("decoded", np.array(decoded, dtype=np.int64))
     ctx.save("rows", np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32))
-    ctx.save_json("info", {"refused": dict(refused), "clip": info, "dim": _clip_dim(model, preprocess, ctx.device)
-                           if ctx.rank == 0 and not decoded else None})
+    ctx.save_json(
+        "info",
+        {
+            "refused": dict(refused),
+            "clip": info,
+            "dim": _clip_dim(model, preprocess, ctx.device) if ctx.rank == 0 and not decoded else None,
+        },
+    )
 
 
 def encode_images_sharded(
@@ -582,10 +674,13 @@ def encode_images_sharded(
     batches = [[(i, str(p)) for i, p in batch] for batch in image_batches(paths, batch_size)]
     n_wanted = sum(len(b) for b in batches)
     with shard_dir() as workdir:
-        launch(processes, _image_rank,
-               (batches, model_name, pretrained, seed, resolve_precision(precision, dev), workers, max_pixels,
-                max_aspect),
-               workdir=workdir, device=dev)
+        launch(
+            processes,
+            _image_rank,
+            (batches, model_name, pretrained, seed, resolve_precision(precision, dev), workers, max_pixels, max_aspect),
+            workdir=workdir,
+            device=dev,
+        )
         decoded = np.concatenate(load_shards(workdir, "decoded", processes)).tolist()
         chunks = [r for r in load_shards(workdir, "rows", processes) if r.size]
         infos = load_shard_json(workdir, "info", processes)

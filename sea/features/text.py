@@ -11,18 +11,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
-from sea.features import fill_missing_with_mean, resolve_device, resolve_precision, torch_dtype
+from sea.config import Section, check_device, require
 from sea.distributed import launch, load_shards, shard_bounds, shard_dir
 from sea.errors import DataError
+from sea.features import (
+    check_precision,
+    check_processes,
+    fill_missing_with_mean,
+    resolve_device,
+    resolve_precision,
+    torch_dtype,
+)
 from sea.runtime import rebalance
-from dataclasses import dataclass
-from sea.config import Section, check_device, require
-from sea.features import check_precision, check_processes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ def length_batches(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, l
     way, so both give the same bytes on the CPU (for a given thread count).
     """
     order = np.argsort([-len(t) for t in texts])
-    return order, [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return order, [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def load_text_model(model_name: str, device: str, precision: str = "float32"):
@@ -118,8 +124,9 @@ def load_text_model(model_name: str, device: str, precision: str = "float32"):
     return model
 
 
-def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray],
-                   desc: str = "encode texts") -> np.ndarray:
+def encode_batches(
+    model, texts: Sequence[str], batches: Sequence[np.ndarray], desc: str = "encode texts"
+) -> np.ndarray:
     """Embed ``texts`` batch by batch; rows (float32, whatever dtype the model computes in)
     in the order of the concatenated ``batches``."""
     from tqdm.auto import tqdm
@@ -128,8 +135,9 @@ def encode_batches(model, texts: Sequence[str], batches: Sequence[np.ndarray],
     with tqdm(total=sum(len(b) for b in batches), desc=desc, unit="item") as bar:
         for batch in batches:
             rebalance()  # share the cores with the pipeline's other processes
-            out = model.encode([texts[i] for i in batch], batch_size=len(batch),
-                               show_progress_bar=False, convert_to_numpy=True)
+            out = model.encode(
+                [texts[i] for i in batch], batch_size=len(batch), show_progress_bar=False, convert_to_numpy=True
+            )
             rows.append(np.asarray(out, dtype=np.float32))
             bar.update(len(batch))
     return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
@@ -139,8 +147,7 @@ def _text_rank(ctx, model_name: str, precision: str, texts: list[str], batches: 
     """One rank of :func:`encode_texts`: its contiguous share of the batches, saved as ``rows``."""
     lo, hi = shard_bounds(len(batches), ctx.world_size, ctx.rank)
     model = load_text_model(model_name, ctx.device, precision)
-    ctx.save("rows", encode_batches(model, texts, batches[lo:hi],
-                                    desc=f"encode texts (rank {ctx.rank})"))
+    ctx.save("rows", encode_batches(model, texts, batches[lo:hi], desc=f"encode texts (rank {ctx.rank})"))
 
 
 def encode_texts(
@@ -168,23 +175,24 @@ def encode_texts(
     """
     present = [i for i, t in enumerate(texts) if _has_text(t)]
     if not present:
-        raise DataError(f"none of the {len(texts)} items has text to encode (no metadata?): "
-                        "leave text out of model.modalities")
+        raise DataError(
+            f"none of the {len(texts)} items has text to encode (no metadata?): leave text out of model.modalities"
+        )
 
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     sentences = [texts[i] for i in present]
     order, batches = length_batches(sentences, batch_size)
     resolved, source = resolve_text_model(model_name)
-    log.info("encoding %d texts with %s on %s in %s in %d process(es)", len(present), resolved, dev, precision,
-             processes)
+    log.info(
+        "encoding %d texts with %s on %s in %s in %d process(es)", len(present), resolved, dev, precision, processes
+    )
     if processes == 1:
         model = load_text_model(model_name, dev, precision)
         rows = encode_batches(model, sentences, batches)
     else:
         with shard_dir() as workdir:
-            launch(processes, _text_rank, (model_name, precision, sentences, batches), workdir=workdir,
-                   device=dev)
+            launch(processes, _text_rank, (model_name, precision, sentences, batches), workdir=workdir, device=dev)
             rows = np.concatenate([r for r in load_shards(workdir, "rows", processes) if r.size])
     encoded = np.empty_like(rows)
     encoded[order] = rows

@@ -46,8 +46,7 @@ def open_url(url: str, timeout: float = 60.0, headers: dict[str, str] | None = N
     except urllib.error.HTTPError as e:
         after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
         e.close()
-        raise HTTPStatusError(f"cannot fetch {url}: HTTP {e.code} {e.reason}", status=e.code,
-                              retry_after=after) from e
+        raise HTTPStatusError(f"cannot fetch {url}: HTTP {e.code} {e.reason}", status=e.code, retry_after=after) from e
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(f"cannot fetch {url}: {reason}") from e
@@ -159,8 +158,18 @@ def _validator(resp) -> str | None:
     return (resp.headers.get("Last-Modified") or "").strip() or None
 
 
-def _download(full: str, url: str, tmp: Path | None, part: Path | None, sha256: str | None, timeout: float,
-              deadline: Deadline, max_bytes: int | None, progress: bool, name: str) -> bool:
+def _download(
+    full: str,
+    url: str,
+    tmp: Path | None,
+    part: Path | None,
+    sha256: str | None,
+    timeout: float,
+    deadline: Deadline,
+    max_bytes: int | None,
+    progress: bool,
+    name: str,
+) -> bool:
     """One attempt: write the whole body to ``tmp``, or the rest of it to ``part``.
     Returns False when a resumed file does not match ``sha256`` (its partial files are
     dropped), True when the file is complete and matches."""
@@ -182,8 +191,10 @@ def _download(full: str, url: str, tmp: Path | None, part: Path | None, sha256: 
             m = _CONTENT_RANGE.fullmatch((resp.headers.get("Content-Range") or "").strip())
             if m is None or int(m[1]) != offset:
                 _drop_partial(part)
-                raise IncompleteError(f"{url}: the server answered the range request with "
-                                      f"{resp.headers.get('Content-Range')!r}; starting afresh")
+                raise IncompleteError(
+                    f"{url}: the server answered the range request with "
+                    f"{resp.headers.get('Content-Range')!r}; starting afresh"
+                )
             if max_bytes is not None and m[3] != "*" and int(m[3]) > max_bytes:
                 raise TooLargeError(f"{url} is {int(m[3]):,} bytes, over the cap of {max_bytes:,}")
             with open(part, "rb") as f:
@@ -199,12 +210,27 @@ def _download(full: str, url: str, tmp: Path | None, part: Path | None, sha256: 
                 _drop_partial(part)  # nothing to resume with: an interrupted body starts afresh
             else:
                 part.with_suffix(".json").write_text(json.dumps({"url": full, "validator": new}))
-        with open(tmp if part is None else part, "ab" if offset else "wb") as out, \
-                tqdm(total=None if content_length(resp) is None else offset + content_length(resp),
-                     initial=offset, unit="B", unit_scale=True, desc=f"download {name}",
-                     disable=not progress, leave=False) as bar:
-            _, digest = copy_body(resp, out, url, max_bytes=None if max_bytes is None else max_bytes - offset,
-                                  deadline=deadline, on_chunk=bar.update, hasher=h)
+        with (
+            open(tmp if part is None else part, "ab" if offset else "wb") as out,
+            tqdm(
+                total=None if content_length(resp) is None else offset + content_length(resp),
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=f"download {name}",
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
+            _, digest = copy_body(
+                resp,
+                out,
+                url,
+                max_bytes=None if max_bytes is None else max_bytes - offset,
+                deadline=deadline,
+                on_chunk=bar.update,
+                hasher=h,
+            )
     if sha256 and digest != sha256.lower():
         if offset:
             _drop_partial(part)

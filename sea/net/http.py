@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from sea.errors import FetchError, FetchTimeoutError, HTTPStatusError, IncompleteError, RefusedError, TooLargeError
 from sea.files import CHUNK
@@ -54,7 +55,7 @@ class Deadline:
             self._timer.daemon = True
             self._timer.start()
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,8 +109,9 @@ def content_length(resp) -> int | None:
     return n if n >= 0 else None
 
 
-def copy_body(resp, out: BinaryIO, url: str, *, max_bytes: int | None, deadline: Deadline,
-              on_chunk=None, hasher=None) -> tuple[int, str]:
+def copy_body(
+    resp, out: BinaryIO, url: str, *, max_bytes: int | None, deadline: Deadline, on_chunk=None, hasher=None
+) -> tuple[int, str]:
     """Copy a response body into ``out``; return its size and sha256 hex digest (of
     ``hasher``, when given: a sha256 already fed with the bytes before this body).
 
@@ -159,9 +161,15 @@ _ssl_context: ssl.SSLContext | None = None
 
 
 def _is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return addr.is_global and not (addr.is_private or addr.is_loopback or addr.is_link_local
-                                   or addr.is_multicast or addr.is_reserved or addr.is_unspecified
-                                   or getattr(addr, "is_site_local", False))
+    return addr.is_global and not (
+        addr.is_private
+        or addr.is_loopback
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_reserved
+        or addr.is_unspecified
+        or getattr(addr, "is_site_local", False)
+    )
 
 
 def is_public_address(ip: str) -> bool:
@@ -185,12 +193,14 @@ def _addresses(url: str, host: str, port: int, allow_address: Callable[[str], bo
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as e:
-        raise FetchError(f"cannot fetch {url}: cannot resolve {host}: {e}", reason="unresolvable",
-                         no_connection=True) from e
+        raise FetchError(
+            f"cannot fetch {url}: cannot resolve {host}: {e}", reason="unresolvable", no_connection=True
+        ) from e
     for info in infos:
         if not allow_address(info[4][0]):
-            raise RefusedError(f"refusing {url}: {host} has the non-public address {info[4][0]}",
-                               reason="refused_private_host")
+            raise RefusedError(
+                f"refusing {url}: {host} has the non-public address {info[4][0]}", reason="refused_private_host"
+            )
     return infos
 
 
@@ -209,8 +219,9 @@ def _proxy_for(url: str, parts: urllib.parse.SplitResult) -> urllib.parse.SplitR
         usable = False
     if not usable:  # every URL fails alike: counted as no connection, so the fetcher stops soon
         shown = re.sub(r"^(\w+://)?[^/]*@", r"\1", proxy)  # never a password
-        raise FetchError(f"cannot fetch {url}: {parts.scheme}_proxy {shown!r} is not an http://host[:port] proxy",
-                         no_connection=True)
+        raise FetchError(
+            f"cannot fetch {url}: {parts.scheme}_proxy {shown!r} is not an http://host[:port] proxy", no_connection=True
+        )
     return found
 
 
@@ -249,8 +260,14 @@ def _tls_context() -> ssl.SSLContext:
     return _ssl_context
 
 
-def _connect(url: str, parts: urllib.parse.SplitResult, port: int, infos: list[tuple],
-             proxy: urllib.parse.SplitResult | None, deadline: Deadline) -> http.client.HTTPConnection:
+def _connect(
+    url: str,
+    parts: urllib.parse.SplitResult,
+    port: int,
+    infos: list[tuple],
+    proxy: urllib.parse.SplitResult | None,
+    deadline: Deadline,
+) -> http.client.HTTPConnection:
     """An open HTTP(S) connection for one hop: straight to the vetted addresses ``infos``
     of the target (no second DNS lookup), or to ``proxy`` (an address of the user's own
     configuration, not checked). Through a proxy an https target gets a CONNECT tunnel
@@ -286,9 +303,13 @@ def _connect(url: str, parts: urllib.parse.SplitResult, port: int, infos: list[t
 
 
 @contextlib.contextmanager
-def open_public_http(url: str, deadline: Deadline, *,
-                     allow_address: Callable[[str], bool] = is_public_address,
-                     max_redirects: int = MAX_REDIRECTS) -> Iterator[http.client.HTTPResponse]:
+def open_public_http(
+    url: str,
+    deadline: Deadline,
+    *,
+    allow_address: Callable[[str], bool] = is_public_address,
+    max_redirects: int = MAX_REDIRECTS,
+) -> Iterator[http.client.HTTPResponse]:
     """GET a URL found in downloaded data; yield the ``200`` response.
 
     Only http(s) is followed, and only to hosts whose every address passes
@@ -310,8 +331,9 @@ def open_public_http(url: str, deadline: Deadline, *,
         except ValueError as e:  # e.g. an unclosed [IPv6 bracket
             raise RefusedError(f"refusing {url}: {current!r}: {e}", reason="bad_url") from e
         if parts.scheme not in ("http", "https"):
-            raise RefusedError(f"refusing {url}: it leads to {current!r}, which is not http(s)",
-                               reason="refused_scheme")
+            raise RefusedError(
+                f"refusing {url}: it leads to {current!r}, which is not http(s)", reason="refused_scheme"
+            )
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as e:
@@ -346,9 +368,12 @@ def open_public_http(url: str, deadline: Deadline, *,
                     raise RefusedError(f"refusing {url}: redirect to {location!r}: {e}", reason="bad_url") from e
                 continue
             if resp.status != 200:
-                raise HTTPStatusError(f"cannot fetch {url}: HTTP {resp.status} {resp.reason}",
-                                      "rate_limited" if resp.status == 429 else None, status=resp.status,
-                                      retry_after=parse_retry_after(resp.getheader("Retry-After")))
+                raise HTTPStatusError(
+                    f"cannot fetch {url}: HTTP {resp.status} {resp.reason}",
+                    "rate_limited" if resp.status == 429 else None,
+                    status=resp.status,
+                    retry_after=parse_retry_after(resp.getheader("Retry-After")),
+                )
             yield resp
             return
         finally:

@@ -30,10 +30,10 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from sea.errors import FetchError, HTTPStatusError, RefusedError, TooLargeError
 from sea.files import sha256_file
@@ -313,8 +313,9 @@ class ImageFetcher(Sequence):
         self._slots = threading.Semaphore(4 * policy.workers)  # futures in flight, at most
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=len(self.remote), desc="fetch images", unit="img",
-                         disable=not progress or not self.remote)
+        self._bar = tqdm(
+            total=len(self.remote), desc="fetch images", unit="img", disable=not progress or not self.remote
+        )
         self._dispatcher = threading.Thread(target=self._dispatch, name="fetch-dispatch", daemon=True)
         self._dispatcher.start()
 
@@ -394,9 +395,16 @@ class ImageFetcher(Sequence):
             return "cached", cached, None
         status = self._cache.gone_status(url)
         if status is not None:  # the same failure as the first time, without asking again
-            return None, None, HTTPStatusError(f"{url}: HTTP {status}, remembered from an earlier run "
-                                               f"(delete {cache_key(url)}.{status}.gone in the image cache "
-                                               "to ask again)", status=status)
+            return (
+                None,
+                None,
+                HTTPStatusError(
+                    f"{url}: HTTP {status}, remembered from an earlier run "
+                    f"(delete {cache_key(url)}.{status}.gone in the image cache "
+                    "to ask again)",
+                    status=status,
+                ),
+            )
         name = self._host(url)
         host = self.network.host(name)
         waited = 0.0
@@ -406,18 +414,32 @@ class ImageFetcher(Sequence):
             pause = host.not_before - time.monotonic()
             if pause > 0:  # the host asked everyone to wait (Retry-After)
                 if waited + pause > p.max_wait:
-                    return None, None, FetchError(f"{url}: {name} asks to wait {pause:.0f} s, over "
-                                                  f"features.image.max_wait", reason="rate_limited")
+                    return (
+                        None,
+                        None,
+                        FetchError(
+                            f"{url}: {name} asks to wait {pause:.0f} s, over features.image.max_wait",
+                            reason="rate_limited",
+                        ),
+                    )
                 self._stop.wait(pause)
                 waited += pause
             with host.slots:
                 skip = self.network.skip_reason(name)  # checked once a slot is ours: others may have failed
                 if skip is not None:
-                    return None, None, FetchError(f"{url}: not tried, {name} or the network is unreachable "
-                                                  f"(see features.image.offline_after)", reason=skip)
+                    return (
+                        None,
+                        None,
+                        FetchError(
+                            f"{url}: not tried, {name} or the network is unreachable "
+                            f"(see features.image.offline_after)",
+                            reason=skip,
+                        ),
+                    )
                 try:
-                    path = self._cache.download(url, timeout=p.timeout, max_bytes=p.max_bytes,
-                                                allow_private=p.allow_private_hosts)
+                    path = self._cache.download(
+                        url, timeout=p.timeout, max_bytes=p.max_bytes, allow_private=p.allow_private_hosts
+                    )
                     self.network.record(name, None)
                     return "downloaded", path, None
                 except FetchError as e:
@@ -467,7 +489,7 @@ class ImageFetcher(Sequence):
         self._dispatcher.join()
         self._bar.close()
 
-    def __enter__(self) -> "ImageFetcher":
+    def __enter__(self) -> ImageFetcher:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -512,8 +534,10 @@ class ImageFetcher(Sequence):
         if counts:
             n = sum(counts.values())
             summary = ", ".join(f"{k} {v}" for k, v in counts.items())
-            msg = (f"{n} of {self.n} images could not be fetched (they get the mean image feature): "
-                   f"{summary}; e.g. {self.first_error[next(iter(counts))]}")
+            msg = (
+                f"{n} of {self.n} images could not be fetched (they get the mean image feature): "
+                f"{summary}; e.g. {self.first_error[next(iter(counts))]}"
+            )
             log.warning(msg)
             warnings.warn(msg, stacklevel=3)
 
@@ -532,8 +556,15 @@ def fetch_images(
     :class:`FetchPolicy`, e.g. ``timeout``, ``max_bytes``, ``workers``); return a local
     file per URL (``None`` where there is none) and the failures per reason, which are
     summed up in one warning, never raised. ``None``/empty entries are not failures."""
-    with ImageFetcher(urls, cache_dir, FetchPolicy(**policy), base_dir=base_dir, dataset_root=dataset_root,
-                      allow_files_outside=allow_files_outside, progress=progress) as fetcher:
+    with ImageFetcher(
+        urls,
+        cache_dir,
+        FetchPolicy(**policy),
+        base_dir=base_dir,
+        dataset_root=dataset_root,
+        allow_files_outside=allow_files_outside,
+        progress=progress,
+    ) as fetcher:
         paths = fetcher.wait()
     fetcher.warn()
     return paths, fetcher.counts()

@@ -25,15 +25,19 @@ def _file_path(url: str) -> str | None:
         return None
     if parts.scheme == "file":
         if parts.netloc and parts.netloc.lower() != "localhost":
-            raise RefusedError(f"{url!r} names a file on host {parts.netloc!r}: only local files are read "
-                               "(file:relative/path, file:///abs/path, file://localhost/abs/path or a plain path)",
-                               reason="refused_scheme")
+            raise RefusedError(
+                f"{url!r} names a file on host {parts.netloc!r}: only local files are read "
+                "(file:relative/path, file:///abs/path, file://localhost/abs/path or a plain path)",
+                reason="refused_scheme",
+            )
         path = urllib.parse.unquote(parts.path)
     elif parts.scheme == "" or len(parts.scheme) == 1:  # plain path (or a Windows drive)
         path = url
     else:
-        raise RefusedError(f"unsupported URL scheme {parts.scheme!r} in {url!r} (use http(s)://, file:// or a path)",
-                           reason="refused_scheme")
+        raise RefusedError(
+            f"unsupported URL scheme {parts.scheme!r} in {url!r} (use http(s)://, file:// or a path)",
+            reason="refused_scheme",
+        )
     if "\0" in path:
         raise RefusedError(f"NUL character in the path of {url!r}", reason="bad_url")
     if not path:
