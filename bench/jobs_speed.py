@@ -6,7 +6,8 @@ oversubscribe its cores).
     python bench/jobs_speed.py --revs HEAD --jobs 1 2        # one job at a time vs two
 
 For each commit: clone it to a temporary folder, fill the DVC cache with `dvc repro`
-(untimed; the experiments then re-run only train and evaluate), commit, and time
+(untimed; the experiments then re-run only train and evaluate), commit, and, in a fresh
+copy of that clone for each job count (so no run reuses another's results), time
 `python scripts/compare.py --variants A B --seeds 1 --jobs N --baseline A`. Prints the
 seconds per commit and job count, the machine and this checkout's commit. Run it on an
 otherwise idle machine: any other load changes the figures.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,8 +79,11 @@ def main() -> None:
             ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         with tempfile.TemporaryDirectory(prefix="sea-jobs-bench-") as tmp:
-            repo = clone(sha, Path(tmp) / "repo")
+            prepared = clone(sha, Path(tmp) / "repo")
             for jobs in args.jobs:
+                # each count in its own copy: DVC's run-cache would restore the first run's results
+                repo = Path(tmp) / f"jobs{jobs}"
+                shutil.copytree(prepared, repo, symlinks=True)
                 seconds = run(
                     [
                         sys.executable,
