@@ -313,7 +313,10 @@ def set_override(params: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {shown(override)}: {part} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text)
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {shown(override)}: the value is not valid YAML") from None
 
 
 @dataclass
