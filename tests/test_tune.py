@@ -286,3 +286,29 @@ def test_compare_takes_the_tuned_configuration(tmp_path):
     assert queued["cmp-lightgcn"] == ["model.name=lightgcn", "train.seeds=[1]"]
     note = script.tuned_note(["vbpr", "lightgcn"], tuned)
     assert "vbpr (" in note and "trial 4" in note and "params.yaml's values: lightgcn" in note
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_the_command_with_two_worker_processes(root):
+    params = params_for(top=2, seeds=[1, 2], processes=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--model", "bprmf"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dvc exp run -S model.name=bprmf" in done.stdout
+    rep = json.loads((root / "reports/tuning/bprmf.json").read_text())
+    trials = [t for t in rep["trials"] if "duplicate_of" not in t]
+    assert sorted((t["params"]["reg_weight"], t["params"]["embedding_dim"]) for t in trials) == [
+        (0.0, 4),
+        (0.0, 8),
+        (0.1, 4),
+        (0.1, 8),
+    ]
+    assert {t["state"] for t in trials} == {"complete"} and rep["settings"]["processes"] == 2
+    assert len(rep["selection"]["candidates"]) == 2 and set(rep["selection"]["selected"]["seeds"]) == {"1", "2"}
+    assert (root / "reports/tuning/bprmf.md").is_file()
+    bad = subprocess.run([*command, "--processes", "0"], cwd=root, env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["tune failed: --processes must be at least 1"]
