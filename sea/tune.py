@@ -457,12 +457,16 @@ class Search:
         """The study in its journal (created on first use), with this worker's sampler."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the report say what happened
         storage = self.storage()
-        existing = optuna.load_study(study_name=self.study_name, storage=storage) if self._exists(storage) else None
-        done = len(existing.get_trials(deepcopy=False)) if existing else 0
+        if self._exists(storage):  # loading writes nothing (creating takes the journal's lock)
+            existing = optuna.load_study(study_name=self.study_name, storage=storage)
+            done = len(existing.get_trials(deepcopy=False))
+            return optuna.load_study(
+                study_name=self.study_name, storage=storage, sampler=self.sampler(worker, done), pruner=self.pruner()
+            )
         return optuna.create_study(
             storage=storage,
             study_name=self.study_name,
-            sampler=self.sampler(worker, done),
+            sampler=self.sampler(worker, 0),
             pruner=self.pruner(),
             direction="maximize",
             load_if_exists=True,
@@ -612,6 +616,10 @@ def study_lock(search: Search) -> Iterator[None]:
                 raise ConfigError(
                     f"another search of {search.model} is running on {search.journal}: wait for it to end"
                 ) from None
+        # No worker of this study runs now: a lock file of the journal (Optuna's JournalFileBackend
+        # names it <journal>.lock) was left by a search killed while it wrote; without this, the
+        # next write would wait for Optuna's grace period to pass.
+        Path(str(search.root / search.journal) + ".lock").unlink(missing_ok=True)
         yield
 
 
