@@ -4,6 +4,7 @@
     python scripts/compare.py --variants lightgcn sea --seeds 1 2 3 4 5
     python scripts/compare.py --baseline bprmf -S train.max_epochs=5
     python scripts/compare.py --collect-only                # rebuild the report from finished runs
+    python scripts/compare.py --tuned                       # each model at its tuned configuration
 
 Each variant is a queued DVC experiment `cmp-<variant>` (`dvc exp run --queue -n
 cmp-<variant> -S model.name=... -S 'train.seeds=[1,2,3]' ...`) on top of the committed
@@ -15,12 +16,18 @@ reports/compare.md and reports/compare.json: per variant and metric the mean ± 
 seeds, and, on the test split, the paired t-test and Wilcoxon test over users of every
 variant against the baseline (see sea/compare.py).
 
+With --tuned, a variant named after a model (bprmf, lightgcn, vbpr, freedom, sea, lirdrec,
+simplex) also gets the overrides of the configuration scripts/tune.py selected for that
+model (reports/tuning/<model>.json), when that report exists; the report says which
+variants were tuned (docs/tuning.md).
+
 Needs a git identity and a commit to queue from (git add new files first).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -55,12 +62,40 @@ VARIANTS: dict[str, list[str]] = {
 }
 PREFIX = "cmp-"
 PER_USER = "reports/per_user.parquet"
+TUNING = Path("reports/tuning")  # scripts/tune.py's reports, <model>.json
 
 
-def experiment_overrides(variants: list[str], seeds: list[int], extra: list[str]) -> dict[str, list[str]]:
-    """Experiment name -> every override it is queued with."""
+def experiment_overrides(
+    variants: list[str], seeds: list[int], extra: list[str], tuned: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Experiment name -> every override it is queued with (``tuned``: variant -> the
+    overrides of its tuned configuration, after the variant's own)."""
     seeds_override = f"train.seeds=[{','.join(map(str, seeds))}]"
-    return {PREFIX + v: [*VARIANTS[v], seeds_override, *extra] for v in variants}
+    tuned = tuned or {}
+    return {PREFIX + v: [*VARIANTS[v], *tuned.get(v, []), seeds_override, *extra] for v in variants}
+
+
+def tuned_overrides(variants: list[str], root: Path = Path(".")) -> dict[str, dict]:
+    """Variant -> its model's selected configuration (``trial``, ``overrides``, ``path``) from
+    reports/tuning/<model>.json, for the variants named after a model that has one. Keys the
+    variant sets itself (``vbpr.separation``) stay the variant's; ``model.name`` is dropped."""
+    out = {}
+    for v in variants:
+        model = dict(o.split("=", 1) for o in VARIANTS[v]).get("model.name")
+        if model != v:
+            continue  # a variant with its own settings (loss, separation) was not what was tuned
+        path = root / TUNING / f"{model}.json"
+        if not path.is_file():
+            continue
+        try:
+            selected = json.loads(path.read_text())["selection"]["selected"]
+            found = {"trial": selected["trial"], "overrides": list(selected["overrides"]), "path": path.as_posix()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path.as_posix()}: not a report of scripts/tune.py: {e}") from None
+        own = {o.split("=", 1)[0] for o in VARIANTS[v]}
+        found["overrides"] = [o for o in found["overrides"] if o.split("=", 1)[0] not in own]
+        out[v] = found
+    return out
 
 
 def selection_metric(commits: dict[str, str]) -> str:
@@ -91,6 +126,15 @@ def collect(variants: list[str], commits: dict[str, str] | None = None) -> tuple
     return frames, commits
 
 
+def tuned_note(variants: list[str], tuned: dict[str, dict]) -> str:
+    """The report's line saying which variants ran at a tuned configuration."""
+    done = [f"{v} ({tuned[v]['path']}, trial {tuned[v]['trial']})" for v in variants if v in tuned]
+    rest = [v for v in variants if v not in tuned]
+    return (
+        f"- **Tuned** (`--tuned`): {', '.join(done) or 'none'}; at params.yaml's values: {', '.join(rest) or 'none'}.\n"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -118,6 +162,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default 1)")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the report from finished runs")
     parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="train each variant named after a model at the configuration in reports/tuning/<model>.json",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("reports/compare.md"),
@@ -138,18 +187,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    queued = experiment_overrides(args.variants, args.seeds, args.extra)
+    tuned = tuned_overrides(args.variants) if args.tuned else {}
+    if args.tuned:
+        for v in args.variants:
+            t = tuned.get(v)
+            print(f"{v}: " + (f"tuned ({t['path']}, trial {t['trial']})" if t else "not tuned (params.yaml)"))
+    tuned_sets = {v: t["overrides"] for v, t in tuned.items()}
+    queued = experiment_overrides(args.variants, args.seeds, args.extra, tuned_sets)
     commits = None if args.collect_only else experiments.run_variants(queued, jobs=args.jobs)
     frames, commits = collect(args.variants, commits)
     comp = compare.compare(
         frames,
         args.baseline,
         selection_metric(commits),
-        overrides={v: VARIANTS[v] for v in args.variants},
+        overrides={v: [*VARIANTS[v], *tuned_sets.get(v, [])] for v in args.variants},
         extra_overrides=args.extra,
     )
     command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
     text = compare.render_markdown(comp, "Model comparison", command)
+    if args.tuned:
+        text += tuned_note(args.variants, tuned)
     write_text(args.out, text)
     write_json(args.out.with_suffix(".json"), compare.to_json(comp))
     print(text)

@@ -122,7 +122,13 @@ class FitResult:
 
 
 def fit(
-    model: Recommender, data: GraphData, setup: TrainingSetup, seed: int, log: Callable[[str], None] = print
+    model: Recommender,
+    data: GraphData,
+    setup: TrainingSetup,
+    seed: int,
+    log: Callable[[str], None] = print,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    progress: bool = True,
 ) -> FitResult:
     """Train until ``train.patience`` evaluations pass without a better ``eval.select`` on
     validation, or ``train.max_epochs``; leave the best state loaded and return it.
@@ -134,6 +140,12 @@ def fit(
     from the same seeded stream (so the global batches are a single process's), takes its
     rows of each batch and starts from rank 0's weights. Rank 0 alone evaluates, keeps the
     best state and decides when to stop; the others follow its decision.
+
+    ``on_eval(epoch, valid)``, when given, is called after each validation (on rank 0) with
+    the epoch and the validation metrics; returning True stops training there, as early
+    stopping does (the hyper-parameter search, :mod:`sea.tune`, prunes a trial this way).
+    ``progress=False`` shows no epoch or batch bars (a caller with a bar of its own).
+    Neither changes any result.
     """
     tc, select, device = setup.train, setup.eval.select, data.device
     world = distributed.replicate(model)
@@ -147,7 +159,7 @@ def fit(
     best_value, best_epoch, best_valid = -math.inf, 0, {}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad_evals, start, eval_seconds, epoch_seconds = 0, time.perf_counter(), 0.0, []
-    quiet = {} if world.is_main else {"disable": True}  # rank 0's bars; TQDM_* variables still apply
+    quiet = {} if world.is_main and progress else {"disable": True}  # rank 0's bars; TQDM_* variables still apply
     bar = tqdm(range(1, tc.max_epochs + 1), desc=f"{setup.model.name} seed {seed}", unit="epoch", **quiet)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -157,7 +169,12 @@ def fit(
         sums: dict[str, torch.Tensor | float] = {}
         starts = range(0, n_train, tc.batch_size)
         for b in tqdm(
-            starts, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if world.is_main else True, delay=2
+            starts,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=None if world.is_main and progress else True,
+            delay=2,
         ):
             idx = order[b : b + tc.batch_size]
             users = data.train_users[idx]
@@ -168,6 +185,7 @@ def fit(
         sums_vector = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
         means = (world.sum_(sums_vector) / len(starts)).tolist()
         row = {"epoch": epoch} | dict(zip(sums, means))
+        asked = None  # on_eval's stop
         if world.is_main and (epoch % tc.eval_every == 0 or epoch == tc.max_epochs):
             t_eval = time.perf_counter()
             valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.batch_size)
@@ -179,6 +197,8 @@ def fit(
                 bad_evals = 0
             else:
                 bad_evals += 1
+            if on_eval is not None and on_eval(epoch, valid):
+                asked = f"stopped at epoch {epoch} by on_eval"
         history.append(row)
         epoch_seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{row['loss']:.4f}", **{f"valid_{select}": f"{row.get(f'valid_{select}', math.nan):.4f}"})
@@ -187,6 +207,8 @@ def fit(
             stop = f"stopped at epoch {epoch}: the training loss is {row['loss']}"
         elif bad_evals >= tc.patience:
             stop = f"early stop at epoch {epoch}: no better valid {select} for {tc.patience} evaluations"
+        elif asked is not None:
+            stop = asked
         stop = world.follow_main(stop, device)  # rank 0 alone evaluates: every rank follows its decision
         if stop is not None:
             if world.is_main:
