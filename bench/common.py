@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from sea.runtime import KERNELS_ENV, describe, use_kernels
@@ -15,6 +16,17 @@ use_kernels(os.environ.get(KERNELS_ENV, "portable"))  # before torch computes an
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_env(cwd: Path) -> dict[str, str]:
+    """The environment a bench runs a pipeline stage or script in: ``cwd`` importable, no
+    progress bars, no hub, and this interpreter as the stages' ``python``."""
+    return os.environ | {
+        "TQDM_DISABLE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(cwd),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
 
 def commit() -> str:

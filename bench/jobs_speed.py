@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT
+from common import ROOT, stage_env
 from common import commit as bench_commit
 from pipeline_speed import cpu_model
 
@@ -37,14 +37,7 @@ def run(cmd: list[str], cwd: Path) -> float:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=os.environ
-        | {
-            "TQDM_DISABLE": "1",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(cwd),
-            # the stages' `python` is this interpreter
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        },
+        env=stage_env(cwd),
     )
     if proc.returncode != 0:
         sys.exit(

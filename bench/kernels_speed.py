@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import ROOT
+from common import ROOT, stage_env
 from common import commit as bench_commit
 from pipeline_speed import cpu_model
 
@@ -40,13 +40,7 @@ def run(cmd: list[str], cwd: Path) -> float:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=os.environ
-        | {
-            "TQDM_DISABLE": "1",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(cwd),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        },
+        env=stage_env(cwd),
     )
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
