@@ -276,14 +276,20 @@ def step_on_shard(
     whole batch, whatever the shard sizes. Returns the loss (``loss``), every term and the
     model's ``logs``, each as this rank's part of a sum over ranks."""
     size, share = world().size, (rows.stop - rows.start) / batch_rows
-    value = terms[ranking].value
-    own = sum((t.weight * t.value for k, t in terms.items() if k != ranking), value.new_zeros(()))
+    ranked = terms.get(ranking)  # None for loss.kind none: the model's own terms are the objective
+    own = sum(
+        (t.weight * t.value for k, t in terms.items() if k != ranking),
+        0.0 if ranked is None else ranked.value.new_zeros(()),
+    )
+    value = own.new_zeros(()) if ranked is None else ranked.value
     objective = size * share * value + own
     if objective.requires_grad:
         objective.backward()
     average_gradients(params)
     opt.step()
-    values = {"loss": share * value.detach() + own.detach() / size, ranking: share * value.detach()}
+    values = {"loss": share * value.detach() + own.detach() / size}
+    if ranking in terms:
+        values[ranking] = share * value.detach()
     return (
         values
         | {k: t.value.detach() / size for k, t in terms.items() if k != ranking}

@@ -21,8 +21,10 @@ from sea.ops import full_mean, full_sum
 from sea.samplers import CrossBatchMemory
 
 #: The ranking losses ``loss.kind`` may name (see :class:`RankingLoss`), besides ``auto``
-#: (the model's ``preferred_loss``: ccl for SimpleX, bpr for every other model).
-RANKING_LOSSES = ("bpr", "ccl", "softmax")
+#: (the model's ``preferred_loss``: ccl for SimpleX, none for BM3, bpr for every other
+#: model). ``none``: no ranking term, the model's own terms are its whole objective (only
+#: for a model whose ``preferred_loss`` is none).
+RANKING_LOSSES = ("bpr", "ccl", "softmax", "none")
 #: The ranking losses that compare cosines: a model trained with one ranks by cosine too.
 COSINE_LOSSES = ("ccl", "softmax")
 
@@ -163,9 +165,9 @@ def sampled_softmax_loss(
 
 
 class RankingLoss:
-    """The ranking term of a training step: ``kind`` (``bpr``, ``ccl`` or ``softmax``) with
-    its params from ``cfg``. For ``softmax``, ``log_q`` (log of each item's share of the
-    training pairs) corrects for popularity, and ``memory`` (CBNS) adds the vectors of
+    """The ranking term of a training step: ``kind`` (``bpr``, ``ccl``, ``softmax`` or
+    ``none``: no term, always 0) with its params from ``cfg``. For ``softmax``, ``log_q``
+    (log of each item's share of the training pairs) corrects for popularity, and ``memory`` (CBNS) adds the vectors of
     recent batches as negatives; every call then enqueues the batch's positives."""
 
     def __init__(
@@ -188,7 +190,7 @@ class RankingLoss:
             loss = self.softmax(user, pos_all, batch.pos, rows) if len(user) else None
             if self.memory is not None:
                 self.memory.push(batch.pos, pos_all)
-        elif not len(user):
+        elif not len(user) or self.kind == "none":
             loss = None
         elif self.kind == "ccl":
             pos_cos = F.cosine_similarity(user, emb.item[shard.pos], dim=-1)

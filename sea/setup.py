@@ -115,6 +115,11 @@ class TrainingSetup:
         )
         if setup.club.pairing == "reference" and not {"image", "text"} <= set(setup.model.modalities):
             raise ConfigError("params.yaml [club]: pairing: reference pairs text with image: it needs both modalities")
+        if setup.ranking_loss == "none" and model_class(model.name).preferred_loss != "none":
+            raise ConfigError(
+                f"params.yaml [loss]: kind: none trains on a model's own terms alone, and {shown(model.name)} "
+                "has no objective of its own: name a ranking loss (bpr, ccl, softmax)"
+            )
         if setup.train.sampler == "cross_batch" and setup.ranking_loss != "softmax":
             raise ConfigError(
                 f"params.yaml [train]: sampler: cross_batch feeds the softmax loss; "

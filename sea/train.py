@@ -99,7 +99,7 @@ def train_step(
     logs = model.auxiliary_step(emb, batch)
     if rows is not None:  # keep the ranks' separately fitted parts equal (they are on the CPU)
         distributed.broadcast_(model.fitted_separately())
-    terms = {loss.kind: Term(loss(emb, batch, rows), 1.0)}
+    terms = {} if loss.kind == "none" else {loss.kind: Term(loss(emb, batch, rows), 1.0)}
     terms |= model.extra_losses(emb, batch)
     total = sum(t.weight * t.value for t in terms.values())
     opt.zero_grad(set_to_none=True)
@@ -148,6 +148,8 @@ def fit(
     Neither changes any result.
     """
     tc, select, device = setup.train, setup.eval.select, data.device
+    if not model.trainable:
+        return evaluate_untrained(model, data, setup)
     world = distributed.replicate(model)
     opt = adam(model.main_parameters(), tc.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -219,6 +221,17 @@ def fit(
     return FitResult(
         history, best_epoch, best_valid, best_state, time.perf_counter() - start, eval_seconds, epoch_seconds
     )
+
+
+def evaluate_untrained(model: Recommender, data: GraphData, setup: TrainingSetup) -> FitResult:
+    """:func:`fit` for a model without training (``trainable`` False): one validation, as
+    epoch 0; the model's state is its best."""
+    start = time.perf_counter()
+    valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.batch_size)
+    row = {"epoch": 0, "loss": 0.0} | {f"valid_{k}": v for k, v in valid.items() if k != "users"}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seconds = time.perf_counter() - start
+    return FitResult([row], 0, valid, state, seconds, seconds, [seconds])
 
 
 def count_parameters(params) -> int:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sea import artifacts
-from sea.batch import Embeddings
+from sea.batch import Embeddings, Term
 from sea.checkpoint import Checkpoint, Run, load_checkpoint, save_checkpoint
 from sea.errors import ConfigError, DataError
 from sea.evaluation import embed, evaluate
@@ -302,3 +302,94 @@ def test_models_with_features_read_only_the_chosen_modalities(tmp_path, feature_
     setup = TrainingSetup.from_params({"model": {"name": feature_model.name, "modalities": ["image", "text"]}})
     with pytest.raises(DataError, match="image"):
         load_graph_data(setup, root=tmp_path)
+
+
+# ------------------------------------------------------------------ models with their own objective, or none
+
+
+@pytest.fixture
+def own_objective_model():
+    """A throw-away BPR-MF whose BPR is its own term (``preferred_loss`` none), as BM3's
+    objective is its own alignment losses (removed afterwards)."""
+
+    @register
+    class OwnObjective(BPRMF):
+        name = "own_objective_test"
+        preferred_loss = "none"
+
+        def extra_losses(self, emb, batch):
+            value = bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg])
+            return {"own_bpr": Term(value, 1.0)}
+
+    yield OwnObjective
+    REGISTRY.pop(OwnObjective.name)
+
+
+def test_loss_kind_none_trains_on_the_models_own_terms_alone(data, own_objective_model):
+    """With no ranking term, the step is the model's own BPR: the same weights as BPR-MF
+    (no regularisation) trained with loss.kind bpr from the same start and seed."""
+    runs = {}
+    for name in ("bprmf", own_objective_model.name):
+        setup = TrainingSetup.from_params(
+            {
+                "model": {"name": name},
+                name: {"embedding_dim": 8, "reg_weight": 0.0},
+                "loss": {"kind": "bpr" if name == "bprmf" else "auto"},
+                "train": {"lr": 0.05, "batch_size": 64, "max_epochs": 3, "patience": 50},
+                "eval": {"topk": [5, 10], "select": "recall@10"},
+            }
+        )
+        seed_everything(0)
+        model = build_model(data, setup)
+        result = fit(model, data, setup, seed=1, log=lambda s: None, progress=False)
+        runs[name] = (result, model)
+    (plain, plain_model), (own, own_model) = runs["bprmf"], runs[own_objective_model.name]
+    assert "none" not in own.history[0] and "own_bpr" in own.history[0]
+    assert [r["loss"] for r in own.history] == pytest.approx([r["loss"] for r in plain.history], rel=1e-6)
+    torch.testing.assert_close(own_model.user_emb.weight, plain_model.user_emb.weight)
+
+
+def test_loss_kind_none_only_for_a_model_with_its_own_objective(own_objective_model):
+    with pytest.raises(ConfigError, match=r"\[loss\]: kind: none .* 'bprmf' has no objective of its own"):
+        TrainingSetup.from_params({"model": {"name": "bprmf"}, "loss": {"kind": "none"}})
+    # auto resolves to none for it; a named ranking loss on top of its own terms is allowed
+    assert TrainingSetup.from_params({"model": {"name": own_objective_model.name}}).ranking_loss == "none"
+    assert (
+        TrainingSetup.from_params({"model": {"name": own_objective_model.name}, "loss": {"kind": "bpr"}}).ranking_loss
+        == "bpr"
+    )
+
+
+@pytest.fixture
+def untrained_model():
+    """A throw-away model without parameters (``trainable`` False): items scored by their
+    training popularity, the same for every user (removed afterwards)."""
+
+    @register
+    class Popularity(BPRMF):
+        name = "untrained_test"
+        trainable = False
+
+        def __init__(self, popularity: torch.Tensor):
+            nn.Module.__init__(self)
+            self.register_buffer("popularity", popularity, persistent=False)
+
+        @classmethod
+        def build(cls, data, cfg, *unused):
+            return cls(torch.bincount(data.train_items, minlength=data.n_items).float())
+
+        def forward(self, data):
+            return Embeddings(torch.ones(data.n_users, 1), self.popularity[:, None])
+
+    yield Popularity
+    REGISTRY.pop(Popularity.name)
+
+
+def test_a_model_without_training_is_evaluated_once(data, untrained_model):
+    setup = setup_for(untrained_model.name)
+    model = build_model(data, setup)
+    result = fit(model, data, setup, seed=1, log=lambda s: None, progress=False)
+    valid = evaluate(model, data, "valid", [5, 10])
+    assert result.best_epoch == 0 and len(result.history) == 1 and result.history[0]["epoch"] == 0
+    assert result.best_valid["recall@10"] == pytest.approx(valid["recall@10"]) and valid["recall@10"] > 0
+    assert result.history[0]["valid_recall@10"] == pytest.approx(valid["recall@10"])

@@ -104,8 +104,12 @@ class Recommender(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[Section]]
     uses_features: ClassVar[bool] = False
-    #: The ranking loss ``loss.kind: auto`` gives this model (SimpleX: ``ccl``).
+    #: The ranking loss ``loss.kind: auto`` gives this model (SimpleX: ``ccl``; ``none``:
+    #: the model's :meth:`extra_losses` are its whole objective, as BM3's).
     preferred_loss: ClassVar[str] = "bpr"
+    #: False for a model that learns nothing by gradient (ItemKNNCBF: scores from the
+    #: features and the training graph): :func:`~sea.train.fit` then evaluates it once.
+    trainable: ClassVar[bool] = True
 
     @classmethod
     def build(cls, data: GraphData, cfg: Section, modalities: Sequence[str] | None = None,
