@@ -265,6 +265,7 @@ def step_on_shard(
     params: Iterable[torch.nn.Parameter],
     opt: torch.optim.Optimizer,
     logs: dict,
+    scale: float = 1.0,
 ) -> dict:
     """One rank's optimiser step on its ``rows`` of a global batch of ``batch_rows`` rows.
 
@@ -282,7 +283,7 @@ def step_on_shard(
         0.0 if ranked is None else ranked.value.new_zeros(()),
     )
     value = own.new_zeros(()) if ranked is None else ranked.value
-    objective = size * share * value + own
+    objective = (size * share * value + own) * scale  # scale: Mirror Gradient's signed step weight
     if objective.requires_grad:
         objective.backward()
     average_gradients(params)

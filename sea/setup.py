@@ -43,6 +43,12 @@ class TrainConfig(Section):
     # Distributed training (sea/distributed.py): N > 1 runs the stage as N torchrun ranks,
     # each on 1/N of every batch (batch_size stays the global batch).
     processes: int = 1
+    # Mirror Gradient (Zhong et al., WWW 2024), for any model: every mirror_interval-th batch
+    # takes two steps, on mirror_alpha1 * L, then on -mirror_alpha2 * L at the new weights.
+    mirror_gradient: bool = False
+    mirror_alpha1: float = 1.0
+    mirror_alpha2: float = 0.1  # the authors' grid: [0.1, 0.2, 0.3]
+    mirror_interval: int = 3  # beta: the authors' setting
 
     @property
     def run_seeds(self) -> list[int]:
@@ -68,6 +74,11 @@ class TrainConfig(Section):
         )
         require(self.processes >= 1, section, "processes must be >= 1")
         require(
+            self.mirror_alpha1 > 0 and self.mirror_alpha2 >= 0 and self.mirror_interval >= 1,
+            section,
+            "mirror_alpha1 must be > 0, mirror_alpha2 >= 0 and mirror_interval >= 1",
+        )
+        require(
             self.batch_size % self.processes == 0,
             section,
             f"batch_size {shown(self.batch_size)} is the global batch: it must be a multiple of processes "
@@ -81,12 +92,21 @@ class TrainConfig(Section):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The section's values; ``processes`` only when it is not 1, so that a single-process
-        run's checkpoint (which stores these params) keeps the bytes it had before the param."""
+        """The section's values; ``processes`` only when it is not 1 and the ``mirror_*``
+        values only with ``mirror_gradient``, so that a run without them keeps the checkpoint
+        bytes (the checkpoint stores these params) it had before these params existed."""
         values = super().to_dict()
         if self.processes == 1:
             del values["processes"]
+        if not self.mirror_gradient:
+            for key in ("mirror_gradient", "mirror_alpha1", "mirror_alpha2", "mirror_interval"):
+                del values[key]
         return values
+
+    @property
+    def mirror_steps(self) -> tuple[float, float] | None:
+        """Mirror Gradient's (alpha1, alpha2), or None when it is off."""
+        return (self.mirror_alpha1, self.mirror_alpha2) if self.mirror_gradient else None
 
 
 @dataclass

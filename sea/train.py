@@ -82,6 +82,7 @@ def train_step(
     batch: Batch,
     loss: str | RankingLoss,
     rows: slice | None = None,
+    scale: float = 1.0,
 ) -> dict[str, torch.Tensor | float]:
     """One optimiser step on a batch; returns the total loss and every term (unweighted)
     and whatever :meth:`~Recommender.auxiliary_step` logged, without a host sync.
@@ -91,6 +92,9 @@ def train_step(
     ``rows``: on one of several ranks, this rank's rows of the global ``batch``; the
     ranking loss is taken over them only, and :func:`sea.distributed.step_on_shard` makes
     the step (the values returned are then this rank's part of a sum over ranks).
+
+    ``scale``: the step is taken on ``scale`` times the loss (Mirror Gradient's two steps,
+    :func:`mirror_step`); the values returned are the unscaled loss and terms.
     """
     if isinstance(loss, str):
         loss = RankingLoss(model.preferred_loss if loss == "auto" else loss)
@@ -104,10 +108,32 @@ def train_step(
     total = sum(t.weight * t.value for t in terms.values())
     opt.zero_grad(set_to_none=True)
     if rows is not None:
-        return distributed.step_on_shard(terms, loss.kind, rows, len(batch.users), model.main_parameters(), opt, logs)
-    total.backward()
+        return distributed.step_on_shard(
+            terms, loss.kind, rows, len(batch.users), model.main_parameters(), opt, logs, scale
+        )
+    (total * scale if scale != 1.0 else total).backward()
     opt.step()
     return {"loss": total.detach()} | {k: t.value.detach() for k, t in terms.items()} | logs
+
+
+def mirror_step(
+    model: Recommender,
+    opt: torch.optim.Optimizer,
+    data: GraphData,
+    batch: Batch,
+    loss: str | RankingLoss,
+    alphas: tuple[float, float],
+    rows: slice | None = None,
+) -> dict[str, torch.Tensor | float]:
+    r"""Mirror Gradient's pair of steps on one batch ("Mirror Gradient: Towards Robust
+    Multimodal Recommender Systems via Exploring Flat Local Minima", Zhong et al., WWW 2024):
+    a step on :math:`\alpha_1 L(\theta)`, then, at the weights :math:`\theta'` it reached, a
+    step on :math:`-\alpha_2 L(\theta')` over the same batch (the same negatives). Returns the
+    first step's values."""
+    alpha1, alpha2 = alphas
+    logs = train_step(model, opt, data, batch, loss, rows, scale=alpha1)
+    train_step(model, opt, data, batch, loss, rows, scale=-alpha2)
+    return logs
 
 
 @dataclass
@@ -155,6 +181,7 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(seed)
     negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
     ranking = setup.make_ranking_loss(data)
+    mirror = tc.mirror_steps  # Mirror Gradient's (alpha1, alpha2) every mirror_interval-th batch, or None
     n_train = len(data.train_users)
 
     history: list[dict] = []
@@ -181,7 +208,11 @@ def fit(
             idx = order[b : b + tc.batch_size]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
-            for k, v in train_step(model, opt, data, batch, ranking, world.rows(len(idx))).items():
+            if mirror is not None and (b // tc.batch_size) % tc.mirror_interval == 0:
+                values = mirror_step(model, opt, data, batch, ranking, mirror, world.rows(len(idx)))
+            else:
+                values = train_step(model, opt, data, batch, ranking, world.rows(len(idx)))
+            for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
         # one host sync per epoch: the batch means of every logged value (each rank logged its part)
         sums_vector = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
