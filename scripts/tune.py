@@ -8,8 +8,9 @@ Reads params.yaml ([tune] and the sections a training run reads) and the graph a
 stages' files under data/ (run `dvc repro` first). The study lives in
 data/cache/tuning/<model>/<key>.journal (git-ignored): a killed search resumes without
 re-running finished trials; `--processes N` starts N worker processes sharing it. Writes
-reports/tuning/<model>.json and reports/tuning/<model>.md. Not a DVC stage: `dvc repro`
-never starts a search. See docs/tuning.md.
+reports/tuning/<model>.json and reports/tuning/<model>.md (each trial's seconds:
+logs/tuning/<model>.json). `dvc repro tuning/dvc.yaml:tune@<model>` runs it as a DVC stage
+of its own; the main pipeline's `dvc repro` never starts a search. See docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         pick, candidates = tune.select(search, study, data)
         tune.test_metrics(search, pick, data)  # the pick only: the one place the test split is read
         rep = tune.report(search, study, pick, candidates)
-    json_path, md_path = tune.write_reports(rep)
+        seconds = tune.trial_seconds(study)
+    json_path, md_path = tune.write_reports(rep, seconds=seconds)
     sel, select = rep["selection"]["selected"], rep["select"]
     print(
         f"selected trial {sel['trial']} {sel['params']}: valid {select} "

@@ -72,6 +72,8 @@ FIXED_KEYS = {"train.seed", "train.seeds", "train.device", "train.processes"}
 #: Grid points checked one by one against the configs; a larger product is checked value by value.
 MAX_CHECKED_POINTS = 10_000
 CACHE = Path("data/cache/tuning")
+#: Each trial's seconds (this machine's timings, kept out of the reports DVC caches).
+TIMINGS = Path("logs/tuning")
 REPORTS = Path("reports/tuning")
 
 #: MMRec's grid of the embedding regularisation of BPR-MF and VBPR (SEA.md §4a).
@@ -319,6 +321,17 @@ def set_override(params: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {shown(override)}: the value is not valid YAML") from None
 
 
+def code_fingerprint() -> str:
+    """A hash of this package's source (every ``sea/**/*.py``, by relative path): a study
+    made with other code is another study, so a resumed search never mixes trials of two
+    versions of a model or of the trainer."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class Search:
     """Everything a search of ``model`` needs: the params (overrides applied), the
@@ -409,6 +422,7 @@ class Search:
             "settings": settings,
             "setup": base,
             "data": data,
+            "code": code_fingerprint(),
         }
 
     @functools.cached_property
@@ -779,7 +793,6 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "curve": t.user_attrs.get("curve", []),
             "epochs": t.user_attrs.get("epochs"),
             "best_epoch": t.user_attrs.get("best_epoch"),
-            "seconds": t.user_attrs.get("seconds"),
         }
         for extra in ("duplicate_of",):
             if extra in t.user_attrs:
@@ -823,7 +836,7 @@ def report(search: Search, study: optuna.Study, pick: Candidate, candidates: lis
         "model": search.model,
         "select": setup.eval.select,
         "note": "Validation values only select; test metrics are computed for the selected configuration alone. "
-        "seconds are timings of this machine: this file is a report, not a DVC output.",
+        "No timings: each trial's seconds are in logs/tuning/<model>.json (this report is a DVC output).",
         "settings": settings,
         "trials": trial_rows(study),
         "selection": {
@@ -883,8 +896,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {c['trial']}{mark} | " + " | ".join(cells) + f" | {per_seed} | {_pm(c)} |")
     lines += ["", f"## Trials (seed {s['trial_seed']}, sorted by best validation {select})", ""]
     lines += [
-        "| trial | " + " | ".join(keys) + f" | state | valid {select} | best epoch | epochs | seconds |",
-        "|---|" + "---|" * (len(keys) + 5),
+        "| trial | " + " | ".join(keys) + f" | state | valid {select} | best epoch | epochs |",
+        "|---|" + "---|" * (len(keys) + 4),
     ]
 
     def best_seen(t: dict) -> float:
@@ -902,21 +915,32 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append(
             f"| {t['number']} | "
             + " | ".join(cells)
-            + f" | {state} | {shown_value} | {t['best_epoch'] or '—'} | {t['epochs'] or '—'} | {t['seconds'] or '—'} |"
+            + f" | {state} | {shown_value} | {t['best_epoch'] or '—'} | {t['epochs'] or '—'} |"
         )
     lines += [
         "",
-        "Pruned trials show the best value they reached before the pruner stopped them. Seconds are this "
-        "machine's timings (this report is not a DVC output). Settings, every curve and the study's file: "
-        f"`reports/tuning/{rep['model']}.json`.",
+        "Pruned trials show the best value they reached before the pruner stopped them. Settings, every "
+        f"curve and the study's file: `reports/tuning/{rep['model']}.json`; each trial's seconds (this "
+        f"machine's timings): `logs/tuning/{rep['model']}.json`.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(rep: dict[str, Any], root: str | Path = ".") -> tuple[Path, Path]:
+def trial_seconds(study: optuna.Study) -> dict[str, float | None]:
+    """Each trial's training seconds (this machine's timings, for ``logs/`` only)."""
+    return {str(t.number): t.user_attrs.get("seconds") for t in study.get_trials(deepcopy=False)}
+
+
+def write_reports(
+    rep: dict[str, Any], root: str | Path = ".", seconds: dict[str, float | None] | None = None
+) -> tuple[Path, Path]:
+    """``reports/tuning/<model>.{json,md}`` (no timings: DVC caches them) and, with
+    ``seconds``, the trials' timings in ``logs/tuning/<model>.json``."""
     base = Path(root) / REPORTS / rep["model"]
     write_json(base.with_suffix(".json"), rep)
     write_text(base.with_suffix(".md"), render_markdown(rep))
+    if seconds is not None:
+        write_json(Path(root) / TIMINGS / f"{rep['model']}.json", {"model": rep["model"], "trial_seconds": seconds})
     return base.with_suffix(".json"), base.with_suffix(".md")
 
 

@@ -178,14 +178,14 @@ def test_fresh_clone_reproduces_the_committed_outputs_byte_for_byte(project):
         assert f"Running stage '{name}'" in proc.stdout, proc.stdout
     assert "Stage 'evaluate' didn't change, skipping" in proc.stdout, proc.stdout
     assert git_status(project) == "", run(["git", "diff"], project).stdout[-3000:]
-    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], project).stdout
 
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("  threads: auto", "  threads: 1", 1))
     forced = run(["dvc", "repro", "-f"], project)
     assert "Running stage 'evaluate'" in forced.stdout, forced.stdout
     assert git_status(project) == " M params.yaml\n", run(["git", "diff"], project).stdout[-3000:]
-    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], project).stdout
 
     # switching commits and checking out the data works without "Checkout failed"
     checkout = run(["dvc", "checkout"], project)
@@ -238,6 +238,31 @@ def test_experiments_and_branches(project):
     checkout = run(["dvc", "checkout"], project)
     assert "failed" not in (checkout.stdout + checkout.stderr).lower()
     assert git_status(project) == ""
+
+
+@pytest.mark.slow
+def test_a_search_is_a_dvc_stage_outside_the_main_pipeline(project):
+    """`dvc repro tuning/dvc.yaml:tune@bprmf` runs the search as a DVC stage of its own:
+    reports without timings, recorded in tuning/dvc.lock, a no-op when nothing changed;
+    the main pipeline neither runs it nor re-runs anything because of it."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tune"] |= {"top": 1, "seeds": [1], "max_epochs": 2, "spaces": {"bprmf": {"reg_weight": [1e-1, 1e-3]}}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    target = "tuning/dvc.yaml:tune@bprmf"
+    first = run(["dvc", "repro", target], project)
+    assert f"Running stage '{target}'" in first.stdout, first.stdout
+    report = json.loads((project / "reports/tuning/bprmf.json").read_text())
+    assert [t["params"]["reg_weight"] for t in report["trials"]] == [0.1, 0.001]
+    assert all("seconds" not in t for t in report["trials"])
+    timings = json.loads((project / "logs/tuning/bprmf.json").read_text())
+    assert set(timings["trial_seconds"]) == {"0", "1"}
+    lock = yaml.safe_load((project / "tuning/dvc.lock").read_text())["stages"]["tune@bprmf"]
+    assert {o["path"] for o in lock["outs"]} == {"reports/tuning/bprmf.json", "reports/tuning/bprmf.md"}
+    assert "Running stage" not in run(["dvc", "repro", target], project).stdout
+    main = run(["dvc", "repro"], project)  # the main pipeline: untouched by the search and its params
+    assert "Running stage" not in main.stdout and "tune@" not in main.stdout, main.stdout
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], project).stdout
+    assert "up to date" in run(["dvc", "status", target], project).stdout
 
 
 @pytest.mark.slow
