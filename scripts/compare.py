@@ -59,7 +59,12 @@ VARIANTS: dict[str, list[str]] = {
     "simplex": ["model.name=simplex", "loss.kind=auto", "train.negatives=100"],  # CCL, 100 negatives
     "lightgcn_ccl": ["model.name=lightgcn", "loss.kind=ccl", "train.negatives=100"],
     "lightgcn_cbns": ["model.name=lightgcn", "loss.kind=softmax", "train.sampler=cross_batch"],
+    "lightgcn_mg": ["model.name=lightgcn", "train.mirror_gradient=true"],  # Mirror Gradient (WWW 2024)
+    "freedom_mg": ["model.name=freedom", "freedom.separation=none", "train.mirror_gradient=true"],
 }
+#: Variants that differ from their model only in how it trains (Mirror Gradient): with
+#: --tuned they take that model's tuned configuration too.
+TUNED_AS: dict[str, str] = {"lightgcn_mg": "lightgcn", "freedom_mg": "freedom"}
 PREFIX = "cmp-"
 PER_USER = "reports/per_user.parquet"
 TUNING = Path("reports/tuning")  # scripts/tune.py's reports, <model>.json
@@ -82,7 +87,7 @@ def tuned_overrides(variants: list[str], root: Path = Path(".")) -> dict[str, di
     out = {}
     for v in variants:
         model = dict(o.split("=", 1) for o in VARIANTS[v]).get("model.name")
-        if model != v:
+        if model != TUNED_AS.get(v, v):
             continue  # a variant with its own settings (loss, separation) was not what was tuned
         path = root / TUNING / f"{model}.json"
         if not path.is_file():
