@@ -316,6 +316,8 @@ def test_script_queues_each_variant_with_seeds_and_extras():
         "simplex",
         "lightgcn_ccl",
         "lightgcn_cbns",
+        "lightgcn_mg",
+        "freedom_mg",
     ]
     assert (args.baseline, args.seeds, args.extra) == ("lightgcn", [1, 2, 3], [])
     assert script.parse_args(["--variants", "sea", "bprmf", "--baseline", "most_popular"]).baseline == "most_popular"
