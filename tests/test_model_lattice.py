@@ -72,14 +72,18 @@ def dense_norm(s: torch.Tensor) -> torch.Tensor:
 
 def reference(model: LATTICE, data: GraphData) -> tuple[torch.Tensor, torch.Tensor]:
     """(user vectors, item vectors) from the paper's formulas (MMRec's order of the
-    modality mix), dense, differentiable in the model's parameters."""
+    modality mix), dense, differentiable in the model's parameters. With SEA's separation
+    the projections read each modality's materialised split [g; s]."""
     feats = {m: data.features[m].double() for m in model.modalities}
+    inputs = feats
+    if model.separation is not None:
+        split = model.separation.split
+        inputs = {m: F.linear(feats[m], split[m].weight.double(), split[m].bias.double()) for m in feats}
     alpha = torch.softmax(model.modal_weight.double(), 0)
     initial = sum(alpha[j] * dense_norm(dense_knn(feats[m], K)) for j, m in enumerate(model.modalities))
     learned = dense_norm(
         sum(
-            alpha[j]
-            * dense_knn(F.linear(feats[m], model.projections[m].weight.double(), model.projections[m].bias.double()), K)
+            alpha[j] * dense_knn(F.linear(inputs[m], *(p.double() for p in model.projections[m].parameters())), K)
             for j, m in enumerate(model.modalities)
         )
     )
@@ -295,8 +299,48 @@ def test_registered_with_its_section_and_grid():
         ("lambda_coeff", -0.1),
         ("reg_weight", -1e-3),
         ("knn_chunk", 0),
+        ("separation", "clip"),
+        ("generic_fraction", 1.0),
+        ("head_dim", 0),
     ],
 )
 def test_config_errors_name_the_param(field, value):
     with pytest.raises(ConfigError, match=rf"^params.yaml \[lattice\]: {field} "):
         LATTICEConfig.from_dict({field: value}, "lattice")
+
+
+# ------------------------------------------------------------------ LATTICE+SEA
+
+
+@pytest.mark.parametrize("compose", [True, False])
+def test_with_the_separation_the_projections_read_the_split(compose):
+    data = tiny_data()
+    model = build(data, separation="sea", head_dim=2)
+    model.separation.compose = compose
+    plain = build(data)
+    for name, p in plain.named_parameters():  # the backbone's initialisation is unchanged by the switch
+        assert torch.equal(p, model.get_parameter(name)), name
+    model.eval()
+    with torch.no_grad():
+        emb = model(data)
+        assert torch.allclose(emb.item.double(), reference(model, data)[1], atol=1e-5)
+        assert not torch.allclose(emb.item, plain.eval()(data).item, atol=1e-4)  # the split matters
+    assert "split" in emb.extras
+
+
+def test_with_the_separation_every_main_parameter_gets_gradient():
+    data = tiny_data()
+    model = build(data, separation="sea", head_dim=2)
+    batch = a_batch(data, negatives=1)
+    model.train().on_epoch_start(1, torch.Generator())
+    emb = model(data)
+    model.auxiliary_step(emb, batch)
+    terms = model.extra_losses(emb, batch)
+    assert {"reg", "club", "solosim"} <= set(terms)
+    loss = bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg[:, 0]])
+    (loss + sum(t.weight * t.value for t in terms.values())).backward()
+    main = {id(p) for p in model.main_parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in main:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+    assert len(main) < len(list(model.parameters()))  # the CLUB estimators are fitted apart

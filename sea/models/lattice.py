@@ -43,6 +43,12 @@ Differences from MMRec's code (``src/models/lattice.py``):
 - A row whose weights sum to ≤ 0 (only possible with negative cosines among the kept
   neighbours) gets degree factor 0 where MMRec's would be NaN.
 
+``separation: sea`` ("LATTICE+SEA", not in SEA's paper): W_m reads each modality's split
+[g^m; s^m] from :class:`~sea.models.separation.Separation` instead of its raw feature, and
+the CLUB and Solosim terms are added (the :class:`~sea.models.separation.Separable`
+mixin). The split's CLUB and Solosim terms train it at every batch; it shapes the learned
+graph at each rebuild. The initial graphs stay built from the raw features.
+
 As in MMRec and unlike FREEDOM here, each item is among its own k neighbours (its cosine
 with itself is the largest).
 
@@ -56,6 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +71,11 @@ from torch import nn
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
-from sea.losses import rows_norm
+from sea.losses import ClubConfig, LossConfig, rows_norm
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, spmm
 from sea.models.propagation import propagate
+from sea.models.separation import Features, Separable, Separation, check_separation_params, separation_settings
 
 
 @dataclass
@@ -82,6 +90,9 @@ class LATTICEConfig(Section):
     lambda_coeff: float = 0.9  # λ: item graph = (1 − λ)·learned + λ·initial
     reg_weight: float = 1e-5  # ½ squared L2 of the batch's vectors; grid {0, 1e-5, 1e-4, 1e-3}
     knn_chunk: int = 1024  # rows of the item–item similarity computed at a time (memory only)
+    separation: str = "none"  # none | sea: SEA's split of each modality before W_m, + CLUB/Solosim
+    generic_fraction: float = 0.5  # separation: sea only: share of each split that is generic
+    head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -96,6 +107,7 @@ class LATTICEConfig(Section):
         check(0.0 <= self.lambda_coeff <= 1.0, "lambda_coeff must be in [0, 1]")
         check(self.reg_weight >= 0, "reg_weight must be >= 0")
         check(self.knn_chunk >= 1, "knn_chunk must be >= 1")
+        check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
 # ------------------------------------------------------------------ top-k neighbour lists
@@ -147,7 +159,7 @@ def initial_graph(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
 
 
 @register
-class LATTICE(Recommender):
+class LATTICE(Separable, Recommender):
     r"""LATTICE ("Mining Latent Structures for Multimedia Recommendation", Jinghao Zhang,
     Yanqiao Zhu, Qiang Liu, Shu Wu, Shuhui Wang and Liang Wang, ACM MM 2021).
 
@@ -182,6 +194,10 @@ class LATTICE(Recommender):
         lambda_coeff: λ, the initial graph's share (0.9).
         reg_weight: weight of the squared-L2 term (1e-5; 0 drops it).
         knn_chunk: rows of the similarity computed at a time (1024).
+        separation: keyword arguments of :class:`~sea.models.separation.Separation`
+            (without ``feature_dims``) for LATTICE+SEA: W_m reads each modality's split
+            [g; s] instead of its raw feature, and the CLUB and Solosim terms are added; or
+            None for plain LATTICE.
     """
 
     name = "lattice"
@@ -203,6 +219,7 @@ class LATTICE(Recommender):
         lambda_coeff: float = 0.9,
         reg_weight: float = 1e-5,
         knn_chunk: int = 1024,
+        separation: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -220,9 +237,18 @@ class LATTICE(Recommender):
         self.initial = nn.ModuleDict({m: FrozenGraph(initial_graphs[m]) for m in self.modalities})
         self.rebuild = True  # set by on_epoch_start: the next training forward rebuilds the learned graph
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None  # this epoch's A and Aᵀ, frozen
+        # Created last, so that switching it on leaves the initialisation above unchanged.
+        self.separation = Separation(feature_dims, **separation) if separation is not None else None
 
     @classmethod
-    def build(cls, data: GraphData, cfg: LATTICEConfig, modalities: Sequence[str] | None = None, *unused) -> LATTICE:
+    def build(
+        cls,
+        data: GraphData,
+        cfg: LATTICEConfig,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> LATTICE:
         modalities = list(modalities or data.features)
         graphs = {m: initial_graph(data.features[m], cfg.knn_k, cfg.knn_chunk) for m in modalities}
         return cls(
@@ -238,6 +264,7 @@ class LATTICE(Recommender):
             lambda_coeff=cfg.lambda_coeff,
             reg_weight=cfg.reg_weight,
             knn_chunk=cfg.knn_chunk,
+            separation=separation_settings(cfg, loss, club),
         )
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
@@ -245,20 +272,21 @@ class LATTICE(Recommender):
         ``pre_epoch_processing``)."""
         self.rebuild = True
 
-    def learned_graph(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def learned_graph(self, content: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(neighbours ``[n, M·k]``, weights ``[n, M·k]`` of norm(Σ_m α_m Ŝ^m), α ``[M]``):
-        the modalities' top-k lists side by side, differentiable in the projections and α."""
+        the modalities' top-k lists side by side, differentiable in the projections and α.
+        ``content``: the item features as W_m reads them (raw, or SEA's split)."""
         alpha = torch.softmax(self.modal_weight, dim=0)
         lists, weights = [], []
         for j, m in enumerate(self.modalities):
-            z = self.projections[m](features[m])
+            z = content.apply(m, self.projections[m])
             neighbours, _ = knn_lists(z, self.knn_k, self.knn_chunk)
             lists.append(neighbours)
             weights.append(alpha[j] * pair_cosines(z, neighbours))
         neighbours = torch.cat(lists, dim=1)
         return neighbours, normalise_lists(neighbours, torch.cat(weights, dim=1)), alpha
 
-    def item_graph_vectors(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def item_graph_vectors(self, content: Features) -> torch.Tensor:
         """h = Aᴸ·E_item, ``[n_items, d]``: through this epoch's frozen copy of A in training
         after its first batch, else through A rebuilt with gradients (kept frozen in training)."""
         h = self.item.weight
@@ -269,7 +297,7 @@ class LATTICE(Recommender):
             return h
         lam = self.lambda_coeff
         if lam < 1.0:
-            neighbours, weights, alpha = self.learned_graph(features)
+            neighbours, weights, alpha = self.learned_graph(content)
         else:  # the learned graph has no share: it is never built
             alpha = torch.softmax(self.modal_weight, dim=0)
         for _ in range(self.n_layers):
@@ -301,18 +329,22 @@ class LATTICE(Recommender):
         return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
     def forward(self, data: GraphData) -> Embeddings:
-        """User vectors and item vectors (LightGCN item vector + normalised item-graph vector)."""
+        """User vectors and item vectors (LightGCN item vector + normalised item-graph
+        vector); with the separation, ``extras["split"]`` holds each modality's [g; s]."""
         out = propagate(data.adj, torch.cat([self.user.weight, self.item.weight]), self.cf_layers, mean=True)
         user, item = out[: self.n_users], out[self.n_users :]
-        item = item + F.normalize(self.item_graph_vectors(data.features), dim=1)
-        return Embeddings(user, item)
+        content, extras = self.item_features(data.features)
+        item = item + F.normalize(self.item_graph_vectors(content), dim=1)
+        return Embeddings(user, item, extras)
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
-        """``reg``: ½(‖U_B‖² + ‖I⁺_B‖² + ‖I⁻_B‖²)/B on the batch's final vectors."""
-        if self.reg_weight == 0:
-            return {}
-        squares = sum(
-            rows_norm(table, ids).pow(2)
-            for table, ids in ((emb.user, batch.users), (emb.item, batch.pos), (emb.item, batch.neg))
-        )
-        return {"reg": Term(squares / (2 * len(batch.users)), self.reg_weight)}
+        """``reg``: ½(‖U_B‖² + ‖I⁺_B‖² + ‖I⁻_B‖²)/B on the batch's final vectors; with the
+        separation, its ``club`` and ``solosim`` terms."""
+        terms = {}
+        if self.reg_weight > 0:
+            squares = sum(
+                rows_norm(table, ids).pow(2)
+                for table, ids in ((emb.user, batch.users), (emb.item, batch.pos), (emb.item, batch.neg))
+            )
+            terms["reg"] = Term(squares / (2 * len(batch.users)), self.reg_weight)
+        return terms | self.separation_losses(emb, batch)
