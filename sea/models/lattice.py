@@ -25,7 +25,7 @@ batch of each epoch (:meth:`LATTICE.on_epoch_start` marks it), with gradients; t
 batches of the epoch reuse that A frozen, as one sparse matrix (no gradient into W_m, b_m
 or α, as MMRec's ``item_adj.detach()``), and every evaluation rebuilds it from the current
 weights without gradients (deterministic). Rebuilding at every batch would cost a top-k
-search over all item pairs per batch (about 14× a cached batch at Baby's size on the CPU).
+search over all item pairs per batch (about 15× a cached batch at Baby's size on the CPU).
 
 Differences from MMRec's code (``src/models/lattice.py``):
 
