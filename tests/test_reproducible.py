@@ -62,6 +62,8 @@ VARIANTS = {
     },
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
+    "lattice": {"model": {"name": "lattice"}},
+    "lattice_sea": {"model": {"name": "lattice"}, "lattice": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
