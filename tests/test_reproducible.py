@@ -62,6 +62,8 @@ VARIANTS = {
     },
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
+    "mgcn": {"model": {"name": "mgcn"}},
+    "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
