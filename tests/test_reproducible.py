@@ -64,6 +64,8 @@ VARIANTS = {
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
     "lattice": {"model": {"name": "lattice"}},
     "lattice_sea": {"model": {"name": "lattice"}, "lattice": {"separation": "sea"}},
+    "mgcn": {"model": {"name": "mgcn"}},
+    "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
