@@ -63,6 +63,7 @@ VARIANTS = {
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
+    "lgmrec": {"model": {"name": "lgmrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
 
