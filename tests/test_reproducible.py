@@ -67,6 +67,7 @@ VARIANTS = {
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
+    "lgmrec": {"model": {"name": "lgmrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
 
