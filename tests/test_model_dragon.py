@@ -19,6 +19,7 @@ from sea.errors import ConfigError
 from sea.losses import bpr_loss
 from sea.models.base import GraphData, model_class
 from sea.models.dragon import DRAGON, DRAGONConfig, co_occurrence_topk, user_user_graph
+from sea.models.separation import Features
 from sea.train import fit
 
 # ------------------------------------------------------------------ the definition, densely
@@ -212,7 +213,7 @@ def test_graphs_switched_off_and_one_modality():
     assert single.fusion is None and single.modalities == ["text"]
     with torch.no_grad():
         emb = single(text)
-        h = single.modality_vectors(text, "text")
+        h = single.modality_vectors(text, Features(text.features), "text")
     torch.testing.assert_close(emb.user, h[:5])
     torch.testing.assert_close(emb.item, h[5:])
 
@@ -242,6 +243,37 @@ def test_total_loss_is_mmrecs_times_ln2():
     ours = bpr_loss(u, pos, emb.item[batch.neg]) + term.weight * term.value
     mmrec = -torch.log2(torch.sigmoid((u * pos).sum(1) - (u * neg).sum(1))).mean() + 0.05 * term.value
     assert ours.item() == pytest.approx(math.log(2) * mmrec.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------ DRAGON+SEA
+
+
+def test_dragon_sea_feeds_each_modalitys_split_to_its_mlp():
+    data = hand_data()
+    plain, sea = build(data), build(data, separation="sea")
+    for key, p in plain.named_parameters():  # the separation leaves the backbone's initialisation alone
+        assert torch.equal(p, sea.get_parameter(key)), key
+    with torch.no_grad():
+        emb = sea(data)
+        split = {
+            m: data.features[m] @ sea.separation.split[m].weight.T + sea.separation.split[m].bias
+            for m in ("image", "text")
+        }
+        as_features = GraphData(
+            data.n_users, data.n_items, data.train_users, data.train_items, data.adj, split, data.csr
+        )
+        expected = plain(as_features)  # plain DRAGON reading the materialised splits as its features
+    torch.testing.assert_close(emb.user, expected.user)
+    torch.testing.assert_close(emb.item, expected.item)
+    assert "split" in emb.extras and plain(data).extras == {}
+
+
+def test_dragon_sea_adds_the_separation_terms_and_trains_every_parameter():
+    model, data = make("dragon", {"separation": "sea", "embedding_dim": 8, "mlp_hidden_dim": 16})
+    assert not {id(p) for p in model.separation.estimator_parameters()} & {id(p) for p in model.main_parameters()}
+    parts = step(model, data, make_batch(data), torch.optim.Adam(model.main_parameters(), lr=1e-2))
+    assert {"bpr", "reg", "club", "solosim", "club_ll_image", "club_ll_text"} <= set(parts)
+    assert not grads_missing(model)
 
 
 # ------------------------------------------------------------------ training, config
@@ -277,6 +309,9 @@ def test_trains():
         ({"user_knn_k": -1}, "user_knn_k"),
         ({"reg_weight": -1e-3}, "reg_weight"),
         ({"construction": "cat"}, "construction"),
+        ({"separation": "clip"}, "separation"),
+        ({"generic_fraction": 1.0}, "generic_fraction"),
+        ({"head_dim": 0}, "head_dim"),
     ],
 )
 def test_config_errors_name_the_param(params, name):

@@ -19,6 +19,11 @@ vector [α_u1·h^1_u; α_u2·h^2_u; …] with a learnable weight per user and mo
 one weighted hop over the user–user graph. Score = dot product; BPR plus λ times the mean
 square of the batch users' preference vectors and of all the fusion weights.
 
+``separation: sea`` ("DRAGON+SEA", as SEA's plug-in on VBPR and FREEDOM): each modality's
+feature is split into generic and unique parts by :class:`~sea.models.separation.Separation`
+before its MLP (the MLP's first layer reads the split), and the CLUB and Solosim terms are
+added (the :class:`~sea.models.separation.Separable` mixin).
+
 Differences from MMRec's ``dragon.py`` (all deliberate; the published numbers come from that code):
 
 - MMRec's BPR is −mean log₂ σ(·), the trainer's −mean ln σ(·): the same loss divided by
@@ -49,6 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +63,11 @@ from torch import nn
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section
 from sea.errors import ConfigError
+from sea.losses import ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, item_item_graph
 from sea.models.propagation import propagate
+from sea.models.separation import Features, Separable, Separation, check_separation_params, separation_settings
 from sea.ops import full_mean
 
 #: MMRec's BPR is in bits, the trainer's in nats: the penalty is scaled by ln 2 to keep the ratio.
@@ -78,6 +86,9 @@ class DRAGONConfig(Section):
     image_knn_weight: float = 0.1  # item-item graph = w * image kNN + (1 - w) * text kNN
     user_knn_k: int = 40  # user-user graph: the k users with the most common items (0: none)
     reg_weight: float = 1e-3  # lambda; MMRec grid [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]
+    separation: str = "none"  # none | sea: SEA's split of each modality before its MLP, + CLUB/Solosim
+    generic_fraction: float = 0.5  # separation: sea only: share of each split that is generic
+    head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -92,6 +103,7 @@ class DRAGONConfig(Section):
         check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
         check(self.user_knn_k >= 0, "user_knn_k must be >= 0")
         check(self.reg_weight >= 0, "reg_weight must be >= 0")
+        check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
 def co_occurrence_topk(
@@ -156,7 +168,7 @@ def user_user_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
 
 
 @register
-class DRAGON(Recommender):
+class DRAGON(Separable, Recommender):
     r"""DRAGON ("Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal
     Recommendation", Zhou, Zhou, Liu, Zeng, Miao, Wang, You & Jiang, ECAI 2023).
 
@@ -193,6 +205,10 @@ class DRAGON(Recommender):
         ui_layers: L, hops over the user–item graph (2).
         item_layers: L_I, hops over the item–item graph (1).
         reg_weight: λ (1e-3; 0 drops the term).
+        separation: keyword arguments of :class:`~sea.models.separation.Separation`
+            (without ``feature_dims``) for DRAGON+SEA, or None for plain DRAGON: each
+            modality's feature is split into [generic; unique] before its MLP, and the
+            CLUB and Solosim terms are added.
     """
 
     name = "dragon"
@@ -212,6 +228,7 @@ class DRAGON(Recommender):
         ui_layers: int = 2,
         item_layers: int = 1,
         reg_weight: float = 1e-3,
+        separation: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -235,9 +252,18 @@ class DRAGON(Recommender):
         )
         self.item_graph = FrozenGraph(item_graph)
         self.user_graph = FrozenGraph(user_graph) if user_graph is not None else None
+        # Created last, so that switching it on leaves the initialisation above unchanged.
+        self.separation = Separation(feature_dims, **separation) if separation is not None else None
 
     @classmethod
-    def build(cls, data: GraphData, cfg: DRAGONConfig, modalities: Sequence[str] | None = None, *unused) -> DRAGON:
+    def build(
+        cls,
+        data: GraphData,
+        cfg: DRAGONConfig,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> DRAGON:
         modalities = list(modalities or data.features)
         item_graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
         user_graph = (
@@ -256,16 +282,21 @@ class DRAGON(Recommender):
             ui_layers=cfg.ui_layers,
             item_layers=cfg.item_layers,
             reg_weight=cfg.reg_weight,
+            separation=separation_settings(cfg, loss, club),
         )
 
-    def modality_vectors(self, data: GraphData, m: str) -> torch.Tensor:
-        """h^m: the propagated, normalised [p^m; f_m(x^m)], ``[n_users + n_items, d]``."""
-        x = torch.cat([self.preference[m], self.mlp[m](data.features[m])])
+    def modality_vectors(self, data: GraphData, content: Features, m: str) -> torch.Tensor:
+        """h^m: the propagated, normalised [p^m; f_m(x^m)], ``[n_users + n_items, d]``;
+        ``content`` is the item features as read (raw, or split by the separation)."""
+        first, act, second = self.mlp[m]
+        x = torch.cat([self.preference[m], second(act(content.apply(m, first)))])
         return propagate(data.adj, F.normalize(x, dim=1), self.ui_layers)
 
     def forward(self, data: GraphData) -> Embeddings:
-        """User and item vectors (the same in training and eval mode)."""
-        h = [self.modality_vectors(data, m) for m in self.modalities]
+        """User and item vectors (the same in training and eval mode); with the separation,
+        ``extras["split"]`` holds each modality's [g; s]."""
+        content, extras = self.item_features(data.features)
+        h = [self.modality_vectors(data, content, m) for m in self.modalities]
         if self.fusion is None:
             user = h[0][: self.n_users]
         else:
@@ -278,13 +309,15 @@ class DRAGON(Recommender):
             item = item + hop
         if self.user_graph is not None:
             user = user + self.user_graph(user)
-        return Embeddings(user, item)
+        return Embeddings(user, item, extras)
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
-        """``reg``: Σ_m mean((p^m of the batch's users)²) + mean(α²), weight λ·ln 2."""
-        if self.reg_weight == 0:
-            return {}
-        reg = sum(full_mean(self.preference[m][batch.users].pow(2)) for m in self.modalities)
-        if self.fusion is not None:
-            reg = reg + full_mean(self.fusion.pow(2))
-        return {"reg": Term(reg, self.reg_weight * LN2)}
+        """``reg``: Σ_m mean((p^m of the batch's users)²) + mean(α²), weight λ·ln 2; with
+        the separation, its ``club`` and ``solosim`` terms."""
+        terms = {}
+        if self.reg_weight > 0:
+            reg = sum(full_mean(self.preference[m][batch.users].pow(2)) for m in self.modalities)
+            if self.fusion is not None:
+                reg = reg + full_mean(self.fusion.pow(2))
+            terms["reg"] = Term(reg, self.reg_weight * LN2)
+        return terms | self.separation_losses(emb, batch)
