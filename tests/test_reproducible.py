@@ -66,6 +66,7 @@ VARIANTS = {
     "lattice_sea": {"model": {"name": "lattice"}, "lattice": {"separation": "sea"}},
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
+    "dragon": {"model": {"name": "dragon"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
