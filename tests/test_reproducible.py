@@ -64,6 +64,8 @@ VARIANTS = {
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
+    "smore": {"model": {"name": "smore"}},
+    "smore_sea": {"model": {"name": "smore"}, "smore": {"separation": "sea"}, "train": {"negatives": 3}},
 }
 
 
