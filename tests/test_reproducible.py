@@ -63,6 +63,8 @@ VARIANTS = {
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
+    "pgl": {"model": {"name": "pgl"}},
+    "pgl_global": {"model": {"name": "pgl"}, "pgl": {"mode": "global"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
 
