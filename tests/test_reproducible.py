@@ -69,6 +69,8 @@ VARIANTS = {
     "dragon": {"model": {"name": "dragon"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
+    "pgl": {"model": {"name": "pgl"}},
+    "pgl_global": {"model": {"name": "pgl"}, "pgl": {"mode": "global"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
     "smore": {"model": {"name": "smore"}},
     "smore_sea": {"model": {"name": "smore"}, "smore": {"separation": "sea"}, "train": {"negatives": 3}},
