@@ -67,6 +67,7 @@ VARIANTS = {
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
+    "bm3": {"model": {"name": "bm3"}},
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
     "pgl": {"model": {"name": "pgl"}},
