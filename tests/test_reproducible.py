@@ -62,6 +62,7 @@ VARIANTS = {
     },
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
+    "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
 }
