@@ -23,7 +23,7 @@ from sea.evaluation import embed, evaluate_per_user
 from sea.features import resolve_device
 from sea.files import write_json, write_text
 from sea.metrics import per_user_metrics
-from sea.models.base import GraphData
+from sea.models.base import GraphData, model_class
 from sea.recommend import load_model
 from sea.report import markdown_report, plot_learning_curves
 from sea.setup import TrainingSetup
@@ -115,6 +115,7 @@ def main() -> None:
         setup=setup.to_dict(),
         ks=ks,
         ranking_loss=setup.ranking_loss,
+        trainable=model_class(name).trainable,
     )
     write_text(artifacts.REPORT_MD, report)
     sel = setup.eval.select

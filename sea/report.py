@@ -106,9 +106,12 @@ def markdown_report(
     setup: dict,
     ks: list[int],
     ranking_loss: str,
+    trainable: bool = True,
 ) -> str:
     """The evaluate stage's report: data, features (models that read them), the model and
     its params, each seed's best epoch, metrics (mean ± std over seeds) next to most popular.
+    ``trainable`` False: a model without training (``Recommender.trainable``, ItemKNNCBF),
+    reported as evaluated once, with no loss, optimiser or epochs.
     Nothing time-dependent: timings stay on the console and in logs/."""
     a = stats["after_k_core"]
     s = stats["split"]
@@ -167,12 +170,21 @@ def markdown_report(
         + (f" (+ {extra:,} fitted separately)" if extra else "")
         + (f"; trained on {train['device']} with {kernels_phrase(train)}" if train.get("kernels") else ""),
         f"- modalities {setup['model']['modalities']}" if feature_info else "- modalities: not used",
-        f"- ranking loss `{ranking_loss}` (loss.kind {setup['loss']['kind']}), sampler "
-        f"{setup['train']['sampler']}, {setup['train']['negatives']} negative(s) per positive; "
-        f"Adam lr {setup['train']['lr']}, batch {setup['train']['batch_size']}, at most "
-        f"{setup['train']['max_epochs']} epochs, patience {setup['train']['patience']} evaluations",
-        f"- {epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "
-        "are reported at that epoch only",
+        *(
+            [
+                f"- ranking loss `{ranking_loss}` (loss.kind {setup['loss']['kind']}), sampler "
+                f"{setup['train']['sampler']}, {setup['train']['negatives']} negative(s) per positive; "
+                f"Adam lr {setup['train']['lr']}, batch {setup['train']['batch_size']}, at most "
+                f"{setup['train']['max_epochs']} epochs, patience {setup['train']['patience']} evaluations",
+                f"- {epochs}. The best epoch is chosen on validation {setup['eval']['select']}; test metrics "
+                "are reported at that epoch only",
+            ]
+            if trainable
+            else [
+                f"- no training: {name} learns nothing by gradient; each seed's model is built once and "
+                "evaluated once (no loss, optimiser or epochs)"
+            ]
+        ),
         "- every params section it was trained with: "
         + "; ".join(f"`{k}: {json.dumps(v)}`" for k, v in setup.items() if k != "eval"),
         "",
