@@ -16,9 +16,9 @@ reports/compare.md and reports/compare.json: per variant and metric the mean ± 
 seeds, and, on the test split, the paired t-test and Wilcoxon test over users of every
 variant against the baseline (see sea/compare.py).
 
-With --tuned, a variant named after a model (bprmf, lightgcn, vbpr, freedom, sea, lirdrec,
-simplex) also gets the overrides of the configuration scripts/tune.py selected for that
-model (reports/tuning/<model>.json), when that report exists; the report says which
+With --tuned, a variant named after a model (every model in sea/models/), and the Mirror
+Gradient variants, also get the overrides of the configuration scripts/tune.py selected for
+that model (reports/tuning/<model>.json), when that report exists; the report says which
 variants were tuned (docs/tuning.md).
 
 Needs a git identity and a commit to queue from (git add new files first).
@@ -54,6 +54,14 @@ VARIANTS: dict[str, list[str]] = {
     "vbpr_sea": ["model.name=vbpr", "vbpr.separation=sea"],
     "freedom": ["model.name=freedom", "freedom.separation=none"],
     "freedom_sea": ["model.name=freedom", "freedom.separation=sea"],
+    "lattice": ["model.name=lattice", "lattice.separation=none"],
+    "bm3": ["model.name=bm3", "bm3.separation=none"],
+    "mgcn": ["model.name=mgcn", "mgcn.separation=none"],
+    "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
+    "dragon": ["model.name=dragon", "dragon.separation=none"],
+    "smore": ["model.name=smore", "smore.separation=none"],
+    "pgl": ["model.name=pgl"],
+    "itemknncbf": ["model.name=itemknncbf"],
     "sea": ["model.name=sea"],
     "lirdrec": ["model.name=lirdrec"],
     "simplex": ["model.name=simplex", "loss.kind=auto", "train.negatives=100"],  # CCL, 100 negatives

@@ -54,7 +54,7 @@ from sea.evaluation import evaluate
 from sea.features import resolve_device
 from sea.files import sha256_file, write_json, write_text
 from sea.losses import ClubConfig, LossConfig
-from sea.models.base import GraphData, model_class
+from sea.models.base import REGISTRY, GraphData, model_class
 from sea.setup import TrainConfig, TrainingSetup
 from sea.train import build_model, fit, load_graph_data, seed_everything
 
@@ -76,21 +76,11 @@ CACHE = Path("data/cache/tuning")
 TIMINGS = Path("logs/tuning")
 REPORTS = Path("reports/tuning")
 
-#: MMRec's grid of the embedding regularisation of BPR-MF and VBPR (SEA.md §4a).
-MMREC_L2 = [2.0, 1.0, 1.0e-1, 1.0e-2, 1.0e-3, 1.0e-4, 1.0e-5]
-
 
 def default_spaces() -> dict[str, dict[str, Any]]:
-    """MMRec's grids for the baselines (SEA.md §4a), small spaces for the others."""
-    return {
-        "bprmf": {"reg_weight": list(MMREC_L2)},
-        "lightgcn": {"layers": [1, 2, 3, 4], "reg_weight": [1.0e-2, 1.0e-3, 1.0e-4, 1.0e-5, 1.0e-6]},
-        "vbpr": {"reg_weight": list(MMREC_L2)},
-        "freedom": {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1.0e-5, 1.0e-4, 1.0e-3]},
-        "sea": {"generic_fraction": [0.25, 0.5, 0.75], "gcn_layers": [1, 2]},
-        "lirdrec": {"ui_layers": [2, 3, 4], "reg_weight": [1.0e-2, 1.0e-3, 1.0e-4]},
-        "simplex": {"gamma": [0.3, 0.5, 0.7], "loss.ccl_margin": [0.8, 0.9]},
-    }
+    """Each registered model's own grid (:attr:`~sea.models.base.Recommender.search_space`):
+    MMRec's grids for the baselines (SEA.md §4a), the authors' or a small one for the others."""
+    return {name: copy.deepcopy(cls.search_space) for name, cls in sorted(REGISTRY.items()) if cls.search_space}
 
 
 # ------------------------------------------------------------------ spaces

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from sea import tune
 from sea.config import load_params
 from sea.errors import ConfigError
-from sea.models.base import GraphData
+from sea.models.base import REGISTRY, GraphData
 from tests.test_trainer import planted_interactions, write_processed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,21 @@ def test_the_committed_params_and_the_published_grids():
     assert config.space("lightgcn")["reg_weight"].values == (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     assert config.space("freedom")["reg_weight"].values == (0.0, 1e-5, 1e-4, 1e-3)
     assert {"bprmf", "lightgcn", "vbpr", "freedom", "sea", "lirdrec", "simplex"} <= set(config.spaces)
+
+
+def test_every_registered_model_has_a_documented_space_that_params_yaml_holds():
+    """Each model's own grid (its ``search_space``) is non-empty, valid for its section,
+    written out in params.yaml's tune.spaces, and in docs/tuning.md's table; every model
+    has its tune@<model> stage in tuning/dvc.yaml."""
+    committed = load_params(ROOT / "params.yaml")["tune"]["spaces"]
+    table = (ROOT / "docs/tuning.md").read_text()
+    stages = yaml.safe_load((ROOT / "tuning/dvc.yaml").read_text())["stages"]["tune"]["foreach"]
+    assert set(REGISTRY) == set(tune.default_spaces()) == set(committed) == set(stages)
+    config = tune.TuneConfig.from_dict({}, "tune")
+    for name, cls in REGISTRY.items():
+        assert committed[name] == cls.search_space, name
+        assert 2 <= len(tune.grid_points(config.space(name))) <= 20, name
+        assert f"\n| {name} | " in table, name
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,10 @@ class Recommender(nn.Module):
     #: False for a model that learns nothing by gradient (ItemKNNCBF: scores from the
     #: features and the training graph): :func:`~sea.train.fit` then evaluates it once.
     trainable: ClassVar[bool] = True
+    #: The hyper-parameter grid its search defaults to (``tune.spaces.<name>`` in params.yaml
+    #: holds the same): field of its section (or ``train.<f>``, ``loss.<f>``, ``club.<f>``)
+    #: -> values; its published grid where there is one (docs/tuning.md).
+    search_space: ClassVar[dict[str, list]] = {}
 
     @classmethod
     def build(cls, data: GraphData, cfg: Section, modalities: Sequence[str] | None = None,

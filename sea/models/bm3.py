@@ -119,6 +119,8 @@ class BM3(Separable, Recommender):
     Config = BM3Config
     uses_features = True
     preferred_loss = "none"
+    #: The grid ``tune.spaces.bm3`` defaults to (docs/tuning.md).
+    search_space = {"layers": [1, 2], "dropout": [0.3, 0.5], "reg_weight": [0.1, 0.01]}
 
     def __init__(
         self,

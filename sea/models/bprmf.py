@@ -45,6 +45,8 @@ class BPRMF(Recommender):
     name = "bprmf"
     Config = BPRMFConfig
     uses_features = False
+    #: The grid ``tune.spaces.bprmf`` defaults to (docs/tuning.md).
+    search_space = {"reg_weight": [2.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 1e-05]}
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, reg_weight: float = 1e-3):
         super().__init__()

@@ -214,6 +214,8 @@ class DRAGON(Separable, Recommender):
     name = "dragon"
     Config = DRAGONConfig
     uses_features = True
+    #: The grid ``tune.spaces.dragon`` defaults to (docs/tuning.md).
+    search_space = {"train.lr": [0.001, 0.0001], "reg_weight": [0.1, 0.01, 0.001, 0.0001, 1e-05]}
 
     def __init__(
         self,

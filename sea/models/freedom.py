@@ -92,6 +92,8 @@ class FREEDOM(Separable, Recommender):
     name = "freedom"
     Config = FREEDOMConfig
     uses_features = True
+    #: The grid ``tune.spaces.freedom`` defaults to (docs/tuning.md).
+    search_space = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-05, 0.0001, 0.001]}
 
     def __init__(
         self,

@@ -139,6 +139,8 @@ class ItemKNNCBF(Recommender):
     Config = ItemKNNCBFConfig
     uses_features = True
     trainable = False
+    #: The grid ``tune.spaces.itemknncbf`` defaults to (docs/tuning.md).
+    search_space = {"knn_k": [10, 50, 100, 200], "shrink": [0.0, 1.0, 10.0]}
 
     def __init__(self, n_users: int, n_items: int, neighbours: torch.Tensor):
         super().__init__()

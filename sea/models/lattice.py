@@ -203,6 +203,8 @@ class LATTICE(Separable, Recommender):
     name = "lattice"
     Config = LATTICEConfig
     uses_features = True
+    #: The grid ``tune.spaces.lattice`` defaults to (docs/tuning.md).
+    search_space = {"reg_weight": [0.0, 1e-05, 0.0001, 0.001], "train.lr": [0.0005, 0.001, 0.005]}
 
     def __init__(
         self,

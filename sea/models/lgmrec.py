@@ -162,6 +162,8 @@ class LGMRec(Separable, Recommender):
     name = "lgmrec"
     Config = LGMRecConfig
     uses_features = True
+    #: The grid ``tune.spaces.lgmrec`` defaults to (docs/tuning.md).
+    search_space = {"hyper_num": [4, 64], "keep_rate": [0.2, 0.5], "alpha": [0.2, 0.3, 0.6]}
 
     def __init__(
         self,

@@ -57,6 +57,8 @@ class LightGCN(Recommender):
     name = "lightgcn"
     Config = LightGCNConfig
     uses_features = False
+    #: The grid ``tune.spaces.lightgcn`` defaults to (docs/tuning.md).
+    search_space = {"layers": [1, 2, 3, 4], "reg_weight": [0.01, 0.001, 0.0001, 1e-05, 1e-06]}
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, layers: int = 3,
                  reg_weight: float = 1e-4):

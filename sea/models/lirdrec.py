@@ -179,6 +179,8 @@ class LIRDRec(Recommender):
     name = "lirdrec"
     Config = LIRDRecConfig
     uses_features = True
+    #: The grid ``tune.spaces.lirdrec`` defaults to (docs/tuning.md).
+    search_space = {"ui_layers": [2, 3, 4], "reg_weight": [0.01, 0.001, 0.0001]}
 
     def __init__(
         self,

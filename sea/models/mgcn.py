@@ -153,6 +153,8 @@ class MGCN(Separable, Recommender):
     name = "mgcn"
     Config = MGCNConfig
     uses_features = True
+    #: The grid ``tune.spaces.mgcn`` defaults to (docs/tuning.md).
+    search_space = {"cl_weight": [0.001, 0.01, 0.1]}
 
     def __init__(
         self,

@@ -188,6 +188,8 @@ class PGL(Recommender):
     name = "pgl"
     Config = PGLConfig
     uses_features = True
+    #: The grid ``tune.spaces.pgl`` defaults to (docs/tuning.md).
+    search_space = {"dropout": [0.05, 0.1, 0.2], "reg_weight": [0.05, 0.1, 0.5]}
 
     def __init__(
         self,

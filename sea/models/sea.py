@@ -89,6 +89,8 @@ class SEA(Separable, Recommender):
     name = "sea"
     Config = SEAConfig
     uses_features = True
+    #: The grid ``tune.spaces.sea`` defaults to (docs/tuning.md).
+    search_space = {"generic_fraction": [0.25, 0.5, 0.75], "gcn_layers": [1, 2]}
 
     def __init__(
         self,

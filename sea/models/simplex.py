@@ -79,6 +79,8 @@ class SimpleX(Recommender):
     name = "simplex"
     Config = SimpleXConfig
     uses_features = False
+    #: The grid ``tune.spaces.simplex`` defaults to (docs/tuning.md).
+    search_space = {"gamma": [0.3, 0.5, 0.7], "loss.ccl_margin": [0.8, 0.9]}
     #: The ranking loss ``loss.kind: auto`` resolves to for this model.
     preferred_loss: ClassVar[str] = "ccl"
 

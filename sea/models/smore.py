@@ -220,6 +220,8 @@ class SMORE(Separable, Recommender):
     name = "smore"
     Config = SMOREConfig
     uses_features = True
+    #: The grid ``tune.spaces.smore`` defaults to (docs/tuning.md).
+    search_space = {"ui_layers": [3, 4], "image_knn_k": [10, 20, 40], "dropout": [0.0, 0.1]}
 
     def __init__(
         self,

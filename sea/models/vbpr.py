@@ -66,6 +66,8 @@ class VBPR(Separable, Recommender):
     name = "vbpr"
     Config = VBPRConfig
     uses_features = True
+    #: The grid ``tune.spaces.vbpr`` defaults to (docs/tuning.md).
+    search_space = {"reg_weight": [2.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 1e-05]}
 
     def __init__(
         self,
