@@ -41,12 +41,14 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sea.data import amazon2023
 from sea.data.lines import (
     CATEGORY_SEPARATOR,
     Lines,
@@ -63,7 +65,6 @@ from sea.data.lines import (
     review_fields,
     text_field,
 )
-from sea.data import amazon2023
 from sea.errors import DataError
 
 __all__ = [
@@ -163,8 +164,9 @@ def _parse_csv_review(line: bytes, where: str) -> tuple[str, str, float, int]:
             check_review_time(parse_timestamp(ts, "timestamp", where), "timestamp", where, "s"),
         )
     except DataError as e:
-        raise DataError(f"{e} (are the columns in the order item,user,rating,timestamp? The 2018 "
-                        f"ratings CSV has no header row)") from None
+        raise DataError(
+            f"{e} (are the columns in the order item,user,rating,timestamp? The 2018 ratings CSV has no header row)"
+        ) from None
 
 
 def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool = False) -> pd.DataFrame:
@@ -320,7 +322,10 @@ def _wanted(line: bytes, asins: Collection[str] | None) -> bool:
 
 
 def read_metadata(
-    path: str | Path, *, allow_truncated: bool = False, asins: Collection[str] | None = None,
+    path: str | Path,
+    *,
+    allow_truncated: bool = False,
+    asins: Collection[str] | None = None,
     image_size: str = "large",
 ) -> pd.DataFrame:
     """Read an Amazon metadata dump (2014 Python-literal lines, 2018 or 2023 JSON lines).
@@ -375,8 +380,10 @@ def read_metadata(
         rows.append(row)
     lines.check_complete(allow_truncated)
     if not rows and asins is not None:
-        raise DataError(f"{path}: none of the {len(asins)} reviewed products has a record here "
-                        "(is it the metadata of another category?)")
+        raise DataError(
+            f"{path}: none of the {len(asins)} reviewed products has a record here "
+            "(is it the metadata of another category?)"
+        )
     if not rows:
         raise DataError(f"{path}: no product records in the file (is it empty, or the wrong file?)")
     if duplicates:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sea.data import lines
 from sea.data.lines import (
     CATEGORY_SEPARATOR,
     Lines,
@@ -48,7 +49,6 @@ from sea.data.lines import (
     text_field,
     text_values,
 )
-from sea.data import lines
 from sea.data.split import SPLITS
 from sea.errors import DataError
 
@@ -100,15 +100,19 @@ def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd
         if header is None:
             header = text.split(",")
             if tuple(header[:4]) != BENCHMARK_HEADER or header[4:] not in ([], [HISTORY]):
-                raise DataError(f"{where}: expected the header {','.join(BENCHMARK_HEADER)}[,{HISTORY}] of an "
-                                f"Amazon 2023 benchmark CSV, got {text[:200]!r}")
+                raise DataError(
+                    f"{where}: expected the header {','.join(BENCHMARK_HEADER)}[,{HISTORY}] of an "
+                    f"Amazon 2023 benchmark CSV, got {text[:200]!r}"
+                )
             continue
         if not text.strip():
             continue
         row = text.split(",")
         if len(row) != len(header):
-            raise DataError(f"{where}: expected {len(header)} comma-separated fields ({','.join(header)}), "
-                            f"got {len(row)}: {text[:200]!r}")
+            raise DataError(
+                f"{where}: expected {len(header)} comma-separated fields ({','.join(header)}), "
+                f"got {len(row)}: {text[:200]!r}"
+            )
         users.append(check_id(row[0], "user_id", where))
         items.append(check_id(row[1], "parent_asin", where))
         ratings.append(check_stars(parse_finite(row[2], "rating", where), "rating", where))
@@ -121,13 +125,15 @@ def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd
         raise DataError(f"{path}: the file is empty (expected an Amazon 2023 benchmark CSV)")
     if not users:
         raise DataError(f"{path}: no rows after the header")
-    return pd.DataFrame({
-        "user": users,
-        "item": items,
-        "rating": np.asarray(ratings, dtype=np.float32),
-        "timestamp": np.asarray(times, dtype=np.int64),
-        "line": np.asarray(where_from, dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "user": users,
+            "item": items,
+            "rating": np.asarray(ratings, dtype=np.float32),
+            "timestamp": np.asarray(times, dtype=np.int64),
+            "line": np.asarray(where_from, dtype=np.int64),
+        }
+    )
 
 
 def read_given_split(paths: dict[str, Path], *, allow_truncated: bool = False) -> pd.DataFrame:
@@ -152,17 +158,21 @@ def read_given_split(paths: dict[str, Path], *, allow_truncated: bool = False) -
     if dup.any():
         row = df[dup].iloc[0]
         first = df[(df["user"] == row["user"]) & (df["item"] == row["item"])].iloc[0]
-        raise DataError(f"{row['file']}:{row['line']}: user {row['user']!r} and item {row['item']!r} are "
-                        f"already paired at {first['file']}:{first['line']}; an official split holds each "
-                        f"pair once")
+        raise DataError(
+            f"{row['file']}:{row['line']}: user {row['user']!r} and item {row['item']!r} are "
+            f"already paired at {first['file']}:{first['line']}; an official split holds each "
+            f"pair once"
+        )
     train_users = set(df.loc[df["split"] == "train", "user"])
     cold = (df["split"] != "train") & ~df["user"].isin(train_users)
     if cold.any():
         row = df[cold].iloc[0]
-        raise DataError(f"{row['file']}:{row['line']}: user {row['user']!r} has no row in the train file "
-                        f"({int(cold.sum())} {'/'.join(sorted(set(df.loc[cold, 'split'])))} rows have such users); "
-                        f"the models here learn a vector per training user, so they cannot rank for them. "
-                        f"Use split.given: last_out (every user in train), or another split.method")
+        raise DataError(
+            f"{row['file']}:{row['line']}: user {row['user']!r} has no row in the train file "
+            f"({int(cold.sum())} {'/'.join(sorted(set(df.loc[cold, 'split'])))} rows have such users); "
+            f"the models here learn a vector per training user, so they cannot rank for them. "
+            f"Use split.given: last_out (every user in train), or another split.method"
+        )
     return df.drop(columns=["line", "file"])
 
 
@@ -193,8 +203,11 @@ def _details(rec: dict, where: str) -> str:
         return ""
     if not isinstance(value, dict):
         raise DataError(f"{where}: field 'details' must be a mapping, got {type(value).__name__}")
-    parts = [f"{k}: {v}" for k, v in value.items()
-             if isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    parts = [
+        f"{k}: {v}"
+        for k, v in value.items()
+        if isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    ]
     return "; ".join(parts)
 
 

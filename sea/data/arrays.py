@@ -29,16 +29,20 @@ def _read_header(path: Path, f, file_size: int) -> tuple[tuple, bool, np.dtype, 
     except ValueError as e:
         raise DataError(f"{path}: not a .npy file ({e})") from None
     if version not in ((1, 0), (2, 0)):
-        raise DataError(f"{path}: unsupported .npy format version {version} (expected 1.0 or 2.0, "
-                        f"as numpy.save writes for a float matrix)")
+        raise DataError(
+            f"{path}: unsupported .npy format version {version} (expected 1.0 or 2.0, "
+            f"as numpy.save writes for a float matrix)"
+        )
     length_format = "<H" if version == (1, 0) else "<I"
     length_bytes = f.read(struct.calcsize(length_format))
     if len(length_bytes) != struct.calcsize(length_format):
         raise DataError(f"{path}: the .npy header is cut off")
     header_length = struct.unpack(length_format, length_bytes)[0]
     if header_length > _MAX_HEADER or f.tell() + header_length > file_size:
-        raise DataError(f"{path}: the .npy header claims {header_length:,} bytes (the file has "
-                        f"{file_size:,}; a float matrix needs about 128)")
+        raise DataError(
+            f"{path}: the .npy header claims {header_length:,} bytes (the file has "
+            f"{file_size:,}; a float matrix needs about 128)"
+        )
     f.seek(npy_format.MAGIC_LEN)
     read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
     try:
@@ -80,14 +84,17 @@ def load_features(path: Path, n_rows: int, modality: str, *, extra_rows: bool = 
     rows, dim = shape
     if rows < n_rows or (rows > n_rows and not extra_rows):
         at_least = "at least " if extra_rows else ""
-        raise DataError(f"{path}: expected {at_least}{n_rows:,} rows of {modality} features (one per item), "
-                        f"got shape {shape}")
+        raise DataError(
+            f"{path}: expected {at_least}{n_rows:,} rows of {modality} features (one per item), got shape {shape}"
+        )
     if n_rows < 1:
         raise DataError(f"{path}: no items to read {modality} features for")
     expected_size = offset + rows * dim * dtype.itemsize
     if expected_size != file_size:
-        raise DataError(f"{path}: the header says {shape} {dtype} ({expected_size:,} bytes with the header) "
-                        f"but the file has {file_size:,} bytes: it is cut off or has junk appended")
+        raise DataError(
+            f"{path}: the header says {shape} {dtype} ({expected_size:,} bytes with the header) "
+            f"but the file has {file_size:,} bytes: it is cut off or has junk appended"
+        )
     stored = np.load(path, mmap_mode="r", allow_pickle=False)
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.array(stored[:n_rows], dtype=np.float32, order="C")
@@ -95,9 +102,13 @@ def load_features(path: Path, n_rows: int, modality: str, *, extra_rows: bool = 
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: {modality} features hold NaN, inf or a value beyond float32's range "
-                        f"(first in row {row:,}, of {int(bad.sum()):,} such rows)")
+        raise DataError(
+            f"{path}: {modality} features hold NaN, inf or a value beyond float32's range "
+            f"(first in row {row:,}, of {int(bad.sum()):,} such rows)"
+        )
     if not x.any():
-        raise DataError(f"{path}: every {modality} feature row is zero: the features carry nothing; "
-                        f"fix the inputs, or leave {modality} out of model.modalities")
+        raise DataError(
+            f"{path}: every {modality} feature row is zero: the features carry nothing; "
+            f"fix the inputs, or leave {modality} out of model.modalities"
+        )
     return x

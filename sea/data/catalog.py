@@ -27,12 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from sea.errors import ConfigError, shown
-from sea.data.split import SPLITS
-from sea.errors import ChecksumError, DataError
-from sea.files import CHUNK, atomic_path
 from sea.config import Section, check_folder_name, require, require_choice
 from sea.data.amazon2023 import IMAGE_SIZES
+from sea.data.split import SPLITS
+from sea.errors import ChecksumError, ConfigError, DataError, shown
+from sea.files import CHUNK, atomic_path
 from sea.net.urls import check_url
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
@@ -41,7 +40,11 @@ HASH_RECORD = Path("data/hashes.json")
 
 #: How a downloaded file was verified, as the download stage reports it.
 EXPLICIT, PINNED, TOFU_RECORDED, TOFU_VERIFIED = (
-    "explicit", "pinned", "trusted on first use (recorded)", "trusted on first use (verified)")
+    "explicit",
+    "pinned",
+    "trusted on first use (recorded)",
+    "trusted on first use (verified)",
+)
 
 
 @dataclass
@@ -75,21 +78,33 @@ class DatasetConfig(Section):
         require_choice(self.source, ("amazon", "mmrec"), section, "source")
         require_choice(self.image_size, IMAGE_SIZES, section, "image_size")
         if self.mirror is not None:
-            require(re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None, section,
-                   f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}")
+            require(
+                re.fullmatch(r"(https?|file)://[^\s]+", self.mirror) is not None,
+                section,
+                f"mirror must be an http(s):// or file:// base URL, got {shown(self.mirror)}",
+            )
         for name in ("reviews_url", "meta_url", "mirror"):
             check_url(getattr(self, name), section, name)
-        require(self.metadata or not (self.meta_url or self.meta_sha256), section,
-               "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)")
+        require(
+            self.metadata or not (self.meta_url or self.meta_sha256),
+            section,
+            "metadata: false contradicts meta_url/meta_sha256 (set them to null, or metadata: true)",
+        )
         if self.source == "amazon":
-            require(bool(self.reviews_url) or catalog().get(self.name) is not None, section,
-                   f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
-                   f"entry (python -m sea datasets lists them)")
+            require(
+                bool(self.reviews_url) or catalog().get(self.name) is not None,
+                section,
+                f"reviews_url is required with source: amazon when name ({shown(self.name)}) is not a catalog "
+                f"entry (python -m sea datasets lists them)",
+            )
         else:
             require(bool(self.path), section, "path (the MMRec folder) is required with source: mmrec")
 
-        require(self.max_download_mb > 0 and self.download_timeout > 0, section,
-               "max_download_mb and download_timeout must be > 0")
+        require(
+            self.max_download_mb > 0 and self.download_timeout > 0,
+            section,
+            "max_download_mb and download_timeout must be > 0",
+        )
         require(0 <= self.download_retries <= 100, section, "download_retries must be in [0, 100]")
 
     @property
@@ -179,8 +194,10 @@ class Entry:
         """The train, valid and test files of an official split (2023)."""
         if split not in self.release.splits:
             known = list(self.release.splits) or "none"
-            raise ConfigError(f"params.yaml [split]: given: {shown(split)} is not an official split of "
-                              f"{self.name} (release {self.release.key}; its splits: {known})")
+            raise ConfigError(
+                f"params.yaml [split]: given: {shown(split)} is not an official split of "
+                f"{self.name} (release {self.release.key}; its splits: {known})"
+            )
         return [self.file(part, self.release.split, split=split, part=part) for part in SPLITS]
 
     def all_files(self) -> list[CatalogFile]:
@@ -215,15 +232,17 @@ class Catalog:
     names: dict[str, str]  # every name and alias -> canonical name
 
     @classmethod
-    def load(cls, path: Path = CATALOG_FILE) -> "Catalog":
+    def load(cls, path: Path = CATALOG_FILE) -> Catalog:
         data = yaml.safe_load(Path(path).read_text())
         releases = {}
         for key, r in data["releases"].items():
             r = dict(r)
             r["splits"] = tuple(r.get("splits", ()))
             releases[str(key)] = Release(key=str(key), **r)
-        pins = {str(k): {p: _pin(p, v, str(path)) for p, v in (v or {}).items()}
-                for k, v in (data.get("pins") or {}).items()}
+        pins = {
+            str(k): {p: _pin(p, v, str(path)) for p, v in (v or {}).items()}
+            for k, v in (data.get("pins") or {}).items()
+        }
         entries, names = {}, {}
         for name, e in data["datasets"].items():
             release = releases[str(e["release"])]
@@ -279,23 +298,31 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
     entry = catalog().get(ds.name)
     if entry is None:
         if ds.mirror:
-            raise ConfigError(f"params.yaml [dataset]: mirror is set, but name {shown(ds.name)} is not a catalog "
-                              f"entry (python -m sea datasets lists them): a mirror replaces a catalog URL's host")
+            raise ConfigError(
+                f"params.yaml [dataset]: mirror is set, but name {shown(ds.name)} is not a catalog "
+                f"entry (python -m sea datasets lists them): a mirror replaces a catalog URL's host"
+            )
         if given_split:
-            raise ConfigError(f"params.yaml [split]: given: {shown(given_split)} needs a catalog entry with official "
-                              f"splits (the 2023 release, e.g. all_beauty-2023); {shown(ds.name)} is not one")
+            raise ConfigError(
+                f"params.yaml [split]: given: {shown(given_split)} needs a catalog entry with official "
+                f"splits (the 2023 release, e.g. all_beauty-2023); {shown(ds.name)} is not one"
+            )
         if not ds.reviews_url:
-            raise ConfigError(f"params.yaml [dataset]: name {shown(ds.name)} is not in the dataset catalog (python -m "
-                              f"sea datasets lists it), so reviews_url is required")
+            raise ConfigError(
+                f"params.yaml [dataset]: name {shown(ds.name)} is not in the dataset catalog (python -m "
+                f"sea datasets lists it), so reviews_url is required"
+            )
         roles = [("reviews", ds.reviews_url, ds.reviews_sha256), ("meta", ds.meta_url, ds.meta_sha256)]
         # (metadata: false with a meta_url is refused by DatasetConfig)
         return [_download(role, url, sha, None, ds.name) for role, url, sha in roles if url]
 
     if given_split:
         if ds.reviews_url or ds.reviews_sha256:
-            raise ConfigError("params.yaml [dataset]: reviews_url and reviews_sha256 are not read with split.given "
-                              "(the official split files, pinned in the catalog, replace the reviews file); set "
-                              "them to null")
+            raise ConfigError(
+                "params.yaml [dataset]: reviews_url and reviews_sha256 are not read with split.given "
+                "(the official split files, pinned in the catalog, replace the reviews file); set "
+                "them to null"
+            )
         files = entry.split_files(given_split)
     else:
         files = [entry.reviews]
@@ -313,10 +340,12 @@ def resolve(ds: DatasetConfig, given_split: str | None = None) -> list[Download]
                 if not match:
                     raise ConfigError(
                         f"params.yaml [dataset]: {f.role}_url {shown(explicit_url)} names the file "
-                        f"{shown(DatasetConfig.local_name(explicit_url))}, but catalog entry {shown(ds.name)} ({entry.release.key} "
+                        f"{shown(DatasetConfig.local_name(explicit_url))}, but catalog entry {shown(ds.name)} "
+                        f"({entry.release.key} "
                         f"{entry.category}) has {' or '.join(repr(a.name) for a in allowed)}: set {f.role}_url "
                         f"and {f.role}_sha256 to null to take the catalog's (dataset.mirror for another host), "
-                        f"or choose a dataset.name outside the catalog for a dump of your own")
+                        f"or choose a dataset.name outside the catalog for a dump of your own"
+                    )
                 f, url = match[0], explicit_url
         out.append(_download(role, url, sha, f.pin, entry.name))
     return out
@@ -372,7 +401,8 @@ def verify_pin(path: Path, d: Download) -> None:
         raise ChecksumError(
             f"{d.url}: the uncompressed content does not match the catalog's pin "
             f"(sea/data/catalog.yaml: sha256 {pin.content_sha256}, {pin.content_bytes:,} bytes; "
-            f"got sha256 {digest if n <= pin.content_bytes else '-'}, {size} bytes)")
+            f"got sha256 {digest if n <= pin.content_bytes else '-'}, {size} bytes)"
+        )
 
 
 class HashRecord:
@@ -388,9 +418,10 @@ class HashRecord:
                 data = json.loads(self.path.read_text())
             except (ValueError, UnicodeDecodeError) as e:
                 raise DataError(f"{self.path}: not valid JSON ({e}); fix or delete it") from None
-            if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
-                                                     for v in data.values()):
-                raise DataError(f"{self.path}: expected {{\"<dataset>/<file>\": {{\"sha256\": ...}}}}")
+            if not isinstance(data, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in data.values()
+            ):
+                raise DataError(f'{self.path}: expected {{"<dataset>/<file>": {{"sha256": ...}}}}')
             self.entries = data
 
     def expected(self, key: str) -> str | None:
@@ -427,17 +458,26 @@ def listing(cat: Catalog | None = None, verbose: bool = False) -> str:
     for e in cat.entries.values():
         files = e.all_files()
         pinned = sum(f.pin is not None for f in files)
-        lines.append(f"{e.name:32} {e.release.key:7} {e.category:28} {len(files):5}  {pinned:6}  "
-                     f"{', '.join(e.aliases)}")
+        lines.append(
+            f"{e.name:32} {e.release.key:7} {e.category:28} {len(files):5}  {pinned:6}  {', '.join(e.aliases)}"
+        )
         if verbose:
             for f in files:
-                pin = "unpinned (trusted on first use)" if f.pin is None else (
-                    f"pinned, content {_size(f.pin.content_bytes)} uncompressed" if f.pin.content_sha256
-                    else "pinned")
+                pin = (
+                    "unpinned (trusted on first use)"
+                    if f.pin is None
+                    else (
+                        f"pinned, content {_size(f.pin.content_bytes)} uncompressed"
+                        if f.pin.content_sha256
+                        else "pinned"
+                    )
+                )
                 lines.append(f"    {f.role:14} {e.url(f)}  [{pin}]")
     lines.append("")
     lines.append("Releases: " + "; ".join(f"{r.key}: {r.title} <{r.base_url}>" for r in cat.releases.values()))
-    lines.append("Use: dataset.name: <name or alias> (params.yaml), with dataset.reviews_url/meta_url and their "
-                 "sha256 null; dataset.mirror: <base URL> for a mirror; split.method: given + split.given: "
-                 "<split> for a 2023 official split.")
+    lines.append(
+        "Use: dataset.name: <name or alias> (params.yaml), with dataset.reviews_url/meta_url and their "
+        "sha256 null; dataset.mirror: <base URL> for a mirror; split.method: given + split.given: "
+        "<split> for a 2023 official split."
+    )
     return "\n".join(lines)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-from sea.errors import DataError
-from dataclasses import dataclass
 from sea.config import Section, require
+from sea.errors import DataError
 
 
 @dataclass

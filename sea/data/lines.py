@@ -27,8 +27,8 @@ import os
 import re
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sea.errors import DataError
 
@@ -93,8 +93,10 @@ _MIN_MEMBER = 18  # a gzip header (10 bytes) and a trailer (8): no shorter membe
 _READ_CHUNK = 1 << 16  # compressed bytes read at a time
 _PIECE = 1 << 20  # the most uncompressed bytes taken from zlib at a time (bounds memory)
 # zlib's words for a trailer mismatch, in the words of the gzip module
-_ZLIB_ERRORS = {"incorrect data check": "CRC check failed: the data does not match the trailer's CRC-32",
-                "incorrect length check": "Incorrect length: the data does not match the trailer's length"}
+_ZLIB_ERRORS = {
+    "incorrect data check": "CRC check failed: the data does not match the trailer's CRC-32",
+    "incorrect length check": "Incorrect length: the data does not match the trailer's length",
+}
 
 #: Integer ids (MMRec ``userID``/``itemID``) must lie in ``0 <= id < MAX_ID`` (int32).
 MAX_ID = 2**31 - 1
@@ -191,14 +193,12 @@ class Lines:
             raw = open(self.path, "rb")
         except OSError as e:
             raise DataError(f"{self.path}: cannot be read ({e.strerror or e})") from None
-        with raw, tqdm(
-            unit="lines", unit_scale=True, desc=f"read {self.path.name}", disable=None, leave=False
-        ) as bar:
+        with raw, tqdm(unit="lines", unit_scale=True, desc=f"read {self.path.name}", disable=None, leave=False) as bar:
             is_gzip = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             for line in self._gzip_lines(raw) if is_gzip else self._plain_lines(raw):
                 if self.n_lines == 0 and line.startswith(BOM):
-                    line = line[len(BOM):]
+                    line = line[len(BOM) :]
                 self.n_lines += 1
                 self.n_bytes += len(line)
                 if self.n_lines % _PROGRESS_EVERY == 0:
@@ -261,8 +261,10 @@ class Lines:
                     if not chunk:
                         break
                     if not _GZIP_MAGIC.startswith(chunk[:2]):
-                        self.corrupt = (f"the gzip stream is corrupt (trailing garbage: {chunk[:8]!r} at byte "
-                                        f"{pos - len(chunk):,} is not a gzip member)")
+                        self.corrupt = (
+                            f"the gzip stream is corrupt (trailing garbage: {chunk[:8]!r} at byte "
+                            f"{pos - len(chunk):,} is not a gzip member)"
+                        )
                         return
                     d, member_in, member_out = zlib.decompressobj(wbits=31), 0, 0
                 member_in += len(chunk)
@@ -299,7 +301,8 @@ class Lines:
             self.corrupt = (
                 f"the gzip stream is corrupt (its deflate data stops without an end marker, yet the file "
                 f"ends with what reads as its own trailer: length field {isize:,} against {member_out:,} "
-                f"bytes decoded; the file is complete and damaged inside, not cut short)")
+                f"bytes decoded; the file is complete and damaged inside, not cut short)"
+            )
         else:
             self.truncated = "the gzip stream ends early (compressed file ended before the end-of-stream marker)"
 
@@ -354,8 +357,9 @@ class Lines:
             dropped.append(f"the {self.dropped_lines:,} complete lines after them")
         if self.dropped_partial:
             dropped.append("the incomplete line at the end")
-        after = (f"; {' and '.join(dropped)} are not used, as damage at the end of a file can reach them"
-                 if dropped else "")
+        after = (
+            f"; {' and '.join(dropped)} are not used, as damage at the end of a file can reach them" if dropped else ""
+        )
         where = f"{self.n_lines:,} complete lines decoded before its last {TRUNCATION_MARGIN:,} compressed bytes"
         if not allow_truncated:
             raise DataError(
@@ -417,8 +421,9 @@ def check_text(value: str, name: str, where: str) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise DataError(f"{where}: field {name!r} holds a lone surrogate (invalid Unicode): "
-                            f"{value!r:.100}") from None
+            raise DataError(
+                f"{where}: field {name!r} holds a lone surrogate (invalid Unicode): {value!r:.100}"
+            ) from None
     return value
 
 
@@ -470,8 +475,10 @@ def check_review_time(ts: int, name: str, where: str, unit: str) -> int:
     other = next(u for u in _PER_SECOND if u != unit)
     hint = ""
     if _in_window(ts, other):
-        hint = (f"; it looks like unix {_UNIT_NAME[other]} (as in {_UNIT_RELEASE[other]}), but this "
-                f"file is read in {_UNIT_NAME[unit]} (as in {_UNIT_RELEASE[unit]})")
+        hint = (
+            f"; it looks like unix {_UNIT_NAME[other]} (as in {_UNIT_RELEASE[other]}), but this "
+            f"file is read in {_UNIT_NAME[unit]} (as in {_UNIT_RELEASE[unit]})"
+        )
     raise DataError(
         f"{where}: {name} {ts} is outside Amazon's review times, 1995-01-01 to 2100-01-01 "
         f"({FIRST_REVIEW_SECOND * factor} <= {name} < {END_REVIEW_SECOND * factor} unix "
@@ -511,19 +518,25 @@ def require_newline(line: bytes, where: str) -> None:
         )
 
 
-def review_fields(rec: dict, keys: tuple[str, str, str, str], where: str, release: str,
-                  unit: str) -> tuple[str, str, float, int]:
+def review_fields(
+    rec: dict, keys: tuple[str, str, str, str], where: str, release: str, unit: str
+) -> tuple[str, str, float, int]:
     """``(user, item, rating, timestamp)`` of one review record whose fields are named
     ``keys`` (in that order), each checked (1-5 stars, a review time in ``unit``: "s" or
     "ms"); a missing field is one DataError naming it."""
     try:
         user, item, rating, ts = (rec[k] for k in keys)
     except KeyError as e:
-        raise DataError(f"{where}: review lacks the required field {e.args[0]!r} ({release} reviews need "
-                        f"{', '.join(keys)}; present: {', '.join(rec)[:300]})") from None
-    return (check_id(user, keys[0], where), check_id(item, keys[1], where),
-            check_stars(check_rating(rating, keys[2], where), keys[2], where),
-            check_review_time(check_timestamp(ts, keys[3], where), keys[3], where, unit))
+        raise DataError(
+            f"{where}: review lacks the required field {e.args[0]!r} ({release} reviews need "
+            f"{', '.join(keys)}; present: {', '.join(rec)[:300]})"
+        ) from None
+    return (
+        check_id(user, keys[0], where),
+        check_id(item, keys[1], where),
+        check_stars(check_rating(rating, keys[2], where), keys[2], where),
+        check_review_time(check_timestamp(ts, keys[3], where), keys[3], where, unit),
+    )
 
 
 # --------------------------------------------------------------------------- metadata text

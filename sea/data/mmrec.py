@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -179,10 +179,10 @@ def read_inter(path: Path) -> pd.DataFrame:
 
     def check_chunk() -> None:
         for name, column in cells.items():
-            parts[name].append(_parse_column(column, name, path, linenos[len(linenos) - len(column):]))
+            parts[name].append(_parse_column(column, name, path, linenos[len(linenos) - len(column) :]))
             column.clear()
 
-    for lineno, where, row in _rows(it, path, names):
+    for lineno, _where, row in _rows(it, path, names):
         for name, i in used.items():
             cells[name].append(row[i])
         linenos.append(lineno)
@@ -196,13 +196,15 @@ def read_inter(path: Path) -> pd.DataFrame:
     _check_dense(column["userID"], "userID", path, linenos)
     _check_dense(column["itemID"], "itemID", path, linenos)
     n = len(linenos)
-    return pd.DataFrame({
-        "user": column["userID"],
-        "item": column["itemID"],
-        "rating": column.get("rating", np.ones(n, dtype=np.float32)),
-        "timestamp": column.get("timestamp", np.zeros(n, dtype=np.int64)),
-        "split": pd.Categorical.from_codes(column["x_label"].astype(np.int64), categories=list(SPLITS)),
-    })
+    return pd.DataFrame(
+        {
+            "user": column["userID"],
+            "item": column["itemID"],
+            "rating": column.get("rating", np.ones(n, dtype=np.float32)),
+            "timestamp": column.get("timestamp", np.zeros(n, dtype=np.int64)),
+            "split": pd.Categorical.from_codes(column["x_label"].astype(np.int64), categories=list(SPLITS)),
+        }
+    )
 
 
 def read_item_ids(folder: Path, n_items: int) -> pd.Series:
@@ -238,11 +240,12 @@ def read_item_ids(folder: Path, n_items: int) -> pd.Series:
     m = len(asin_of)
     if m and max(asin_of) >= m:
         item = max(asin_of)
-        raise DataError(f"{path}:{line_of_id[item]}: itemID {item} but only {m:,} items are mapped: "
-                        f"the itemIDs must be exactly 0..{m - 1:,}, each once")
+        raise DataError(
+            f"{path}:{line_of_id[item]}: itemID {item} but only {m:,} items are mapped: "
+            f"the itemIDs must be exactly 0..{m - 1:,}, each once"
+        )
     if m < n_items:
-        raise DataError(f"{path}: maps {m:,} items, but the interactions have {n_items:,} "
-                        f"(itemIDs 0..{n_items - 1:,})")
+        raise DataError(f"{path}: maps {m:,} items, but the interactions have {n_items:,} (itemIDs 0..{n_items - 1:,})")
     return pd.Series([asin_of[i] for i in range(n_items)])
 
 
@@ -254,17 +257,20 @@ def read_features(folder: Path, modality: str, n_items: int) -> np.ndarray:
     return load_features(Path(folder) / FEATURE_FILES[modality], n_items, modality, extra_rows=True)
 
 
-def write_folder(folder: Path, name: str, interactions: pd.DataFrame, features: dict[str, np.ndarray],
-                 asins: pd.Series | None = None) -> None:
+def write_folder(
+    folder: Path, name: str, interactions: pd.DataFrame, features: dict[str, np.ndarray], asins: pd.Series | None = None
+) -> None:
     """Write our processed dataset as an MMRec folder (each file atomically)."""
     folder = Path(folder)
-    inter = pd.DataFrame({
-        "userID": interactions["user"].astype(int),
-        "itemID": interactions["item"].astype(int),
-        "rating": interactions["rating"].astype(float),
-        "timestamp": interactions["timestamp"].astype(int),
-        "x_label": interactions["split"].cat.codes.astype(int),
-    })
+    inter = pd.DataFrame(
+        {
+            "userID": interactions["user"].astype(int),
+            "itemID": interactions["item"].astype(int),
+            "rating": interactions["rating"].astype(float),
+            "timestamp": interactions["timestamp"].astype(int),
+            "x_label": interactions["split"].cat.codes.astype(int),
+        }
+    )
     with atomic_path(folder / f"{name}.inter") as tmp:
         inter.to_csv(tmp, sep="\t", index=False)
     for modality, x in features.items():
@@ -278,6 +284,11 @@ def write_folder(folder: Path, name: str, interactions: pd.DataFrame, features: 
 def precomputed_features(folder: Path, modality: str, n_items: int) -> tuple[np.ndarray, dict]:
     """A feature stage's output taken from an MMRec folder instead of an encoder."""
     x = read_features(folder, modality, n_items)
-    info = {"model": f"precomputed ({FEATURE_FILES[modality]} of the MMRec folder)", "source": "mmrec",
-            "dim": int(x.shape[1]), "n_items": n_items, "n_missing": 0}
+    info = {
+        "model": f"precomputed ({FEATURE_FILES[modality]} of the MMRec folder)",
+        "source": "mmrec",
+        "dim": int(x.shape[1]),
+        "n_items": n_items,
+        "n_missing": 0,
+    }
     return x, info

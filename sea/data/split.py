@@ -16,9 +16,11 @@ therefore has training interactions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
-from dataclasses import dataclass
+
 from sea.config import Section, require, require_choice
 from sea.errors import shown
 
@@ -41,12 +43,19 @@ class SplitConfig(Section):
         require_choice(self.method, ("mmrec", "temporal", "leave_one_out", "given"), section, "method")
         require(self.seed >= 0, section, "seed must be >= 0")
         if self.method == "given":
-            require(self.given is not None, section,
-                   f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)")
+            require(
+                self.given is not None,
+                section,
+                f"method: given needs given: one of {list(OFFICIAL_SPLITS)} (an official split)",
+            )
             require_choice(self.given, OFFICIAL_SPLITS, section, "given")
         else:
-            require(self.given is None, section,
-                   f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); set it to null")
+            require(
+                self.given is None,
+                section,
+                f"given: {shown(self.given)} is only read with method: given (method is {shown(self.method)}); "
+                "set it to null",
+            )
 
 
 def _held_out_counts(n: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,9 @@ and the per-split user → items lists.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable, Iterator, Sequence
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,11 +28,11 @@ import torch
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
+from sea.config import Section, require, require_choice
 from sea.errors import ConfigError, shown
 from sea.losses import ClubConfig, LossConfig
 from sea.metrics import to_csr
 from sea.models.graphs import user_item_adjacency
-from sea.config import Section, require, require_choice
 
 
 @dataclass
@@ -64,7 +65,7 @@ class GraphData:
         n_items: int,
         features: dict[str, np.ndarray] | None = None,
         device: torch.device | str = "cpu",
-    ) -> "GraphData":
+    ) -> GraphData:
         """From the interactions table (user, item, split) and optional feature matrices."""
         features = features or {}
         n_users = int(interactions["user"].max()) + 1
@@ -72,8 +73,9 @@ class GraphData:
             if x.shape[0] != n_items:
                 raise ValueError(f"{m} features have {x.shape[0]} rows for {n_items} items")
         if int(interactions["item"].max()) >= n_items:
-            raise ValueError(f"interactions reference item {int(interactions['item'].max())} "
-                             f"but there are {n_items} items")
+            raise ValueError(
+                f"interactions reference item {int(interactions['item'].max())} but there are {n_items} items"
+            )
         csr = {}
         for name in ("train", "valid", "test"):
             part = interactions[interactions["split"] == name]
@@ -87,8 +89,9 @@ class GraphData:
             train_users=torch.as_tensor(tu.copy(), device=device),
             train_items=torch.as_tensor(ti.copy(), device=device),
             adj=user_item_adjacency(tu, ti, n_users, n_items).to(device),
-            features={m: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32).to(device)
-                      for m, x in features.items()},
+            features={
+                m: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32).to(device) for m, x in features.items()
+            },
             csr=csr,
         )
 
@@ -116,8 +119,14 @@ class Recommender(nn.Module):
     search_space: ClassVar[dict[str, list]] = {}
 
     @classmethod
-    def build(cls, data: GraphData, cfg: Section, modalities: Sequence[str] | None = None,
-              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "Recommender":
+    def build(
+        cls,
+        data: GraphData,
+        cfg: Section,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> Recommender:
         """The model sized from ``data``, with its own section ``cfg``. A model with
         ``uses_features`` reads the features of ``modalities`` (``model.modalities``, in that
         order; None: every modality of ``data``); SEA's separation
@@ -175,8 +184,11 @@ class ModelConfig(Section):
 
     def validate(self, section: str) -> None:
         require(bool(self.name), section, "name must name a model")
-        require(len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
-               section, "modalities must be a non-empty list without repeats")
+        require(
+            len(self.modalities) >= 1 and len(set(self.modalities)) == len(self.modalities),
+            section,
+            "modalities must be a non-empty list without repeats",
+        )
         for m in self.modalities:
             require_choice(m, ("image", "text"), section, "modalities[]")
 

@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
 from sea.models.propagation import propagate
@@ -65,15 +64,11 @@ class BM3Config(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.layers >= 0, "layers must be >= 0")
-        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
-        check(self.cl_weight >= 0, "cl_weight must be >= 0")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.layers >= 0, section, "layers must be >= 0")
+        require(0.0 <= self.dropout < 1.0, section, "dropout must be in [0, 1)")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
+        require(self.cl_weight >= 0, section, "cl_weight must be >= 0")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 

@@ -56,7 +56,7 @@ class BPRMF(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def build(cls, data: GraphData, cfg: BPRMFConfig, *unused) -> "BPRMF":
+    def build(cls, data: GraphData, cfg: BPRMFConfig, *unused) -> BPRMF:
         return cls(data.n_users, data.n_items, embedding_dim=cfg.embedding_dim, reg_weight=cfg.reg_weight)
 
     def reset_parameters(self) -> None:

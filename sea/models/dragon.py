@@ -61,8 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, item_item_graph
@@ -91,18 +90,14 @@ class DRAGONConfig(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.mlp_hidden_dim > 0, "mlp_hidden_dim must be positive")
-        check(self.ui_layers >= 0, "ui_layers must be >= 0")
-        check(self.item_layers >= 0, "item_layers must be >= 0")
-        check(self.knn_k >= 1, "knn_k must be >= 1")
-        check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
-        check(self.user_knn_k >= 0, "user_knn_k must be >= 0")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.mlp_hidden_dim > 0, section, "mlp_hidden_dim must be positive")
+        require(self.ui_layers >= 0, section, "ui_layers must be >= 0")
+        require(self.item_layers >= 0, section, "item_layers must be >= 0")
+        require(self.knn_k >= 1, section, "knn_k must be >= 1")
+        require(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
+        require(self.user_knn_k >= 0, section, "user_knn_k must be >= 0")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 

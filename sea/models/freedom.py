@@ -28,15 +28,15 @@ split) learn. Its kNN lists count each item as its own nearest neighbour; here t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, bpr_loss
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, item_item_graph, user_item_adjacency
@@ -59,15 +59,11 @@ class FREEDOMConfig(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.layers >= 0 and self.knn_k >= 1, "layers >= 0 and knn_k >= 1")
-        check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
-        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.layers >= 0 and self.knn_k >= 1, section, "layers >= 0 and knn_k >= 1")
+        require(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
+        require(0.0 <= self.dropout < 1.0, section, "dropout must be in [0, 1)")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
@@ -121,28 +117,43 @@ class FREEDOM(Separable, Recommender):
         # P_m. No bias: it would cancel in the BPR difference and never learn.
         self.projections = (
             nn.ModuleDict({m: nn.Linear(d, embedding_dim, bias=False) for m, d in feature_dims.items()})
-            if reg_weight > 0 else None
+            if reg_weight > 0
+            else None
         )
         self.item_graph = FrozenGraph(item_graph)
         self.register_buffer("edge_users", train_users, persistent=False)
         self.register_buffer("edge_items", train_items, persistent=False)
-        self.register_buffer("edge_weight", self.pruning_weights(train_users, train_items, n_users, n_items),
-                             persistent=False)
+        self.register_buffer(
+            "edge_weight", self.pruning_weights(train_users, train_items, n_users, n_items), persistent=False
+        )
         self.pruned: FrozenGraph | None = None  # this epoch's training graph (on_epoch_start)
         # Created last, so that switching it on leaves the initialisation above unchanged.
         self.separation = Separation(feature_dims, **separation) if separation is not None else None
 
     @classmethod
-    def build(cls, data: GraphData, cfg: FREEDOMConfig, modalities: Sequence[str] | None = None,
-              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "FREEDOM":
+    def build(
+        cls,
+        data: GraphData,
+        cfg: FREEDOMConfig,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> FREEDOM:
         modalities = list(modalities or data.features)
         graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
         edges = torch.unique(torch.stack([data.train_users, data.train_items]), dim=1)
         return cls(
-            data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities},
-            graph.to(data.device), edges[0], edges[1],
-            embedding_dim=cfg.embedding_dim, layers=cfg.layers, dropout=cfg.dropout,
-            reg_weight=cfg.reg_weight, separation=separation_settings(cfg, loss, club),
+            data.n_users,
+            data.n_items,
+            {m: data.features[m].shape[1] for m in modalities},
+            graph.to(data.device),
+            edges[0],
+            edges[1],
+            embedding_dim=cfg.embedding_dim,
+            layers=cfg.layers,
+            dropout=cfg.dropout,
+            reg_weight=cfg.reg_weight,
+            separation=separation_settings(cfg, loss, club),
         )
 
     @staticmethod

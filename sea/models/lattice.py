@@ -69,8 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, rows_norm
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, spmm
@@ -95,18 +94,14 @@ class LATTICEConfig(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.feat_embed_dim > 0, "feat_embed_dim must be positive")
-        check(self.cf_layers >= 0, "cf_layers must be >= 0")
-        check(self.n_layers >= 1, "n_layers must be >= 1 (the item graph is the model)")
-        check(self.knn_k >= 1, "knn_k must be >= 1")
-        check(0.0 <= self.lambda_coeff <= 1.0, "lambda_coeff must be in [0, 1]")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
-        check(self.knn_chunk >= 1, "knn_chunk must be >= 1")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.feat_embed_dim > 0, section, "feat_embed_dim must be positive")
+        require(self.cf_layers >= 0, section, "cf_layers must be >= 0")
+        require(self.n_layers >= 1, section, "n_layers must be >= 1 (the item graph is the model)")
+        require(self.knn_k >= 1, section, "knn_k must be >= 1")
+        require(0.0 <= self.lambda_coeff <= 1.0, section, "lambda_coeff must be in [0, 1]")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
+        require(self.knn_chunk >= 1, section, "knn_chunk must be >= 1")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 

@@ -60,8 +60,7 @@ class LightGCN(Recommender):
     #: The grid ``tune.spaces.lightgcn`` defaults to (docs/tuning.md).
     search_space = {"layers": [1, 2, 3, 4], "reg_weight": [0.01, 0.001, 0.0001, 1e-05, 1e-06]}
 
-    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, layers: int = 3,
-                 reg_weight: float = 1e-4):
+    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, layers: int = 3, reg_weight: float = 1e-4):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.layers, self.reg_weight = layers, reg_weight
@@ -70,9 +69,10 @@ class LightGCN(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def build(cls, data: GraphData, cfg: LightGCNConfig, *unused) -> "LightGCN":
-        return cls(data.n_users, data.n_items, embedding_dim=cfg.embedding_dim, layers=cfg.layers,
-                   reg_weight=cfg.reg_weight)
+    def build(cls, data: GraphData, cfg: LightGCNConfig, *unused) -> LightGCN:
+        return cls(
+            data.n_users, data.n_items, embedding_dim=cfg.embedding_dim, layers=cfg.layers, reg_weight=cfg.reg_weight
+        )
 
     def reset_parameters(self) -> None:
         """Xavier-uniform initialisation, as MMRec's and PyG's LightGCN."""
@@ -97,6 +97,7 @@ class LightGCN(Recommender):
         """``reg``: :func:`~sea.losses.embedding_l2` of the batch's layer-0 vectors."""
         if self.reg_weight == 0:
             return {}
-        reg = embedding_l2((self.user_emb.weight, batch.users), (self.item_emb.weight, batch.pos),
-                           (self.item_emb.weight, batch.neg))
+        reg = embedding_l2(
+            (self.user_emb.weight, batch.users), (self.item_emb.weight, batch.pos), (self.item_emb.weight, batch.neg)
+        )
         return {"reg": Term(reg, self.reg_weight)}

@@ -17,16 +17,15 @@ vectors, as in the reference code.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, item_item_graph
 from sea.models.propagation import propagate
@@ -49,18 +48,17 @@ class LIRDRecConfig(Section):
     reg_weight: float = 1e-3
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(min(self.embedding_dim, self.mlp_hidden_dim, self.attention_hidden_dim) > 0,
-              "embedding_dim, mlp_hidden_dim and attention_hidden_dim must be positive")
-        check(self.ui_layers >= 0 and self.item_layers >= 0, "ui_layers and item_layers must be >= 0")
-        check(self.knn_k >= 1, "knn_k must be >= 1")
-        check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
-        check(0.0 < self.initial_weight < 1.0, "initial_weight must be in (0, 1)")
-        check(0.0 < self.decay_base <= 1.0, "decay_base must be in (0, 1] (1: no decay)")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
+        require(
+            min(self.embedding_dim, self.mlp_hidden_dim, self.attention_hidden_dim) > 0,
+            section,
+            "embedding_dim, mlp_hidden_dim and attention_hidden_dim must be positive",
+        )
+        require(self.ui_layers >= 0 and self.item_layers >= 0, section, "ui_layers and item_layers must be >= 0")
+        require(self.knn_k >= 1, section, "knn_k must be >= 1")
+        require(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
+        require(0.0 < self.initial_weight < 1.0, section, "initial_weight must be in (0, 1)")
+        require(0.0 < self.decay_base <= 1.0, section, "decay_base must be in (0, 1] (1: no decay)")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
 
 
 def dct(x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +115,9 @@ class ProgressiveWeightCopying(nn.Module):
         initial_weight, decay_base: the schedule of :math:`w_e`.
     """
 
-    def __init__(self, n_users: int, n_branches: int, dim: int, hidden_dim: int,
-                 initial_weight: float, decay_base: float):
+    def __init__(
+        self, n_users: int, n_branches: int, dim: int, hidden_dim: int, initial_weight: float, decay_base: float
+    ):
         super().__init__()
         self.initial_weight, self.decay_base = initial_weight, decay_base
         self.scorers = nn.ModuleList(
@@ -204,30 +203,37 @@ class LIRDRec(Recommender):
         self.ui_layers, self.item_layers, self.reg_weight = ui_layers, item_layers, reg_weight
         n_branches = len(feature_dims) + 1
         self.item_encoders = nn.ModuleDict(
-            {m: branch_mlp(d, mlp_hidden_dim, embedding_dim) for m, d in feature_dims.items()})
+            {m: branch_mlp(d, mlp_hidden_dim, embedding_dim) for m, d in feature_dims.items()}
+        )
         self.shared_encoder = branch_mlp(shared_input.shape[1], mlp_hidden_dim, embedding_dim)
         self.user_branches = nn.ModuleList(nn.Embedding(n_users, embedding_dim) for _ in range(n_branches))
         for emb in self.user_branches:
             nn.init.xavier_normal_(emb.weight)
-        self.fusion = ProgressiveWeightCopying(n_users, n_branches, embedding_dim, attention_hidden_dim,
-                                               initial_weight, decay_base)
+        self.fusion = ProgressiveWeightCopying(
+            n_users, n_branches, embedding_dim, attention_hidden_dim, initial_weight, decay_base
+        )
         # Fixed inputs rebuilt by `build` from the data: kept out of the state dict.
         self.register_buffer("shared_input", shared_input, persistent=False)
         self.item_graph = FrozenGraph(item_graph)
 
     @classmethod
-    def build(cls, data: GraphData, cfg: LIRDRecConfig, modalities: Sequence[str] | None = None,
-              *unused) -> "LIRDRec":
+    def build(cls, data: GraphData, cfg: LIRDRecConfig, modalities: Sequence[str] | None = None, *unused) -> LIRDRec:
         modalities = list(modalities or data.features)
         features = {m: data.features[m] for m in modalities}
         graph = item_item_graph({m: x.cpu() for m, x in features.items()}, cfg.knn_k, cfg.image_knn_weight)
         return cls(
-            data.n_users, {m: x.shape[1] for m, x in features.items()},
-            transform_features(features), graph.to(data.device),
-            embedding_dim=cfg.embedding_dim, mlp_hidden_dim=cfg.mlp_hidden_dim,
-            attention_hidden_dim=cfg.attention_hidden_dim, ui_layers=cfg.ui_layers,
-            item_layers=cfg.item_layers, initial_weight=cfg.initial_weight,
-            decay_base=cfg.decay_base, reg_weight=cfg.reg_weight,
+            data.n_users,
+            {m: x.shape[1] for m, x in features.items()},
+            transform_features(features),
+            graph.to(data.device),
+            embedding_dim=cfg.embedding_dim,
+            mlp_hidden_dim=cfg.mlp_hidden_dim,
+            attention_hidden_dim=cfg.attention_hidden_dim,
+            ui_layers=cfg.ui_layers,
+            item_layers=cfg.item_layers,
+            initial_weight=cfg.initial_weight,
+            decay_base=cfg.decay_base,
+            reg_weight=cfg.reg_weight,
         )
 
     def encode_items(self, features: dict[str, torch.Tensor], shared_input: torch.Tensor) -> list[torch.Tensor]:
@@ -238,8 +244,10 @@ class LIRDRec(Recommender):
     def forward(self, data: GraphData) -> Embeddings:
         """User and item vectors, ``[·, K · embedding_dim]``."""
         items = self.encode_items(data.features, self.shared_input)
-        nodes = torch.cat([F.normalize(torch.cat([u.weight, i]), dim=1)
-                           for u, i in zip(self.user_branches, items, strict=True)], dim=1)
+        nodes = torch.cat(
+            [F.normalize(torch.cat([u.weight, i]), dim=1) for u, i in zip(self.user_branches, items, strict=True)],
+            dim=1,
+        )
         h = propagate(data.adj, nodes, self.ui_layers)  # x + Âx + … + Â^L x
         user, item = h[: self.n_users], h[self.n_users :]
         user = self.fusion(list(user.chunk(len(items), dim=1)))

@@ -49,8 +49,7 @@ import torch
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, rows_norm, solosim_loss
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, knn_graph
@@ -75,17 +74,13 @@ class MGCNConfig(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.ui_layers >= 0, "ui_layers must be >= 0")
-        check(self.item_layers >= 0, "item_layers must be >= 0")
-        check(self.knn_k >= 1, "knn_k must be >= 1")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
-        check(self.cl_weight >= 0, "cl_weight must be >= 0")
-        check(self.cl_temperature > 0, "cl_temperature must be > 0")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.ui_layers >= 0, section, "ui_layers must be >= 0")
+        require(self.item_layers >= 0, section, "item_layers must be >= 0")
+        require(self.knn_k >= 1, section, "knn_k must be >= 1")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
+        require(self.cl_weight >= 0, section, "cl_weight must be >= 0")
+        require(self.cl_temperature > 0, section, "cl_temperature must be > 0")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 

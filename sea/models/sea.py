@@ -12,16 +12,15 @@ separation adds the CLUB (or ℓ2) and Solosim terms and fits the CLUB estimator
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Embeddings
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, item_item_graph
@@ -42,14 +41,10 @@ class SEAConfig(Section):
     head_dim: int = 32  # width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(min(self.embedding_dim, self.mlp_hidden_dim, self.head_dim) > 0, "sizes must be positive")
-        check(0.0 < self.generic_fraction < 1.0, "generic_fraction must be in (0, 1)")
-        check(self.gcn_layers >= 0 and self.knn_k >= 1, "gcn_layers >= 0 and knn_k >= 1")
-        check(0.0 <= self.image_knn_weight <= 1.0, "image_knn_weight must be in [0, 1]")
+        require(min(self.embedding_dim, self.mlp_hidden_dim, self.head_dim) > 0, section, "sizes must be positive")
+        require(0.0 < self.generic_fraction < 1.0, section, "generic_fraction must be in (0, 1)")
+        require(self.gcn_layers >= 0 and self.knn_k >= 1, section, "gcn_layers >= 0 and knn_k >= 1")
+        require(0.0 <= self.image_knn_weight <= 1.0, section, "image_knn_weight must be in [0, 1]")
 
 
 class ModalityEncoder(nn.Module):
@@ -111,28 +106,47 @@ class SEA(Separable, Recommender):
         self.n_users, self.n_items = n_users, n_items
         self.modalities = list(feature_dims)
         self.gcn_layers = gcn_layers
-        self.encoders = nn.ModuleDict({
-            m: ModalityEncoder(n_users, d, mlp_hidden_dim, embedding_dim) for m, d in feature_dims.items()
-        })
+        self.encoders = nn.ModuleDict(
+            {m: ModalityEncoder(n_users, d, mlp_hidden_dim, embedding_dim) for m, d in feature_dims.items()}
+        )
         # Per-user modality weights (softmax over modalities); absent with one modality,
         # where they could not receive a gradient.
         self.user_modality_logits = (
             nn.Parameter(torch.zeros(n_users, len(feature_dims))) if len(feature_dims) > 1 else None
         )
         self.item_graph = FrozenGraph(item_graph)
-        self.separation = Separation(feature_dims, generic_fraction=generic_fraction, head_dim=head_dim,
-                                     head_hidden_dim=embedding_dim, loss=loss, club=club)
+        self.separation = Separation(
+            feature_dims,
+            generic_fraction=generic_fraction,
+            head_dim=head_dim,
+            head_hidden_dim=embedding_dim,
+            loss=loss,
+            club=club,
+        )
 
     @classmethod
-    def build(cls, data: GraphData, cfg: SEAConfig, modalities: Sequence[str] | None = None,
-              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "SEA":
+    def build(
+        cls,
+        data: GraphData,
+        cfg: SEAConfig,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> SEA:
         modalities = list(modalities or data.features)
         graph = item_item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
         return cls(
-            data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities}, graph.to(data.device),
-            embedding_dim=cfg.embedding_dim, generic_fraction=cfg.generic_fraction,
-            mlp_hidden_dim=cfg.mlp_hidden_dim, gcn_layers=cfg.gcn_layers, head_dim=cfg.head_dim,
-            loss=loss or LossConfig(), club=club or ClubConfig(),
+            data.n_users,
+            data.n_items,
+            {m: data.features[m].shape[1] for m in modalities},
+            graph.to(data.device),
+            embedding_dim=cfg.embedding_dim,
+            generic_fraction=cfg.generic_fraction,
+            mlp_hidden_dim=cfg.mlp_hidden_dim,
+            gcn_layers=cfg.gcn_layers,
+            head_dim=cfg.head_dim,
+            loss=loss or LossConfig(),
+            club=club or ClubConfig(),
         )
 
     def forward(self, data: GraphData) -> Embeddings:

@@ -55,7 +55,8 @@ formulation, kept for the equivalence tests and ``bench/train_speed.py --plain``
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
 from sea.errors import ConfigError, DataError, shown
-from sea.losses import CLUBEstimator, ClubConfig, LossConfig, l2_distance_loss, solosim_loss
+from sea.losses import ClubConfig, CLUBEstimator, LossConfig, l2_distance_loss, solosim_loss
 from sea.models.base import adam, parameters_except
 from sea.ops import BatchNorm1d, matvec
 
@@ -73,8 +74,12 @@ SEPARATIONS = ("none", "sea")  # the choices of a backbone's `separation` param
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Solosim's 3-layer MLP with batch norm."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), BatchNorm1d(hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim), BatchNorm1d(hidden_dim), nn.ReLU(),
+        nn.Linear(in_dim, hidden_dim),
+        BatchNorm1d(hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        BatchNorm1d(hidden_dim),
+        nn.ReLU(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -103,8 +108,14 @@ class Features:
         shape); ``part`` is ``all`` for raw features."""
         return self.project(m, layer.weight, layer.bias, part, rows)
 
-    def project(self, m: str, weight: torch.Tensor, bias: torch.Tensor | None = None, part: str = "all",
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+    def project(
+        self,
+        m: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        part: str = "all",
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x·weightᵀ + bias on modality ``m``'s rows (see :meth:`apply`)."""
         x = self.features[m]
         return F.linear(x if rows is None else x[rows], weight, bias)
@@ -123,8 +134,13 @@ class SplitFeatures(Features):
         compose: the composed formulation (True) or the plain one.
     """
 
-    def __init__(self, features: dict[str, torch.Tensor], layers: nn.ModuleDict, generic_dims: dict[str, int],
-                 compose: bool = True):
+    def __init__(
+        self,
+        features: dict[str, torch.Tensor],
+        layers: nn.ModuleDict,
+        generic_dims: dict[str, int],
+        compose: bool = True,
+    ):
         super().__init__(features)
         self.layers, self.generic_dims, self.compose = layers, generic_dims, compose
         self._materialised: dict[str, torch.Tensor] = {}
@@ -162,8 +178,14 @@ class SplitFeatures(Features):
         z = self.full(m)
         return z[..., : self.generic_dims[m]], z[..., self.generic_dims[m] :]
 
-    def project(self, m: str, weight: torch.Tensor, bias: torch.Tensor | None = None, part: str = "all",
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+    def project(
+        self,
+        m: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        part: str = "all",
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         index = self._part_index(part)
         if not self.compose:
             z = self.full(m) if index is None else self.parts(m)[index]
@@ -226,9 +248,9 @@ class Separation(nn.Module):
             self.club_generic = nn.ModuleDict({m: nn.Linear(self.generic_dims[m], head_dim) for m in feature_dims})
             self.club_unique = nn.ModuleDict({m: nn.Linear(self.unique_dims[m], head_dim) for m in feature_dims})
         if self.solosim_weight > 0 and self.has_cross_modal:
-            self.solosim_heads = nn.ModuleDict({
-                m: projection_head(self.generic_dims[m], head_hidden_dim, head_dim) for m in ("text", "image")
-            })
+            self.solosim_heads = nn.ModuleDict(
+                {m: projection_head(self.generic_dims[m], head_hidden_dim, head_dim) for m in ("text", "image")}
+            )
         if use_estimators:
             # one estimator per modality (paper), fitted as one batched module, or one shared
             self.estimator_names = ["shared"] if self.pairing == "reference" else list(self.modalities)
@@ -255,8 +277,13 @@ class Separation(nn.Module):
         cached = split.memo.get("club_pairs")
         if cached is not None and cached[0] is items:
             return cached[1]
-        pairs = {m: (split.apply(m, self.club_generic[m], "generic", items),
-                     split.apply(m, self.club_unique[m], "unique", items)) for m in self.modalities}
+        pairs = {
+            m: (
+                split.apply(m, self.club_generic[m], "generic", items),
+                split.apply(m, self.club_unique[m], "unique", items),
+            )
+            for m in self.modalities
+        }
         split.memo["club_pairs"] = (items if torch.is_grad_enabled() else None, pairs)
         return pairs
 
@@ -304,8 +331,9 @@ class Separation(nn.Module):
             elif self.pairing == "reference":
                 parts = [self.estimators.bound(g, s).clamp(min=0) for g, s in pairs.values()]
             else:
-                parts = self.estimators.bound(torch.stack([g for g, _ in pairs.values()]),
-                                              torch.stack([s for _, s in pairs.values()]))
+                parts = self.estimators.bound(
+                    torch.stack([g for g, _ in pairs.values()]), torch.stack([s for _, s in pairs.values()])
+                )
             terms["club"] = Term(torch.stack(list(parts)).mean(), self.club_weight)
         if self.solosim_heads is not None:
             if len(items) > 1:
@@ -365,8 +393,13 @@ def separation_settings(cfg: Any, loss: LossConfig | None, club: ClubConfig | No
     ``loss`` and ``club`` sections (None: their defaults); None for ``separation: none``."""
     if cfg.separation != "sea":
         return None
-    return dict(generic_fraction=cfg.generic_fraction, head_dim=cfg.head_dim, head_hidden_dim=cfg.embedding_dim,
-                loss=loss or LossConfig(), club=club or ClubConfig())
+    return dict(
+        generic_fraction=cfg.generic_fraction,
+        head_dim=cfg.head_dim,
+        head_hidden_dim=cfg.embedding_dim,
+        loss=loss or LossConfig(),
+        club=club or ClubConfig(),
+    )
 
 
 def set_composed(model: nn.Module, compose: bool) -> int:
@@ -381,7 +414,9 @@ def set_composed(model: nn.Module, compose: bool) -> int:
 def check_separation_params(section: str, separation: str, generic_fraction: float, head_dim: int) -> None:
     """Validation shared by the backbones' ``separation``, ``generic_fraction`` and ``head_dim``."""
     if separation not in SEPARATIONS:
-        raise ConfigError(f"params.yaml [{section}]: separation must be one of {list(SEPARATIONS)}, got {shown(separation)}")
+        raise ConfigError(
+            f"params.yaml [{section}]: separation must be one of {list(SEPARATIONS)}, got {shown(separation)}"
+        )
     if not 0.0 < generic_fraction < 1.0:
         raise ConfigError(f"params.yaml [{section}]: generic_fraction must be in (0, 1)")
     if head_dim <= 0:

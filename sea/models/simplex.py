@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sea.config import Section
-from sea.errors import ConfigError, shown
 from sea.batch import Embeddings
+from sea.config import Section, require
+from sea.errors import shown
 from sea.models.base import GraphData, Recommender, register
 from sea.ops import matvec
 
@@ -34,14 +34,14 @@ class SimpleXConfig(Section):
     dropout: float = 0.1  # dropout on the fused user vector (training only)
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.aggregator in AGGREGATORS, f"aggregator must be one of {list(AGGREGATORS)}, got {shown(self.aggregator)}")
-        check(0.0 <= self.gamma <= 1.0, "gamma must be in [0, 1]")
-        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(
+            self.aggregator in AGGREGATORS,
+            section,
+            f"aggregator must be one of {list(AGGREGATORS)}, got {shown(self.aggregator)}",
+        )
+        require(0.0 <= self.gamma <= 1.0, section, "gamma must be in [0, 1]")
+        require(0.0 <= self.dropout < 1.0, section, "dropout must be in [0, 1)")
 
 
 def history_edges(indptr: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +84,18 @@ class SimpleX(Recommender):
     #: The ranking loss ``loss.kind: auto`` resolves to for this model.
     preferred_loss: ClassVar[str] = "ccl"
 
-    def __init__(self, n_users: int, n_items: int, history_users: torch.Tensor, history_items: torch.Tensor,
-                 *, embedding_dim: int = 64, aggregator: str = "mean", gamma: float = 0.5, dropout: float = 0.1):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        history_users: torch.Tensor,
+        history_items: torch.Tensor,
+        *,
+        embedding_dim: int = 64,
+        aggregator: str = "mean",
+        gamma: float = 0.5,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
@@ -94,8 +104,7 @@ class SimpleX(Recommender):
         self.user_emb = nn.Embedding(n_users, embedding_dim)
         self.item_emb = nn.Embedding(n_items, embedding_dim)
         self.value = nn.Linear(embedding_dim, embedding_dim, bias=False)  # V
-        self.key = (nn.Sequential(nn.Linear(embedding_dim, embedding_dim), nn.Tanh())
-                    if aggregator != "mean" else None)
+        self.key = nn.Sequential(nn.Linear(embedding_dim, embedding_dim), nn.Tanh()) if aggregator != "mean" else None
         self.query = nn.Parameter(torch.empty(embedding_dim)) if aggregator == "self_attention" else None
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("history_users", history_users, persistent=False)
@@ -105,11 +114,18 @@ class SimpleX(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def build(cls, data: GraphData, cfg: SimpleXConfig, *unused) -> "SimpleX":
+    def build(cls, data: GraphData, cfg: SimpleXConfig, *unused) -> SimpleX:
         users, items = history_edges(*data.csr["train"])
-        return cls(data.n_users, data.n_items, users.to(data.device), items.to(data.device),
-                   embedding_dim=cfg.embedding_dim, aggregator=cfg.aggregator, gamma=cfg.gamma,
-                   dropout=cfg.dropout)
+        return cls(
+            data.n_users,
+            data.n_items,
+            users.to(data.device),
+            items.to(data.device),
+            embedding_dim=cfg.embedding_dim,
+            aggregator=cfg.aggregator,
+            gamma=cfg.gamma,
+            dropout=cfg.dropout,
+        )
 
     def reset_parameters(self) -> None:
         """Embeddings ~ N(0, 1e-4²) as in the SimpleX code; Xavier for the query."""
@@ -137,7 +153,8 @@ class SimpleX(Recommender):
         """:math:`V p_u` for every user, ``[n_users, d]`` (zero for a user without history)."""
         alpha = self.history_weights().unsqueeze(1)
         pooled = torch.zeros_like(self.user_emb.weight).index_add(
-            0, self.history_users, alpha * self.item_emb(self.history_items))
+            0, self.history_users, alpha * self.item_emb(self.history_items)
+        )
         return self.value(pooled)
 
     def forward(self, data: GraphData) -> Embeddings:

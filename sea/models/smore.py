@@ -55,8 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
-from sea.config import Section
-from sea.errors import ConfigError
+from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, solosim_loss
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, _sym_normalize
@@ -88,19 +87,15 @@ class SMOREConfig(Section):
     head_dim: int = 32  # separation: sea only: width of the CLUB projections and Solosim heads
 
     def validate(self, section: str) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"params.yaml [{section}]: {msg}")
-
-        check(self.embedding_dim > 0, "embedding_dim must be positive")
-        check(self.ui_layers >= 0, "ui_layers must be >= 0")
-        check(self.item_layers >= 0, "item_layers must be >= 0")
-        check(self.image_knn_k >= 1, "image_knn_k must be >= 1")
-        check(self.text_knn_k >= 1, "text_knn_k must be >= 1")
-        check(self.cl_weight >= 0, "cl_weight must be >= 0")
-        check(self.temperature > 0, "temperature must be > 0")
-        check(self.reg_weight >= 0, "reg_weight must be >= 0")
-        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.embedding_dim > 0, section, "embedding_dim must be positive")
+        require(self.ui_layers >= 0, section, "ui_layers must be >= 0")
+        require(self.item_layers >= 0, section, "item_layers must be >= 0")
+        require(self.image_knn_k >= 1, section, "image_knn_k must be >= 1")
+        require(self.text_knn_k >= 1, section, "text_knn_k must be >= 1")
+        require(self.cl_weight >= 0, section, "cl_weight must be >= 0")
+        require(self.temperature > 0, section, "temperature must be > 0")
+        require(self.reg_weight >= 0, section, "reg_weight must be >= 0")
+        require(0.0 <= self.dropout < 1.0, section, "dropout must be in [0, 1)")
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 

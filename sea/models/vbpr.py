@@ -15,8 +15,9 @@ concatenation of those splits [g^m; s^m]; the CLUB and Solosim terms are added (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,11 +99,22 @@ class VBPR(Separable, Recommender):
         nn.init.zeros_(self.content.bias)
 
     @classmethod
-    def build(cls, data: GraphData, cfg: VBPRConfig, modalities: Sequence[str] | None = None,
-              loss: LossConfig | None = None, club: ClubConfig | None = None) -> "VBPR":
-        return cls(data.n_users, data.n_items, {m: data.features[m].shape[1] for m in modalities or data.features},
-                   embedding_dim=cfg.embedding_dim, reg_weight=cfg.reg_weight,
-                   separation=separation_settings(cfg, loss, club))
+    def build(
+        cls,
+        data: GraphData,
+        cfg: VBPRConfig,
+        modalities: Sequence[str] | None = None,
+        loss: LossConfig | None = None,
+        club: ClubConfig | None = None,
+    ) -> VBPR:
+        return cls(
+            data.n_users,
+            data.n_items,
+            {m: data.features[m].shape[1] for m in modalities or data.features},
+            embedding_dim=cfg.embedding_dim,
+            reg_weight=cfg.reg_weight,
+            separation=separation_settings(cfg, loss, club),
+        )
 
     def forward(self, data: GraphData) -> Embeddings:
         """User vectors [γ_u; θ_u] and item vectors [γ_i; E·f_i]; with the separation,
