@@ -11,13 +11,18 @@ bits whatever the thread count. Three things do not, and the models use these in
 - a matrix–vector product (``A @ v``): MKL's gemv is outside its strict mode →
   :func:`matvec`, a one-column matrix product;
 - batch norm's statistics in training mode: ATen's kernel splits the rows over threads →
-  :class:`BatchNorm1d`, whose statistics are reductions over rows.
+  :class:`BatchNorm1d`, whose statistics are reductions over rows;
+- an element-wise sigmoid or tanh of more than :data:`GRAIN` elements: each thread's
+  last elements take the scalar formula, whose last bit differs → :func:`pointwise`
+  (:class:`Pointwise` as a module).
 
 ``tests/test_ops.py`` checks each against torch's own result and across thread counts;
 ``tests/test_reproducible.py`` trains every model at 1 and 3 threads to the same bytes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +51,30 @@ def matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """``matrix @ vector`` for a ``[..., n, k]`` matrix and a ``[k]`` vector, as a product
     with a one-column matrix."""
     return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
+
+
+def pointwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for an element-wise ``fn`` (sigmoid, tanh), applied to pieces of
+    :data:`GRAIN` elements of the flattened ``x``. ATen splits a larger element-wise
+    op over its threads, and each thread's last few elements take the scalar (not the
+    vectorised) formula, whose last bit differs for sigmoid and tanh: the result would
+    depend on the thread count. A piece that small is computed by one thread, and every
+    piece but the last is a whole number of vectors. (Their backward passes are products,
+    exact whatever the split.)"""
+    if x.numel() <= GRAIN:
+        return fn(x)
+    return torch.cat([fn(piece) for piece in x.reshape(-1).split(GRAIN)]).view(x.shape)
+
+
+class Pointwise(nn.Module):
+    """:func:`pointwise` as a module (``nn.Sequential(nn.Linear(d, d), Pointwise(torch.sigmoid))``)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise(self.fn, x)
 
 
 class BatchNorm1d(nn.BatchNorm1d):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sea.ops import GRAIN, BatchNorm1d, full_mean, full_sum, matvec
+from sea.ops import GRAIN, BatchNorm1d, Pointwise, full_mean, full_sum, matvec, pointwise
 from sea.runtime import set_threads
 
 THREADS = (1, 2, 3)
@@ -112,3 +112,16 @@ def test_batch_norm_ignores_the_thread_count_where_torchs_does_not(threads):
 
     assert len(set(threads(value_and_grad(BatchNorm1d(64))))) == 1
     assert len(set(threads(value_and_grad(nn.BatchNorm1d(64))))) > 1
+
+
+@pytest.mark.parametrize("fn", [torch.sigmoid, torch.tanh])
+def test_pointwise_equals_torchs_one_thread_result_at_any_thread_count(threads, fn):
+    """Each piece of GRAIN elements is computed by one thread, so the result is the bits of
+    torch's own at one thread, at every thread count (a size that is no multiple of the
+    vector width, so that the scalar tail matters)."""
+    x = torch.randn(5 * GRAIN + 13, generator=torch.Generator().manual_seed(4)) * 4
+    set_threads(1)
+    single = bits(fn(x))
+    assert threads(lambda: bits(pointwise(fn, x))) == [single] * len(THREADS)
+    assert bits(Pointwise(fn)(x.view(-1, 1))) == single
+    torch.testing.assert_close(pointwise(fn, x), fn(x))

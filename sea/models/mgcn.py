@@ -41,7 +41,7 @@ Differences from MMRec's code (``src/models/mgcn.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, knn_graph
 from sea.models.propagation import propagate
 from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
-from sea.ops import GRAIN
+from sea.ops import pointwise
 
 
 @dataclass
@@ -94,19 +94,6 @@ def user_item_block(adj: torch.Tensor, n_users: int) -> torch.Tensor:
     return torch.sparse_csr_tensor(
         crow.clone(), adj.col_indices()[:nnz] - n_users, adj.values()[:nnz].clone(), (n_users, n_items)
     )
-
-
-def pointwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` for an element-wise ``fn`` (sigmoid, tanh), applied to pieces of
-    :data:`~sea.ops.GRAIN` elements of the flattened ``x``. ATen splits a larger element-wise
-    op over its threads, and each thread's last few elements take the scalar (not the
-    vectorised) formula, whose last bit differs for sigmoid and tanh: the result would
-    depend on the thread count. A piece that small is computed by one thread, and every
-    piece but the last is a whole number of vectors. (Their backward passes are products,
-    exact whatever the split.)"""
-    if x.numel() <= GRAIN:
-        return fn(x)
-    return torch.cat([fn(piece) for piece in x.reshape(-1).split(GRAIN)]).view(x.shape)
 
 
 @register

@@ -61,7 +61,7 @@ from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, _sym_normalize
 from sea.models.propagation import propagate
 from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
-from sea.ops import full_sum
+from sea.ops import Pointwise, full_sum
 
 #: Rows of the cosine-similarity matrix computed at once when building a kNN graph.
 KNN_CHUNK = 1024
@@ -140,24 +140,14 @@ def user_item_block(adj: torch.Tensor, n_users: int, n_items: int) -> torch.Tens
     return torch.sparse_coo_tensor(index, coo.values()[keep], (n_users, n_items)).coalesce().to_sparse_csr()
 
 
-class Sigmoid(nn.Module):
-    """σ(x) computed as ½ + ½·tanh(x/2): the same function, but the same bits at any thread
-    count (ATen's sigmoid takes a vectorised path inside each thread's chunk and a scalar
-    one at its end, which round differently, so its result depends on where the chunks
-    end; its tanh does not)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 + 0.5 * torch.tanh(0.5 * x)
-
-
 def gate(dim: int) -> nn.Sequential:
     """σ(W·x + b), d → d."""
-    return nn.Sequential(nn.Linear(dim, dim), Sigmoid())
+    return nn.Sequential(nn.Linear(dim, dim), Pointwise(torch.sigmoid))
 
 
 def query(dim: int) -> nn.Sequential:
     """The preference module's attention MLP: W₂·tanh(W₁·x + b₁), d → d."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim, bias=False))
+    return nn.Sequential(nn.Linear(dim, dim), Pointwise(torch.tanh), nn.Linear(dim, dim, bias=False))
 
 
 @register
