@@ -8,8 +8,9 @@ features). Each search runs in a fresh temporary folder (its own study), as work
 processes of scripts/tune.py (`--worker`), search phase only (no selection re-runs):
 
 1. the full grid without pruning, one process: epochs trained, wall time;
-2. the same grid with the median pruner, one process: epochs trained, wall time, and
-   whether the best trial is the same;
+2. the same grid with each pruner of ``--pruners`` (median, asha), one process: epochs
+   trained, wall time, the compute ratio to the full grid and whether the best trial is
+   the same (and its validation value);
 3. the pruned grid with two worker processes sharing the study: wall time.
 
 Prints the figures; nothing is written to the repository.
@@ -76,18 +77,23 @@ def main() -> None:
     parser.add_argument("--model", default="lightgcn")
     parser.add_argument("--skip-processes", action="store_true", help="skip the two-process run")
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--pruners", nargs="+", choices=["median", "asha"], default=["median", "asha"])
     args = parser.parse_args()
     extra = args.overrides
     full = search(args.model, "none", 1, extra)
     print(f"full grid, 1 process: {full}", flush=True)
-    pruned = search(args.model, "median", 1, extra)
-    print(f"median pruner, 1 process: {pruned}", flush=True)
-    print(
-        f"epochs: {pruned['epochs']} pruned vs {full['epochs']} full ({pruned['epochs'] / full['epochs']:.0%}); "
-        f"same best trial: {pruned['best'][0] == full['best'][0]}",
-        flush=True,
-    )
-    if not args.skip_processes:
+    for name in args.pruners:
+        run = search(args.model, name, 1, extra)
+        print(f"{name} pruner, 1 process: {run}", flush=True)
+        print(
+            f"  epochs: {run['epochs']} {name} vs {full['epochs']} full: {full['epochs'] / run['epochs']:.2f}x less "
+            f"compute; same best trial: {run['best'][0] == full['best'][0]} (best valid {run['best'][1]} vs "
+            f"{full['best'][1]})",
+            flush=True,
+        )
+        if name == "median":
+            pruned = run
+    if not args.skip_processes and "median" in args.pruners:
         two = search(args.model, "median", 2, extra)
         print(f"median pruner, 2 processes: {two}", flush=True)
         print(f"wall time: 1 process {pruned['seconds']:.1f} s, 2 processes {two['seconds']:.1f} s")
