@@ -62,6 +62,7 @@ VARIANTS = {
     },
     "vbpr_sea": {"model": {"name": "vbpr"}, "vbpr": {"separation": "sea"}},
     "freedom_sea": {"model": {"name": "freedom"}, "freedom": {"separation": "sea"}},
+    "layergcn": {"model": {"name": "layergcn"}},
     "lattice": {"model": {"name": "lattice"}},
     "lattice_sea": {"model": {"name": "lattice"}, "lattice": {"separation": "sea"}},
     "mgcn": {"model": {"name": "mgcn"}},
