@@ -21,7 +21,7 @@ from sea.ops import full_mean, full_sum
 from sea.samplers import CrossBatchMemory
 
 #: The ranking losses ``loss.kind`` may name (see :class:`RankingLoss`), besides ``auto``
-#: (the model's ``preferred_loss``: ccl for SimpleX, none for BM3, bpr for every other
+#: (the model's ``preferred_loss``: ccl for SimpleX, none for BM3 and SelfCF, bpr for every other
 #: model). ``none``: no ranking term, the model's own terms are its whole objective (only
 #: for a model whose ``preferred_loss`` is none).
 RANKING_LOSSES = ("bpr", "ccl", "softmax", "none")
