@@ -68,6 +68,7 @@ VARIANTS = {
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
     "bm3": {"model": {"name": "bm3"}},
+    "mmgcn": {"model": {"name": "mmgcn"}},
     "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
