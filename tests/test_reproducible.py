@@ -70,6 +70,7 @@ VARIANTS = {
     "dragon": {"model": {"name": "dragon"}},
     "bm3": {"model": {"name": "bm3"}},
     "selfcf": {"model": {"name": "selfcf"}},
+    "mmgcn": {"model": {"name": "mmgcn"}},
     "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
