@@ -68,6 +68,7 @@ VARIANTS = {
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
+    "grcn": {"model": {"name": "grcn"}},
     "bm3": {"model": {"name": "bm3"}},
     "selfcf": {"model": {"name": "selfcf"}},
     "mmgcn": {"model": {"name": "mmgcn"}},
