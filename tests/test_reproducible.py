@@ -67,6 +67,7 @@ VARIANTS = {
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
+    "dualgnn": {"model": {"name": "dualgnn"}},
     "bm3": {"model": {"name": "bm3"}},
     "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
