@@ -59,6 +59,7 @@ VARIANTS: dict[str, list[str]] = {
     "mgcn": ["model.name=mgcn", "mgcn.separation=none"],
     "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
     "dragon": ["model.name=dragon", "dragon.separation=none"],
+    "dualgnn": ["model.name=dualgnn", "dualgnn.separation=none"],
     "smore": ["model.name=smore", "smore.separation=none"],
     "pgl": ["model.name=pgl"],
     "itemknncbf": ["model.name=itemknncbf"],

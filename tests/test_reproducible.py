@@ -69,6 +69,7 @@ VARIANTS = {
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
     "grcn": {"model": {"name": "grcn"}},
+    "dualgnn": {"model": {"name": "dualgnn"}},
     "bm3": {"model": {"name": "bm3"}},
     "selfcf": {"model": {"name": "selfcf"}},
     "mmgcn": {"model": {"name": "mmgcn"}},

@@ -1,0 +1,244 @@
+"""DualGNN (sea/models/dualgnn.py) against its definition, computed here independently with
+dense numpy on a hand-sized graph: the forward pass, the penalty and the total loss against
+MMRec's; MMRec's in-place fusion as a reparametrisation; DualGNN+SEA; gradients, training,
+config, params.yaml."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_model_dragon import dense_adjacency, dense_user_graph, hand_data
+from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step
+
+from sea.batch import Batch
+from sea.config import load_params
+from sea.errors import ConfigError
+from sea.losses import bpr_loss
+from sea.models.base import GraphData, model_class
+from sea.models.dualgnn import DualGNN, DualGNNConfig
+from sea.models.separation import Features
+from sea.train import fit
+
+# ------------------------------------------------------------------ the definition, densely
+
+
+def modality_vectors(model: DualGNN, data: GraphData) -> list[np.ndarray]:
+    """h^m = Σ_{l=0..L} Â^l norm([p^m; W2 leaky(W1 x + b1) + b2]), float64."""
+    adj = dense_adjacency(data)
+    out = []
+    for m in model.modalities:
+        lin1, _, lin2 = model.mlp[m]
+        w1, b1 = lin1.weight.double().detach().numpy(), lin1.bias.double().detach().numpy()
+        w2, b2 = lin2.weight.double().detach().numpy(), lin2.bias.double().detach().numpy()
+        z = data.features[m].double().numpy() @ w1.T + b1
+        f = np.where(z > 0, z, 0.01 * z) @ w2.T + b2
+        e = np.concatenate([model.preference[m].double().detach().numpy(), f])
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        total, layer = e.copy(), e
+        for _ in range(model.ui_layers):
+            layer = adj @ layer
+            total = total + layer
+        out.append(total)
+    return out
+
+
+def expected_vectors(model: DualGNN, data: GraphData, user_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """u = ũ + S_U ũ with ũ = Σ_m α_um h^m_u; i = Σ_m h^m_i."""
+    U = data.n_users
+    h = modality_vectors(model, data)
+    alpha = model.fusion.double().detach().numpy()
+    fused = sum(alpha[:, j : j + 1] * hm[:U] for j, hm in enumerate(h))
+    s_user = dense_user_graph(data.train_users.numpy(), data.train_items.numpy(), U, data.n_items, user_k)
+    return fused + s_user @ fused, sum(hm[U:] for hm in h)
+
+
+def build(data: GraphData, **cfg) -> DualGNN:
+    torch.manual_seed(0)
+    setup = make_setup(
+        "dualgnn", {"embedding_dim": 4, "mlp_hidden_dim": 6, "user_knn_k": 2} | cfg, modalities=list(data.features)
+    )
+    return DualGNN.build(data, setup.model_cfg, setup.model.modalities)
+
+
+# ------------------------------------------------------------------ forward and losses
+
+
+@pytest.mark.parametrize("cfg,user_k", [({}, 2), ({"ui_layers": 3, "user_knn_k": 3}, 3), ({"ui_layers": 0}, 2)])
+def test_forward_matches_the_definition(cfg, user_k):
+    data = hand_data()
+    model = build(data, **cfg)
+    model.eval()
+    with torch.no_grad():
+        emb = model(data)
+    user, item = expected_vectors(model, data, user_k)
+    assert emb.user.shape == (5, 4) and emb.item.shape == (6, 4)
+    np.testing.assert_allclose(emb.user.double().numpy(), user, atol=1e-5)
+    np.testing.assert_allclose(emb.item.double().numpy(), item, atol=1e-5)
+    np.testing.assert_allclose(model.score(emb, torch.arange(5)).double().numpy(), user @ item.T, atol=1e-4)
+
+
+def test_the_user_graph_is_dragons_sparse_top_k():
+    data = hand_data()
+    model = build(data, user_knn_k=1)
+    expected = dense_user_graph(data.train_users.numpy(), data.train_items.numpy(), 5, 6, 1)
+    np.testing.assert_allclose(model.user_graph.matrix.to_dense().numpy(), expected, atol=1e-6)
+    assert model.user_graph.matrix.layout == torch.sparse_csr and len(model.user_graph.values) == 5
+    assert expected[4, 2] == 1.0  # user 4 shares item 4 with user 2 only
+
+
+def test_forward_is_deterministic_and_the_same_in_training_and_eval():
+    data = hand_data()
+    model = build(data)
+    with torch.no_grad():
+        a = model.train()(data)
+        b, c = model.eval()(data), model(data)
+    assert torch.equal(a.user, b.user) and torch.equal(a.item, b.item)
+    assert torch.equal(b.user, c.user) and torch.equal(b.item, c.item)
+
+
+def test_mmrecs_in_place_fusion_is_a_reparametrisation_of_the_weighted_sum():
+    """MMRec adds t_rep into v_rep in place, so its users are α_v·(h^v + h^t) + α_t·h^t: the
+    weighted sum here with the text weight α_v + α_t."""
+    data = hand_data()
+    model = build(data, user_knn_k=0)
+    h = modality_vectors(model, data)
+    alpha = model.fusion.double().detach().numpy()
+    mmrec = alpha[:, :1] * (h[0][:5] + h[1][:5]) + alpha[:, 1:] * h[1][:5]
+    with torch.no_grad():
+        model.fusion[:, 1] += model.fusion[:, 0]
+        emb = model(data)
+    np.testing.assert_allclose(emb.user.double().numpy(), mmrec, atol=1e-5)
+    assert not np.allclose(sum(alpha[:, j : j + 1] * hm[:5] for j, hm in enumerate(h)), mmrec, atol=1e-3)
+
+
+def test_user_graph_switched_off_and_one_modality():
+    data = hand_data()
+    model = build(data)
+    bare = build(data, user_knn_k=0)
+    bare.load_state_dict(model.state_dict())
+    assert bare.user_graph is None
+    with torch.no_grad():
+        full, plain = model(data), bare(data)
+    torch.testing.assert_close(full.item, plain.item)
+    torch.testing.assert_close(full.user, plain.user + torch.sparse.mm(model.user_graph.matrix, plain.user))
+    text = GraphData(
+        data.n_users, data.n_items, data.train_users, data.train_items, data.adj, {"text": data.features["text"]}
+    )
+    single = build(text, user_knn_k=0)
+    assert single.fusion is None and single.modalities == ["text"]
+    with torch.no_grad():
+        emb = single(text)
+        h = single.modality_vectors(text, Features(text.features), "text")
+    torch.testing.assert_close(emb.user, h[:5])
+    torch.testing.assert_close(emb.item, h[5:])
+
+
+def test_reg_is_the_mean_square_of_the_batch_preferences_and_of_the_fusion_weights():
+    data = hand_data()
+    model = build(data, reg_weight=0.3)
+    batch = Batch(torch.tensor([0, 0, 3]), torch.tensor([1, 2, 5]), torch.tensor([[4], [5], [0]]))
+    emb = model(data)
+    terms = model.extra_losses(emb, batch)
+    p = {m: model.preference[m].detach().numpy()[[0, 0, 3]] for m in ("image", "text")}
+    expected = np.mean(p["image"] ** 2) + np.mean(p["text"] ** 2) + np.mean(model.fusion.detach().numpy() ** 2)
+    assert set(terms) == {"reg"}
+    assert terms["reg"].value.item() == pytest.approx(expected, rel=1e-6)
+    assert terms["reg"].weight == pytest.approx(0.3 * math.log(2))
+    assert build(data, reg_weight=0.0).extra_losses(emb, batch) == {}
+
+
+def test_total_loss_is_mmrecs_times_ln2():
+    """MMRec: −mean log₂σ(s⁺ − s⁻) + λ·reg. Here: BPR in nats + λ·ln2·reg = ln 2 × MMRec's."""
+    data = hand_data()
+    model = build(data, reg_weight=0.05)
+    batch = Batch(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 3, 4, 5]), torch.tensor([[5], [4], [0], [1]]))
+    emb = model(data)
+    u, pos, neg = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg[:, 0]]
+    term = model.extra_losses(emb, batch)["reg"]
+    ours = bpr_loss(u, pos, emb.item[batch.neg]) + term.weight * term.value
+    mmrec = -torch.log2(torch.sigmoid((u * pos).sum(1) - (u * neg).sum(1))).mean() + 0.05 * term.value
+    assert ours.item() == pytest.approx(math.log(2) * mmrec.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------ DualGNN+SEA
+
+
+def test_dualgnn_sea_feeds_each_modalitys_split_to_its_mlp_and_trains_every_parameter():
+    data = hand_data()
+    plain, sea = build(data), build(data, separation="sea")
+    for key, p in plain.named_parameters():  # the separation leaves the backbone's initialisation alone
+        assert torch.equal(p, sea.get_parameter(key)), key
+    with torch.no_grad():
+        emb = sea(data)
+        split = {
+            m: data.features[m] @ sea.separation.split[m].weight.T + sea.separation.split[m].bias
+            for m in ("image", "text")
+        }
+        as_features = GraphData(
+            data.n_users, data.n_items, data.train_users, data.train_items, data.adj, split, data.csr
+        )
+        expected = plain(as_features)
+    torch.testing.assert_close(emb.user, expected.user)
+    torch.testing.assert_close(emb.item, expected.item)
+    assert "split" in emb.extras and plain(data).extras == {}
+    model, toy = make("dualgnn", {"separation": "sea", "embedding_dim": 8, "mlp_hidden_dim": 16})
+    parts = step(model, toy, make_batch(toy), torch.optim.Adam(model.main_parameters(), lr=1e-2))
+    assert {"bpr", "reg", "club", "solosim"} <= set(parts)
+    assert not grads_missing(model)
+
+
+# ------------------------------------------------------------------ training, config
+
+
+def test_gradients_reach_every_parameter():
+    model, data = make("dualgnn", {"embedding_dim": 8, "mlp_hidden_dim": 16, "user_knn_k": 5})
+    parts = step(model, data, make_batch(data), torch.optim.Adam(model.main_parameters(), lr=1e-2))
+    assert {"bpr", "reg"} <= set(parts)
+    assert not grads_missing(model)
+    names = {n for n, _ in model.named_parameters()}
+    assert names == {
+        "fusion",
+        "preference.image",
+        "preference.text",
+        *(f"mlp.{m}.{i}.{w}" for m in ("image", "text") for i in (0, 2) for w in ("weight", "bias")),
+    }
+
+
+def test_trains():
+    model, data = make("dualgnn", {"embedding_dim": 16, "mlp_hidden_dim": 32, "user_knn_k": 10})
+    setup = make_setup("dualgnn", modalities=list(data.features), train={"max_epochs": 6, "patience": 6})
+    result = fit(model, data, setup, 5, log=lambda s: None, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert recall_at_10(model, data) > 0.4  # random top-10 recalls about 1/6
+
+
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"mlp_hidden_dim": -1}, "mlp_hidden_dim"),
+        ({"ui_layers": -1}, "ui_layers"),
+        ({"user_knn_k": -1}, "user_knn_k"),
+        ({"reg_weight": -1e-3}, "reg_weight"),
+        ({"knn_k": 10}, "knn_k"),
+        ({"separation": "clip"}, "separation"),
+        ({"generic_fraction": 1.0}, "generic_fraction"),
+        ({"head_dim": 0}, "head_dim"),
+    ],
+)
+def test_config_errors_name_the_param(params, name):
+    with pytest.raises(ConfigError, match=rf"\[dualgnn\].*{name}"):
+        DualGNNConfig.from_dict(params, "dualgnn")
+
+
+def test_registered_and_params_yaml_holds_the_defaults():
+    params = load_params()
+    assert model_class("dualgnn") is DualGNN and DualGNN.uses_features and DualGNN.Config is DualGNNConfig
+    assert DualGNNConfig.from_dict(params["dualgnn"], "dualgnn") == DualGNNConfig()
+    assert DualGNNConfig() == DualGNNConfig(64, 256, 2, 40, 1e-3, "none")  # MMRec's settings
+    assert params["tune"]["spaces"]["dualgnn"] == DualGNN.search_space
+    assert DualGNN.search_space == {"train.lr": [1e-2, 1e-3, 1e-4], "reg_weight": [1e-1, 1e-2, 1e-3, 1e-4]}
