@@ -79,6 +79,8 @@ VARIANTS = {
     "pgl": {"model": {"name": "pgl"}},
     "pgl_global": {"model": {"name": "pgl"}, "pgl": {"mode": "global"}},
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
+    "slmrec": {"model": {"name": "slmrec"}},
+    "slmrec_fdfm": {"model": {"name": "slmrec"}, "slmrec": {"ssl_task": "fd+fm"}},
     "smore": {"model": {"name": "smore"}},
     "smore_sea": {"model": {"name": "smore"}, "smore": {"separation": "sea"}, "train": {"negatives": 3}},
 }
