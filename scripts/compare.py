@@ -65,6 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "mmgcn": ["model.name=mmgcn"],
     "grcn": ["model.name=grcn"],
     "slmrec": ["model.name=slmrec"],
+    "damrs": ["model.name=damrs"],
     "smore": ["model.name=smore", "smore.separation=none"],
     "pgl": ["model.name=pgl"],
     "itemknncbf": ["model.name=itemknncbf"],

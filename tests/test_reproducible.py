@@ -81,6 +81,7 @@ VARIANTS = {
     "simplex": {"model": {"name": "simplex"}, "simplex": {"aggregator": "self_attention"}, "train": {"negatives": 50}},
     "slmrec": {"model": {"name": "slmrec"}},
     "slmrec_fdfm": {"model": {"name": "slmrec"}, "slmrec": {"ssl_task": "fd+fm"}},
+    "damrs": {"model": {"name": "damrs"}},
     "smore": {"model": {"name": "smore"}},
     "smore_sea": {"model": {"name": "smore"}, "smore": {"separation": "sea"}, "train": {"negatives": 3}},
 }
