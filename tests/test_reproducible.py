@@ -73,6 +73,7 @@ VARIANTS = {
     "bm3": {"model": {"name": "bm3"}},
     "selfcf": {"model": {"name": "selfcf"}},
     "mmgcn": {"model": {"name": "mmgcn"}},
+    "mvgae": {"model": {"name": "mvgae"}},
     "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
