@@ -57,6 +57,7 @@ VARIANTS: dict[str, list[str]] = {
     "lattice": ["model.name=lattice", "lattice.separation=none"],
     "bm3": ["model.name=bm3", "bm3.separation=none"],
     "mgcn": ["model.name=mgcn", "mgcn.separation=none"],
+    "gume": ["model.name=gume"],
     "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
     "dragon": ["model.name=dragon", "dragon.separation=none"],
     "dualgnn": ["model.name=dualgnn", "dualgnn.separation=none"],

@@ -67,6 +67,7 @@ VARIANTS = {
     "lattice_sea": {"model": {"name": "lattice"}, "lattice": {"separation": "sea"}},
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
+    "gume": {"model": {"name": "gume"}},
     "dragon": {"model": {"name": "dragon"}},
     "grcn": {"model": {"name": "grcn"}},
     "dualgnn": {"model": {"name": "dualgnn"}},
