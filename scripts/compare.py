@@ -61,6 +61,7 @@ VARIANTS: dict[str, list[str]] = {
     "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
     "dragon": ["model.name=dragon", "dragon.separation=none"],
     "dualgnn": ["model.name=dualgnn", "dualgnn.separation=none"],
+    "mentor": ["model.name=mentor"],
     "layergcn": ["model.name=layergcn"],
     "selfcf": ["model.name=selfcf"],
     "mmgcn": ["model.name=mmgcn"],

@@ -71,6 +71,7 @@ VARIANTS = {
     "dragon": {"model": {"name": "dragon"}},
     "grcn": {"model": {"name": "grcn"}},
     "dualgnn": {"model": {"name": "dualgnn"}},
+    "mentor": {"model": {"name": "mentor"}},
     "bm3": {"model": {"name": "bm3"}},
     "selfcf": {"model": {"name": "selfcf"}},
     "mmgcn": {"model": {"name": "mmgcn"}},
