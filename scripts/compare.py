@@ -66,6 +66,7 @@ VARIANTS: dict[str, list[str]] = {
     "grcn": ["model.name=grcn"],
     "slmrec": ["model.name=slmrec"],
     "smore": ["model.name=smore", "smore.separation=none"],
+    "mmgcf": ["model.name=mmgcf", "mmgcf.separation=none"],
     "pgl": ["model.name=pgl"],
     "itemknncbf": ["model.name=itemknncbf"],
     "sea": ["model.name=sea"],
