@@ -69,6 +69,7 @@ VARIANTS: dict[str, list[str]] = {
     "slmrec": ["model.name=slmrec"],
     "damrs": ["model.name=damrs"],
     "smore": ["model.name=smore", "smore.separation=none"],
+    "mmgcf": ["model.name=mmgcf", "mmgcf.separation=none"],
     "pgl": ["model.name=pgl"],
     "itemknncbf": ["model.name=itemknncbf"],
     "sea": ["model.name=sea"],

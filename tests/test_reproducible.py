@@ -76,6 +76,9 @@ VARIANTS = {
     "selfcf": {"model": {"name": "selfcf"}},
     "mmgcn": {"model": {"name": "mmgcn"}},
     "mvgae": {"model": {"name": "mvgae"}},
+    "mmgcf": {"model": {"name": "mmgcf"}},
+    "mmgcf_concat_alpha": {"model": {"name": "mmgcf"}, "mmgcf": {"fusion_mode": "concat", "weighting": "alpha"}},
+    "mmgcf_sum_equal": {"model": {"name": "mmgcf"}, "mmgcf": {"fusion_mode": "sum", "weighting": "equal"}},
     "itemknncbf": {"model": {"name": "itemknncbf"}},  # no training: its one evaluation, from the built lists
     "lirdrec": {"model": {"name": "lirdrec"}},
     "lgmrec": {"model": {"name": "lgmrec"}},
