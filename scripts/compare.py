@@ -59,6 +59,7 @@ VARIANTS: dict[str, list[str]] = {
     "mgcn": ["model.name=mgcn", "mgcn.separation=none"],
     "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
     "dragon": ["model.name=dragon", "dragon.separation=none"],
+    "cohesion": ["model.name=cohesion"],
     "dualgnn": ["model.name=dualgnn", "dualgnn.separation=none"],
     "layergcn": ["model.name=layergcn"],
     "selfcf": ["model.name=selfcf"],

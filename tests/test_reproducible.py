@@ -68,6 +68,7 @@ VARIANTS = {
     "mgcn": {"model": {"name": "mgcn"}},
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "dragon": {"model": {"name": "dragon"}},
+    "cohesion": {"model": {"name": "cohesion"}},
     "grcn": {"model": {"name": "grcn"}},
     "dualgnn": {"model": {"name": "dualgnn"}},
     "bm3": {"model": {"name": "bm3"}},
