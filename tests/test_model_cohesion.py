@@ -56,11 +56,9 @@ def expected_vectors(model: COHESION, data: GraphData, knn_k: int, user_k: int, 
     U = data.n_users
     adj = dense_adjacency(data)
     e = model.item_id.double().detach().numpy()
-    blocks = [
-        refined(
-            adj, np.concatenate([model.id_preference.double().detach().numpy(), np.sqrt(e**2 + 1e-8)]), model.ui_layers
-        )
-    ]
+    g = np_mlp(model.id_mlp, e)  # the id branch's own MLP of the id embedding
+    id_items = np.sqrt((e**2 + g**2) / 2 + 1e-8)
+    blocks = [refined(adj, np.concatenate([model.id_preference.double().detach().numpy(), id_items]), model.ui_layers)]
     for m in model.modalities:
         f = np_mlp(model.mlp[m], data.features[m].double().numpy())
         p = model.preference[m].double().detach().numpy()
@@ -232,7 +230,9 @@ def test_gradients_reach_every_parameter(detach_id):
     assert not grads_missing(model)
     names = {n for n, _ in model.named_parameters()}
     assert {"item_id", "preference.image", "preference.text", "mlp.image.0.weight", "mlp.text.2.bias"} <= names
-    assert ("id_preference" in names) is not detach_id  # the authors' id preference is never trained
+    # the authors' id preference and id MLP are never trained: buffers then
+    assert ({"id_preference", "id_mlp.0.weight", "id_mlp.2.bias"} <= names) is not detach_id
+    assert not {"id_preference", "id_mlp.0.weight", "id_mlp.2.bias"} & names or not detach_id
 
 
 def test_trains():

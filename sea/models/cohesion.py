@@ -7,7 +7,8 @@ Three modalities: the behaviour (item id) modality and each feature modality m.
 1. **Early fusion** (the behaviour modality refines every modality): item i's vector in
    modality m is the element-wise quadratic mean of its id embedding e_i and its projected
    feature f_m(x_i^m) = W_2 LeakyReLU(W_1 x_i^m + b_1) + b_2,
-   ẽ^m_i = √((e_i² + f_m(x^m_i)²)/2 + 1e-8); for the id modality itself ẽ^id_i = √(e_i² + 1e-8).
+   ẽ^m_i = √((e_i² + f_m(x^m_i)²)/2 + 1e-8); for the id modality itself the same with an MLP
+   g of the id embedding, ẽ^id_i = √((e_i² + g(e_i)²)/2 + 1e-8).
 2. **Composite graph convolution**, heterogeneous part: per modality, users carry a
    preference vector p^m_u; the L2-normalised rows x = norm([p^m; ẽ^m]) are propagated over
    the user–item graph Â with LayerGCN's refinement (each layer scaled row-wise by its cosine
@@ -34,10 +35,10 @@ Differences from the authors' code (deliberate; the published numbers come from 
   loss is theirs times ln 2 (Adam is invariant to that, up to its ε), so ``reg_weight``
   keeps their scale and grid.
 - Their id branch enters through ``id_rep.data``: detached, so its user preference p^id is
-  never trained (it stays at its random initialisation) and the id embedding e is trained
-  through the feature branches' early fusion only. ``detach_id: true`` (the default) keeps
-  that, with p^id a fixed buffer; ``detach_id: false`` lets the gradient through (p^id is
-  then a parameter).
+  never trained (it stays at its random initialisation), nor is the id branch's MLP g, and
+  the id embedding e is trained through the feature branches' early fusion only.
+  ``detach_id: true`` (the default) keeps that, with p^id and g fixed buffers;
+  ``detach_id: false`` lets the gradient through (p^id and g are then parameters).
 - The user–user graph: theirs is read from a precomputed file (DualGNN's co-occurrence
   lists) and a user with fewer than k co-occurring users is padded by re-drawing random
   neighbours at each epoch; here it is built from the training edges at build time, chunk by
@@ -140,7 +141,8 @@ class COHESION(Recommender):
 
     Early fusion: each item's id embedding :math:`e_i` refines every modality,
     :math:`\tilde e^m_i = \sqrt{(e_i^2 + f_m(x^m_i)^2)/2 + 10^{-8}}` (element-wise;
-    :math:`f_m` a two-layer MLP, :math:`\tilde e^{id}_i = \sqrt{e_i^2 + 10^{-8}}`). Per modality
+    :math:`f_m` a two-layer MLP; for the id modality the same with an MLP :math:`g(e_i)` in
+    place of :math:`f_m(x^m_i)`). Per modality
     (id included) the rows :math:`x_0 = \mathrm{norm}([p^m; \tilde e^m])` take layer-refined
     hops over the user–item graph :math:`\hat A`:
 
@@ -172,8 +174,8 @@ class COHESION(Recommender):
         ui_layers: L, refined hops over the user–item graph (2).
         item_layers: L_I, hops over the item–item graph (1; 0: none).
         reg_weight: λ (1e-4; 0 drops the term).
-        detach_id: the authors' detached id branch (True): p^id is a fixed buffer and the id
-            branch passes no gradient (e is trained through the early fusion only).
+        detach_id: the authors' detached id branch (True): p^id and g are fixed buffers and
+            the id branch passes no gradient (e is trained through the early fusion only).
     """
 
     name = "cohesion"
@@ -218,6 +220,16 @@ class COHESION(Recommender):
                 for m, d in feature_dims.items()
             }
         )
+        # the id branch's own MLP g, applied to the id embedding (fixed buffers when detached)
+        self.id_mlp = nn.Sequential(
+            nn.Linear(embedding_dim, mlp_hidden_dim), nn.LeakyReLU(), nn.Linear(mlp_hidden_dim, embedding_dim)
+        )
+        if detach_id:
+            for layer in (self.id_mlp[0], self.id_mlp[2]):
+                for key in ("weight", "bias"):
+                    value = getattr(layer, key).detach()
+                    delattr(layer, key)
+                    layer.register_buffer(key, value)
         self.item_graph = FrozenGraph(item_graph)
         self.user_graph = FrozenGraph(user_graph) if user_graph is not None else None
 
@@ -252,7 +264,7 @@ class COHESION(Recommender):
         """User and item vectors ``[·, (1 + modalities)·d]``, blocks id then the modalities
         (the same in training and eval mode)."""
         e2 = self.item_id.pow(2)
-        id_items = (e2 + 1e-8).sqrt()
+        id_items = ((e2 + self.id_mlp(self.item_id).pow(2)) / 2 + 1e-8).sqrt()
         h_id = self.branch(data.adj, self.id_preference, id_items)
         if self.detach_id:
             h_id = h_id.detach()
