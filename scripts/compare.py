@@ -60,6 +60,7 @@ VARIANTS: dict[str, list[str]] = {
     "gume": ["model.name=gume"],
     "lgmrec": ["model.name=lgmrec", "lgmrec.separation=none"],
     "dragon": ["model.name=dragon", "dragon.separation=none"],
+    "cohesion": ["model.name=cohesion"],
     "dualgnn": ["model.name=dualgnn", "dualgnn.separation=none"],
     "mentor": ["model.name=mentor"],
     "layergcn": ["model.name=layergcn"],

@@ -69,6 +69,7 @@ VARIANTS = {
     "mgcn_sea": {"model": {"name": "mgcn"}, "mgcn": {"separation": "sea"}},
     "gume": {"model": {"name": "gume"}},
     "dragon": {"model": {"name": "dragon"}},
+    "cohesion": {"model": {"name": "cohesion"}},
     "grcn": {"model": {"name": "grcn"}},
     "dualgnn": {"model": {"name": "dualgnn"}},
     "mentor": {"model": {"name": "mentor"}},
