@@ -68,6 +68,7 @@ VARIANTS: dict[str, list[str]] = {
     "mmgcn": ["model.name=mmgcn"],
     "grcn": ["model.name=grcn"],
     "slmrec": ["model.name=slmrec"],
+    "mvgae": ["model.name=mvgae"],
     "damrs": ["model.name=damrs"],
     "smore": ["model.name=smore", "smore.separation=none"],
     "mmgcf": ["model.name=mmgcf", "mmgcf.separation=none"],
