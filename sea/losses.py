@@ -28,6 +28,10 @@ RANKING_LOSSES = ("bpr", "ccl", "softmax", "none")
 #: The ranking losses that compare cosines: a model trained with one ranks by cosine too.
 COSINE_LOSSES = ("ccl", "softmax")
 
+#: MMRec's BPR is in bits, the trainer's in nats: a model ported from MMRec scales its own
+#: penalties by ln 2 to keep their ratio to the ranking loss.
+LN2 = math.log(2.0)
+
 
 @dataclass
 class LossConfig(Section):

@@ -18,7 +18,8 @@ from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
 from sea.models.base import GraphData, model_class
-from sea.models.dragon import DRAGON, DRAGONConfig, co_occurrence_topk, user_user_graph
+from sea.models.dragon import DRAGON, DRAGONConfig
+from sea.models.graphs import co_occurrence_topk, user_user_graph
 from sea.models.separation import Features
 from sea.train import fit
 

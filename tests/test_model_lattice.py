@@ -16,7 +16,8 @@ from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
 from sea.models.base import GraphData, model_class
-from sea.models.lattice import LATTICE, LATTICEConfig, initial_graph, knn_lists
+from sea.models.graphs import knn_lists
+from sea.models.lattice import LATTICE, LATTICEConfig, initial_graph
 from sea.tune import TuneConfig, grid_points
 
 K = 3

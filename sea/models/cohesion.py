@@ -18,7 +18,7 @@ Three modalities: the behaviour (item id) modality and each feature modality m.
    frozen item–item kNN graph S_I (per modality, the top-``knn_k`` cosine neighbours, itself
    included, weights 1/k; w·image + (1 − w)·text), users one hop over the user–user
    co-occurrence graph S_U (softmax of the common-item counts over each user's top
-   ``user_knn_k``, :func:`sea.models.dragon.user_user_graph`):
+   ``user_knn_k``, :func:`sea.models.graphs.user_user_graph`):
    u ← u + S_U u, i ← i + S_I^{L_I} i.
 5. **Adaptive optimisation** (training only): per modality block, s^m = ⟨u^m, i^m⟩; the
    BPR margin is Σ_m w_m (s^m_+ − s^m_−) with w = 1 − softmax_m(s^m_+ − s^m_−), detached: a
@@ -67,10 +67,9 @@ from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
+from sea.losses import LN2
 from sea.models.base import GraphData, Recommender, register
-from sea.models.dragon import LN2, user_user_graph
-from sea.models.graphs import FrozenGraph, spmm
-from sea.models.lattice import knn_lists
+from sea.models.graphs import FrozenGraph, knn_lists, spmm, user_user_graph
 from sea.ops import full_mean
 
 #: Rows of the item–item similarity computed at a time when building the kNN graph.
@@ -105,7 +104,7 @@ class COHESIONConfig(Section):
 def knn_mean_graph(x: torch.Tensor, k: int, chunk: int = KNN_CHUNK) -> torch.Tensor:
     """The item–item graph of one modality as an (n, n) sparse COO tensor: row i holds 1/k at
     each of its top-``k`` cosine neighbours (itself included), computed ``chunk`` rows of
-    similarities at a time (:func:`sea.models.lattice.knn_lists`)."""
+    similarities at a time (:func:`sea.models.graphs.knn_lists`)."""
     n = x.shape[0]
     nbrs, _ = knn_lists(x, k, chunk)
     k = nbrs.shape[1]

@@ -65,7 +65,7 @@ from torch import nn
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, _sym_normalize
+from sea.models.graphs import FrozenGraph, sym_normalize
 from sea.models.propagation import propagate
 from sea.ops import full_mean, full_sum, pointwise
 
@@ -134,7 +134,7 @@ def consistent_knn_graphs(features: dict[str, torch.Tensor], k: int) -> dict[str
     out = {}
     for m in normed:
         r, c = torch.cat(rows[m]), torch.cat(cols[m])
-        out[m] = _sym_normalize(r, c, torch.ones(len(r)), n)
+        out[m] = sym_normalize(r, c, torch.ones(len(r)), n)
     return out
 
 
@@ -167,7 +167,7 @@ def behaviour_graph(
             rows.append((local + start).unsqueeze(1).expand_as(idx)[valid])
             cols.append(idx[valid])
     r, c = torch.cat(rows), torch.cat(cols)
-    return _sym_normalize(r, c, torch.ones(len(r)), n_items)
+    return sym_normalize(r, c, torch.ones(len(r)), n_items)
 
 
 # ------------------------------------------------------------------ the model

@@ -51,26 +51,19 @@ Differences from MMRec's ``dragon.py`` (all deliberate; the published numbers co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
-from sea.losses import ClubConfig, LossConfig
+from sea.losses import LN2, ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, item_item_graph
-from sea.models.propagation import propagate
-from sea.models.separation import Features, Separable, Separation, check_separation_params, separation_settings
-from sea.ops import full_mean
-
-#: MMRec's BPR is in bits, the trainer's in nats: the penalty is scaled by ln 2 to keep the ratio.
-LN2 = math.log(2.0)
+from sea.models.graphs import FrozenGraph, item_item_graph, user_user_graph
+from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
+from sea.models.towers import ModalityTowers
 
 
 @dataclass
@@ -101,69 +94,8 @@ class DRAGONConfig(Section):
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
-def co_occurrence_topk(
-    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, k: int, chunk_elements: int = 1 << 23
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each user's ``k`` users with the most items in common, as (rows, cols, counts): rows
-    ascending, each row's neighbours by decreasing count, ties by increasing user id (so a
-    tie at the k-th count goes to the lower ids). Users with no item in common, and the user
-    itself, are left out.
-
-    The counts are R·Rᵀ for the binary users × items matrix R of the distinct (user, item)
-    pairs, computed for a block of users at a time (R times a dense block of Rᵀ's columns,
-    at most ``chunk_elements`` counts held at once): exact integers whatever the order of
-    the sums, so the graph does not depend on the thread count. Each count c of user v
-    becomes the integer key c·U + (U − 1 − v), unique in its row, so that one top-k gives
-    the order above.
-    """
-    k = min(k, n_users - 1)
-    empty = torch.zeros(0, dtype=torch.long)
-    if k <= 0 or len(users) == 0:
-        return empty, empty, torch.zeros(0)
-    if n_items >= 1 << 24:
-        raise ValueError("co_occurrence_topk counts in float32: at most 2^24 items")
-    key_type = torch.int32 if (n_items + 1) * n_users < 1 << 31 else torch.int64
-    pairs = torch.unique(torch.stack([users.cpu(), items.cpu()]), dim=1)  # sorted by user
-    r = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (n_users, n_items)).coalesce().to_sparse_csr()
-    user_ptr = torch.zeros(n_users + 1, dtype=torch.long)
-    user_ptr[1:] = torch.bincount(pairs[0], minlength=n_users).cumsum(0)
-    tie_break = torch.arange(n_users - 1, -1, -1, dtype=key_type)  # U - 1 - v
-    step = max(1, chunk_elements // n_users)
-    rows, cols, counts = [], [], []
-    for start in range(0, n_users, step):
-        stop = min(n_users, start + step)
-        block = torch.zeros(n_items, stop - start)  # R[start:stop]ᵀ, dense
-        lo, hi = user_ptr[start], user_ptr[stop]
-        block[pairs[1][lo:hi], pairs[0][lo:hi] - start] = 1.0
-        key = torch.sparse.mm(r, block).T.to(key_type)  # [stop - start, n_users]: items in common
-        key[torch.arange(stop - start), torch.arange(start, stop)] = 0  # not oneself
-        top = key.mul_(n_users).add_(tie_break).topk(k, dim=1).values
-        count = torch.div(top, n_users, rounding_mode="floor")
-        keep = count > 0
-        rows.append(torch.arange(start, stop).unsqueeze(1).expand(-1, k)[keep])
-        cols.append((n_users - 1 - (top - count * n_users))[keep].long())
-        counts.append(count[keep].float())
-    return torch.cat(rows), torch.cat(cols), torch.cat(counts)
-
-
-def user_user_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, k: int) -> torch.Tensor:
-    """DRAGON's user–user graph as a ``[n_users, n_users]`` CSR matrix: row u holds the
-    softmax, over u's top-``k`` co-occurring users (:func:`co_occurrence_topk`), of their
-    numbers of items in common with u; a user without any has an empty row."""
-    rows, cols, counts = co_occurrence_topk(users, items, n_users, n_items, k)
-    weights = torch.zeros_like(counts)
-    if len(rows):
-        # softmax per row, shifted by the row's largest count
-        top = torch.zeros(n_users).scatter_reduce_(0, rows, counts, "amax", include_self=False)
-        e = (counts - top[rows]).exp()
-        total = torch.zeros(n_users).index_add_(0, rows, e)
-        weights = e / total[rows]
-    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (n_users, n_users)).coalesce()
-    return coo.to_sparse_csr()
-
-
 @register
-class DRAGON(Separable, Recommender):
+class DRAGON(ModalityTowers, Separable, Recommender):
     r"""DRAGON ("Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal
     Recommendation", Zhou, Zhou, Liu, Zeng, Miao, Wang, You & Jiang, ECAI 2023).
 
@@ -229,24 +161,8 @@ class DRAGON(Separable, Recommender):
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        self.modalities = list(feature_dims)
         self.ui_layers, self.item_layers, self.reg_weight = ui_layers, item_layers, reg_weight
-        self.preference = nn.ParameterDict(
-            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim))) for m in self.modalities}
-        )
-        self.mlp = nn.ModuleDict(
-            {
-                m: nn.Sequential(nn.Linear(d, mlp_hidden_dim), nn.LeakyReLU(), nn.Linear(mlp_hidden_dim, embedding_dim))
-                for m, d in feature_dims.items()
-            }
-        )
-        # α: xavier-normal over [users, modalities, 1] as MMRec, then a softmax over the modalities
-        n_mod = len(self.modalities)
-        self.fusion = (
-            nn.Parameter(torch.softmax(torch.randn(n_users, n_mod) * math.sqrt(2.0 / (n_users + n_mod)), dim=1))
-            if n_mod > 1
-            else None
-        )
+        self.init_towers(n_users, feature_dims, embedding_dim, mlp_hidden_dim)
         self.item_graph = FrozenGraph(item_graph)
         self.user_graph = FrozenGraph(user_graph) if user_graph is not None else None
         # Created last, so that switching it on leaves the initialisation above unchanged.
@@ -282,13 +198,6 @@ class DRAGON(Separable, Recommender):
             separation=separation_settings(cfg, loss, club),
         )
 
-    def modality_vectors(self, data: GraphData, content: Features, m: str) -> torch.Tensor:
-        """h^m: the propagated, normalised [p^m; f_m(x^m)], ``[n_users + n_items, d]``;
-        ``content`` is the item features as read (raw, or split by the separation)."""
-        first, act, second = self.mlp[m]
-        x = torch.cat([self.preference[m], second(act(content.apply(m, first)))])
-        return propagate(data.adj, F.normalize(x, dim=1), self.ui_layers)
-
     def forward(self, data: GraphData) -> Embeddings:
         """User and item vectors (the same in training and eval mode); with the separation,
         ``extras["split"]`` holds each modality's [g; s]."""
@@ -313,8 +222,5 @@ class DRAGON(Separable, Recommender):
         the separation, its ``club`` and ``solosim`` terms."""
         terms = {}
         if self.reg_weight > 0:
-            reg = sum(full_mean(self.preference[m][batch.users].pow(2)) for m in self.modalities)
-            if self.fusion is not None:
-                reg = reg + full_mean(self.fusion.pow(2))
-            terms["reg"] = Term(reg, self.reg_weight * LN2)
+            terms["reg"] = Term(self.tower_penalty(batch.users), self.reg_weight * LN2)
         return terms | self.separation_losses(emb, batch)

@@ -9,7 +9,7 @@ Two graphs:
    hops over the symmetric-normalised adjacency Â, the sum of the layers 0…L).
 2. A user–user co-occurrence graph: each user's ``user_knn_k`` users with the most training
    items in common, weighted by the softmax of those counts (DRAGON's graph,
-   :func:`sea.models.dragon.user_user_graph`, built chunk-wise and sparse).
+   :func:`sea.models.graphs.user_user_graph`, built chunk-wise and sparse).
 
 Modality fusion: the user vector is the weighted sum Σ_m α_um·h^m_u with a learnable weight
 per user and modality (softmax-initialised), the item vector the plain sum Σ_m h^m_i. The
@@ -53,24 +53,19 @@ Differences from MMRec's ``dualgnn.py`` (deliberate; the published numbers come 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
-from sea.losses import ClubConfig, LossConfig
+from sea.losses import LN2, ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
-from sea.models.dragon import LN2, user_user_graph
-from sea.models.graphs import FrozenGraph
-from sea.models.propagation import propagate
-from sea.models.separation import Features, Separable, Separation, check_separation_params, separation_settings
-from sea.ops import full_mean
+from sea.models.graphs import FrozenGraph, user_user_graph
+from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
+from sea.models.towers import ModalityTowers
 
 
 @dataclass
@@ -96,7 +91,7 @@ class DualGNNConfig(Section):
 
 
 @register
-class DualGNN(Separable, Recommender):
+class DualGNN(ModalityTowers, Separable, Recommender):
     r"""DualGNN ("DualGNN: Dual Graph Neural Network for Multimedia Recommendation", Wang,
     Wei, Yin, Wu, Song & Nie, IEEE Transactions on Multimedia 2021).
 
@@ -157,24 +152,8 @@ class DualGNN(Separable, Recommender):
     ):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        self.modalities = list(feature_dims)
         self.ui_layers, self.reg_weight = ui_layers, reg_weight
-        self.preference = nn.ParameterDict(
-            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim))) for m in self.modalities}
-        )
-        self.mlp = nn.ModuleDict(
-            {
-                m: nn.Sequential(nn.Linear(d, mlp_hidden_dim), nn.LeakyReLU(), nn.Linear(mlp_hidden_dim, embedding_dim))
-                for m, d in feature_dims.items()
-            }
-        )
-        # α: xavier-normal over [users, modalities, 1] as MMRec, then a softmax over the modalities
-        n_mod = len(self.modalities)
-        self.fusion = (
-            nn.Parameter(torch.softmax(torch.randn(n_users, n_mod) * math.sqrt(2.0 / (n_users + n_mod)), dim=1))
-            if n_mod > 1
-            else None
-        )
+        self.init_towers(n_users, feature_dims, embedding_dim, mlp_hidden_dim)
         self.user_graph = FrozenGraph(user_graph) if user_graph is not None else None
         # Created last, so that switching it on leaves the initialisation above unchanged.
         self.separation = Separation(feature_dims, **separation) if separation is not None else None
@@ -206,13 +185,6 @@ class DualGNN(Separable, Recommender):
             separation=separation_settings(cfg, loss, club),
         )
 
-    def modality_vectors(self, data: GraphData, content: Features, m: str) -> torch.Tensor:
-        """h^m: the propagated, normalised [p^m; f_m(x^m)], ``[n_users + n_items, d]``;
-        ``content`` is the item features as read (raw, or split by the separation)."""
-        first, act, second = self.mlp[m]
-        x = torch.cat([self.preference[m], second(act(content.apply(m, first)))])
-        return propagate(data.adj, F.normalize(x, dim=1), self.ui_layers)
-
     def forward(self, data: GraphData) -> Embeddings:
         """User and item vectors (the same in training and eval mode); with the separation,
         ``extras["split"]`` holds each modality's [g; s]."""
@@ -236,8 +208,5 @@ class DualGNN(Separable, Recommender):
         the separation, its ``club`` and ``solosim`` terms."""
         terms = {}
         if self.reg_weight > 0:
-            reg = sum(full_mean(self.preference[m][batch.users].pow(2)) for m in self.modalities)
-            if self.fusion is not None:
-                reg = reg + full_mean(self.fusion.pow(2))
-            terms["reg"] = Term(reg, self.reg_weight * LN2)
+            terms["reg"] = Term(self.tower_penalty(batch.users), self.reg_weight * LN2)
         return terms | self.separation_losses(emb, batch)

@@ -60,7 +60,7 @@ from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.losses import rows_norm, solosim_loss
 from sea.models.base import GraphData, register
-from sea.models.graphs import FrozenGraph, _sym_normalize
+from sea.models.graphs import FrozenGraph, sym_normalize
 from sea.models.mgcn import MGCN, user_item_block
 from sea.models.propagation import propagate
 from sea.ops import full_mean, full_sum
@@ -121,7 +121,7 @@ def knn_from_lists(lists: torch.Tensor) -> torch.Tensor:
     :func:`~sea.models.graphs.knn_graph`."""
     n, k = lists.shape
     rows = torch.arange(n).repeat_interleave(k)
-    return _sym_normalize(rows, lists.reshape(-1).cpu(), torch.ones(n * k), n)
+    return sym_normalize(rows, lists.reshape(-1).cpu(), torch.ones(n * k), n)
 
 
 def common_neighbours(lists: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +145,7 @@ def enhanced_adjacency(
     u, i = torch.as_tensor(pairs[0], dtype=torch.long), torch.as_tensor(pairs[1], dtype=torch.long)
     rows = torch.cat([u, i, links[0] + n_users])
     cols = torch.cat([i, u, links[1] + n_users])
-    return _sym_normalize(rows, cols, torch.ones(len(rows)), n_users + n_items)
+    return sym_normalize(rows, cols, torch.ones(len(rows)), n_users + n_items)
 
 
 @register

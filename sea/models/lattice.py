@@ -72,7 +72,7 @@ from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, rows_norm
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, spmm
+from sea.models.graphs import FrozenGraph, knn_lists, lists_mm, normalise_lists, spmm
 from sea.models.propagation import propagate
 from sea.models.separation import Features, Separable, Separation, check_separation_params, separation_settings
 
@@ -105,41 +105,11 @@ class LATTICEConfig(Section):
         check_separation_params(section, self.separation, self.generic_fraction, self.head_dim)
 
 
-# ------------------------------------------------------------------ top-k neighbour lists
-
-
-def knn_lists(x: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices, cosines), each ``[n, k]``: every row's ``k`` most cosine-similar rows of
-    ``x`` (itself included, as in MMRec), by ``chunk`` rows of the similarity at a time (at
-    most ``[chunk, n]`` floats live at once). No gradient."""
-    n = x.shape[0]
-    k = min(k, n)
-    with torch.no_grad():
-        x = F.normalize(x.float(), dim=1)
-        parts = [(x[s : s + chunk] @ x.T).topk(k, dim=1) for s in range(0, n, chunk)]
-    return torch.cat([p.indices for p in parts]), torch.cat([p.values for p in parts])
-
-
 def pair_cosines(z: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     """cos(z_i, z_j) for each row i and each j in ``neighbours[i]`` (``[n, k]``),
     differentiable in ``z``: the kept edges' weights of the learned graph."""
     z = F.normalize(z, dim=1)
     return (z.unsqueeze(1) * z[neighbours]).sum(-1)
-
-
-def normalise_lists(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The weights of D^-1/2·S·D^-1/2 for the graph S whose row i has ``weights[i]`` at the
-    columns ``neighbours[i]`` (repeats add up), D the row sums; a row summing to ≤ 0 gets
-    factor 0."""
-    degree = weights.sum(1)
-    inv_sqrt = torch.where(degree > 0, degree.clamp(min=torch.finfo(degree.dtype).tiny).rsqrt(), 0.0)
-    return inv_sqrt.unsqueeze(1) * weights * inv_sqrt[neighbours]
-
-
-def lists_mm(neighbours: torch.Tensor, weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """S·h for the graph S given as neighbour lists (see :func:`normalise_lists`),
-    differentiable in ``weights`` and ``h``."""
-    return (weights.unsqueeze(-1) * h[neighbours]).sum(1)
 
 
 def initial_graph(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:

@@ -78,14 +78,12 @@ from torch import nn
 
 from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
-from sea.losses import solosim_loss
+from sea.losses import LN2, solosim_loss
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, spmm
-from sea.models.lattice import knn_lists, normalise_lists
+from sea.models.graphs import FrozenGraph, knn_lists, normalise_lists, spmm
 from sea.models.propagation import propagate
 from sea.ops import full_mean, full_sum
 
-LN2 = math.log(2.0)
 ID = "id"
 
 

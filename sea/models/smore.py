@@ -58,7 +58,7 @@ from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.losses import ClubConfig, LossConfig, solosim_loss
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, _sym_normalize
+from sea.models.graphs import FrozenGraph, sym_normalize
 from sea.models.propagation import propagate
 from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
 from sea.ops import Pointwise, full_sum
@@ -116,7 +116,7 @@ def weighted_knn_graph(features: torch.Tensor, k: int, chunk: int = KNN_CHUNK) -
     cols = torch.cat(cols).reshape(-1)
     rows = torch.arange(n).repeat_interleave(k)
     keep = vals > 0
-    return _sym_normalize(rows[keep], cols[keep], vals[keep], n)
+    return sym_normalize(rows[keep], cols[keep], vals[keep], n)
 
 
 def max_graph(graphs: Sequence[torch.Tensor]) -> torch.Tensor:
