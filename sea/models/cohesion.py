@@ -69,7 +69,7 @@ from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.losses import LN2
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, knn_lists, spmm, user_user_graph
+from sea.models.graphs import FrozenGraph, knn_lists, optional_user_graph, spmm
 from sea.ops import full_mean
 
 #: Rows of the item–item similarity computed at a time when building the kNN graph.
@@ -236,17 +236,15 @@ class COHESION(Recommender):
     def build(cls, data: GraphData, cfg: COHESIONConfig, modalities: Sequence[str] | None = None, *unused) -> COHESION:
         modalities = list(modalities or data.features)
         graph = item_graph({m: data.features[m].cpu() for m in modalities}, cfg.knn_k, cfg.image_knn_weight)
-        users = (
-            user_user_graph(data.train_users, data.train_items, data.n_users, data.n_items, cfg.user_knn_k)
-            if cfg.user_knn_k > 0
-            else None
+        users = optional_user_graph(
+            data.train_users, data.train_items, data.n_users, data.n_items, cfg.user_knn_k, data.device
         )
         return cls(
             data.n_users,
             data.n_items,
             {m: data.features[m].shape[1] for m in modalities},
             graph.to(data.device),
-            None if users is None else users.to(data.device),
+            users,
             embedding_dim=cfg.embedding_dim,
             mlp_hidden_dim=cfg.mlp_hidden_dim,
             ui_layers=cfg.ui_layers,

@@ -63,7 +63,7 @@ from sea.batch import Batch, Embeddings, Term
 from sea.config import Section, require
 from sea.losses import LN2, ClubConfig, LossConfig
 from sea.models.base import GraphData, Recommender, register
-from sea.models.graphs import FrozenGraph, user_user_graph
+from sea.models.graphs import FrozenGraph, optional_user_graph
 from sea.models.separation import Separable, Separation, check_separation_params, separation_settings
 from sea.models.towers import ModalityTowers
 
@@ -168,16 +168,14 @@ class DualGNN(ModalityTowers, Separable, Recommender):
         club: ClubConfig | None = None,
     ) -> DualGNN:
         modalities = list(modalities or data.features)
-        user_graph = (
-            user_user_graph(data.train_users, data.train_items, data.n_users, data.n_items, cfg.user_knn_k)
-            if cfg.user_knn_k > 0
-            else None
+        user_graph = optional_user_graph(
+            data.train_users, data.train_items, data.n_users, data.n_items, cfg.user_knn_k, data.device
         )
         return cls(
             data.n_users,
             data.n_items,
             {m: data.features[m].shape[1] for m in modalities},
-            None if user_graph is None else user_graph.to(data.device),
+            user_graph,
             embedding_dim=cfg.embedding_dim,
             mlp_hidden_dim=cfg.mlp_hidden_dim,
             ui_layers=cfg.ui_layers,

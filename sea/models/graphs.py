@@ -209,3 +209,10 @@ def user_user_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
         weights = e / total[rows]
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (n_users, n_users)).coalesce()
     return coo.to_sparse_csr()
+
+
+def optional_user_graph(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, k: int, device
+) -> torch.Tensor | None:
+    """:func:`user_user_graph` on ``device``, or None when ``k`` is 0 (no user graph)."""
+    return user_user_graph(users, items, n_users, n_items, k).to(device) if k > 0 else None
