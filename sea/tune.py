@@ -46,13 +46,15 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors
 
 from sea import artifacts
 from sea.config import Section, require, require_choice
 from sea.errors import ConfigError, shown
 from sea.evaluation import evaluate
 from sea.features import resolve_device
-from sea.files import sha256_file, write_json, write_text
+from sea.files import atomic_path, sha256_file, write_json, write_text
 from sea.losses import ClubConfig, LossConfig
 from sea.models.base import REGISTRY, GraphData, model_class
 from sea.setup import TrainConfig, TrainingSetup
@@ -691,6 +693,33 @@ def train_seed(search: Search, data: GraphData, values: dict[str, Any], seed: in
     return SeedRun(seed, result.best_epoch, len(result.history), valid, result.best_state)
 
 
+def rerun_file(search: Search, trial: int, seed: int) -> Path:
+    """Where a finished re-run is kept (beside the study's journal, under the same key)."""
+    return search.root / search.journal.with_suffix(".reruns") / f"trial{trial}-seed{seed}.safetensors"
+
+
+def cached_seed_run(search: Search, data: GraphData, trial: FrozenTrial, seed: int) -> SeedRun:
+    """:func:`train_seed`, kept on disk once finished, so that a killed selection resumes
+    without re-training the seeds it had finished (the file's key is the study's: same
+    data, params and code). An unreadable file is trained again."""
+    path = rerun_file(search, trial.number, seed)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = json.loads((f.metadata() or {})["run"])
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            return SeedRun(int(meta["seed"]), int(meta["best_epoch"]), int(meta["epochs"]), meta["valid"], state)
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+            pass
+    run = train_seed(search, data, trial.params, seed)
+    meta = {"seed": run.seed, "best_epoch": run.best_epoch, "epochs": run.epochs, "valid": run.valid}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in run.state.items()}
+    blob = save_safetensors(tensors, metadata={"run": json.dumps(meta, sort_keys=True)})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    return run
+
+
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials, best validation value first (ties: the earlier trial), one per point."""
     seen, out = [], []
@@ -717,7 +746,7 @@ def select(
         raise ConfigError(f"no trial of the {search.model} search completed: nothing to select")
     candidates, best = [], None
     for t in top:
-        runs = [train_seed(search, data, t.params, seed) for seed in search.config.seeds]
+        runs = [cached_seed_run(search, data, t, seed) for seed in search.config.seeds]
         cand = Candidate(t.number, dict(t.params), runs, select_metric)
         log(f"trial {t.number} {t.params}: mean valid {select_metric} {cand.mean:.4f} over seeds {search.config.seeds}")
         if best is None or cand.mean > best.mean:

@@ -259,6 +259,30 @@ def test_the_pick_is_the_best_mean_validation_over_seeds(root, monkeypatch):
     assert [c.trial for c in candidates] == [0, 1, 2]
 
 
+def test_a_killed_selection_resumes_without_retraining_its_finished_seeds(root):
+    """Each finished re-run is kept beside the study: a second selection trains only the
+    seeds whose file is missing or unreadable, and picks the same, with the same states."""
+    search = tune.Search.prepare(params_for(top=2, seeds=[1, 2]), "bprmf", root=root)
+    data = search.load_data()
+    tune.run_worker(search, data=data)
+    study = search.study()
+    pick, candidates = tune.select(search, study, data, log=lambda _: None)
+    files = {(c.trial, r.seed): tune.rerun_file(search, c.trial, r.seed) for c in candidates for r in c.runs}
+    assert len(files) == 4 and all(f.is_file() for f in files.values())
+    (lost, broken, *kept) = sorted(files)
+    files[lost].unlink()  # as a kill before its write
+    files[broken].write_bytes(b"not a safetensors file")
+    stamps = {k: files[k].stat().st_mtime_ns for k in kept}
+
+    again, candidates2 = tune.select(search, study, data, log=lambda _: None)
+    assert {k: files[k].stat().st_mtime_ns for k in kept} == stamps  # read, not trained again
+    assert files[lost].is_file() and files[broken].read_bytes()[:8] != b"not a sa"
+    assert (again.trial, again.values) == (pick.trial, pick.values)
+    assert [[r.valid for r in c.runs] for c in candidates2] == [[r.valid for r in c.runs] for c in candidates]
+    for r1, r2 in zip(pick.runs, again.runs):
+        assert r1.state.keys() == r2.state.keys() and all(torch.equal(r1.state[k], r2.state[k]) for k in r1.state)
+
+
 # ------------------------------------------------------------------ pruning
 
 
