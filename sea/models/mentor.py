@@ -96,7 +96,7 @@ class MENTORConfig(Section):
     ui_layers: int = 2  # hops over the user-item graph, sum of layers 0..L (authors: 2 fixed)
     knn_k: int = 10  # item-item graph: top-k cosine neighbours per modality (authors: knn_k)
     image_knn_weight: float = 0.1  # item-item graph = w*image + (1 - w)*text (authors: mm_image_weight)
-    item_layers: int = 2  # hops over the item-item graph (authors: n_layers)
+    item_layers: int = 1  # hops over the item-item graph (authors: n_mm_layers 1; their n_layers is unused)
     reg_weight: float = 1e-3  # preference/fusion-weight penalty (authors: [0.001])
     align_weight: float = 0.1  # multilevel alignment (authors: [0.1]; paper grid {0.1, 0.2, 0.3})
     mask_weight_f: float = 1.5  # feature masking (authors: [1.5]; paper grid {0.5, ..., 2.5})
@@ -195,7 +195,7 @@ class MENTOR(Recommender):
         item_graph: the item–item graph S, ``[n_items, n_items]`` sparse.
         embedding_dim: d, width of each view (64); the scored vectors have M·d.
         mlp_hidden_dim: hidden width of the MLPs f_v (256).
-        ui_layers: L (2). item_layers: K (2).
+        ui_layers: L (2). item_layers: K (1).
         reg_weight, align_weight, mask_weight_f, mask_weight_g: the terms' weights (1e-3,
             0.1, 1.5, 1e-4; 0 skips a term).
         dropout: the feature-masking dropout rate (0.5).
@@ -218,7 +218,7 @@ class MENTOR(Recommender):
         embedding_dim: int = 64,
         mlp_hidden_dim: int = 256,
         ui_layers: int = 2,
-        item_layers: int = 2,
+        item_layers: int = 1,
         reg_weight: float = 1e-3,
         align_weight: float = 0.1,
         mask_weight_f: float = 1.5,
