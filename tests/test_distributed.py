@@ -172,9 +172,10 @@ def test_two_processes_dividing_the_graph_match_one_process(runs, model):
     assert ckpt.params["train"]["partition_graph"] is True
 
 
-def test_two_processes_give_the_same_bytes_again(runs, dataset, tmp_path):
-    first = runs("sea", 2)
-    again = trained(dataset, tmp_path / "again", params_for("sea", 2))
+@pytest.mark.parametrize("partition_graph", [False, True])
+def test_two_processes_give_the_same_bytes_again(runs, dataset, tmp_path, partition_graph):
+    first = runs("sea", 2, partition_graph)
+    again = trained(dataset, tmp_path / "again", params_for("sea", 2, partition_graph))
     for out in OUTPUTS:
         assert (again / out).read_bytes() == (first / out).read_bytes(), out
 

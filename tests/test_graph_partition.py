@@ -1,16 +1,21 @@
 """The propagation divided among ranks (``train.partition_graph``,
 :class:`sea.models.propagation.GraphPartition`) on hand-sized graphs: 2 and 3 gloo
 processes give every rank the plain propagation's values, and the ranks' gradients sum
-to the gradient of the sum of their objectives, computed here with dense matrices."""
+to the gradient of the sum of their objectives, computed here with dense matrices. Then
+every registered model, two training steps on 2 gloo processes dividing the graph: one
+process's weights, or the one-line refusal for a model that makes no shared hop."""
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from sea import artifacts
 from sea.errors import ConfigError
 from sea.models.graphs import user_item_adjacency
 from sea.models.propagation import GraphPartition, balanced_rows, propagate, row_slice
@@ -121,3 +126,85 @@ def test_a_model_without_the_shared_propagation_is_refused():
     with one.active():
         y = propagate(user_item_adjacency(USERS, ITEMS, N_USERS, N_ITEMS), x, 2)
     assert one.hops == 2 and y.shape == x.shape
+
+
+# ------------------------------------------------------------------ every model, two steps
+
+
+def model_steps(name: str, rank: int | None) -> dict[str, torch.Tensor] | str:
+    """The weights after 2 plain-SGD steps on batches of 37 rows, as rank ``rank`` of 2
+    dividing the graph (None: one process, whole graph); "refused" when the model makes no
+    shared hop (checked in one process too)."""
+    import pandas as pd
+
+    from sea.batch import Batch
+    from sea.distributed import World
+    from sea.models.base import GraphData
+    from sea.samplers import UniformNegatives
+    from sea.setup import TrainingSetup
+    from sea.train import build_model, seed_everything, train_step
+
+    root = Path(os.environ["SEA_TEST_DATASET"])
+    data = GraphData.build(
+        pd.read_parquet(root / artifacts.INTERACTIONS),
+        90,
+        {m: np.load(root / artifacts.FEATURES / f"{m}.npy") for m in ("image", "text")},
+    )
+    setup = TrainingSetup.from_params({"model": {"name": name}, "club": {"steps": 2}})
+    seed_everything(0)
+    model = build_model(data, setup)
+    opt = torch.optim.SGD(model.main_parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(0)
+    model.on_epoch_start(1, gen)
+    negatives = UniformNegatives(data.train_users, data.train_items, data.n_users, data.n_items, gen)
+    world = World() if rank is None else World(rank, 2)
+    partition = GraphPartition(world.rank, world.size, name)
+    for _ in range(2):
+        idx = torch.randperm(len(data.train_users), generator=gen)[:37]
+        batch = Batch(data.train_users[idx], data.train_items[idx], negatives(data.train_users[idx], 1))
+        try:
+            with partition.active():  # one process: the plain propagation, its hops counted
+                train_step(model, opt, data, batch, setup.make_ranking_loss(data), world.rows(37))
+        except ConfigError as e:
+            assert f"model {name} makes none" in str(e)
+            return "refused"
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def models_worker(rank: int, port: int, names: list[str], out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = {name: model_steps(name, rank) for name in names}
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_model_divided_takes_one_process_steps(tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+    from test_distributed import write_dataset
+
+    from sea.models.base import REGISTRY
+
+    write_dataset(tmp_path / "data")
+    monkeypatch.setenv("SEA_TEST_DATASET", str(tmp_path / "data"))
+    names = sorted(name for name, cls in REGISTRY.items() if cls.trainable)
+    out = tmp_path / "states.pt"
+    mp.start_processes(models_worker, args=(free_port(), names, str(out)), nprocs=2, start_method="spawn")
+    divided = torch.load(out, weights_only=True)
+    refused = sorted(name for name, result in divided.items() if result == "refused")
+    assert {"lightgcn", "sea", "freedom"}.isdisjoint(refused) and "bprmf" in refused
+    for name in names:
+        one = model_steps(name, None)
+        if divided[name] == "refused":
+            assert one == "refused", name  # the refusal does not depend on the number of ranks
+            continue
+        assert one.keys() == divided[name].keys()
+        for k in one:
+            torch.testing.assert_close(
+                divided[name][k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k, n=name: f"{n} {k}: {m}"
+            )
