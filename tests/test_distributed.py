@@ -250,6 +250,16 @@ def test_a_failing_rank_ends_the_stage_in_one_line(dataset, tmp_path):
     assert not (dest / artifacts.MODEL).exists()
 
 
+def test_dividing_the_graph_of_a_model_without_hops_ends_in_one_line(dataset, tmp_path):
+    proc = train(dataset, tmp_path / "bprmf", params_for("bprmf", 2, partition_graph=True))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "train stage failed: params.yaml [train]: partition_graph divides the hops of the shared propagation "
+        "over the user–item graph, and model bprmf makes none in training; set partition_graph: false\n"
+    ) in proc.stderr
+    assert not (tmp_path / "bprmf" / artifacts.MODEL).exists()
+
+
 def test_processes_must_divide_the_global_batch():
     with pytest.raises(ConfigError, match=r"\[train\]: batch_size 100 is the global batch: .* processes \(3\)"):
         TrainingSetup.from_params({"model": {"name": "bprmf"}, "train": {"batch_size": 100, "processes": 3}})
