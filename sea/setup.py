@@ -43,6 +43,10 @@ class TrainConfig(Section):
     # Distributed training (sea/distributed.py): N > 1 runs the stage as N torchrun ranks,
     # each on 1/N of every batch (batch_size stays the global batch).
     processes: int = 1
+    # With processes > 1: divide the hops of the shared propagation (sea/models/propagation.py)
+    # among the processes, each multiplying its block of the graph's rows, instead of each
+    # propagating the whole graph.
+    partition_graph: bool = False
     # Mirror Gradient (Zhong et al., WWW 2024), for any model: every mirror_interval-th batch
     # takes two steps, on mirror_alpha1 * L, then on -mirror_alpha2 * L at the new weights.
     mirror_gradient: bool = False
@@ -74,6 +78,11 @@ class TrainConfig(Section):
         )
         require(self.processes >= 1, section, "processes must be >= 1")
         require(
+            not self.partition_graph or self.processes > 1,
+            section,
+            "partition_graph divides the graph among processes: it needs processes >= 2",
+        )
+        require(
             self.mirror_alpha1 > 0 and self.mirror_alpha2 >= 0 and self.mirror_interval >= 1,
             section,
             "mirror_alpha1 must be > 0, mirror_alpha2 >= 0 and mirror_interval >= 1",
@@ -92,12 +101,15 @@ class TrainConfig(Section):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The section's values; ``processes`` only when it is not 1 and the ``mirror_*``
-        values only with ``mirror_gradient``, so that a run without them keeps the checkpoint
-        bytes (the checkpoint stores these params) it had before these params existed."""
+        """The section's values; ``processes`` only when it is not 1, ``partition_graph`` only
+        when true and the ``mirror_*`` values only with ``mirror_gradient``, so that a run
+        without them keeps the checkpoint bytes (the checkpoint stores these params) it had
+        before these params existed."""
         values = super().to_dict()
         if self.processes == 1:
             del values["processes"]
+        if not self.partition_graph:
+            del values["partition_graph"]
         if not self.mirror_gradient:
             for key in ("mirror_gradient", "mirror_alpha1", "mirror_alpha2", "mirror_interval"):
                 del values[key]

@@ -14,6 +14,7 @@ done differently there are hooks of :mod:`sea.distributed` that do nothing in on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -31,6 +32,7 @@ from sea.batch import Batch, Term
 from sea.evaluation import evaluate
 from sea.losses import RankingLoss
 from sea.models.base import GraphData, Recommender, adam, model_class
+from sea.models.propagation import GraphPartition
 from sea.runtime import rebalance
 from sea.samplers import UniformNegatives
 from sea.setup import TrainingSetup
@@ -183,6 +185,12 @@ def fit(
     ranking = setup.make_ranking_loss(data)
     mirror = tc.mirror_steps  # Mirror Gradient's (alpha1, alpha2) every mirror_interval-th batch, or None
     n_train = len(data.train_users)
+    # train.partition_graph: the ranks divide each training step's propagation (rank 0 evaluates whole)
+    divide = (
+        GraphPartition(world.rank, world.size, setup.model.name).active
+        if tc.partition_graph
+        else contextlib.nullcontext
+    )
 
     history: list[dict] = []
     best_value, best_epoch, best_valid = -math.inf, 0, {}
@@ -208,10 +216,11 @@ def fit(
             idx = order[b : b + tc.batch_size]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
-            if mirror is not None and (b // tc.batch_size) % tc.mirror_interval == 0:
-                values = mirror_step(model, opt, data, batch, ranking, mirror, world.rows(len(idx)))
-            else:
-                values = train_step(model, opt, data, batch, ranking, world.rows(len(idx)))
+            with divide():
+                if mirror is not None and (b // tc.batch_size) % tc.mirror_interval == 0:
+                    values = mirror_step(model, opt, data, batch, ranking, mirror, world.rows(len(idx)))
+                else:
+                    values = train_step(model, opt, data, batch, ranking, world.rows(len(idx)))
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
         # one host sync per epoch: the batch means of every logged value (each rank logged its part)

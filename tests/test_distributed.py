@@ -7,6 +7,7 @@ Every run is the real stage script on a small synthetic dataset in a temporary f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,7 +87,7 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def params_for(model: str, processes: int) -> dict:
+def params_for(model: str, processes: int, partition_graph: bool = False) -> dict:
     # 630 training rows in global batches of 128: the last one (118 rows) is smaller.
     return {
         "model": {"name": model},
@@ -100,7 +101,8 @@ def params_for(model: str, processes: int) -> dict:
             "patience": 10,
             "seed": 7,
             "processes": processes,
-        },
+        }
+        | ({"partition_graph": True} if partition_graph else {}),
         "eval": {"topk": [5, 10], "select": "recall@10"},
     }
 
@@ -127,13 +129,15 @@ def valid_metrics(run: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def runs(dataset, tmp_path_factory) -> dict:
-    """Cache: (model, processes) -> the folder of that run."""
+    """Cache: (model, processes, partition_graph) -> the folder of that run."""
     base, cache = tmp_path_factory.mktemp("runs"), {}
 
-    def get(model: str, processes: int) -> Path:
-        if (model, processes) not in cache:
-            cache[model, processes] = trained(dataset, base / f"{model}-{processes}", params_for(model, processes))
-        return cache[model, processes]
+    def get(model: str, processes: int, partition_graph: bool = False) -> Path:
+        key = model, processes, partition_graph
+        if key not in cache:
+            dest = base / f"{model}-{processes}{'-divided' if partition_graph else ''}"
+            cache[key] = trained(dataset, dest, params_for(*key))
+        return cache[key]
 
     return get
 
@@ -151,9 +155,27 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs, model)
     assert s1["parameters"] == s2["parameters"]
 
 
-def test_two_processes_give_the_same_bytes_again(runs, dataset, tmp_path):
-    first = runs("sea", 2)
-    again = trained(dataset, tmp_path / "again", params_for("sea", 2))
+#: 2 processes dividing the graph vs 1: the forward is one process's, each gradient a sum
+#: of two partial sums (measured on this dataset: see the test).
+DIVIDED_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "sea", "freedom"])
+def test_two_processes_dividing_the_graph_match_one_process(runs, model):
+    one, two = runs(model, 1), runs(model, 2, True)
+    m1, m2 = valid_metrics(one), valid_metrics(two)
+    assert len(m2) == 3 and 0.05 < m1["valid_recall@10"].iloc[-1] < 0.9
+    np.testing.assert_allclose(m2.to_numpy(), m1.to_numpy(), atol=DIVIDED_TOLERANCE)
+    h1, h2 = pd.read_csv(one / artifacts.HISTORY), pd.read_csv(two / artifacts.HISTORY)
+    np.testing.assert_allclose(h2["bpr"], h1["bpr"], rtol=1e-4)
+    ckpt = load_checkpoint(two / artifacts.MODEL)
+    assert ckpt.params["train"]["partition_graph"] is True
+
+
+@pytest.mark.parametrize("partition_graph", [False, True])
+def test_two_processes_give_the_same_bytes_again(runs, dataset, tmp_path, partition_graph):
+    first = runs("sea", 2, partition_graph)
+    again = trained(dataset, tmp_path / "again", params_for("sea", 2, partition_graph))
     for out in OUTPUTS:
         assert (again / out).read_bytes() == (first / out).read_bytes(), out
 
@@ -228,6 +250,16 @@ def test_a_failing_rank_ends_the_stage_in_one_line(dataset, tmp_path):
     assert not (dest / artifacts.MODEL).exists()
 
 
+def test_dividing_the_graph_of_a_model_without_hops_ends_in_one_line(dataset, tmp_path):
+    proc = train(dataset, tmp_path / "bprmf", params_for("bprmf", 2, partition_graph=True))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "train stage failed: params.yaml [train]: partition_graph divides the hops of the shared propagation "
+        "over the user–item graph, and model bprmf makes none in training; set partition_graph: false\n"
+    ) in proc.stderr
+    assert not (tmp_path / "bprmf" / artifacts.MODEL).exists()
+
+
 def test_processes_must_divide_the_global_batch():
     with pytest.raises(ConfigError, match=r"\[train\]: batch_size 100 is the global batch: .* processes \(3\)"):
         TrainingSetup.from_params({"model": {"name": "bprmf"}, "train": {"batch_size": 100, "processes": 3}})
@@ -235,10 +267,17 @@ def test_processes_must_divide_the_global_batch():
         TrainingSetup.from_params({"model": {"name": "bprmf"}, "train": {"processes": 0}})
 
 
+def test_dividing_the_graph_needs_several_processes():
+    with pytest.raises(ConfigError, match=r"^params.yaml \[train\]: partition_graph .* needs processes >= 2$"):
+        TrainingSetup.from_params({"model": {"name": "lightgcn"}, "train": {"partition_graph": True}})
+    two = TrainingSetup.from_params({"model": {"name": "lightgcn"}, "train": {"processes": 2, "partition_graph": True}})
+    assert two.to_dict()["train"]["partition_graph"] is True
+
+
 def test_one_process_params_keep_their_old_form():
     """processes: 1 is left out of the params a checkpoint stores (same bytes as before)."""
     one = TrainingSetup.from_params({"model": {"name": "bprmf"}})
-    assert "processes" not in one.to_dict()["train"]
+    assert "processes" not in one.to_dict()["train"] and "partition_graph" not in one.to_dict()["train"]
     assert TrainingSetup.from_params(one.to_dict()).train.processes == 1
     two = TrainingSetup.from_params({"model": {"name": "bprmf"}, "train": {"processes": 2}})
     assert two.to_dict()["train"]["processes"] == 2
@@ -246,13 +285,22 @@ def test_one_process_params_keep_their_old_form():
 
 # ------------------------------------------------------------------ one step, in process
 
-#: (model, loss.kind, sampler): BPR with SEA's own terms and estimators, FREEDOM's pruned
-#: graph and feature term, and the softmax whose candidates (and CBNS memory) are the
-#: whole batch's positives.
-STEP_CASES = [("sea", "bpr", "uniform"), ("freedom", "bpr", "uniform"), ("lightgcn", "softmax", "cross_batch")]
+#: (model, loss.kind, sampler, partition_graph): BPR with SEA's own terms and estimators,
+#: FREEDOM's pruned graph and feature term, and the softmax whose candidates (and CBNS
+#: memory) are the whole batch's positives; each with every rank propagating the whole
+#: graph, and with the ranks dividing it.
+STEP_CASES = [
+    (model, kind, sampler, divided)
+    for divided in (False, True)
+    for model, kind, sampler in [
+        ("sea", "bpr", "uniform"),
+        ("freedom", "bpr", "uniform"),
+        ("lightgcn", "softmax", "cross_batch"),
+    ]
+]
 
 
-def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -> dict:
+def steps_state(model_name: str, kind: str, sampler: str, divided: bool, world: World | None) -> dict:
     """The weights after 3 plain-SGD steps on batches of 37 rows (shards of 18 and 19 on
     2 ranks), as ``world``'s rank (None: one process). SGD, unlike Adam, is not invariant
     to the gradient's scale, so a wrongly weighted or unaveraged gradient shows."""
@@ -260,6 +308,7 @@ def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -
 
     from sea.batch import Batch
     from sea.models.base import GraphData
+    from sea.models.propagation import GraphPartition
     from sea.samplers import UniformNegatives
     from sea.train import build_model, seed_everything, train_step
 
@@ -284,7 +333,11 @@ def steps_state(model_name: str, kind: str, sampler: str, world: World | None) -
         idx = torch.randperm(len(data.train_users), generator=gen)[:37]
         users = data.train_users[idx]
         batch = Batch(users, data.train_items[idx], negatives(users, 2))
-        train_step(model, opt, data, batch, ranking, None if world is None else world.shard(37))
+        if world is None:
+            train_step(model, opt, data, batch, ranking)
+        else:
+            with GraphPartition(world.rank, world.size, model_name).active() if divided else contextlib.nullcontext():
+                train_step(model, opt, data, batch, ranking, world.shard(37))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
