@@ -112,12 +112,14 @@ def main() -> None:
         default="both",
         help="models with SEA's separation: time the plain and/or the fast formulation",
     )
+    p.add_argument("--image-dim", type=int, default=None, help="the image features' width (default: the preset's)")
     p.add_argument("--no-eval", action="store_true", help="skip the timed evaluation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
     n_users, n_items, n_train, d_img, d_txt = PRESETS[args.preset]
     n_users, n_items, n_train = n_users * args.scale, n_items * args.scale, n_train * args.scale
+    d_img = args.image_dim or d_img
     device = torch.device(args.device)
     params = {
         "model": {"name": args.model},
@@ -182,7 +184,7 @@ def main() -> None:
         f"model={args.model} separation={args.separation} preset={args.preset} device={name} commit={commit} "
         f"batch={args.batch_size} negatives={args.negatives} club_steps={args.club_steps}"
     )
-    print(f"  scale {args.scale}: {data.n_users:,} users, {data.n_items:,} items")
+    print(f"  scale {args.scale}: {data.n_users:,} users, {data.n_items:,} items, {d_img}-d image, {d_txt}-d text")
     print(f"  {len(data.train_users):,} train interactions, {n_batches} batches/epoch")
     for form, t in per_batch.items():
         if form == "linear":
