@@ -8,14 +8,14 @@ masked, ``eval.memory_mib`` bounding the scores held at once (docs/scale.md).
 Ranking every one of a million users would take hours on a small CPU, and its memory does
 not grow with the users ranked (only the top-k lists do, k per user): the script ranks
 ``--ranked`` users (drawn from the million) against all the items, prints the peak process
-memory above what the vectors and lists take (RSS), the seconds, and the seconds projected
+memory during the ranking (Linux's VmHWM, reset before it) above what the vectors and lists
+take (VmRSS), the seconds, and the seconds projected
 to all users (linear in the users: one chunk after another).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
@@ -25,9 +25,19 @@ from common import commit, kernels
 from sea.metrics import EvalConfig, evaluate_ranking, to_csr
 
 
-def rss_gib() -> float:
-    """Peak resident memory of this process so far (Linux: ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def status_gib(field: str) -> float:
+    """A memory line of /proc/self/status (Linux, in kB): VmRSS now, VmHWM its peak."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    raise SystemExit(f"no {field} in /proc/self/status (Linux only)")
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux >= 4.0), so that the peak measured is
+    the ranking's, not that of building the lists before it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main() -> None:
@@ -51,12 +61,13 @@ def main() -> None:
     truth = to_csr(ranked, rng.integers(0, args.items, len(ranked)), args.users)
     cfg = EvalConfig(batch_size=args.batch_size, memory_mib=args.memory_mib)
     chunk = cfg.chunk(args.items)
-    base = rss_gib()
+    reset_peak()
+    base = status_gib("VmRSS")
 
     t0 = time.perf_counter()
     metrics = evaluate_ranking(lambda u: user_vec[u] @ item_vec.T, exclude, truth, args.items, [10, 20], chunk)
     seconds = time.perf_counter() - t0
-    peak = rss_gib()
+    peak = status_gib("VmHWM")
     print(f"commit={commit()}, {kernels()}, cpu ({torch.get_num_threads()} threads)")
     print(
         f"  {args.users:,} users x {args.items:,} items, dim {args.dim}; {args.ranked:,} users ranked, "

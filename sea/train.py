@@ -4,7 +4,8 @@
 files into a :class:`~sea.models.base.GraphData`; :func:`build_model` makes the model
 ``model.name`` names; :func:`train_step` is one optimiser step (the model's forward, its
 separately fitted parts, the ranking loss of ``loss.kind`` plus the model's own terms);
-:func:`fit` runs the epochs: shuffled batches with uniform negatives
+:func:`fit` runs the epochs: shuffled batches (of ``train.batch_size``, or the
+``train.steps_per_epoch`` slices of the linear regime, docs/scale.md) with uniform negatives
 (:mod:`sea.samplers`), validation (:func:`sea.evaluation.evaluate`) every
 ``train.eval_every`` epochs, early stopping, the best state kept.
 
