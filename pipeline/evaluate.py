@@ -67,8 +67,9 @@ def main() -> None:
     # The model is rebuilt with the params it was trained with; [eval] comes from params.yaml.
     setup = TrainingSetup.from_params(ckpt.params | {"eval": load_params().get("eval")})
     device = torch.device(resolve_device(setup.train.device))
-    name, ks, bs = setup.model.name, setup.eval.topk, setup.eval.batch_size
+    name, ks = setup.model.name, setup.eval.topk
     data = load_graph_data(setup, device)
+    bs = setup.eval.chunk(data.n_items)  # users scored at once (eval.batch_size, eval.memory_mib)
 
     tables = []
     for run in ckpt.runs:

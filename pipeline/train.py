@@ -70,7 +70,9 @@ def train(setup: TrainingSetup, world: distributed.World, device: torch.device) 
         history += [
             {"seed": seed, "epoch": row["epoch"], "best_epoch": result.best_epoch} | row for row in result.history
         ]
-        top = top_items(model, embed(model, data), data, all_users, max(setup.eval.topk), setup.eval.batch_size)
+        top = top_items(
+            model, embed(model, data), data, all_users, max(setup.eval.topk), setup.eval.chunk(data.n_items)
+        )
         recommendations.append(top.assign(seed=seed))
         seeds[str(seed)] = {
             "epochs_run": len(result.history),

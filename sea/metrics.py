@@ -37,11 +37,34 @@ class EvalConfig(Section):
     topk: list[int] = field(default_factory=lambda: [10, 20])
     select: str = "recall@20"
     batch_size: int = 4096
+    # a bound on the scores held at once: with n items, at most memory_mib MiB / (4 n) users
+    # are scored per chunk (None: batch_size users); the same ranking (docs/scale.md)
+    memory_mib: int | None = None
+
+    def chunk(self, n_items: int) -> int:
+        """Users scored at once against all ``n_items``: ``batch_size``, or fewer where
+        ``memory_mib`` bounds their float32 scores (one user at least)."""
+        if self.memory_mib is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.memory_mib * 2**20 // (4 * max(n_items, 1))))
+
+    def to_dict(self) -> dict:
+        """The section's values, ``memory_mib`` only when set: a run without it keeps the
+        checkpoint bytes (the checkpoint stores these params) it had before it existed."""
+        values = super().to_dict()
+        if self.memory_mib is None:
+            del values["memory_mib"]
+        return values
 
     def validate(self, section: str) -> None:
         require(len(self.topk) > 0 and all(k > 0 for k in self.topk), section, "topk must be positive")
         require(len(set(self.topk)) == len(self.topk), section, "topk must not repeat")
         require(self.batch_size >= 1, section, "batch_size must be >= 1")
+        require(
+            self.memory_mib is None or self.memory_mib >= 1,
+            section,
+            f"memory_mib must be null or >= 1, got {shown(self.memory_mib)}",
+        )
         metric, _, k = self.select.partition("@")
         require(
             metric in METRICS and re.fullmatch(r"[0-9]{1,9}", k) is not None,
@@ -81,14 +104,25 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: list[int
     return out
 
 
-def _csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_cols: int) -> torch.Tensor:
-    """Dense 0/1 [len(rows), n_cols] matrix of the given CSR rows."""
+def _csr_entries(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in ``rows``, column) of every entry of the given CSR rows, row by row,
+    columns in CSR order: the sparse form of those rows, never ``len(rows) × n_cols``."""
     starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
     offsets = np.cumsum(lens) - lens  # where each row's entries start in the flat list
     flat = np.arange(int(lens.sum())) - np.repeat(offsets, lens) + np.repeat(starts, lens)
-    dense = torch.zeros(len(rows), n_cols, dtype=torch.bool)
-    dense[torch.as_tensor(np.repeat(np.arange(len(rows)), lens)), torch.as_tensor(indices[flat])] = True
-    return dense
+    return torch.as_tensor(np.repeat(np.arange(len(rows)), lens)), torch.as_tensor(indices[flat])
+
+
+def _in_csr_rows(
+    indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, n_cols: int, cols: torch.Tensor
+) -> torch.Tensor:
+    """``[len(rows), m]`` bool: whether ``cols[r, j]`` is an entry of CSR row ``rows[r]``,
+    by one sorted search over (row, column) keys (each row's columns are sorted)."""
+    row, col = _csr_entries(indptr, indices, rows)
+    keys = row * n_cols + col  # ascending: rows in order, columns sorted within each row
+    query = torch.arange(len(rows)).unsqueeze(1) * n_cols + cols
+    at = torch.searchsorted(keys, query).clamp(max=max(len(keys) - 1, 0))
+    return keys[at] == query if len(keys) else torch.zeros(query.shape, dtype=torch.bool)
 
 
 def to_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +145,21 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best items of each of ``users`` and their scores, ``[len(users), k]`` each,
     on the CPU, best first; each user's ``exclude`` items (CSR) are masked with −inf
-    (they come last, with score −inf, only when fewer than ``k`` items remain)."""
+    (they come last, with score −inf, only when fewer than ``k`` items remain).
+
+    Memory: ``batch_size`` users are scored at a time, against every item, and only their
+    top ``k`` are kept, so at most ``batch_size × n_items`` float32 scores are held
+    (masked in place) plus the results; never ``len(users) × n_items``
+    (:meth:`EvalConfig.chunk` sizes the chunk from a memory bound)."""
     k = min(k, n_items)
     items, scores = [], []
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         s = score_fn(torch.as_tensor(batch)).float()
-        s = s.masked_fill(_csr_rows(*exclude, batch, n_items).to(s.device), -torch.inf)
+        if s._base is not None or not s.is_contiguous():  # a view (e.g. expanded): mask a copy, never its base
+            s = s.contiguous() if not s.is_contiguous() else s.clone()
+        row, col = _csr_entries(*exclude, batch)
+        s[row.to(s.device), col.to(s.device)] = -torch.inf
         top = s.topk(k, dim=1)
         items.append(top.indices.cpu())
         scores.append(top.values.cpu())
@@ -148,7 +190,7 @@ def per_user_metrics(
     values: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        hits = _csr_rows(t_ptr, t_idx, batch, n_items).gather(1, top[start : start + batch_size])
+        hits = _in_csr_rows(t_ptr, t_idx, batch, n_items, top[start : start + batch_size])
         for name, v in metrics_from_hits(hits, torch.as_tensor(n_rel_all[batch]), ks).items():
             values.setdefault(name, []).append(v)
     ordered = [f"{m}@{k}" for m in METRICS for k in ks]

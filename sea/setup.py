@@ -53,6 +53,10 @@ class TrainConfig(Section):
     mirror_alpha1: float = 1.0
     mirror_alpha2: float = 0.1  # the authors' grid: [0.1, 0.2, 0.3]
     mirror_interval: int = 3  # beta: the authors' setting
+    # The epoch's regime (docs/scale.md): None is the published models' exact one (batches of
+    # batch_size, one full-graph forward each); S takes S steps an epoch, each over 1/S of the
+    # shuffled training pairs, so the forwards per epoch stay S however large the graph grows.
+    steps_per_epoch: int | None = None
 
     @property
     def run_seeds(self) -> list[int]:
@@ -83,6 +87,11 @@ class TrainConfig(Section):
             "partition_graph divides the graph among processes: it needs processes >= 2",
         )
         require(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            section,
+            f"steps_per_epoch must be null (batches of batch_size) or >= 1, got {shown(self.steps_per_epoch)}",
+        )
+        require(
             self.mirror_alpha1 > 0 and self.mirror_alpha2 >= 0 and self.mirror_interval >= 1,
             section,
             "mirror_alpha1 must be > 0, mirror_alpha2 >= 0 and mirror_interval >= 1",
@@ -101,11 +110,13 @@ class TrainConfig(Section):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The section's values; ``processes`` only when it is not 1, ``partition_graph`` only
-        when true and the ``mirror_*`` values only with ``mirror_gradient``, so that a run
-        without them keeps the checkpoint bytes (the checkpoint stores these params) it had
-        before these params existed."""
+        """The section's values; ``processes`` only when it is not 1, ``partition_graph`` and
+        ``steps_per_epoch`` only when set, and the ``mirror_*`` values only with
+        ``mirror_gradient``, so that a run without them keeps the checkpoint bytes (the
+        checkpoint stores these params) it had before these params existed."""
         values = super().to_dict()
+        if self.steps_per_epoch is None:
+            del values["steps_per_epoch"]
         if self.processes == 1:
             del values["processes"]
         if not self.partition_graph:
@@ -114,6 +125,22 @@ class TrainConfig(Section):
             for key in ("mirror_gradient", "mirror_alpha1", "mirror_alpha2", "mirror_interval"):
                 del values[key]
         return values
+
+    def batch_bounds(self, n_train: int) -> list[tuple[int, int]]:
+        """The (start, stop) rows of each batch of an epoch over ``n_train`` shuffled training
+        pairs: slices of ``batch_size`` (the last one shorter) or, with ``steps_per_epoch``
+        S, S slices whose sizes differ by one at most (the first ``n_train % S`` one longer)."""
+        if self.steps_per_epoch is None:
+            return [(b, min(b + self.batch_size, n_train)) for b in range(0, n_train, self.batch_size)]
+        steps = self.steps_per_epoch
+        if steps > n_train:
+            raise ConfigError(
+                f"params.yaml [train]: steps_per_epoch {steps} is more than the {n_train} training pairs "
+                "(each step needs one at least)"
+            )
+        size, longer = divmod(n_train, steps)
+        stops = [(i + 1) * size + min(i + 1, longer) for i in range(steps)]
+        return list(zip([0, *stops[:-1]], stops, strict=True))
 
     @property
     def mirror_steps(self) -> tuple[float, float] | None:

@@ -4,7 +4,8 @@
 files into a :class:`~sea.models.base.GraphData`; :func:`build_model` makes the model
 ``model.name`` names; :func:`train_step` is one optimiser step (the model's forward, its
 separately fitted parts, the ranking loss of ``loss.kind`` plus the model's own terms);
-:func:`fit` runs the epochs: shuffled batches with uniform negatives
+:func:`fit` runs the epochs: shuffled batches (of ``train.batch_size``, or the
+``train.steps_per_epoch`` slices of the linear regime, docs/scale.md) with uniform negatives
 (:mod:`sea.samplers`), validation (:func:`sea.evaluation.evaluate`) every
 ``train.eval_every`` epochs, early stopping, the best state kept.
 
@@ -204,20 +205,21 @@ def fit(
         model.on_epoch_start(epoch, gen)
         order = torch.randperm(n_train, generator=gen, device=device)
         sums: dict[str, torch.Tensor | float] = {}
-        starts = range(0, n_train, tc.batch_size)
-        for b in tqdm(
-            starts,
+        bounds = tc.batch_bounds(n_train)  # batches of batch_size, or steps_per_epoch slices (docs/scale.md)
+        for i, (lo, hi) in tqdm(
+            enumerate(bounds),
+            total=len(bounds),
             desc=f"epoch {epoch}",
             unit="batch",
             leave=False,
             disable=None if world.is_main and progress else True,
             delay=2,
         ):
-            idx = order[b : b + tc.batch_size]
+            idx = order[lo:hi]
             users = data.train_users[idx]
             batch = Batch(users, data.train_items[idx], negatives(users, tc.negatives))
             with divide():
-                if mirror is not None and (b // tc.batch_size) % tc.mirror_interval == 0:
+                if mirror is not None and i % tc.mirror_interval == 0:
                     values = mirror_step(model, opt, data, batch, ranking, mirror, world.rows(len(idx)))
                 else:
                     values = train_step(model, opt, data, batch, ranking, world.rows(len(idx)))
@@ -225,12 +227,12 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + v
         # one host sync per epoch: the batch means of every logged value (each rank logged its part)
         sums_vector = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in sums.values()])
-        means = (world.sum_(sums_vector) / len(starts)).tolist()
+        means = (world.sum_(sums_vector) / len(bounds)).tolist()
         row = {"epoch": epoch} | dict(zip(sums, means))
         asked = None  # on_eval's stop
         if world.is_main and (epoch % tc.eval_every == 0 or epoch == tc.max_epochs):
             t_eval = time.perf_counter()
-            valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.batch_size)
+            valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.chunk(data.n_items))
             eval_seconds += time.perf_counter() - t_eval
             row |= {f"valid_{k}": v for k, v in valid.items() if k != "users"}
             if valid[select] > best_value:
@@ -267,7 +269,7 @@ def evaluate_untrained(model: Recommender, data: GraphData, setup: TrainingSetup
     """:func:`fit` for a model without training (``trainable`` False): one validation, as
     epoch 0; the model's state is its best."""
     start = time.perf_counter()
-    valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.batch_size)
+    valid = evaluate(model, data, "valid", setup.eval.topk, setup.eval.chunk(data.n_items))
     row = {"epoch": 0, "loss": 0.0} | {f"valid_{k}": v for k, v in valid.items() if k != "users"}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     seconds = time.perf_counter() - start

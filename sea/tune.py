@@ -768,7 +768,7 @@ def test_metrics(search: Search, pick: Candidate, data: GraphData) -> None:
         seed_everything(run.seed, deterministic=data.device.type == "cpu")
         model = build_model(data, setup)
         model.load_state_dict(run.state)
-        metrics = evaluate(model, data, "test", setup.eval.topk, setup.eval.batch_size)
+        metrics = evaluate(model, data, "test", setup.eval.topk, setup.eval.chunk(data.n_items))
         run.test = {k: v for k, v in metrics.items() if k != "users"}
 
 

@@ -141,7 +141,8 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def score(self, emb: Embeddings, users: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users`` against every item: ``[len(users), n_items]``."""
+        """Scores of ``users`` against every item: ``[len(users), n_items]``, a new tensor
+        (the ranking masks the training items in it, in place)."""
         return emb.user[users] @ emb.item.T
 
     def extra_losses(self, emb: Embeddings, batch: Batch) -> dict[str, Term]:
