@@ -155,3 +155,24 @@ def test_the_results_page_renders_in_a_browser(tmp_path, serve_dir):
     chromium("--window-size=1280,4000", f"--screenshot={shot}", f"{base}/results/")
     width, height = png_size(shot)
     assert (width, height) == (1280, 4000) and shot.stat().st_size > 50_000  # a page, not a blank
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+def test_dvc_plots_show_renders_without_network(tmp_path):
+    """`dvc plots show` uses .dvc/plots/offline.html (plots.html_template in .dvc/config):
+    the page it writes loads no script from the network, and a browser with every host
+    unreachable draws every plot whose data exists."""
+    out = tmp_path / "plots"
+    proc = subprocess.run(
+        ["dvc", "plots", "show", "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    page = (out / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page), "a script is loaded from elsewhere"
+    for package in ("vega@5.33.1", "vega-lite@5.23.0", "vega-embed@6.29.0"):
+        assert f"/* {package} */" in page
+    offline = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"]
+    dom = chromium(*offline, "--virtual-time-budget=20000", "--dump-dom", (out / "index.html").as_uri())
+    plots = re.findall(r"vegaEmbed\('#([^']+)'", page)
+    drawn = dom.stdout.count('class="marks"')  # vega-embed's drawing: one per plot, empty axes where no data yet
+    assert "comparison_selection" in plots and drawn == len(plots), (plots, drawn, dom.stderr[-2000:])
