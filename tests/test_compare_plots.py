@@ -65,7 +65,7 @@ def test_delta_table_counts_and_quantiles():
     assert math.isclose(row.p5, -1.0 + 0.2 * 1.0) and math.isclose(row.p95, 1.0 + 0.8 * 1.0)  # linear interpolation
 
 
-def test_selection_table_marks_significance_by_both_tests(frames):
+def test_selection_table_marks_significance_by_both_tests():
     comp = {
         "baseline": "base",
         "select": "recall@20",
