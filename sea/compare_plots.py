@@ -198,12 +198,34 @@ def selection_figure(table: pd.DataFrame, select: str, baseline: str, split: str
 
 
 def deltas_figure(table: pd.DataFrame, select: str, baseline: str, split: str):
-    """Per variant a box of the per-user differences (25–75 %, whiskers 5–95 %, median
-    line, mean dot), best mean on top; users better / worse / tied on the right."""
+    """Per variant, best mean on top: left, the share of users worse / tied / better than
+    the baseline (most per-user differences of a top-K metric are exactly 0, so this is
+    where the distribution shows); right, a box of the differences (25–75 %, whiskers
+    5–95 %, median line, mean dot)."""
     plt = _pyplot()
     n = len(table)
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + ROW_INCHES * n))
+    fig, (share, ax) = plt.subplots(
+        1,
+        2,
+        figsize=(10, 1.8 + ROW_INCHES * n),
+        sharey=True,
+        gridspec_kw={"width_ratios": [1, 1.2]},
+        layout="constrained",  # room for the suptitle, the titles and the legend below, whatever n
+    )
     y = np.arange(n)[::-1]
+    left = np.zeros(n)
+    for column, colour in (("worse", "tab:red"), ("tied", "lightgrey"), ("better", "tab:blue")):
+        part = (table[column] / table["n_users"]).to_numpy(np.float64)
+        share.barh(y, part, left=left, color=colour, height=0.7, label=column)
+        for yi, x0, w in zip(y, left, part, strict=True):
+            if w >= 0.1:  # a label only where the segment is wide enough to hold it
+                share.text(x0 + w / 2, yi, f"{w:.0%}", ha="center", va="center", fontsize=7)
+        left += part
+    share.axvline(0.5, color="black", linestyle=":", linewidth=0.8)
+    share.set_xlim(0, 1)
+    share.set_xlabel(f"share of users (of {int(table['n_users'].max())})")
+    fig.legend(*share.get_legend_handles_labels(), loc="outside lower left", ncols=3, fontsize=8, frameon=False)
+    share.set_title("users worse / tied / better", fontsize=9)
     boxes = [
         {
             "label": label(r.variant),
@@ -225,18 +247,14 @@ def deltas_figure(table: pd.DataFrame, select: str, baseline: str, split: str):
         widths=0.6,
         meanprops={"marker": "o", "markersize": 4},
     )
-    for yi, r in zip(y, table.itertuples(), strict=True):
-        note = f"+{r.better} / −{r.worse} / ={r.tied}"
-        ax.annotate(note, (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.axvline(0, color="black", linestyle=":", linewidth=0.8)
-    ax.set_yticks(y, [label(v) for v in table["variant"]], fontsize=9)
-    ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel(f"per-user {split} {select}: variant − {label(baseline)} (each user's mean over seeds)")
+    share.set_yticks(y, [label(v) for v in table["variant"]], fontsize=9)
+    share.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"per-user {split} {select}: variant − {label(baseline)}")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(
-        f"per-user differences against {label(baseline)}: box 25–75 %, whiskers 5–95 %, dot the mean\n"
-        "right: users better / worse / tied",
-        fontsize=9,
+    ax.set_title("box 25–75 %, whiskers 5–95 %, dot the mean", fontsize=9)
+    fig.suptitle(
+        f"per-user {split} {select} against {label(baseline)} (each user's value averaged over seeds)", fontsize=10
     )
     return fig
 

@@ -140,7 +140,7 @@ def overlaps(fig) -> list[tuple[str, str]]:
     ]
 
 
-def test_forty_variants_give_readable_figures_and_the_same_bytes_twice(tmp_path):
+def test_forty_variants_or_two_give_readable_figures_and_the_same_bytes_twice(tmp_path):
     comp, deltas, curves = many(40)
     folder = tmp_path / "plots"
     compare_plots.write_tables(folder, comp, deltas=deltas, curves=curves)
@@ -160,6 +160,15 @@ def test_forty_variants_give_readable_figures_and_the_same_bytes_twice(tmp_path)
         compare_plots.deltas_figure(compare_plots.delta_table(deltas), "recall@20", comp["baseline"], "test"),
         compare_plots.curves_figure(curves, "recall@20"),
         compare_plots.tuning_figure(compare_plots.read_tuning(ROOT / "reports/tuning")),
+    ):
+        assert overlaps(fig) == []
+        plt.close(fig)
+    comp2, deltas2, curves2 = many(2)  # and with few rows
+    sel2 = compare_plots.selection_table(comp2)
+    for fig in (
+        compare_plots.selection_figure(sel2, "recall@20", comp2["baseline"], "test"),
+        compare_plots.deltas_figure(compare_plots.delta_table(deltas2), "recall@20", comp2["baseline"], "test"),
+        compare_plots.curves_figure(curves2, "recall@20"),
     ):
         assert overlaps(fig) == []
         plt.close(fig)
