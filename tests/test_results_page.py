@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shell import env
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -164,7 +165,7 @@ def test_dvc_plots_show_renders_without_network(tmp_path):
     unreachable draws every plot whose data exists."""
     out = tmp_path / "plots"
     proc = subprocess.run(
-        ["dvc", "plots", "show", "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+        ["dvc", "plots", "show", "-o", str(out)], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     page = (out / "index.html").read_text()
