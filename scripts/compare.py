@@ -5,6 +5,7 @@
     python scripts/compare.py --baseline bprmf -S train.max_epochs=5
     python scripts/compare.py --collect-only                # rebuild the report from finished runs
     python scripts/compare.py --tuned                       # each model at its tuned configuration
+    python scripts/compare.py --figures-only                # redraw the figures from committed files
 
 Each variant is a queued DVC experiment `cmp-<variant>` (`dvc exp run --queue -n
 cmp-<variant> -S model.name=... -S 'train.seeds=[1,2,3]' ...`) on top of the committed
@@ -21,22 +22,30 @@ Gradient variants, also get the overrides of the configuration scripts/tune.py s
 that model (reports/tuning/<model>.json), when that report exists; the report says which
 variants were tuned (docs/tuning.md).
 
+Beside the report, reports/compare_plots/ gets the figures and their data (sea/compare_plots.py):
+the selection metric per variant with its paired tests, the per-user differences against
+the baseline, every variant's validation curve (from each experiment's reports/history.csv)
+and each model's search (reports/tuning/). --figures-only redraws the PNGs from compare.json
+and the CSV files there, without git or DVC.
+
 Needs a git identity and a commit to queue from (git add new files first).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's sea/, also without an install
 
-from sea import compare, experiments  # noqa: E402
+from sea import compare, compare_plots, experiments  # noqa: E402
 from sea.cli import USER_ERRORS, run_main  # noqa: E402
 from sea.errors import (
     ConfigError,  # noqa: E402
@@ -87,6 +96,8 @@ VARIANTS: dict[str, list[str]] = {
 TUNED_AS: dict[str, str] = {"lightgcn_mg": "lightgcn", "freedom_mg": "freedom"}
 PREFIX = "cmp-"
 PER_USER = "reports/per_user.parquet"
+HISTORY = "reports/history.csv"
+FIGURES_HEADING = "## Figures\n"  # the report's last section (sea/compare_plots.py figures_markdown)
 TUNING = Path("reports/tuning")  # scripts/tune.py's reports, <model>.json
 
 
@@ -151,6 +162,24 @@ def collect(variants: list[str], commits: dict[str, str] | None = None) -> tuple
     return frames, commits
 
 
+def histories(variants: list[str], commits: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """Each variant's training history (reports/history.csv of its experiment commit)."""
+    out = {}
+    for v in variants:
+        rev = commits[PREFIX + v]
+        data = experiments.show_file(rev, HISTORY)
+        try:
+            out[v] = pd.read_csv(io.BytesIO(data))
+        except (ValueError, pd.errors.ParserError) as e:
+            raise DataError(f"{HISTORY} of experiment {PREFIX + v} ({rev[:7]}): not a readable CSV: {e}") from None
+    return out
+
+
+def figures_folder(out: Path) -> Path:
+    """Where the figures of the report ``out`` go: reports/compare.md -> reports/compare_plots/."""
+    return out.with_name(out.stem + "_plots")
+
+
 def tuned_note(variants: list[str], tuned: dict[str, dict]) -> str:
     """The report's line saying which variants ran at a tuned configuration."""
     done = [f"{v} ({tuned[v]['path']}, trial {tuned[v]['trial']})" for v in variants if v in tuned]
@@ -187,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time (default 1)")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the report from finished runs")
     parser.add_argument(
+        "--figures-only",
+        action="store_true",
+        help="only redraw the figures from the report's JSON and the CSV files beside it",
+    )
+    parser.add_argument(
         "--tuned",
         action="store_true",
         help="train each variant named after a model at the configuration in reports/tuning/<model>.json",
@@ -210,8 +244,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def redraw(out: Path) -> list[Path]:
+    """--figures-only: the PNGs again from ``out``'s JSON and the CSV files beside it, the
+    selection CSV from the JSON, and the report's figures section (its last) rewritten."""
+    source = out.with_suffix(".json")
+    try:
+        comp = json.loads(source.read_text())
+        text = out.read_text()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{source.as_posix()}: cannot read the comparison: {e}") from None
+    folder = figures_folder(out)
+    compare_plots.write_tables(folder, comp)
+    written = compare_plots.draw(folder, comp, TUNING)
+    text = text.split("\n" + FIGURES_HEADING, 1)[0]
+    write_text(out, text + "\n" + compare_plots.figures_markdown(written, out.parent))
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.figures_only:
+        for png in redraw(args.out):
+            print(f"wrote {png.as_posix()}")
+        return
     tuned = tuned_overrides(args.variants) if args.tuned else {}
     if args.tuned:
         for v in args.variants:
@@ -232,8 +287,18 @@ def main(argv: list[str] | None = None) -> None:
     text = compare.render_markdown(comp, "Model comparison", command)
     if args.tuned:
         text += tuned_note(args.variants, tuned)
+    data = compare.to_json(comp)
+    folder = figures_folder(args.out)
+    compare_plots.write_tables(
+        folder,
+        data,
+        deltas=compare.user_deltas(frames, args.baseline, comp.select),
+        curves=compare_plots.curve_table(histories(args.variants, commits), comp.select),
+    )
+    written = compare_plots.draw(folder, data, TUNING)
+    text += "\n" + compare_plots.figures_markdown(written, args.out.parent)
     write_text(args.out, text)
-    write_json(args.out.with_suffix(".json"), compare.to_json(comp))
+    write_json(args.out.with_suffix(".json"), data)
     print(text)
 
 

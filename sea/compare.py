@@ -212,6 +212,34 @@ def _most_popular(frames: dict[str, pd.DataFrame], metrics: list[str]) -> pd.Dat
     return first.reset_index().assign(model=MOST_POPULAR, seed=0)
 
 
+def _rows_of(frames: dict[str, pd.DataFrame], pop: pd.DataFrame | None, name: str, split: str) -> pd.DataFrame:
+    """The rows of variant ``name`` (or of the most-popular baseline) on ``split``."""
+    if name == MOST_POPULAR:
+        return pop[pop["split"] == split]
+    return _trained_rows(frames[name], split)
+
+
+def user_deltas(frames: dict[str, pd.DataFrame], baseline: str, metric: str, split: str = "test") -> pd.DataFrame:
+    """Per variant (and the most-popular baseline) and paired user, variant − baseline on
+    ``metric``, each user's value first averaged over seeds: the differences the paired
+    tests of :func:`compare` are computed from. Columns ``variant``, ``user``, ``delta``."""
+    metrics = next(iter(frames.values()))
+    pop = _most_popular(frames, metric_columns(metrics))
+    names = list(frames) + ([MOST_POPULAR] if pop is not None else [])
+    if baseline not in names:
+        raise DataError(f"baseline {baseline!r} is not among the variants {names}")
+    base = user_means(_rows_of(frames, pop, baseline, split), metric)
+    parts = []
+    for name in names:
+        if name == baseline:
+            continue
+        mine = user_means(_rows_of(frames, pop, name, split), metric)
+        common = mine.index.intersection(base.index)
+        d = mine.loc[common].to_numpy(np.float64) - base.loc[common].to_numpy(np.float64)
+        parts.append(pd.DataFrame({"variant": name, "user": common.to_numpy(np.int64), "delta": d}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def compare(
     frames: dict[str, pd.DataFrame],
     baseline: str,
@@ -244,9 +272,7 @@ def compare(
         raise DataError(f"baseline {baseline!r} is not among the variants {names}")
 
     def rows_of(name: str, split: str) -> pd.DataFrame:
-        if name == MOST_POPULAR:
-            return pop[pop["split"] == split]
-        return _trained_rows(frames[name], split)
+        return _rows_of(frames, pop, name, split)
 
     overrides = overrides or {}
     rows = []

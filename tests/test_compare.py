@@ -520,6 +520,20 @@ def test_compare_end_to_end(tmp_path: Path):
     t = data["tests"]["test"]["bprmf"][data["select"]]
     assert t["n_users"] > 100 and t["n_dropped"] == 0 and 0 <= t["t_pvalue"] <= 1
     assert "| bprmf |" in md and "| **lightgcn** (baseline) |" in md and "| most popular |" in md
+    # the figures and their data, from the experiments' per-user results and histories
+    plots = project / "reports/compare_plots"
+    for name in ("selection", "deltas", "curves"):
+        assert (plots / f"{name}.png").read_bytes()[:4] == b"\x89PNG" and f"(compare_plots/{name}.png)" in md
+    deltas = pd.read_csv(plots / "deltas.csv").set_index("variant")
+    assert set(deltas.index) == {"bprmf", MOST_POPULAR} and deltas.loc["bprmf", "n_users"] == t["n_users"]
+    assert math.isclose(deltas.loc["bprmf", "mean"], t["delta"], rel_tol=1e-6)
+    curves = pd.read_csv(plots / "curves.csv")
+    assert sorted(set(zip(curves["variant"], curves["seed"]))) == [
+        ("bprmf", 1),
+        ("bprmf", 2),
+        ("lightgcn", 1),
+        ("lightgcn", 2),
+    ]
 
     again = run(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout and "up to date" in again.stdout, again.stdout

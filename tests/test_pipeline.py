@@ -1,5 +1,6 @@
 """The real pipeline: stage scripts on bad input, and one end-to-end `dvc repro` in a
-temporary copy of the repository (then a no-op repro, an experiment and a metrics diff)."""
+temporary copy of the repository (then a no-op repro, an experiment and a metrics diff, and
+a second clone fed through a DVC remote)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import yaml
 from shell import copy_tree, run
+
+from sea import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,3 +304,56 @@ def test_empty_image_features_are_refused_by_training(tmp_path):
     assert read_features(["text"], 4, root=tmp_path)["text"].shape == (4, 3)
     with pytest.raises(DataError, match="leave image out of model.modalities"):
         read_features(["image", "text"], 4, root=tmp_path)
+
+
+def lock_md5(lock: dict, stage: str, path: str) -> str:
+    """The md5 dvc.lock records for output ``path`` of ``stage``."""
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+
+
+@pytest.mark.slow
+def test_a_lab_shares_data_models_and_experiments_through_a_dvc_remote(project, tmp_path):
+    """docs/sharing.md on a real local remote: clone A runs the sample and pushes; clone B,
+    at another path, pulls and `dvc repro` recomputes nothing; an experiment queued and run
+    in A reaches B with `dvc exp push`/`dvc exp pull`, its model included."""
+    a, remote, lab = project, tmp_path / "dvc-remote", tmp_path / "lab.git"
+    run(["dvc", "repro"], a)  # the sample, once (a no-op after the tests above)
+    run(["dvc", "remote", "add", "-d", "lab", str(remote)], a)
+    run(["git", "add", "-A"], a)
+    run(["git", "commit", "-qm", "the lab's remote"], a)
+    run(["dvc", "push"], a)
+    run(["git", "init", "-q", "--bare", "-b", "main", str(lab)], tmp_path)
+    run(["git", "remote", "add", "lab", str(lab)], a)
+    run(["git", "push", "-q", "lab", "HEAD:main"], a)
+
+    b = tmp_path / "another machine" / "clone b"
+    run(["git", "clone", "-q", "-o", "lab", str(lab), str(b)], tmp_path)
+    run(["git", "config", "user.email", "b@example.invalid"], b)
+    run(["git", "config", "user.name", "B"], b)
+    run(["dvc", "pull"], b)
+    again = run(["dvc", "repro"], b)
+    assert "Running stage" not in again.stdout and "up to date" in again.stdout, again.stdout
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], b).stdout  # the main pipeline (tuning/ is apart)
+    lock = yaml.safe_load((b / "dvc.lock").read_text())
+    for stage, path in [("train", "models/model.safetensors"), ("text_features", "data/features/text.npy")]:
+        assert sha(b / path) == sha(a / path)
+        assert hashlib.md5((b / path).read_bytes()).hexdigest() == lock_md5(lock, stage, path)
+    assert git_status(b) == ""
+
+    # an experiment queued in A, its commit and its outputs pushed; B pulls it
+    run(["dvc", "exp", "run", "--queue", "-n", "one-epoch", "-S", "train.max_epochs=1"], a)
+    run(["dvc", "exp", "run", "--run-all"], a)
+    run(["dvc", "exp", "push", "lab", "one-epoch"], a)
+    run(["dvc", "exp", "pull", "lab", "one-epoch"], b)
+    rev_a = experiments.experiment_commit("one-epoch", a)
+    rev_b = experiments.experiment_commit("one-epoch", b)
+    assert rev_a and rev_a == rev_b
+    exp_lock = yaml.safe_load(experiments.show_file(rev_b, "dvc.lock", b))
+    model = lock_md5(exp_lock, "train", "models/model.safetensors")
+    assert model != lock_md5(lock, "train", "models/model.safetensors")  # one epoch: another model
+    assert (b / ".dvc/cache/files/md5" / model[:2] / model[2:]).is_file()  # its bytes came along
+    run(["dvc", "exp", "apply", "one-epoch"], b)
+    assert hashlib.md5((b / "models/model.safetensors").read_bytes()).hexdigest() == model
+    assert json.loads((b / "reports/metrics.json").read_text()) == json.loads(
+        experiments.show_file(rev_a, "reports/metrics.json", a)
+    )
