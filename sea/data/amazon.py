@@ -46,11 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from sea.data import amazon2023
+from sea.data.codes import CodedReviews, ReviewCodes
 from sea.data.lines import (
+    BAD_ID_CHAR,
     CATEGORY_SEPARATOR,
+    END_REVIEW_SECOND,
+    FIRST_REVIEW_SECOND,
+    MAX_STARS,
+    MIN_STARS,
     Lines,
     TruncatedFileWarning,
     check_id,
@@ -72,6 +79,7 @@ __all__ = [
     "METADATA_COLUMNS",
     "TruncatedFileWarning",
     "read_reviews",
+    "scan_reviews",
     "read_metadata",
     "item_sentence",
     "clean_text",
@@ -221,6 +229,125 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
             "timestamp": np.asarray(times, dtype=np.int64),
         }
     )
+
+
+# --------------------------------------------------------------------------- reviews, streamed
+
+#: The keys of a review record and its time unit, by release (see :func:`_parse_json_review`).
+_KEYS_2014 = ("reviewerID", "asin", "overall", "unixReviewTime")
+_KEYS_2023 = ("user_id", "parent_asin", "rating", "timestamp")
+_MS = {_KEYS_2014: 1, _KEYS_2023: 1000}
+
+
+def _batches(lines: Lines, batch_bytes: int):
+    """``lines`` in lists of ``(line_number, line)`` holding about ``batch_bytes`` each."""
+    batch, size = [], 0
+    for lineno, line in lines:
+        batch.append((lineno, line))
+        size += len(line)
+        if size >= batch_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _parse_batch(batch: list, parse, path: Path) -> tuple[list, list, list, list]:
+    """The reviews of ``batch`` parsed line by line with ``parse`` (every check, every message)."""
+    cols: tuple[list, list, list, list] = ([], [], [], [])
+    for lineno, line in batch:
+        if line.strip():
+            for col, value in zip(cols, parse(line, _where(path, lineno))):
+                col.append(value)
+    return cols
+
+
+def _fast_json_batch(batch: list) -> tuple[list, list, list, list] | None:
+    """The reviews of a batch of JSON lines, parsed with orjson and checked column by column,
+    or None when any line is not a plain, valid review of one release (blank, not a JSON
+    object, a missing field, a value :func:`_parse_json_review` would refuse or convert,
+    two releases mixed): the caller then parses the batch line by line, which accepts
+    the same reviews with the same values and names the first bad line.
+
+    Every check here is at least as strict as the per-line one: a batch it accepts is one
+    the per-line parser accepts, with the same values."""
+    loads = orjson.loads
+    users, items, ratings, times = [], [], [], []
+    keys = None
+    try:
+        for _, line in batch:
+            rec = loads(line)
+            if type(rec) is not dict:
+                return None
+            k = _KEYS_2014 if "reviewerID" in rec else _KEYS_2023 if "user_id" in rec else None
+            if k is not keys:
+                if keys is not None or k is None:
+                    return None
+                keys = k
+            users.append(rec[k[0]])
+            items.append(rec[k[1]])
+            ratings.append(rec[k[2]])
+            times.append(rec[k[3]])
+    except (orjson.JSONDecodeError, KeyError):
+        return None
+    for ids in (users, items):  # check_id: non-blank text without control characters
+        if set(map(type, ids)) != {str} or not all(map(str.strip, ids)) or BAD_ID_CHAR.search("".join(ids)):
+            return None
+    if not set(map(type, ratings)) <= {int, float} or not set(map(type, times)) == {int}:
+        return None  # (bools, text, nulls; times written as floats take the per-line path)
+    try:
+        stars = np.asarray(ratings, dtype=np.float64)
+        when = np.asarray(times, dtype=np.int64)
+    except OverflowError:
+        return None
+    unit = _MS[keys]
+    if not (
+        ((stars >= MIN_STARS) & (stars <= MAX_STARS)).all()
+        and ((when >= FIRST_REVIEW_SECOND * unit) & (when < END_REVIEW_SECOND * unit)).all()
+    ):
+        return None
+    return users, items, stars, when
+
+
+def scan_reviews(
+    path: str | Path, *, fmt: str = "auto", allow_truncated: bool = False, batch_bytes: int = 64 << 20
+) -> ReviewCodes:
+    """Read a review dump as :func:`read_reviews` does, into integer columns.
+
+    The same files, checks, errors and values as :func:`read_reviews` (same rows, same
+    order), but the raw ids are mapped to int32 codes as the lines stream
+    (:class:`sea.data.codes.CodedReviews`), so memory holds about 20 bytes a review plus
+    each distinct id once, and at most one batch of about ``batch_bytes`` of lines (and
+    their parsed values) at a time. JSON lines are parsed a batch at a time with orjson
+    and checked column by column (:func:`_fast_json_batch`); a batch with anything
+    unusual is parsed again line by line, with the messages of :func:`read_reviews`.
+
+    Raises:
+        DataError: as :func:`read_reviews`.
+    """
+    path = Path(path)
+    kind = _review_format(path, fmt)
+    out = CodedReviews()
+    if kind == "csv" and amazon2023.is_benchmark_csv(path):
+        rows: tuple[list, list, list, list] = ([], [], [], [])
+        per_batch = max(1, batch_bytes // 64)  # a benchmark row is about 60 bytes
+        for _, *values in amazon2023.benchmark_rows(path, allow_truncated=allow_truncated):
+            for col, value in zip(rows, values):
+                col.append(value)
+            if len(rows[0]) >= per_batch:
+                out.add(*rows)
+                rows = ([], [], [], [])
+        out.add(*rows)
+        return out.finish()
+    parse = _parse_csv_review if kind == "csv" else _parse_json_review
+    lines = Lines(path)
+    for batch in _batches(lines, batch_bytes):
+        cols = _fast_json_batch(batch) if kind == "json" else None
+        out.add(*(cols if cols is not None else _parse_batch(batch, parse, path)))
+    lines.check_complete(allow_truncated)
+    if not out.n:
+        raise DataError(f"{path}: no reviews in the file (is it empty, or the wrong file?)")
+    return out.finish()
 
 
 # --------------------------------------------------------------------------- metadata

@@ -94,3 +94,30 @@ def split(df: pd.DataFrame, method: str = "mmrec", seed: int = 999) -> pd.DataFr
     label = np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2))
     base["split"] = pd.Categorical.from_codes(label, categories=list(SPLITS))
     return base.drop(columns="_key")
+
+
+def split_codes(
+    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, method: str = "mmrec", seed: int = 999
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split` on arrays (re-indexed user and item codes, one row per pair).
+
+    Returns ``order`` (the rows' positions in :func:`split`'s output order) and ``label``
+    (0 train, 1 valid, 2 test, aligned with ``order``): the same rows, order and labels as
+    :func:`split` on a frame of these columns.
+    """
+    if method not in ("mmrec", "temporal", "leave_one_out"):
+        raise ValueError(f"unknown split method {method!r}")
+    if method == "mmrec":
+        base = np.lexsort((item, user))  # (user, item): one row per pair, so one order
+        key = np.random.default_rng(seed).random(len(base))
+        order = base[np.lexsort((key, user[base]))]  # stable: ties keep the (user, item) order
+    else:
+        order = np.lexsort((item, timestamp, user))
+    users = user[order]
+    counts = np.bincount(users)
+    n = counts[users].astype(np.int64)
+    pos = np.arange(len(users), dtype=np.int64) - (np.cumsum(counts) - counts)[users]
+    n_valid, n_test = _held_out_counts(n, method)
+    n_train = n - n_valid - n_test
+    label = np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2))
+    return order, label
