@@ -147,7 +147,7 @@ def awkward_dump(path: Path, seed: int, n: int = 3000) -> Path:
     users = [f"U{j:03d}" for j in range(60)] + ["é", "Z", "a", "日本", "Ω1", "\U0001f600"]
     items = [f"I{j:02d}" for j in range(25)] + ["ß", "b", "İ"]
     lines = []
-    for j in range(n):
+    for _ in range(n):
         u, i = users[rng.integers(len(users))], items[rng.integers(len(items))]
         ts = int(rng.integers(1_300_000_000, 1_300_000_050))  # narrow: many equal times
         rating = float(rng.integers(1, 6))
