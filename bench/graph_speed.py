@@ -32,8 +32,9 @@ from common import commit as bench_commit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, str]:
-    """Run ``code``/pipeline/graph.py on ``dumps``: (wall seconds, peak RSS in MB, last line)."""
+def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, float, str]:
+    """Run ``code``/pipeline/graph.py on ``dumps``: (wall seconds, CPU seconds, peak RSS in MB,
+    its last line of output)."""
     files = [dumps / "reviews_Clothing_5.json.gz", dumps / "meta_Clothing.json.gz"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "data" / "raw" / params["dataset"]["name"]
@@ -57,7 +58,7 @@ def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, str]
             out = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"graph stage ({code}) failed:\n{out[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
 
 
 def old_code(ref: str, into: Path) -> Path:
@@ -96,17 +97,18 @@ def main() -> None:
         old = old_code(args.old_ref, Path(tmp)) if args.old_ref else None
         for d in args.dumps:
             size = (d / "reviews_Clothing_5.json.gz").stat().st_size
-            seconds, peak, line = run_stage(ROOT, d, params)
+            seconds, cpu, peak, line = run_stage(ROOT, d, params)
             print(line)
             print(
-                f"{d.name}: graph stage {seconds:.1f} s, peak RSS {peak:,.0f} MB (batch_mb "
+                f"{d.name}: graph stage {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak:,.0f} MB (batch_mb "
                 f"{params['graph'].get('batch_mb')}); {os.cpu_count()} CPUs; commit {commit}; reviews {size:,} B gzip"
             )
             if old is not None:
-                old_seconds, old_peak, _ = run_stage(old, d, old_params)
+                old_seconds, old_cpu, old_peak, _ = run_stage(old, d, old_params)
                 print(
-                    f"{d.name}: old path ({args.old_ref}) {old_seconds:.1f} s, peak RSS {old_peak:,.0f} MB: "
-                    f"{old_seconds / seconds:.2f}x the time, {old_peak / peak:.2f}x the memory"
+                    f"{d.name}: old path ({args.old_ref}) {old_seconds:.1f} s ({old_cpu:.1f} s CPU), "
+                    f"peak RSS {old_peak:,.0f} MB: {old_seconds / seconds:.2f}x the time "
+                    f"({old_cpu / cpu:.2f}x the CPU), {old_peak / peak:.2f}x the memory"
                 )
 
 

@@ -179,6 +179,7 @@ BAD_LINES = [
     b"[1, 2]\n",
     b'"reviewerID"\n',
     b'{"reviewerID": "A1", "asin": "B1", "overall": 5.0}\n',
+    b'{"asin": "B1", "overall": 5.0, "unixReviewTime": 1300000000}\n',
     review_line("", "B1", 5.0, 1_300_000_000),
     review_line("  ", "B1", 5.0, 1_300_000_000),
     review_line("A\t1", "B1", 5.0, 1_300_000_000),

@@ -280,10 +280,9 @@ def _fast_json_batch(batch: list) -> tuple[list, list, list, list] | None:
             if type(rec) is not dict:
                 return None
             k = _KEYS_2014 if "reviewerID" in rec else _KEYS_2023 if "user_id" in rec else None
-            if k is not keys:
-                if keys is not None or k is None:
-                    return None
-                keys = k
+            if k is None or (keys is not None and k is not keys):
+                return None  # neither release's record, or two releases in one batch
+            keys = k
             users.append(rec[k[0]])
             items.append(rec[k[1]])
             ratings.append(rec[k[2]])
