@@ -40,14 +40,14 @@ class ReviewCodes:
 
 def _encode(values: Sequence[str], table: dict[str, int]) -> np.ndarray:
     """The codes of ``values``; ids not yet in ``table`` get the next free codes."""
-    out = np.empty(len(values), dtype=np.int32)
     get = table.get
-    for j, v in enumerate(values):
+    out = []
+    for v in values:
         c = get(v)
         if c is None:
             c = table[v] = len(table)
-        out[j] = c
-    return out
+        out.append(c)
+    return np.array(out, dtype=np.int32)
 
 
 class CodedReviews:
