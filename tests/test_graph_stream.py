@@ -229,6 +229,22 @@ def test_odd_line_as_the_per_line_reader(tmp_path, odd):
                 scan_reviews(path, batch_bytes=1000)
 
 
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_over_long_line_after_a_bad_one(tmp_path, bad_first):
+    """Reading stops at a line over the length limit; a bad line before it, in the same
+    batch, is still the error reported, as by the per-line reader."""
+    lines = [GOOD] * 30
+    lines[19] = b'{"x": "' + b"y" * (1 << 20) + b'"}\n'
+    if bad_first:
+        lines[9] = b"not json\n"
+    path = tmp_path / "reviews.json"
+    path.write_bytes(b"".join(lines))
+    for batch_bytes in (1, 500, 64 << 20):
+        assert_same_reviews(path, batch_bytes)
+    with pytest.raises(DataError, match=f"reviews.json:{10 if bad_first else 20}: "):
+        scan_reviews(path)
+
+
 def test_empty_core_names_the_file(tmp_path):
     path = tmp_path / "reviews.json"
     path.write_bytes(review_line("A1", "B1", 5.0, 1_300_000_000) + review_line("A2", "B2", 5.0, 1_300_000_000))

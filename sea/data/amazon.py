@@ -240,14 +240,23 @@ _MS = {_KEYS_2014: 1, _KEYS_2023: 1000}
 
 
 def _batches(lines: Lines, batch_bytes: int):
-    """``lines`` in lists of ``(line_number, line)`` holding about ``batch_bytes`` each."""
+    """``lines`` in lists of ``(line_number, line)`` holding about ``batch_bytes`` each.
+
+    When reading stops with an error (a line over the length limit), the lines before it
+    are yielded first: a bad line among them is reported before it, as the line-by-line
+    reader would."""
     batch, size = [], 0
-    for lineno, line in lines:
-        batch.append((lineno, line))
-        size += len(line)
-        if size >= batch_bytes:
+    try:
+        for lineno, line in lines:
+            batch.append((lineno, line))
+            size += len(line)
+            if size >= batch_bytes:
+                yield batch
+                batch, size = [], 0
+    except DataError:
+        if batch:
             yield batch
-            batch, size = [], 0
+        raise
     if batch:
         yield batch
 
