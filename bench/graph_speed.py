@@ -4,6 +4,10 @@
     python bench/graph_speed.py                         # runs pipeline/graph.py on them
     python bench/make_dumps.py --reviews 3000000 --users 420000 --items 250000 --meta-lines 300000 --out bench/data/r3m
     python bench/graph_speed.py --dumps bench/data/r3m --old-ref 6ed2587    # and the stage as it was at 6ed2587
+    # issue 21's goal: 67M reviews (about 12 GB of gzip in bench/data, git-ignored; delete after)
+    python bench/make_dumps.py --reviews 67000000 --users 9380000 --items 5580000 \
+        --meta-lines 20000000 --out bench/data/r67m
+    python bench/graph_speed.py --dumps bench/data/r3m bench/data/r67m --old-ref 6ed2587
 
 The stage runs as in the pipeline (``python pipeline/graph.py`` in a scratch folder whose
 ``data/raw/<name>/`` links to the dumps), so the figures include start-up and writing the
@@ -11,8 +15,9 @@ tables. For each folder of ``--dumps`` (one run each) it prints wall seconds and
 resident memory of the stage process, the device (CPU count) and the commit; with
 ``--old-ref`` it also runs the stage's code of that commit (``pipeline/`` and ``sea/`` from
 ``git archive``) on the same dumps and params, and prints its figures beside; leave it out
-where the old path cannot run (it holds about 400 bytes a review). ``--batch-mb`` sets
-``graph.batch_mb``. Record the figures in BENCHMARKS.md.
+where the old path cannot run (it holds about 400 bytes a review; ``--old-max-gb`` skips
+it on larger dumps). ``--batch-mb`` sets ``graph.batch_mb``. Record the figures in
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -75,6 +80,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dumps", type=Path, nargs="+", default=[ROOT / "bench" / "data" / "clothing"])
     p.add_argument("--old-ref", help="also run the graph stage of this commit (where it can still run)")
+    p.add_argument(
+        "--old-max-gb",
+        type=float,
+        default=2.0,
+        help="run the old path only on dumps whose reviews file is at most this many GB (gzip; default 2: "
+        "the 3M-review dump is 0.45 GB, and the old path needs about 400 bytes a review)",
+    )
     p.add_argument("--batch-mb", type=int, default=None, help="graph.batch_mb (default: params.yaml's)")
     args = p.parse_args()
     for d in args.dumps:
@@ -103,7 +115,9 @@ def main() -> None:
                 f"{d.name}: graph stage {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak:,.0f} MB (batch_mb "
                 f"{params['graph'].get('batch_mb')}); {os.cpu_count()} CPUs; commit {commit}; reviews {size:,} B gzip"
             )
-            if old is not None:
+            if old is not None and size > args.old_max_gb * 1e9:
+                print(f"{d.name}: old path ({args.old_ref}) not run: reviews over --old-max-gb {args.old_max_gb}")
+            elif old is not None:
                 old_seconds, old_cpu, old_peak, _ = run_stage(old, d, old_params)
                 print(
                     f"{d.name}: old path ({args.old_ref}) {old_seconds:.1f} s ({old_cpu:.1f} s CPU), "
