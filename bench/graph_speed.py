@@ -3,11 +3,11 @@
     python bench/make_dumps.py                          # once: Clothing-size dumps in bench/data/clothing/
     python bench/graph_speed.py                         # runs pipeline/graph.py on them
     python bench/make_dumps.py --reviews 3000000 --users 420000 --items 250000 --meta-lines 300000 --out bench/data/r3m
-    python bench/graph_speed.py --dumps bench/data/r3m --old-ref 6ed2587    # and the stage as it was at 6ed2587
+    python bench/graph_speed.py --dumps bench/data/r3m --old-ref a5bc9c7    # and the stage as it was at a5bc9c7
     # issue 21's goal: 67M reviews (about 12 GB of gzip in bench/data, git-ignored; delete after)
     python bench/make_dumps.py --reviews 67000000 --users 9380000 --items 5580000 \
         --meta-lines 20000000 --out bench/data/r67m
-    python bench/graph_speed.py --dumps bench/data/r3m bench/data/r67m --old-ref 6ed2587
+    python bench/graph_speed.py --dumps bench/data/r3m bench/data/r67m --old-ref a5bc9c7
 
 The stage runs as in the pipeline (``python pipeline/graph.py`` in a scratch folder whose
 ``data/raw/<name>/`` links to the dumps), so the figures include start-up and writing the
