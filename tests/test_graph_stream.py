@@ -20,7 +20,7 @@ import yaml
 
 from sea import artifacts
 from sea.config import load_params
-from sea.data.amazon import read_metadata, read_reviews, scan_reviews
+from sea.data.amazon import _fast_meta, _slow_meta, read_metadata, read_reviews, scan_reviews
 from sea.data.catalog import DatasetConfig, resolve
 from sea.data.graph import EmptyGraphError, GraphConfig, dedupe, k_core, reindex, reviews_graph
 from sea.data.split import split
@@ -127,6 +127,63 @@ def test_stage_on_the_sample_writes_the_old_bytes(tmp_path):
     assert (out / "interactions.parquet").read_bytes() == parquet_bytes(inter, tmp_path)
     assert (out / "users.parquet").read_bytes() == parquet_bytes(user_table(users), tmp_path)
     assert (out / "items.parquet").read_bytes() == parquet_bytes(item_table(asins, meta, meta_url), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "2014/digital_music/meta_Digital_Music.head.json.gz",
+        "2018/gift_cards/meta_Gift_Cards.json.gz",
+        "2018/magazine_subscriptions/meta_Magazine_Subscriptions.json.gz",
+        "2023/health_and_personal_care/meta_Health_and_Personal_Care.subset1001.jsonl.gz",
+    ],
+)
+def test_quick_metadata_parse_on_real_lines(amazon_real, rel):
+    """Every line of the real metadata files: the quick parse (orjson, 2014 literals made
+    JSON) gives what json/ast.literal_eval give, and takes nearly every line."""
+    texts = [line.decode().strip() for line in gzip.open(amazon_real / rel)]
+    quick = 0
+    for text in texts:
+        fast = _fast_meta(text)
+        if fast is not None:
+            assert repr(fast) == repr(_slow_meta(text, rel))
+            quick += 1
+    assert quick >= 0.9 * len(texts)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"""{'a': 1, 'b': [True, None, False], 'c': "Men's", 'd': {'x': 1.5e3, 'y': -0, 'z': -0.0}}""",
+        r"""{'a': true}""",
+        r"""{'a': null, 'b': 'null'}""",
+        r"""{'a': 'b' 'c'}""",
+        r"""{'a': 1,}""",
+        r"""{1: 2}""",
+        r"""{'a': 12345678901234567890123}""",
+        r"""{"a": true, "b": null, "c": 1e400, "d": NaN}""",
+        r"""{'a': u'x'}""",
+        r"""{'a': (1, 2)}""",
+        r"""{'a': {1, 2}}""",
+        "{'a': '\t'}",
+        r"""{'a':.5, 'b': 5., 'c': +1, 'd': 0x1f, 'e': 1_0, 'f': 01}""",
+        r"""{'a': 1e400}""",
+        r"""{'a': 'it\'s', 'b': 'x\\y', 'c': 'q\"r', 'd': 'q"r', 'e': '\xe9\n\t\r'}""",
+        r"""{'a': '\\x41', 'b': '\u00e9', 'c': '\ud83d\ude00', 'd': '\x4', 'e': '\N{BULLET}', 'f': '\q'}""",
+        r"""{'a': 1} # note""",
+        r"""{'a': '''x'''}""",
+        "{'a': 1}\x0c",
+        "{'a': '\x00'}",
+        r"""{'a': 'x', 'a': 'y', 'b': 2}""",
+        r"""[{'a': 1}]""",
+    ],
+)
+def test_quick_metadata_parse_edge_cases(text):
+    """Python literals JSON reads otherwise, or not at all: the quick parse gives what
+    json/ast.literal_eval give, or steps aside."""
+    fast = _fast_meta(text)
+    if fast is not None:
+        assert repr(fast) == repr(_slow_meta(text, "line"))
 
 
 # --------------------------------------------------------------------------- generated files

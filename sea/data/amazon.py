@@ -361,19 +361,104 @@ def scan_reviews(
 # --------------------------------------------------------------------------- metadata
 
 
-def _parse_meta_line(line: bytes, where: str) -> dict:
-    """Parse one metadata line: JSON first, then a Python literal (never code)."""
-    text = decode(line, where).strip()
+# A Python dict literal that JSON can read once its strings and keywords are written as
+# JSON's: strings in '...' or "..." with no escapes but \\ \' \" \n \r \t and \xhh (repr
+# writes no others for text), and between them no quote or backslash (nearly all 2014
+# metadata lines). In such a line a quote always opens a string and a backslash inside one
+# always starts one of those escapes, so the tokens below are the ones Python reads.
+_ESCAPE = r"""\\(?:[\\'"nrt]|x[0-9a-fA-F]{2})"""
+_PLAIN_LITERAL = re.compile(rf"""(?:'(?:[^'\\]++|{_ESCAPE})*+'|"(?:[^"\\]++|{_ESCAPE})*+"|[^'"\\]++)*+""")
+_LITERAL_TOKEN = re.compile(
+    rf"""'((?:[^'\\]|{_ESCAPE})*)'|"((?:[^"\\]|{_ESCAPE})*)"|\b(True|False|None|true|false|null)\b"""
+)
+_IN_STRING = re.compile(r"""\\(?:x([0-9a-fA-F]{2})|(.))|(")""")
+_JSON_ESCAPE = {"\\": "\\\\", "'": "'", '"': '\\"', "n": "\\n", "r": "\\r", "t": "\\t"}
+# Python's keywords as JSON's; JSON's own words are names to Python (literal_eval refuses
+# them), so they become a character JSON refuses too.
+_JSON_WORDS = {"True": "true", "False": "false", "None": "null", "true": "!", "false": "!", "null": "!"}
+# Integers of 19 digits or more: orjson reads those over 64 bits as floats, Python as ints.
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+_WORD = re.compile(r"[A-Za-z_]")
+_KEYWORD = re.compile(r"\b(?:True|False|None|true|false|null)\b")
+
+
+def _fast_meta(text: str) -> Any:
+    """The record of a metadata line as :func:`_slow_meta` parses it, or None when not
+    certain: JSON lines with orjson, plain Python dict literals (:data:`_PLAIN_LITERAL`)
+    with orjson once written as JSON. Anything orjson refuses, and any line with a long
+    digit run, takes the slow path."""
+    if _LONG_NUMBER.search(text):
+        return None
     try:
-        rec = _load_json(text)
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if "\\" not in text and '"' not in text and "\x01" not in text:
+        json_text = _quotes_only(text)  # the usual 2014 line, quickly
+    elif _PLAIN_LITERAL.fullmatch(text):
+        json_text = _LITERAL_TOKEN.sub(_json_token, text)
+    else:
+        return None
+    try:
+        return orjson.loads(json_text) if json_text is not None else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _quotes_only(text: str) -> str | None:
+    """A literal with no backslash and no double quote as JSON: every ' opens or closes a
+    string, so the pieces between them alternate outside and inside; the inside ones go
+    in double quotes as they are, the keywords outside become JSON's."""
+    parts = text.split("'")
+    if len(parts) % 2 == 0:
+        return None  # an unclosed string
+    outside = "\x01".join(parts[0::2])
+    if _WORD.search(outside):
+        parts[0::2] = _KEYWORD.sub(_json_word, outside).split("\x01")
+    return '"'.join(parts)
+
+
+def _json_word(m: re.Match) -> str:
+    return _JSON_WORDS[m.group()]
+
+
+def _json_token(m: re.Match) -> str:
+    """One token of a plain literal as JSON: a string (its escapes made JSON's), a keyword."""
+    body = m.group(1) if m.group(1) is not None else m.group(2)
+    if body is None:
+        return _JSON_WORDS[m.group(3)]
+    if "\\" in body or '"' in body:
+        body = _IN_STRING.sub(_json_escape, body)
+    return f'"{body}"'
+
+
+def _json_escape(m: re.Match) -> str:
+    if m.group(1) is not None:
+        return f"\\u00{m.group(1)}"
+    return _JSON_ESCAPE[m.group(2)] if m.group(2) is not None else '\\"'
+
+
+def _slow_meta(text: str, where: str) -> Any:
+    """JSON first (:mod:`json`), then a Python literal (:func:`ast.literal_eval`, never code)."""
+    try:
+        return _load_json(text)
     except ValueError:
         try:
-            rec = ast.literal_eval(text)
+            return ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError) as e:
             raise DataError(
                 f"{where}: neither a JSON object nor a Python dict literal "
                 f"({type(e).__name__}: {str(e)[:200]}); only plain literals are accepted, never code"
             ) from None
+
+
+def _parse_meta_line(line: bytes, where: str) -> dict:
+    """Parse one metadata line: JSON first, then a Python literal (never code); the common
+    shapes quickly (:func:`_fast_meta`), the rest as they always were (:func:`_slow_meta`)."""
+    text = decode(line, where).strip()
+    rec = _fast_meta(text)
+    if rec is None:
+        rec = _slow_meta(text, where)
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected one product record (a dict), got {type(rec).__name__}")
     return rec
