@@ -247,9 +247,9 @@ def _batches(lines: Lines, batch_bytes: int):
     reader would."""
     batch, size = [], 0
     try:
-        for lineno, line in lines:
-            batch.append((lineno, line))
-            size += len(line)
+        for numbered in lines:  # (line number, line)
+            batch.append(numbered)
+            size += len(numbered[1])
             if size >= batch_bytes:
                 yield batch
                 batch, size = [], 0

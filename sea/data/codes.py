@@ -10,6 +10,8 @@ sorts the surviving ids by their text, as before.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,15 +41,17 @@ class ReviewCodes:
 
 
 def _encode(values: Sequence[str], table: dict[str, int]) -> np.ndarray:
-    """The codes of ``values``; ids not yet in ``table`` get the next free codes."""
-    get = table.get
-    out = []
-    for v in values:
-        c = get(v)
-        if c is None:
-            c = table[v] = len(table)
-        out.append(c)
-    return np.array(out, dtype=np.int32)
+    """The codes of ``values``; ids not yet in ``table`` get the next free codes, in order
+    of first appearance. The lookups run in C (``map``); Python loops over new ids only."""
+    codes = list(map(table.get, values))
+    if None in codes:
+        for j in itertools.compress(range(len(codes)), map(operator.is_, codes, itertools.repeat(None))):
+            v = values[j]
+            c = table.get(v)
+            if c is None:
+                c = table[v] = len(table)
+            codes[j] = c
+    return np.array(codes, dtype=np.int32)
 
 
 class CodedReviews:
