@@ -182,13 +182,9 @@ def reviews_graph(
     rating, timestamp = raw.rating[core], raw.timestamp[core]
     del raw, core
     order, label = split_codes(user, item, timestamp, method, seed)
-    inter = pd.DataFrame(
-        {
-            "user": user[order],
-            "item": item[order],
-            "rating": rating[order],
-            "timestamp": timestamp[order],
-            "split": pd.Categorical.from_codes(label, categories=list(SPLITS)),
-        }
-    )
-    return inter, users, items, stats
+    columns = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    del user, item, rating, timestamp
+    for name in columns:  # one column at a time, each freed once taken in order
+        columns[name] = columns[name][order]
+    columns["split"] = pd.Categorical.from_codes(label, categories=list(SPLITS))
+    return pd.DataFrame(columns, copy=False), users, items, stats
