@@ -11,14 +11,18 @@ Writes, in the 2014 formats the graph stage reads:
   full 2014 category file), the reviewed items among them in random order, each with
   ``related`` lists of other asins, sales rank, image URL, categories and description.
 
-Same arguments and seed => the same bytes (gzip mtime 0).
+Same arguments and seed => the same bytes (gzip mtime 0). Lines are generated and written
+65,536 at a time, so memory holds the per-line draws (about 100 bytes a review: some 7 GB
+for 67M reviews), not the lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +52,7 @@ def sentences(rng: np.random.Generator, n: int, words: int) -> list[str]:
     return out
 
 
-def review_lines(rng: np.random.Generator, n: int, n_users: int, n_items: int) -> list[bytes]:
+def review_lines(rng: np.random.Generator, n: int, n_users: int, n_items: int) -> Iterator[bytes]:
     """``n`` review lines. A base of 5 distinct items per user, spread evenly over the items,
     survives the 5-core filter whole (when 5 * users >= 5 * items); the other lines are
     random users with popularity-skewed items (duplicates possible, as in real dumps)."""
@@ -64,7 +68,6 @@ def review_lines(rng: np.random.Generator, n: int, n_users: int, n_items: int) -
     times = rng.integers(1_104_537_600, 1_406_073_600, n)  # 2005 .. July 2014
     ratings = rng.choice([1.0, 2.0, 3.0, 4.0, 5.0], n, p=[0.05, 0.06, 0.12, 0.22, 0.55])
     pick_t, pick_s, helpful = rng.integers(0, 4096, n), rng.integers(0, 1024, n), rng.integers(0, 5, n)
-    lines = []
     for j in tqdm(range(n), desc="reviews", unit="line", unit_scale=True, mininterval=1):
         rec = {
             "reviewerID": f"A{users[j]:013d}",
@@ -77,17 +80,15 @@ def review_lines(rng: np.random.Generator, n: int, n_users: int, n_items: int) -
             "unixReviewTime": int(times[j]),
             "reviewTime": "07 23, 2014",
         }
-        lines.append(json.dumps(rec).encode() + b"\n")
-    return lines
+        yield json.dumps(rec).encode() + b"\n"
 
 
-def meta_lines(rng: np.random.Generator, n: int, n_items: int) -> list[bytes]:
+def meta_lines(rng: np.random.Generator, n: int, n_items: int) -> Iterator[bytes]:
     """``n`` dict-literal lines; the first ``n_items`` asins are the reviewed ones."""
     order = rng.permutation(n)
     titles = sentences(rng, 4096, 6)
     descriptions = sentences(rng, 4096, 40)
     related = rng.integers(0, n, (n, 8))
-    lines = []
     for j in tqdm(range(n), desc="metadata", unit="line", unit_scale=True, mininterval=1):
         i = int(order[j])
         rec = {
@@ -104,15 +105,16 @@ def meta_lines(rng: np.random.Generator, n: int, n_items: int) -> list[bytes]:
         }
         if i % 3:
             rec["description"] = descriptions[i % 4096]
-        lines.append(repr(rec).encode() + b"\n")
-    return lines
+        yield repr(rec).encode() + b"\n"
 
 
-def write_gz(path: Path, lines: list[bytes]) -> None:
+def write_gz(path: Path, lines: Iterable[bytes]) -> None:
+    """Write ``lines`` 65,536 at a time (memory holds one such block, not the file)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    lines = iter(lines)
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as gz:
-        for start in range(0, len(lines), 65536):
-            gz.write(b"".join(lines[start : start + 65536]))
+        while block := list(itertools.islice(lines, 65536)):
+            gz.write(b"".join(block))
     tmp.replace(path)
 
 

@@ -13,12 +13,12 @@ import pandas as pd
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import load_params
-from sea.data.amazon import item_sentence, read_metadata, read_reviews
+from sea.data.amazon import item_sentence, read_metadata
 from sea.data.amazon2023 import read_given_split
 from sea.data.catalog import DatasetConfig, Download, resolve
-from sea.data.graph import GraphConfig, dedupe, k_core, reindex
+from sea.data.graph import GraphConfig, reindex, reviews_graph
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
-from sea.data.split import SPLITS, SplitConfig, split
+from sea.data.split import SPLITS, SplitConfig
 from sea.errors import DataError
 from sea.files import write_json
 from sea.net.urls import join_link
@@ -79,18 +79,11 @@ def amazon_tables(
         core, users, asins = reindex(core)
         inter = core[["user", "item", "rating", "timestamp", "split"]]
     else:
-        reviews_path = ds.raw_dir / files["reviews"].name
-        raw = read_reviews(reviews_path, allow_truncated=ds.allow_truncated)
-        unique = dedupe(raw)
-        try:
-            core = k_core(unique, gc.k_core)
-        except DataError as e:
-            raise DataError(f"{reviews_path}: {e}") from None
-        core, users, asins = reindex(core)
-        inter = split(core, sc.method, sc.seed)[["user", "item", "rating", "timestamp", "split"]]
-        stats = {
-            "raw": {"reviews": len(raw), "users": int(raw["user"].nunique()), "items": int(raw["item"].nunique())},
-            "deduplicated": {"interactions": len(unique), "duplicates_dropped": len(raw) - len(unique)},
+        path = ds.raw_dir / files["reviews"].name
+        inter, users, asins, stats = reviews_graph(
+            path, gc.k_core, sc.method, sc.seed, allow_truncated=ds.allow_truncated, batch_bytes=gc.batch_mb << 20
+        )
+        stats = {k: stats[k] for k in ("raw", "deduplicated")} | {
             "k_core": gc.k_core,
             "split": {"method": sc.method, "seed": sc.seed},
         }

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sea.data import lines as lines_module
-from sea.data.amazon import clean_text, read_metadata, read_reviews
+from sea.data.amazon import _fast_meta, _slow_meta, clean_text, read_metadata, read_reviews, scan_reviews
 from sea.data.arrays import load_features
 from sea.data.lines import END_REVIEW_SECOND, FIRST_REVIEW_SECOND, FLOAT32_MAX, Lines, TruncatedFileWarning
 from sea.data.mmrec import read_inter, read_item_ids
@@ -287,6 +287,51 @@ def test_fuzz_json_reviews(fuzz_dir, data, gz, allow_truncated):
         rec = json.loads(line.decode("utf-8"))  # what the line says, parsed independently
         assert (row.user, row.item) == (rec["reviewerID"], rec["asin"])
         assert row.rating == np.float32(rec["overall"]) and row.timestamp == rec["unixReviewTime"]
+
+
+@fuzz(300)
+@given(data=mutated_lines(REVIEW_LINES), gz=st.booleans(), batch_bytes=st.integers(1, 4096))
+def test_fuzz_streamed_reviews_as_read_reviews(fuzz_dir, data, gz, batch_bytes):
+    """The graph stage's streaming reader (orjson batches checked column by column, a batch
+    with anything odd parsed again line by line) gives read_reviews' rows, or its error."""
+    path = fuzz_dir / ("streamed.json.gz" if gz else "streamed.json")
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    try:
+        expected = read_reviews(path)
+    except DataError as e:
+        with pytest.raises(DataError) as got:
+            scan_reviews(path, batch_bytes=batch_bytes)
+        assert str(got.value) == str(e)
+        return
+    codes = scan_reviews(path, batch_bytes=batch_bytes)
+    assert [codes.user_ids[c] for c in codes.user] == expected["user"].tolist()
+    assert [codes.item_ids[c] for c in codes.item] == expected["item"].tolist()
+    assert codes.rating.tobytes() == expected["rating"].to_numpy().tobytes()
+    assert codes.timestamp.tobytes() == expected["timestamp"].to_numpy().tobytes()
+
+
+def _same_record_when_quick(text: str) -> None:
+    """Where the quick metadata parse gives a record, the slow one (json, then
+    ast.literal_eval) gives the very same: same types, keys in the same order."""
+    fast = _fast_meta(text)
+    if fast is not None:
+        assert repr(fast) == repr(_slow_meta(text, "line"))
+
+
+@fuzz(400)
+@given(data=mutated_lines(META_LINES))
+def test_fuzz_quick_metadata_parse_as_the_slow_one(data):
+    for line in data.split(b"\n"):
+        _same_record_when_quick(line.decode("utf-8", "replace").strip())
+
+
+@fuzz(600)
+@given(text=st.text(alphabet="{}[]:,'\" \\\t\r\x0c1-0.5eE+TrueFalsNontrufalsnul_xu()#é", max_size=40))
+def test_fuzz_quick_metadata_tokens(text):
+    """Strings of the characters that matter to the quick parse (quotes, backslashes,
+    keywords, numbers, brackets): none is read otherwise than by json/literal_eval."""
+    _same_record_when_quick("{'k': " + text + "}")
+    _same_record_when_quick(text)
 
 
 @fuzz(400)

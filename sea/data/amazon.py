@@ -46,11 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from sea.data import amazon2023
+from sea.data.codes import CodedReviews, ReviewCodes
 from sea.data.lines import (
+    BAD_ID_CHAR,
     CATEGORY_SEPARATOR,
+    END_REVIEW_SECOND,
+    FIRST_REVIEW_SECOND,
+    MAX_STARS,
+    MIN_STARS,
     Lines,
     TruncatedFileWarning,
     check_id,
@@ -72,6 +79,7 @@ __all__ = [
     "METADATA_COLUMNS",
     "TruncatedFileWarning",
     "read_reviews",
+    "scan_reviews",
     "read_metadata",
     "item_sentence",
     "clean_text",
@@ -223,22 +231,234 @@ def read_reviews(path: str | Path, *, fmt: str = "auto", allow_truncated: bool =
     )
 
 
+# --------------------------------------------------------------------------- reviews, streamed
+
+#: The keys of a review record and its time unit, by release (see :func:`_parse_json_review`).
+_KEYS_2014 = ("reviewerID", "asin", "overall", "unixReviewTime")
+_KEYS_2023 = ("user_id", "parent_asin", "rating", "timestamp")
+_MS = {_KEYS_2014: 1, _KEYS_2023: 1000}
+
+
+def _batches(lines: Lines, batch_bytes: int):
+    """``lines`` in lists of ``(line_number, line)`` holding about ``batch_bytes`` each.
+
+    When reading stops with an error (a line over the length limit), the lines before it
+    are yielded first: a bad line among them is reported before it, as the line-by-line
+    reader would."""
+    batch, size = [], 0
+    try:
+        for numbered in lines:  # (line number, line)
+            batch.append(numbered)
+            size += len(numbered[1])
+            if size >= batch_bytes:
+                yield batch
+                batch, size = [], 0
+    except DataError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _parse_batch(batch: list, parse, path: Path) -> tuple[list, list, list, list]:
+    """The reviews of ``batch`` parsed line by line with ``parse`` (every check, every message)."""
+    cols: tuple[list, list, list, list] = ([], [], [], [])
+    for lineno, line in batch:
+        if line.strip():
+            for col, value in zip(cols, parse(line, _where(path, lineno))):
+                col.append(value)
+    return cols
+
+
+def _fast_json_batch(batch: list) -> tuple[list, list, list, list] | None:
+    """The reviews of a batch of JSON lines, parsed with orjson and checked column by column,
+    or None when any line is not a plain, valid review of one release (blank, not a JSON
+    object, a missing field, a value :func:`_parse_json_review` would refuse or convert,
+    two releases mixed): the caller then parses the batch line by line, which accepts
+    the same reviews with the same values and names the first bad line.
+
+    Every check here is at least as strict as the per-line one: a batch it accepts is one
+    the per-line parser accepts, with the same values."""
+    loads = orjson.loads
+    users, items, ratings, times = [], [], [], []
+    keys = None
+    try:
+        for _, line in batch:
+            rec = loads(line)
+            if type(rec) is not dict:
+                return None
+            k = _KEYS_2014 if "reviewerID" in rec else _KEYS_2023 if "user_id" in rec else None
+            if k is None or (keys is not None and k is not keys):
+                return None  # neither release's record, or two releases in one batch
+            keys = k
+            users.append(rec[k[0]])
+            items.append(rec[k[1]])
+            ratings.append(rec[k[2]])
+            times.append(rec[k[3]])
+    except (orjson.JSONDecodeError, KeyError):
+        return None
+    for ids in (users, items):  # check_id: non-blank text without control characters
+        if set(map(type, ids)) != {str} or not all(map(str.strip, ids)) or BAD_ID_CHAR.search("".join(ids)):
+            return None
+    if not set(map(type, ratings)) <= {int, float} or not set(map(type, times)) == {int}:
+        return None  # (bools, text, nulls; times written as floats take the per-line path)
+    try:
+        stars = np.asarray(ratings, dtype=np.float64)
+        when = np.asarray(times, dtype=np.int64)
+    except OverflowError:
+        return None
+    unit = _MS[keys]
+    if not (
+        ((stars >= MIN_STARS) & (stars <= MAX_STARS)).all()
+        and ((when >= FIRST_REVIEW_SECOND * unit) & (when < END_REVIEW_SECOND * unit)).all()
+    ):
+        return None
+    return users, items, stars, when
+
+
+def scan_reviews(
+    path: str | Path, *, fmt: str = "auto", allow_truncated: bool = False, batch_bytes: int = 64 << 20
+) -> ReviewCodes:
+    """Read a review dump as :func:`read_reviews` does, into integer columns.
+
+    The same files, checks, errors and values as :func:`read_reviews` (same rows, same
+    order), but the raw ids are mapped to int32 codes as the lines stream
+    (:class:`sea.data.codes.CodedReviews`), so memory holds about 20 bytes a review plus
+    each distinct id once, and at most one batch of about ``batch_bytes`` of lines (and
+    their parsed values) at a time. JSON lines are parsed a batch at a time with orjson
+    and checked column by column (:func:`_fast_json_batch`); a batch with anything
+    unusual is parsed again line by line, with the messages of :func:`read_reviews`.
+
+    Raises:
+        DataError: as :func:`read_reviews`.
+    """
+    path = Path(path)
+    kind = _review_format(path, fmt)
+    out = CodedReviews()
+    if kind == "csv" and amazon2023.is_benchmark_csv(path):
+        rows: tuple[list, list, list, list] = ([], [], [], [])
+        per_batch = max(1, batch_bytes // 64)  # a benchmark row is about 60 bytes
+        for _, *values in amazon2023.benchmark_rows(path, allow_truncated=allow_truncated):
+            for col, value in zip(rows, values):
+                col.append(value)
+            if len(rows[0]) >= per_batch:
+                out.add(*rows)
+                rows = ([], [], [], [])
+        out.add(*rows)
+        return out.finish()
+    parse = _parse_csv_review if kind == "csv" else _parse_json_review
+    lines = Lines(path)
+    for batch in _batches(lines, batch_bytes):
+        cols = _fast_json_batch(batch) if kind == "json" else None
+        out.add(*(cols if cols is not None else _parse_batch(batch, parse, path)))
+    lines.check_complete(allow_truncated)
+    if not out.n:
+        raise DataError(f"{path}: no reviews in the file (is it empty, or the wrong file?)")
+    return out.finish()
+
+
 # --------------------------------------------------------------------------- metadata
 
 
-def _parse_meta_line(line: bytes, where: str) -> dict:
-    """Parse one metadata line: JSON first, then a Python literal (never code)."""
-    text = decode(line, where).strip()
+# A Python dict literal that JSON can read once its strings and keywords are written as
+# JSON's: strings in '...' or "..." with no escapes but \\ \' \" \n \r \t and \xhh (repr
+# writes no others for text), and between them no quote or backslash (nearly all 2014
+# metadata lines). In such a line a quote always opens a string and a backslash inside one
+# always starts one of those escapes, so the tokens below are the ones Python reads.
+_ESCAPE = r"""\\(?:[\\'"nrt]|x[0-9a-fA-F]{2})"""
+_PLAIN_LITERAL = re.compile(rf"""(?:'(?:[^'\\]++|{_ESCAPE})*+'|"(?:[^"\\]++|{_ESCAPE})*+"|[^'"\\]++)*+""")
+_LITERAL_TOKEN = re.compile(
+    rf"""'((?:[^'\\]|{_ESCAPE})*)'|"((?:[^"\\]|{_ESCAPE})*)"|\b(True|False|None|true|false|null)\b"""
+)
+_IN_STRING = re.compile(r"""\\(?:x([0-9a-fA-F]{2})|(.))|(")""")
+_JSON_ESCAPE = {"\\": "\\\\", "'": "'", '"': '\\"', "n": "\\n", "r": "\\r", "t": "\\t"}
+# Python's keywords as JSON's; JSON's own words are names to Python (literal_eval refuses
+# them), so they become a character JSON refuses too.
+_JSON_WORDS = {"True": "true", "False": "false", "None": "null", "true": "!", "false": "!", "null": "!"}
+# Integers of 19 digits or more: orjson reads those over 64 bits as floats, Python as ints.
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+_WORD = re.compile(r"[A-Za-z_]")
+_KEYWORD = re.compile(r"\b(?:True|False|None|true|false|null)\b")
+
+
+def _fast_meta(text: str) -> Any:
+    """The record of a metadata line as :func:`_slow_meta` parses it, or None when not
+    certain: JSON lines with orjson, plain Python dict literals (:data:`_PLAIN_LITERAL`)
+    with orjson once written as JSON. Anything orjson refuses, and any line with a long
+    digit run, takes the slow path."""
+    if _LONG_NUMBER.search(text):
+        return None
     try:
-        rec = _load_json(text)
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if "\\" not in text and '"' not in text and "\x01" not in text:
+        json_text = _quotes_only(text)  # the usual 2014 line, quickly
+    elif _PLAIN_LITERAL.fullmatch(text):
+        json_text = _LITERAL_TOKEN.sub(_json_token, text)
+    else:
+        return None
+    try:
+        return orjson.loads(json_text) if json_text is not None else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _quotes_only(text: str) -> str | None:
+    """A literal with no backslash and no double quote as JSON: every ' opens or closes a
+    string, so the pieces between them alternate outside and inside; the inside ones go
+    in double quotes as they are, the keywords outside become JSON's."""
+    parts = text.split("'")
+    if len(parts) % 2 == 0:
+        return None  # an unclosed string
+    outside = "\x01".join(parts[0::2])
+    if _WORD.search(outside):
+        parts[0::2] = _KEYWORD.sub(_json_word, outside).split("\x01")
+    return '"'.join(parts)
+
+
+def _json_word(m: re.Match) -> str:
+    return _JSON_WORDS[m.group()]
+
+
+def _json_token(m: re.Match) -> str:
+    """One token of a plain literal as JSON: a string (its escapes made JSON's), a keyword."""
+    body = m.group(1) if m.group(1) is not None else m.group(2)
+    if body is None:
+        return _JSON_WORDS[m.group(3)]
+    if "\\" in body or '"' in body:
+        body = _IN_STRING.sub(_json_escape, body)
+    return f'"{body}"'
+
+
+def _json_escape(m: re.Match) -> str:
+    if m.group(1) is not None:
+        return f"\\u00{m.group(1)}"
+    return _JSON_ESCAPE[m.group(2)] if m.group(2) is not None else '\\"'
+
+
+def _slow_meta(text: str, where: str) -> Any:
+    """JSON first (:mod:`json`), then a Python literal (:func:`ast.literal_eval`, never code)."""
+    try:
+        return _load_json(text)
     except ValueError:
         try:
-            rec = ast.literal_eval(text)
+            return ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError) as e:
             raise DataError(
                 f"{where}: neither a JSON object nor a Python dict literal "
                 f"({type(e).__name__}: {str(e)[:200]}); only plain literals are accepted, never code"
             ) from None
+
+
+def _parse_meta_line(line: bytes, where: str) -> dict:
+    """Parse one metadata line: JSON first, then a Python literal (never code); the common
+    shapes quickly (:func:`_fast_meta`), the rest as they always were (:func:`_slow_meta`)."""
+    text = decode(line, where).strip()
+    rec = _fast_meta(text)
+    if rec is None:
+        rec = _slow_meta(text, where)
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected one product record (a dict), got {type(rec).__name__}")
     return rec

@@ -28,6 +28,7 @@ is a DataError naming the file and the 1-based line.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +78,19 @@ def is_benchmark_csv(path: Path) -> bool:
     return False
 
 
-def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd.DataFrame:
-    """Read an official 2023 benchmark CSV (rating_only or one part of a split).
-
-    Returns ``user``, ``item`` (str), ``rating`` (float32, 1-5), ``timestamp`` (int64, ms) and
-    ``line`` (the 1-based line each row came from), in file order. A ``history`` column is
-    checked to be text and not kept (the models here take the training graph instead).
+def benchmark_rows(path: str | Path, *, allow_truncated: bool = False) -> Iterator[tuple[int, str, str, float, int]]:
+    """The rows of an official 2023 benchmark CSV, checked, in file order: ``(line, user,
+    item, rating, timestamp)`` (rating 1-5 stars, timestamp in ms; ``line`` 1-based). A
+    ``history`` column is checked to be text and not kept.
 
     Raises:
-        DataError: a missing or different header, a row with the wrong number of fields,
-            a bad value (file and line named), a last line without a newline, a damaged
-            gzip stream, or a file with no rows.
+        DataError: as :func:`read_benchmark_csv`, when the bad row is reached (an empty
+            file, or one without rows, once the file is read).
     """
     path = Path(path)
     lines = Lines(path)
     header: list[str] | None = None
-    users, items, ratings, times, where_from = [], [], [], [], []
+    n_rows = 0
     for lineno, line in lines:
         where = f"{path}:{lineno}"
         require_newline(line, where)
@@ -113,22 +111,38 @@ def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd
                 f"{where}: expected {len(header)} comma-separated fields ({','.join(header)}), "
                 f"got {len(row)}: {text[:200]!r}"
             )
-        users.append(check_id(row[0], "user_id", where))
-        items.append(check_id(row[1], "parent_asin", where))
-        ratings.append(check_stars(parse_finite(row[2], "rating", where), "rating", where))
-        times.append(check_review_time(parse_timestamp(row[3], "timestamp", where), "timestamp", where, "ms"))
+        user = check_id(row[0], "user_id", where)
+        item = check_id(row[1], "parent_asin", where)
+        rating = check_stars(parse_finite(row[2], "rating", where), "rating", where)
+        ts = check_review_time(parse_timestamp(row[3], "timestamp", where), "timestamp", where, "ms")
         if len(row) == 5:
             check_text(row[4], HISTORY, where)
-        where_from.append(lineno)
+        n_rows += 1
+        yield lineno, user, item, rating, ts
     lines.check_complete(allow_truncated)
     if header is None:
         raise DataError(f"{path}: the file is empty (expected an Amazon 2023 benchmark CSV)")
-    if not users:
+    if not n_rows:
         raise DataError(f"{path}: no rows after the header")
+
+
+def read_benchmark_csv(path: str | Path, *, allow_truncated: bool = False) -> pd.DataFrame:
+    """Read an official 2023 benchmark CSV (rating_only or one part of a split).
+
+    Returns ``user``, ``item`` (str), ``rating`` (float32, 1-5), ``timestamp`` (int64, ms) and
+    ``line`` (the 1-based line each row came from), in file order. A ``history`` column is
+    checked to be text and not kept (the models here take the training graph instead).
+
+    Raises:
+        DataError: a missing or different header, a row with the wrong number of fields,
+            a bad value (file and line named), a last line without a newline, a damaged
+            gzip stream, or a file with no rows.
+    """
+    where_from, users, items, ratings, times = zip(*benchmark_rows(path, allow_truncated=allow_truncated))
     return pd.DataFrame(
         {
-            "user": users,
-            "item": items,
+            "user": list(users),
+            "item": list(items),
             "rating": np.asarray(ratings, dtype=np.float32),
             "timestamp": np.asarray(times, dtype=np.int64),
             "line": np.asarray(where_from, dtype=np.int64),

@@ -34,6 +34,7 @@ from sea.errors import DataError
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "BAD_ID_CHAR",
     "MAX_GZIP_RATIO",
     "MAX_ID",
     "MAX_TIMESTAMP",
@@ -133,6 +134,8 @@ _ID = re.compile(ID_PATTERN, re.ASCII)
 _UINT_DOT_ZERO = re.compile(TIMESTAMP_PATTERN, re.ASCII)
 # Characters no id may hold: C0/C1 controls (tab, newline, NUL...), lone surrogates, BOM.
 _BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufeff]")
+#: The characters :func:`check_id` refuses (searched in many ids joined, by the batch readers).
+BAD_ID_CHAR = _BAD_ID_CHAR
 
 
 class TruncatedFileWarning(UserWarning):
