@@ -306,7 +306,13 @@ def tuning_figure(reports: dict[str, dict], columns: int = 4):
     by an x), the trial picked in colour with its best epoch starred."""
     plt = _pyplot()
     rows = math.ceil(len(reports) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(3.6 * columns, 2.9 * rows),
+        squeeze=False,
+        layout="constrained",  # room for the suptitle and every panel's title, whatever the rows
+    )
     for ax, (model, report) in zip(axes.flat, reports.items()):
         picked = report["selection"]["selected"]
         n_pruned = 0
@@ -346,7 +352,6 @@ def tuning_figure(reports: dict[str, dict], columns: int = 4):
         "the pick in blue",
         fontsize=10,
     )
-    fig.tight_layout()
     return fig
 
 
