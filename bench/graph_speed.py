@@ -16,13 +16,14 @@ resident memory of the stage process, the device (CPU count) and the commit; wit
 ``--old-ref`` it also runs the stage's code of that commit (``pipeline/`` and ``sea/`` from
 ``git archive``) on the same dumps and params, and prints its figures beside; leave it out
 where the old path cannot run (it holds about 400 bytes a review; ``--old-max-gb`` skips
-it on larger dumps). ``--batch-mb`` sets ``graph.batch_mb``. Record the figures in
+it on larger dumps) and says whether the two wrote the same bytes. ``--batch-mb`` sets ``graph.batch_mb``. Record the figures in
 BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -37,9 +38,9 @@ from common import commit as bench_commit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, float, str]:
+def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, float, str, dict[str, str]]:
     """Run ``code``/pipeline/graph.py on ``dumps``: (wall seconds, CPU seconds, peak RSS in MB,
-    its last line of output)."""
+    its last line of output, the sha256 of each file it wrote to data/processed/)."""
     files = [dumps / "reviews_Clothing_5.json.gz", dumps / "meta_Clothing.json.gz"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "data" / "raw" / params["dataset"]["name"]
@@ -61,9 +62,14 @@ def run_stage(code: Path, dumps: Path, params: dict) -> tuple[float, float, floa
             seconds = time.perf_counter() - start
             log.seek(0)
             out = log.read()
+        written = {
+            f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted((Path(tmp) / "data" / "processed").glob("*"))
+            if f.is_file()
+        }
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"graph stage ({code}) failed:\n{out[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.strip().splitlines()[-1], written
 
 
 def old_code(ref: str, into: Path) -> Path:
@@ -109,7 +115,7 @@ def main() -> None:
         old = old_code(args.old_ref, Path(tmp)) if args.old_ref else None
         for d in args.dumps:
             size = (d / "reviews_Clothing_5.json.gz").stat().st_size
-            seconds, cpu, peak, line = run_stage(ROOT, d, params)
+            seconds, cpu, peak, line, written = run_stage(ROOT, d, params)
             print(line)
             print(
                 f"{d.name}: graph stage {seconds:.1f} s ({cpu:.1f} s CPU), peak RSS {peak:,.0f} MB (batch_mb "
@@ -118,11 +124,13 @@ def main() -> None:
             if old is not None and size > args.old_max_gb * 1e9:
                 print(f"{d.name}: old path ({args.old_ref}) not run: reviews over --old-max-gb {args.old_max_gb}")
             elif old is not None:
-                old_seconds, old_cpu, old_peak, _ = run_stage(old, d, old_params)
+                old_seconds, old_cpu, old_peak, _, old_written = run_stage(old, d, old_params)
+                differ = sorted(f for f in old_written.keys() | written.keys() if old_written.get(f) != written.get(f))
                 print(
                     f"{d.name}: old path ({args.old_ref}) {old_seconds:.1f} s ({old_cpu:.1f} s CPU), "
                     f"peak RSS {old_peak:,.0f} MB: {old_seconds / seconds:.2f}x the time "
-                    f"({old_cpu / cpu:.2f}x the CPU), {old_peak / peak:.2f}x the memory"
+                    f"({old_cpu / cpu:.2f}x the CPU), {old_peak / peak:.2f}x the memory; outputs "
+                    + (f"DIFFER: {', '.join(differ)}" if differ else f"byte-identical ({len(written)} files)")
                 )
 
 

@@ -13,42 +13,16 @@ import pandas as pd
 from sea import artifacts
 from sea.cli import run_stage
 from sea.config import load_params
-from sea.data.amazon import item_sentence, read_metadata
+from sea.data.amazon import MetadataRecords
 from sea.data.amazon2023 import read_given_split
 from sea.data.catalog import DatasetConfig, Download, resolve
 from sea.data.graph import GraphConfig, reindex, reviews_graph
+from sea.data.items import item_table, user_table
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, SplitConfig
 from sea.errors import DataError
 from sea.files import write_json
-from sea.net.urls import join_link
-
-
-def user_table(reviewer_ids) -> pd.DataFrame:
-    """One row per re-indexed user: its original reviewer id."""
-    ids = pd.Series(reviewer_ids).astype(str).to_numpy()
-    return pd.DataFrame({"user": np.arange(len(ids), dtype="int32"), "reviewer_id": ids})
-
-
-def item_table(asins: pd.Index, meta: pd.DataFrame | None, meta_url: str | None) -> pd.DataFrame:
-    """One row per re-indexed item: its text sentence and image URL (resolved against the
-    metadata dump's own URL, as a relative link in a web page is: see
-    :func:`sea.net.urls.join_link`)."""
-    items = pd.DataFrame({"item": range(len(asins)), "asin": asins.astype(str)}).astype({"item": "int32"})
-    if meta is None:
-        return items.assign(text="", image_url=None)
-    m = meta.set_index("asin").reindex(items["asin"])
-    text = [
-        item_sentence(*(r if isinstance(r, str) else "" for r in row))
-        for row in m[["title", "brand", "categories", "description"]].itertuples(index=False)
-    ]
-
-    def absolute(u):
-        if not isinstance(u, str) or not u:
-            return None
-        return join_link(meta_url, u) if meta_url else u
-
-    return items.assign(text=text, image_url=[absolute(u) for u in m["image_url"]])
+from sea.runtime import release_freed_memory
 
 
 def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) -> tuple[pd.DataFrame, dict]:
@@ -89,15 +63,16 @@ def amazon_tables(
         }
     meta_file = files.get("meta")
     meta_url = meta_file.url if meta_file else None
-    meta = (
-        read_metadata(
+    records = (  # streamed into the item table: only each product's sentence and image URL are kept
+        MetadataRecords(
             ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated, image_size=ds.image_size
         )
         if meta_file
         else None
     )
-    items = item_table(asins, meta, meta_url)
-    stats["items"] = {"with_metadata": int(meta["asin"].isin(asins).sum()) if meta is not None else 0}
+    release_freed_memory()  # the review parse's garbage, before the metadata's
+    items, with_metadata = item_table(asins, records, meta_url)
+    stats["items"] = {"with_metadata": with_metadata}
     return inter, items, user_table(users), stats
 
 

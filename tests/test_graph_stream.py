@@ -19,12 +19,23 @@ import pytest
 import yaml
 
 from sea import artifacts
+from sea.data import amazon
 from sea.config import load_params
-from sea.data.amazon import _fast_meta, _slow_meta, read_metadata, read_reviews, scan_reviews
+from sea.data.amazon import (
+    MetadataRecords,
+    _fast_meta,
+    _slow_meta,
+    item_sentence,
+    read_metadata,
+    read_reviews,
+    scan_reviews,
+)
 from sea.data.catalog import DatasetConfig, resolve
 from sea.data.graph import EmptyGraphError, GraphConfig, dedupe, k_core, reindex, reviews_graph
+from sea.data.items import item_table
 from sea.data.split import split
 from sea.errors import ConfigError, DataError
+from sea.net.urls import join_link
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -73,8 +84,8 @@ def assert_same_reviews(path: Path, batch_bytes: int) -> None:
         assert str(got.value) == str(e)
         return
     codes = scan_reviews(path, batch_bytes=batch_bytes)
-    assert [codes.user_ids[c] for c in codes.user] == expected["user"].tolist()
-    assert [codes.item_ids[c] for c in codes.item] == expected["item"].tolist()
+    assert codes.user_ids.take(codes.user).to_pylist() == expected["user"].tolist()
+    assert codes.item_ids.take(codes.item).to_pylist() == expected["item"].tolist()
     np.testing.assert_array_equal(codes.rating, expected["rating"].to_numpy())
     np.testing.assert_array_equal(codes.timestamp, expected["timestamp"].to_numpy())
 
@@ -116,17 +127,66 @@ def test_stage_on_the_sample_writes_the_old_bytes(tmp_path):
     env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     subprocess.run([sys.executable, str(ROOT / "pipeline" / "graph.py")], cwd=tmp_path, env=env, check=True)
     inter, users, asins, _ = old_graph(raw / "reviews_Sample_5.json.gz")
-    sys.path.insert(0, str(ROOT / "pipeline"))
-    try:
-        from graph import item_table, user_table  # the stage's own table builders, unchanged
-    finally:
-        sys.path.remove(str(ROOT / "pipeline"))
     meta = read_metadata(raw / "meta_Sample.json.gz", asins=set(asins))
     meta_url = {d.role: d for d in resolve(DatasetConfig.from_dict(params["dataset"], "dataset"), None)}["meta"].url
     out = tmp_path / "data" / "processed"
     assert (out / "interactions.parquet").read_bytes() == parquet_bytes(inter, tmp_path)
-    assert (out / "users.parquet").read_bytes() == parquet_bytes(user_table(users), tmp_path)
-    assert (out / "items.parquet").read_bytes() == parquet_bytes(item_table(asins, meta, meta_url), tmp_path)
+    assert (out / "users.parquet").read_bytes() == parquet_bytes(old_user_table(users), tmp_path)
+    assert (out / "items.parquet").read_bytes() == parquet_bytes(old_item_table(asins, meta, meta_url), tmp_path)
+
+
+def old_user_table(users) -> pd.DataFrame:
+    """The users table by its definition, as the stage built it from Python strings."""
+    return pd.DataFrame({"user": np.arange(len(users), dtype="int32"), "reviewer_id": [str(u) for u in users]})
+
+
+def old_item_table(asins, meta: pd.DataFrame, meta_url: str | None) -> pd.DataFrame:
+    """The item table by its definition, from read_metadata's frame, as the stage built it:
+    each item's sentence ("" without a record) and its URL resolved against the dump's."""
+    by_asin = {row[0]: row for row in meta.itertuples(index=False, name=None)}
+    text, url = [], []
+    for a in asins:
+        _, title, brand, categories, description, link = by_asin.get(a, (a, "", "", "", "", None))
+        text.append(item_sentence(title, brand, categories, description))
+        url.append((join_link(meta_url, link) if meta_url else link) if isinstance(link, str) and link else None)
+    return pd.DataFrame(
+        {"item": np.arange(len(asins), dtype="int32"), "asin": [str(a) for a in asins], "text": text, "image_url": url}
+    )
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "2014/digital_music/meta_Digital_Music.head.json.gz",
+        "2018/gift_cards/meta_Gift_Cards.json.gz",
+        "2023/health_and_personal_care/meta_Health_and_Personal_Care.subset1001.jsonl.gz",
+    ],
+)
+def test_streamed_item_table_is_the_frame_one_on_real_metadata(amazon_real, tmp_path, rel):
+    """The item table built from streamed records (Arrow, a few bytes over the text) has the
+    bytes of the one built from read_metadata's frame: for every product in the file, and
+    for half of them plus asins the file lacks (empty text, no URL), with a relative link
+    base and with none."""
+    path = amazon_real / rel
+    meta = read_metadata(path)
+    wanted = sorted(set(meta["asin"][::2]) | {"ZZ-NOT-THERE-1", "ZZ-NOT-THERE-2"})
+    for asins in (sorted(meta["asin"]), wanted):
+        for base in (None, "data/raw/x/meta.json.gz"):
+            records = MetadataRecords(path, asins=set(asins))
+            items, with_meta = item_table(pd.Index(asins), records, base)
+            expected = old_item_table(asins, meta, base)
+            assert parquet_bytes(items, tmp_path) == parquet_bytes(expected, tmp_path)
+            assert with_meta == int(meta["asin"].isin(asins).sum())
+
+
+def test_streamed_records_are_read_metadatas_rows(amazon_real):
+    """MetadataRecords yields read_metadata's rows, one at a time, and counts its duplicates."""
+    path = amazon_real / "2018/magazine_subscriptions/meta_Magazine_Subscriptions.json.gz"
+    records = MetadataRecords(path)
+    rows = list(records)
+    meta = read_metadata(path)
+    assert rows == list(meta.itertuples(index=False, name=None))
+    assert records.duplicates == meta.attrs["duplicate_asins"] > 0
 
 
 @pytest.mark.parametrize(
@@ -316,3 +376,56 @@ def test_empty_core_names_the_file(tmp_path):
 def test_batch_mb_is_checked(value):
     with pytest.raises(ConfigError, match=r"params.yaml \[graph(\.batch_mb)?\]: .*batch_mb|batch_mb"):
         GraphConfig.from_dict({"batch_mb": value}, "graph")
+
+
+# --------------------------------------------------------------------------- metadata pre-filter
+
+
+def wanted_by_definition(line: bytes, asins) -> bool:
+    """The pre-filter as its docstring defines it: every `asin` found by a scan of the line,
+    then the escapes and concatenations searched for at every byte."""
+    from sea.data import amazon2023
+
+    w = amazon2023.wanted_2023(line, asins)
+    if w is not None:
+        return w
+    values = amazon._ASIN_KEY.findall(line)
+    if not values or len(values) != line.count(b"asin") or amazon._HIDDEN_KEY.search(line):
+        return True
+    return any(v.decode("utf-8", "replace").strip() in asins for _, v in values)
+
+
+def hostile_meta_lines(seed: int, n: int = 20_000) -> list[bytes]:
+    """Seeded lines built from the pieces the pre-filter looks at: keys written plainly, with
+    escapes or as adjacent literals, quoted "a"/"as"/"asi", backslashes, values that hold
+    "asin", odd spacing and endings."""
+    rng = np.random.default_rng(seed)
+    pieces = [
+        b"{", b"}", b", ", b": ", b"'asin'", b'"asin"', b"asin", b"'B01'", b'"B02"', b"'B0 1'", b"'x'",
+        b"'as' 'in'", b"'a' 'sin'", b"'asi' u'n'", b'"as""in"', b"'\\x61sin'", b'"\\u0061sin"', b"\\",
+        b"'a'", b"'as\"", b'"asi\'', b"'also_bought'", b"'title'", b"'asin': 'B03'", b"'asin':'B04'}",
+        b" ", b"\t", b"'B05' 'X'", b"'asinine'", b"'parent_asin'", b"\n", b"\xc3\xa9", b"''",
+    ]
+    return [b"".join(pieces[j] for j in rng.integers(len(pieces), size=rng.integers(1, 14))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quick_prefilter_is_its_definition_on_hostile_lines(seed):
+    asins = {"B01", "B03", "B0 1"}
+    lines = hostile_meta_lines(seed)
+    got = [amazon._wanted(line, asins) for line in lines]
+    assert got == [wanted_by_definition(line, asins) for line in lines]
+    assert 0 < sum(got) < len(got)  # both answers occur
+
+
+def test_quick_prefilter_is_its_definition_on_real_lines(amazon_real):
+    for rel in (
+        "2014/digital_music/meta_Digital_Music.head.json.gz",
+        "2018/gift_cards/meta_Gift_Cards.json.gz",
+        "2018/magazine_subscriptions/meta_Magazine_Subscriptions.json.gz",
+    ):
+        lines = gzip.open(amazon_real / rel).read().splitlines(keepends=True)
+        asins = {m["asin"] for m in (read_metadata(amazon_real / rel).iloc[::3].to_dict("records"))}
+        got = [amazon._wanted(line, asins) for line in lines]
+        assert got == [wanted_by_definition(line, asins) for line in lines]
+        assert 0 < sum(got) < len(got)

@@ -728,6 +728,7 @@ def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
 
     from sea.data.amazon import read_metadata
     from sea.data.catalog import resolve
+    from sea.data.items import item_table
     from sea.net.images import FetchPolicy, ImageFetcher
 
     monkeypatch.chdir(REPO)  # the stages run in the repo root: relative forms are taken from there
@@ -740,7 +741,7 @@ def test_every_meta_url_form_names_the_same_images(tmp_path, monkeypatch, form):
     meta = pd.concat(
         [meta, meta.tail(len(escapes)).assign(asin=[f"X{i}" for i in range(len(escapes))], image_url=escapes)]
     )
-    items = stage_module("graph").item_table(pd.Index(meta["asin"]), meta, meta_url)
+    items, _ = item_table(pd.Index(meta["asin"]), meta.itertuples(index=False, name=None), meta_url)
     with ImageFetcher(
         items["image_url"].tolist(),
         tmp_path / "cache",

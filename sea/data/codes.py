@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from sea.errors import DataError
 
@@ -27,14 +28,15 @@ MAX_CODES = 2**31 - 1
 class ReviewCodes:
     """Reviews in file order, duplicates kept: ``user``/``item`` codes (int32), ``rating``
     (float32), ``timestamp`` (int64); ``user_ids[c]`` and ``item_ids[c]`` are the raw ids
-    of code ``c``."""
+    of code ``c`` (Arrow string arrays: a few bytes over the text, against some 140 bytes
+    an id as Python strings in a dict)."""
 
     user: np.ndarray
     item: np.ndarray
     rating: np.ndarray
     timestamp: np.ndarray
-    user_ids: list[str]
-    item_ids: list[str]
+    user_ids: pa.Array
+    item_ids: pa.Array
 
     def __len__(self) -> int:
         return len(self.user)
@@ -81,11 +83,14 @@ class CodedReviews:
         self.n += len(users)
 
     def finish(self) -> ReviewCodes:
-        """The collected reviews; the batches are freed column by column as they are joined."""
+        """The collected reviews; the batches are freed column by column as they are joined,
+        the id tables once their ids are in Arrow arrays (in code order)."""
         cols = []
         for part, dtype in zip(self._parts, (np.int32, np.int32, np.float32, np.int64)):
             cols.append(np.concatenate(part) if part else np.empty(0, dtype))
             part.clear()
-        users, items = list(self._users), list(self._items)
-        self._users, self._items = {}, {}
+        users = pa.array(list(self._users), type=pa.large_string())
+        self._users = {}
+        items = pa.array(list(self._items), type=pa.large_string())
+        self._items = {}
         return ReviewCodes(*cols, user_ids=users, item_ids=items)

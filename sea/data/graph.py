@@ -21,6 +21,7 @@ from sea.config import Section, require
 from sea.data.amazon import scan_reviews
 from sea.data.split import SPLITS, split_codes
 from sea.errors import DataError
+from sea.runtime import release_freed_memory
 
 
 @dataclass
@@ -90,7 +91,9 @@ def reindex(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
 def dedupe_codes(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
     """The rows :func:`dedupe` keeps, as ascending positions: per (user, item) code pair
     the earliest review, ties the first in the file."""
-    key = (user.astype(np.int64) << 32) | item.astype(np.int64)
+    key = user.astype(np.int64)  # (user << 32) | item, built in place: 8 bytes a row
+    key <<= 32
+    key |= item
     order = np.argsort(key)  # any order within a pair: ties are broken by position below
     key = key[order]
     same = key[1:] == key[:-1]
@@ -130,7 +133,7 @@ def k_core_codes(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
     return pos
 
 
-def reindex_codes(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.Index]:
+def reindex_codes(codes: np.ndarray, ids: pa.Array) -> tuple[np.ndarray, pd.Index]:
     """Map the codes in use to 0..n-1 in sorted order of their raw ids (as :func:`reindex`).
 
     Returns the new codes (int32, aligned with ``codes``) and the raw ids, position = new
@@ -138,11 +141,11 @@ def reindex_codes(codes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.Ind
     points: Python's order of str.
     """
     used = np.flatnonzero(np.bincount(codes, minlength=len(ids)))
-    raw = pa.array([ids[c] for c in used], type=pa.string())
-    order = pc.sort_indices(raw).to_numpy()
+    raw = ids.take(pa.array(used))
+    order = pc.sort_indices(raw)
     new = np.full(len(ids), -1, dtype=np.int32)
-    new[used[order]] = np.arange(len(used), dtype=np.int32)
-    return new[codes], pd.Index(raw.take(pa.array(order)).to_pylist())
+    new[used[order.to_numpy()]] = np.arange(len(used), dtype=np.int32)
+    return new[codes], pd.Index(pd.array(raw.take(order), dtype="str"))  # Arrow-backed: no Python strings
 
 
 def reviews_graph(
@@ -167,6 +170,7 @@ def reviews_graph(
             after the k-core (:class:`EmptyGraphError`, the file named).
     """
     raw = scan_reviews(path, allow_truncated=allow_truncated, batch_bytes=batch_bytes)
+    release_freed_memory()  # the parse's garbage, before dedupe's arrays
     unique = dedupe_codes(raw.user, raw.item, raw.timestamp)
     stats = {
         "raw": {"reviews": len(raw), "users": len(raw.user_ids), "items": len(raw.item_ids)},
