@@ -16,8 +16,8 @@ resident memory of the stage process, the device (CPU count) and the commit; wit
 ``--old-ref`` it also runs the stage's code of that commit (``pipeline/`` and ``sea/`` from
 ``git archive``) on the same dumps and params, and prints its figures beside; leave it out
 where the old path cannot run (it holds about 400 bytes a review; ``--old-max-gb`` skips
-it on larger dumps) and says whether the two wrote the same bytes. ``--batch-mb`` sets ``graph.batch_mb``. Record the figures in
-BENCHMARKS.md.
+it on larger dumps) and says whether the two wrote the same bytes. ``--batch-mb`` sets
+``graph.batch_mb``. Record the figures in BENCHMARKS.md.
 """
 
 from __future__ import annotations

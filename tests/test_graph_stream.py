@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from sea import artifacts
-from sea.data import amazon
 from sea.config import load_params
+from sea.data import amazon
 from sea.data.amazon import (
     MetadataRecords,
     _fast_meta,
@@ -401,10 +401,39 @@ def hostile_meta_lines(seed: int, n: int = 20_000) -> list[bytes]:
     "asin", odd spacing and endings."""
     rng = np.random.default_rng(seed)
     pieces = [
-        b"{", b"}", b", ", b": ", b"'asin'", b'"asin"', b"asin", b"'B01'", b'"B02"', b"'B0 1'", b"'x'",
-        b"'as' 'in'", b"'a' 'sin'", b"'asi' u'n'", b'"as""in"', b"'\\x61sin'", b'"\\u0061sin"', b"\\",
-        b"'a'", b"'as\"", b'"asi\'', b"'also_bought'", b"'title'", b"'asin': 'B03'", b"'asin':'B04'}",
-        b" ", b"\t", b"'B05' 'X'", b"'asinine'", b"'parent_asin'", b"\n", b"\xc3\xa9", b"''",
+        b"{",
+        b"}",
+        b", ",
+        b": ",
+        b"'asin'",
+        b'"asin"',
+        b"asin",
+        b"'B01'",
+        b'"B02"',
+        b"'B0 1'",
+        b"'x'",
+        b"'as' 'in'",
+        b"'a' 'sin'",
+        b"'asi' u'n'",
+        b'"as""in"',
+        b"'\\x61sin'",
+        b'"\\u0061sin"',
+        b"\\",
+        b"'a'",
+        b"'as\"",
+        b"\"asi'",
+        b"'also_bought'",
+        b"'title'",
+        b"'asin': 'B03'",
+        b"'asin':'B04'}",
+        b" ",
+        b"\t",
+        b"'B05' 'X'",
+        b"'asinine'",
+        b"'parent_asin'",
+        b"\n",
+        b"\xc3\xa9",
+        b"''",
     ]
     return [b"".join(pieces[j] for j in rng.integers(len(pieces), size=rng.integers(1, 14))) for _ in range(n)]
 
