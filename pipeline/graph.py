@@ -21,7 +21,7 @@ from sea.data.items import item_table, user_table
 from sea.data.mmrec import inter_file, read_inter, read_item_ids
 from sea.data.split import SPLITS, SplitConfig
 from sea.errors import DataError
-from sea.files import write_json
+from sea.files import atomic_path, write_json
 from sea.runtime import release_freed_memory
 
 
@@ -42,38 +42,36 @@ def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) 
     return df.drop(columns="_order").reset_index(drop=True), stats
 
 
-def amazon_tables(
-    ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Parse, dedupe, k-core, re-index and split the raw Amazon dumps (or, with
-    ``split.method: given``, take the official split files as they are)."""
+def amazon_graph(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.Index, pd.Index, dict]:
+    """Parse, dedupe, k-core, re-index and split the raw Amazon reviews (or, with
+    ``split.method: given``, take the official split files as they are): the interactions,
+    the raw ids of users and items (position = new index) and the counts."""
     files = {d.role: d for d in resolve(ds, sc.given)}
     if sc.method == "given":
         core, stats = given_split(files, ds, sc)
         core, users, asins = reindex(core)
-        inter = core[["user", "item", "rating", "timestamp", "split"]]
-    else:
-        path = ds.raw_dir / files["reviews"].name
-        inter, users, asins, stats = reviews_graph(
-            path, gc.k_core, sc.method, sc.seed, allow_truncated=ds.allow_truncated, batch_bytes=gc.batch_mb << 20
-        )
-        stats = {k: stats[k] for k in ("raw", "deduplicated")} | {
-            "k_core": gc.k_core,
-            "split": {"method": sc.method, "seed": sc.seed},
-        }
-    meta_file = files.get("meta")
-    meta_url = meta_file.url if meta_file else None
-    records = (  # streamed into the item table: only each product's sentence and image URL are kept
-        MetadataRecords(
-            ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated, image_size=ds.image_size
-        )
-        if meta_file
-        else None
+        return core[["user", "item", "rating", "timestamp", "split"]], users, asins, stats
+    path = ds.raw_dir / files["reviews"].name
+    inter, users, asins, stats = reviews_graph(
+        path, gc.k_core, sc.method, sc.seed, allow_truncated=ds.allow_truncated, batch_bytes=gc.batch_mb << 20
     )
-    release_freed_memory()  # the review parse's garbage, before the metadata's
-    items, with_metadata = item_table(asins, records, meta_url)
-    stats["items"] = {"with_metadata": with_metadata}
-    return inter, items, user_table(users), stats
+    stats = {k: stats[k] for k in ("raw", "deduplicated")} | {
+        "k_core": gc.k_core,
+        "split": {"method": sc.method, "seed": sc.seed},
+    }
+    return inter, users, asins, stats
+
+
+def amazon_items(ds: DatasetConfig, sc: SplitConfig, asins: pd.Index) -> tuple[pd.DataFrame, int]:
+    """The item table from the metadata dump, streamed (only the reviewed products' lines
+    parsed, only their sentences and image URLs kept), and how many items have a record."""
+    meta_file = {d.role: d for d in resolve(ds, sc.given)}.get("meta")
+    if meta_file is None:
+        return item_table(asins, None, None)
+    records = MetadataRecords(
+        ds.raw_dir / meta_file.name, asins=set(asins), allow_truncated=ds.allow_truncated, image_size=ds.image_size
+    )
+    return item_table(asins, records, meta_file.url)
 
 
 def mmrec_user_ids(folder, n_users: int) -> list[str]:
@@ -115,36 +113,49 @@ def main() -> None:
     ds = DatasetConfig.from_dict(params["dataset"], "dataset")
     gc = GraphConfig.from_dict(params.get("graph"), "graph")
     sc = SplitConfig.from_dict(params.get("split"), "split")
-    inter, items, users, stats = mmrec_tables(ds) if ds.source == "mmrec" else amazon_tables(ds, gc, sc)
-    inter = inter.astype({"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"})
+    # interactions.parquet is written first and freed (it appears under its name only once
+    # every table is written): the item table's peak does not hold it (BENCHMARKS.md)
+    with atomic_path(artifacts.INTERACTIONS) as interactions:
+        if ds.source == "mmrec":
+            inter, items, users, stats = mmrec_tables(ds)
+        else:
+            inter, users, asins, stats = amazon_graph(ds, gc, sc)
+        inter = inter.astype({"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"})
+        n_users, n_inter = int(inter["user"].max()) + 1, len(inter)
+        counts = inter["split"].value_counts()
+        inter.to_parquet(interactions, index=False)  # as artifacts.write_parquet writes it
+        del inter
+        if ds.source != "mmrec":
+            release_freed_memory()  # the review parse's garbage, before the metadata's
+            items, with_metadata = amazon_items(ds, sc, asins)
+            users = user_table(users)
+            stats["items"] = {"with_metadata": with_metadata}
 
-    n_users, n_items = int(inter["user"].max()) + 1, len(items)
-    counts = inter["split"].value_counts()
-    stats = {"dataset": ds.name, "source": ds.source} | stats
-    source_file = ds.raw_dir / artifacts.SOURCE_FILE  # how each dump was verified (download stage)
-    if ds.source == "amazon" and source_file.is_file():
-        recorded = json.loads(source_file.read_text())
-        stats["dumps"] = {
-            role: {k: f.get(k) for k in ("file", "sha256", "verified")}
-            for role, f in recorded.items()
-            if isinstance(f, dict)
+        n_items = len(items)
+        stats = {"dataset": ds.name, "source": ds.source} | stats
+        source_file = ds.raw_dir / artifacts.SOURCE_FILE  # how each dump was verified (download stage)
+        if ds.source == "amazon" and source_file.is_file():
+            recorded = json.loads(source_file.read_text())
+            stats["dumps"] = {
+                role: {k: f.get(k) for k in ("file", "sha256", "verified")}
+                for role, f in recorded.items()
+                if isinstance(f, dict)
+            }
+        stats["after_k_core"] = {
+            "users": n_users,
+            "items": n_items,
+            "interactions": n_inter,
+            "density": n_inter / (n_users * n_items),
         }
-    stats["after_k_core"] = {
-        "users": n_users,
-        "items": n_items,
-        "interactions": len(inter),
-        "density": len(inter) / (n_users * n_items),
-    }
-    stats["split"] |= {s: int(counts.get(s, 0)) for s in SPLITS}
-    stats["items"] |= {
-        "with_text": int((items["text"] != "").sum()),
-        "with_image_url": int(items["image_url"].notna().sum()),
-    }
-    artifacts.write_parquet(inter, artifacts.INTERACTIONS)
-    artifacts.write_parquet(items, artifacts.ITEMS)
-    artifacts.write_parquet(users, artifacts.USERS)
-    write_json(artifacts.GRAPH_STATS, stats)
-    print(f"{ds.name}: {n_users} users, {n_items} items, {len(inter)} interactions; split {stats['split']}")
+        stats["split"] |= {s: int(counts.get(s, 0)) for s in SPLITS}
+        stats["items"] |= {
+            "with_text": int((items["text"] != "").sum()),
+            "with_image_url": int(items["image_url"].notna().sum()),
+        }
+        artifacts.write_parquet(items, artifacts.ITEMS)
+        artifacts.write_parquet(users, artifacts.USERS)
+        write_json(artifacts.GRAPH_STATS, stats)
+    print(f"{ds.name}: {n_users} users, {n_items} items, {n_inter} interactions; split {stats['split']}")
 
 
 if __name__ == "__main__":
