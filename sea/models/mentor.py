@@ -67,7 +67,6 @@ Differences from the authors' code (deliberate; the published numbers come from 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +81,7 @@ from sea.losses import LN2, solosim_loss
 from sea.models.base import GraphData, Recommender, register
 from sea.models.graphs import FrozenGraph, knn_lists, normalise_lists, spmm
 from sea.models.propagation import propagate
+from sea.models.towers import ModalityTowers
 from sea.ops import full_mean, full_sum
 
 ID = "id"
@@ -167,7 +167,7 @@ def table_moments(user: torch.Tensor, item: torch.Tensor, copies: int = 1) -> tu
 
 
 @register
-class MENTOR(Recommender):
+class MENTOR(ModalityTowers, Recommender):
     r"""MENTOR ("MENTOR: Multi-level Self-supervised Learning for Multimodal Recommendation",
     Jinfeng Xu, Zheyu Chen, Shuo Yang, Jinze Li, Hewei Wang and Edith C.-H. Ngai, AAAI 2025).
 
@@ -236,23 +236,9 @@ class MENTOR(Recommender):
         self.mask_weight_f, self.dropout = mask_weight_f, dropout
         self.mask_weight_g, self.temperature, self.noise_eps = mask_weight_g, temperature, noise_eps
         self.id_table = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_items, embedding_dim)))
-        dims = {ID: embedding_dim} | feature_dims
-        self.preference = nn.ParameterDict(
-            {v: nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim))) for v in self.views}
-        )
-        self.mlp = nn.ModuleDict(
-            {
-                v: nn.Sequential(nn.Linear(d, mlp_hidden_dim), nn.LeakyReLU(), nn.Linear(mlp_hidden_dim, embedding_dim))
-                for v, d in dims.items()
-            }
-        )
-        n_mod = len(self.modalities)
-        self.fusion = (
-            nn.Parameter(torch.softmax(torch.randn(n_users, n_mod) * math.sqrt(2.0 / (n_users + n_mod)), dim=1))
-            if n_mod > 1
-            else None
-        )
-        width = n_mod * embedding_dim
+        # towers for the ID view and each modality; fusion weights over the modalities only
+        self.init_towers(n_users, {ID: embedding_dim} | feature_dims, embedding_dim, mlp_hidden_dim, self.modalities)
+        width = len(self.modalities) * embedding_dim
         self.predictor = nn.Linear(width, width)  # P of the feature-masking term
         self.item_graph = FrozenGraph(item_graph)
 

@@ -1,4 +1,4 @@
-"""Per-modality towers shared by DRAGON and DualGNN (as MMRec builds both).
+"""Per-modality towers shared by DRAGON, DualGNN (as MMRec builds both) and MENTOR.
 
 Per modality m, user nodes carry a preference vector :math:`p^m_u` and item nodes the
 projection :math:`f_m(x^m_i) = W_2\\,\\mathrm{LeakyReLU}(W_1 x^m_i + b_1) + b_2` of their
@@ -16,6 +16,7 @@ modalities). The penalty is :math:`\\sum_m \\mathrm{mean}\\big((p^m_{B})^2\\big)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +35,26 @@ class ModalityTowers:
 
     ui_layers: int
 
-    def init_towers(self, n_users: int, feature_dims: dict[str, int], embedding_dim: int, mlp_hidden_dim: int) -> None:
-        self.modalities = list(feature_dims)
+    def init_towers(
+        self,
+        n_users: int,
+        tower_dims: dict[str, int],
+        embedding_dim: int,
+        mlp_hidden_dim: int,
+        fused: Sequence[str] | None = None,
+    ) -> None:
+        """A tower (preference table, MLP from its input width) for each key of
+        ``tower_dims``, and fusion weights over ``fused`` (default: those keys; none below
+        two). ``modalities`` is set to the fused keys. MENTOR adds an ID tower that is not
+        fused."""
+        self.modalities = list(tower_dims if fused is None else fused)
         self.preference = nn.ParameterDict(
-            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim))) for m in self.modalities}
+            {m: nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, embedding_dim))) for m in tower_dims}
         )
         self.mlp = nn.ModuleDict(
             {
                 m: nn.Sequential(nn.Linear(d, mlp_hidden_dim), nn.LeakyReLU(), nn.Linear(mlp_hidden_dim, embedding_dim))
-                for m, d in feature_dims.items()
+                for m, d in tower_dims.items()
             }
         )
         n_mod = len(self.modalities)
