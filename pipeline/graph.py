@@ -42,11 +42,13 @@ def given_split(files: dict[str, Download], ds: DatasetConfig, sc: SplitConfig) 
     return df.drop(columns="_order").reset_index(drop=True), stats
 
 
-def amazon_graph(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[pd.DataFrame, pd.Index, pd.Index, dict]:
+def amazon_graph(
+    ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig, files: dict[str, Download]
+) -> tuple[pd.DataFrame, pd.Index, pd.Index, dict]:
     """Parse, dedupe, k-core, re-index and split the raw Amazon reviews (or, with
     ``split.method: given``, take the official split files as they are): the interactions,
-    the raw ids of users and items (position = new index) and the counts."""
-    files = {d.role: d for d in resolve(ds, sc.given)}
+    the raw ids of users and items (position = new index) and the counts. ``files``: the
+    dataset's downloads by role (:func:`sea.data.catalog.resolve`)."""
     if sc.method == "given":
         core, stats = given_split(files, ds, sc)
         core, users, asins = reindex(core)
@@ -62,10 +64,10 @@ def amazon_graph(ds: DatasetConfig, gc: GraphConfig, sc: SplitConfig) -> tuple[p
     return inter, users, asins, stats
 
 
-def amazon_items(ds: DatasetConfig, sc: SplitConfig, asins: pd.Index) -> tuple[pd.DataFrame, int]:
+def amazon_items(ds: DatasetConfig, files: dict[str, Download], asins: pd.Index) -> tuple[pd.DataFrame, int]:
     """The item table from the metadata dump, streamed (only the reviewed products' lines
     parsed, only their sentences and image URLs kept), and how many items have a record."""
-    meta_file = {d.role: d for d in resolve(ds, sc.given)}.get("meta")
+    meta_file = files.get("meta")
     if meta_file is None:
         return item_table(asins, None, None)
     records = MetadataRecords(
@@ -119,7 +121,8 @@ def main() -> None:
         if ds.source == "mmrec":
             inter, items, users, stats = mmrec_tables(ds)
         else:
-            inter, users, asins, stats = amazon_graph(ds, gc, sc)
+            files = {d.role: d for d in resolve(ds, sc.given)}
+            inter, users, asins, stats = amazon_graph(ds, gc, sc, files)
         inter = inter.astype({"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"})
         n_users, n_inter = int(inter["user"].max()) + 1, len(inter)
         counts = inter["split"].value_counts()
@@ -127,7 +130,7 @@ def main() -> None:
         del inter
         if ds.source != "mmrec":
             release_freed_memory()  # the review parse's garbage, before the metadata's
-            items, with_metadata = amazon_items(ds, sc, asins)
+            items, with_metadata = amazon_items(ds, files, asins)
             users = user_table(users)
             stats["items"] = {"with_metadata": with_metadata}
 
