@@ -2,15 +2,20 @@
 
     python bench/tune_speed.py                      # LightGCN's 20-point grid on the sample
     python bench/tune_speed.py --model bprmf --skip-processes
+    python bench/tune_speed.py --orders 0 1 2 --skip-processes   # the pruned searches over 3 grid orders
+    python bench/tune_speed.py --data /path/to/other/checkout      # that folder's data/processed (a Baby-size graph)
 
 Needs the graph stage's files (`dvc repro graph`; feature files too for a model that reads
 features). Each search runs in a fresh temporary folder (its own study), as worker
 processes of scripts/tune.py (`--worker`), search phase only (no selection re-runs):
 
 1. the full grid without pruning, one process: epochs trained, wall time;
-2. the same grid with each pruner of ``--pruners`` (median, asha), one process: epochs
-   trained, wall time, the compute ratio to the full grid and whether the best trial is
-   the same (and its validation value);
+2. the same grid with each pruner of ``--pruners`` (median, asha), one process, once per
+   grid order of ``--orders`` (``tune.seed``: the order in which the grid's points are
+   tried, which decides what the pruner has seen when it judges a trial): epochs trained,
+   wall time, the compute ratio to the full grid and whether the best trial is the same
+   (and its validation value). Trials are seeded, so the full grid's figures do not depend
+   on the order and it runs once;
 3. the pruned grid with two worker processes sharing the study: wall time.
 
 Prints the figures; nothing is written to the repository.
@@ -37,15 +42,16 @@ from sea import artifacts, tune  # noqa: E402
 from sea.config import load_params  # noqa: E402
 
 
-def search(model: str, pruner: str, processes: int, overrides: list[str]) -> dict:
-    """One search phase in a fresh folder; its epochs, trials and wall time."""
+def search(model: str, pruner: str, processes: int, overrides: list[str], data: Path = ROOT) -> dict:
+    """One search phase in a fresh folder (the graph and feature files of ``data``); its
+    epochs, trials and wall time."""
     with tempfile.TemporaryDirectory(prefix="tune-speed-") as tmp:
         tmp = Path(tmp)
         shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
         for folder in (artifacts.PROCESSED, artifacts.FEATURES):
-            if (ROOT / folder).is_dir():
+            if (data / folder).is_dir():
                 (tmp / folder).parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(ROOT / folder, tmp / folder)
+                os.symlink((data / folder).resolve(), tmp / folder)
         extra = [a for o in overrides for a in ("-S", o)]
         args = ["--model", model, "--pruner", pruner, "--processes", str(processes), *extra]
         command = [sys.executable, str(ROOT / "scripts" / "tune.py"), *args]
@@ -78,23 +84,31 @@ def main() -> None:
     parser.add_argument("--skip-processes", action="store_true", help="skip the two-process run")
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--pruners", nargs="+", choices=["median", "asha"], default=["median", "asha"])
+    parser.add_argument(
+        "--orders", type=int, nargs="+", default=[None], metavar="SEED", help="grid orders (tune.seed) to prune in"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=ROOT, help="a checkout whose data/processed (and data/features) to search on"
+    )
     args = parser.parse_args()
     extra = args.overrides
-    full = search(args.model, "none", 1, extra)
+    full = search(args.model, "none", 1, extra, args.data)
     print(f"full grid, 1 process: {full}", flush=True)
     for name in args.pruners:
-        run = search(args.model, name, 1, extra)
-        print(f"{name} pruner, 1 process: {run}", flush=True)
-        print(
-            f"  epochs: {run['epochs']} {name} vs {full['epochs']} full: {full['epochs'] / run['epochs']:.2f}x less "
-            f"compute; same best trial: {run['best'][0] == full['best'][0]} (best valid {run['best'][1]} vs "
-            f"{full['best'][1]})",
-            flush=True,
-        )
-        if name == "median":
-            pruned = run
+        for order in args.orders:
+            at = [] if order is None else [f"tune.seed={order}"]
+            run = search(args.model, name, 1, [*extra, *at], args.data)
+            print(f"{name} pruner, 1 process{'' if order is None else f', grid order {order}'}: {run}", flush=True)
+            print(
+                f"  epochs: {run['epochs']} {name} vs {full['epochs']} full: {full['epochs'] / run['epochs']:.2f}x "
+                f"less compute; best valid {run['best'][1]} vs {full['best'][1]} (the same point: "
+                f"{run['best'][0] == full['best'][0]}; points that tie take the first in grid order)",
+                flush=True,
+            )
+            if name == "median":
+                pruned = run
     if not args.skip_processes and "median" in args.pruners:
-        two = search(args.model, "median", 2, extra)
+        two = search(args.model, "median", 2, extra, args.data)
         print(f"median pruner, 2 processes: {two}", flush=True)
         print(f"wall time: 1 process {pruned['seconds']:.1f} s, 2 processes {two['seconds']:.1f} s")
 
