@@ -58,6 +58,7 @@ CHECKS: dict[str, tuple[Reference, str]] = {
     "cohesion": (COHESION, "src/models/cohesion.py"),
     "damrs": (MMREC, "src/models/damrs.py"),
     "dragon": (MMREC, "src/models/dragon.py"),
+    "dualgnn": (MMREC, "src/models/dualgnn.py"),
     "freedom": (MMREC, "src/models/freedom.py"),
     "grcn": (MMREC, "src/models/grcn.py"),
     "lattice": (MMREC, "src/models/lattice.py"),
