@@ -310,6 +310,28 @@ def patched(owner, name: str, value):
         setattr(owner, name, old)
 
 
+def gcn_of_width(ref: types.ModuleType, d: int):
+    """DRAGON's and DualGNN's MMRec ``GCN`` (of module ``ref``) with its hard-coded
+    dim_latent=64 replaced by d (d = 64: unchanged); use as ``patched(ref, "GCN", ...)``."""
+    gcn = ref.GCN
+
+    def make(*args, **kwargs):
+        kwargs["dim_latent"] = d
+        with patched(ref, "GCN", gcn):  # its __init__ calls super(GCN, self)
+            return gcn(*args, **kwargs)
+
+    return make
+
+
+def dense_user_graph(theirs, n_users: int) -> torch.Tensor:
+    """An MMRec model's user graph of this epoch (DRAGON, DualGNN: index lists + softmax
+    weights) as a dense n_users × n_users matrix."""
+    g = torch.zeros(n_users, n_users)
+    idx = torch.as_tensor(theirs.epoch_user_graph)
+    g.index_put_((torch.arange(n_users).unsqueeze(1).expand_as(idx), idx), theirs.user_weight_matrix, accumulate=True)
+    return g
+
+
 def same_draw(drop, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``drop(x)`` and the mask it drew (0 or 1/(1-p) per entry): the draw made again
     from the same generator state on ones."""

@@ -42,18 +42,6 @@ pairs.add((N_USERS - 1, 8))  # user 11: item 8 only, shares no item (no user-gra
 pairs = sorted(pairs)
 rows = [(u, i, "train") for u, i in pairs] + [(u, 9, "test") for u in range(N_USERS)]
 FEATS = parity.features(rng)
-GCN = s.ref.GCN
-
-
-def gcn_of_width(d):
-    """MMRec's GCN with its hard-coded dim_latent=64 replaced by d (d = 64: unchanged)."""
-
-    def make(*args, **kwargs):
-        kwargs["dim_latent"] = d
-        with parity.patched(s.ref, "GCN", GCN):  # its __init__ calls super(GCN, self)
-            return GCN(*args, **kwargs)
-
-    return make
 
 
 def copy_into(ours, theirs):
@@ -70,14 +58,6 @@ def copy_into(ours, theirs):
     mapped.append(("fusion", ours.fusion, theirs.weight_u))
     assert {id(p) for _, p, _ in mapped} == {id(p) for p in ours.parameters()}
     return mapped
-
-
-def dense_user_graph(theirs):
-    """MMRec's user graph of this epoch (index lists + softmax weights) as a dense matrix."""
-    g = torch.zeros(N_USERS, N_USERS)
-    idx = torch.as_tensor(theirs.epoch_user_graph)
-    g.index_put_((torch.arange(N_USERS).unsqueeze(1).expand_as(idx), idx), theirs.user_weight_matrix, accumulate=True)
-    return g
 
 
 def run(d, hidden, knn_k, k_user, lam):
@@ -116,7 +96,7 @@ def run(d, hidden, knn_k, k_user, lam):
         dataset = parity.Dataset(
             N_USERS, N_ITEMS, tu, ti, torch.from_numpy(FEATS["image"]), torch.from_numpy(FEATS["text"])
         )
-        with parity.patched(s.ref, "GCN", gcn_of_width(d)):
+        with parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
             theirs = s.ref.DRAGON(config, dataset)
     # On the CPU, result_embed's .to(device) returns the Parameter itself, which forward() may
     # not re-assign a plain tensor; on a GPU it is a plain tensor: make it one.
@@ -145,7 +125,7 @@ def run(d, hidden, knn_k, k_user, lam):
     # With fewer than 32 users torch reads MMRec's list of index lists as a tuple of indices
     # (numpy's legacy rule) and fails; from 32 users on as one index tensor, made here.
     theirs.epoch_user_graph = torch.as_tensor(theirs.epoch_user_graph)
-    uu_theirs, uu_ours = dense_user_graph(theirs), ours.user_graph.matrix.to_dense()
+    uu_theirs, uu_ours = parity.dense_user_graph(theirs, N_USERS), ours.user_graph.matrix.to_dense()
     differs = k_user is None or k_user < 10  # MMRec's padded draw, or its pick among users tied at the cut
     report.compare(
         "graph: user-user" + (" (padded draw / tie at the cut)" if differs else ""), uu_ours, uu_theirs, info=differs
