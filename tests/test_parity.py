@@ -1,9 +1,9 @@
 """The parity checks (scripts/parity/, see its README.md): each model's script runs the
 reference implementation's model file next to ours and exits 0 only when every figure is
 within its tolerance. The reference code is not in this repository: these tests run
-against the checkout that $SEA_PARITY_MMREC (MMRec) or $SEA_PARITY_COHESION (COHESION)
-names, and skip, with the reason, where the variable is unset or the checkout lacks the
-model's file."""
+against the checkout that $SEA_PARITY_MMREC (MMRec), $SEA_PARITY_COHESION (COHESION) or
+the authors' $SEA_PARITY_GUME, $SEA_PARITY_MENTOR, $SEA_PARITY_PGL names, and skip, with
+the reason, where the variable is unset or the checkout lacks the model's file."""
 
 from __future__ import annotations
 

@@ -50,6 +50,9 @@ class Reference:
 
 MMREC = Reference("MMRec", "SEA_PARITY_MMREC", "https://github.com/enoche/MMRec", "e775373")
 COHESION = Reference("COHESION", "SEA_PARITY_COHESION", "https://github.com/Jinfeng-Xu/COHESION", "3fccdaf")
+GUME = Reference("GUME", "SEA_PARITY_GUME", "https://github.com/NanGongNingYi/GUME", "44a4dce")
+MENTOR = Reference("MENTOR", "SEA_PARITY_MENTOR", "https://github.com/Jinfeng-Xu/MENTOR", "1581d27")
+PGL = Reference("PGL", "SEA_PARITY_PGL", "https://github.com/demonph10/PGL", "dbc871c")
 
 #: model -> (its reference, the reference's model file relative to the checkout's root)
 CHECKS: dict[str, tuple[Reference, str]] = {
@@ -61,14 +64,17 @@ CHECKS: dict[str, tuple[Reference, str]] = {
     "dualgnn": (MMREC, "src/models/dualgnn.py"),
     "freedom": (MMREC, "src/models/freedom.py"),
     "grcn": (MMREC, "src/models/grcn.py"),
+    "gume": (GUME, "src/models/gume.py"),
     "lattice": (MMREC, "src/models/lattice.py"),
     "layergcn": (MMREC, "src/models/layergcn.py"),
     "lgmrec": (MMREC, "src/models/lgmrec.py"),
     "lightgcn": (MMREC, "src/models/lightgcn.py"),
+    "mentor": (MENTOR, "src/models/mentor.py"),
     "mgcn": (MMREC, "src/models/mgcn.py"),
     "mmgcf": (MMREC, "src/models/mmgcf.py"),
     "mmgcn": (MMREC, "src/models/mmgcn.py"),
     "mvgae": (MMREC, "src/models/mvgae.py"),
+    "pgl": (PGL, "src/models/pgl.py"),
     "selfcf": (MMREC, "src/models/selfcfed_lgn.py"),
     "slmrec": (MMREC, "src/models/slmrec.py"),
     "smore": (MMREC, "src/models/smore.py"),
@@ -375,6 +381,18 @@ def hand_graph(rng, *, denser=False) -> tuple[list[tuple[int, int]], list[tuple[
         return pairs, [(u, i, "train") for u, i in pairs] + [(0, 9, "test"), (1, 9, "valid")]
     pairs = sampled_pairs(rng, range(N_USERS), 9, (1, 5))
     return pairs, [(u, i, "train") for u, i in pairs] + [(u, 9, "test") for u in range(N_USERS)]
+
+
+def connected_pairs(rng, n_users, n_items, extra=(0, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) of a connected graph (n_users >= n_items), sorted: user u has item
+    u mod n_items and the next one (a ring through every item), and ``rng.integers(*extra)``
+    more drawn at random."""
+    pairs = set()
+    for u in range(n_users):
+        pairs |= {(u, u % n_items), (u, (u + 1) % n_items)}
+        pairs |= {(u, int(i)) for i in rng.choice(n_items, size=rng.integers(*extra), replace=False)}
+    users, items = np.array(sorted(pairs)).T
+    return users, items
 
 
 def shuffled(rng, pairs) -> tuple[list[int], list[int]]:
