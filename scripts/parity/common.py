@@ -340,6 +340,24 @@ def dense_user_graph(theirs, n_users: int) -> torch.Tensor:
     return g
 
 
+def hand_our_draw(report, ours, theirs, seed: int, *, label: str = "MMRec keeps as many edges as ours"):
+    """Our epoch's edge draw (FREEDOM, MMGCF, PGL's local mode), handed to the reference's
+    ``pre_epoch_processing`` in place of its ``torch.multinomial`` (the same edges, by their
+    positions in its edge list); checks that it asked for as many edges as we kept."""
+    kept = ours.kept_edges(torch.Generator().manual_seed(seed))
+    ours.on_epoch_start(1, torch.Generator().manual_seed(seed))  # the same draw
+    idx = their_edge_positions(theirs.edge_indices, ours.edge_users, ours.edge_items, kept)
+    calls = []
+
+    def handed(weights, n, *args, **kwargs):
+        calls.append(n)
+        return idx
+
+    with patched(torch, "multinomial", handed):
+        theirs.pre_epoch_processing()
+    report.check(label, calls == [len(idx)], f"{calls} vs {len(idx)}")
+
+
 def same_draw(drop, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``drop(x)`` and the mask it drew (0 or 1/(1-p) per entry): the draw made again
     from the same generator state on ones."""
@@ -393,6 +411,19 @@ def connected_pairs(rng, n_users, n_items, extra=(0, 4)) -> tuple[np.ndarray, np
         pairs |= {(u, int(i)) for i in rng.choice(n_items, size=rng.integers(*extra), replace=False)}
     users, items = np.array(sorted(pairs)).T
     return users, items
+
+
+def user_graph_pairs(rng) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """DRAGON's and DualGNN's hand graph: users 0-10 each have item 0 and 1-5 more among
+    1..7 (so each shares items with all the others), user 11 only item 8 (no user-graph
+    row), item 9 none; the training pairs and the rows of ``frame`` (item 9 as everyone's test)."""
+    pairs = set()
+    for u in range(N_USERS - 1):
+        pairs.add((u, 0))
+        pairs |= {(u, int(i)) for i in rng.choice(np.arange(1, 8), size=rng.integers(1, 6), replace=False)}
+    pairs.add((N_USERS - 1, 8))
+    pairs = sorted(pairs)
+    return pairs, [(u, i, "train") for u, i in pairs] + [(u, 9, "test") for u in range(N_USERS)]
 
 
 def shuffled(rng, pairs) -> tuple[list[int], list[int]]:

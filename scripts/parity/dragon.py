@@ -34,13 +34,7 @@ from sea.models.dragon import DRAGON, DRAGONConfig  # noqa: E402
 from sea.models.graphs import FrozenGraph, knn_graph  # noqa: E402
 
 rng = np.random.default_rng(0)
-pairs = set()
-for u in range(N_USERS - 1):  # users 0-10: item 0 and 1-5 more among 1..7 (each shares items with all 10)
-    pairs.add((u, 0))
-    pairs |= {(u, int(i)) for i in rng.choice(np.arange(1, 8), size=rng.integers(1, 6), replace=False)}
-pairs.add((N_USERS - 1, 8))  # user 11: item 8 only, shares no item (no user-graph row); item 9: isolated
-pairs = sorted(pairs)
-rows = [(u, i, "train") for u, i in pairs] + [(u, 9, "test") for u in range(N_USERS)]
+pairs, rows = parity.user_graph_pairs(rng)
 FEATS = parity.features(rng)
 
 

@@ -71,18 +71,7 @@ def build(d, layers, knn_k, dropout, reg, tmp):
 def hand_draw(ours, theirs, seed=5):
     """Our epoch's pruning, handed to MMRec's pre_epoch_processing in place of its
     torch.multinomial draw (the same edges, by their positions in MMRec's edge list)."""
-    kept = ours.kept_edges(torch.Generator().manual_seed(seed))
-    ours.on_epoch_start(1, torch.Generator().manual_seed(seed))  # the same draw
-    idx = parity.their_edge_positions(theirs.edge_indices, ours.edge_users, ours.edge_items, kept)
-    calls = []
-
-    def fake(weights, n, *args, **kwargs):
-        calls.append(n)
-        return idx
-
-    with parity.patched(torch, "multinomial", fake):
-        theirs.pre_epoch_processing()
-    report.check("MMRec keeps as many edges as ours", calls == [len(idx)], f"{calls} vs {len(idx)}")
+    parity.hand_our_draw(report, ours, theirs, seed)
     report.compare(
         "pruned adjacency (our draw handed over)", ours.pruned.matrix.to_dense(), theirs.masked_adj.to_dense()
     )

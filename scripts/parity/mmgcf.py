@@ -93,18 +93,7 @@ def run(fusion, weighting):
     report.compare("pruning weights 1/sqrt(d_u d_i)", ours.edge_weight[to_ours], theirs.edge_values)
     parity.compare_forward(report, ours, data, theirs, theirs.norm_adj)
 
-    kept = ours.kept_edges(torch.Generator().manual_seed(5))
-    ours.on_epoch_start(1, torch.Generator().manual_seed(5))  # the same draw
-    idx = parity.their_edge_positions(theirs.edge_indices, ours.edge_users, ours.edge_items, kept)
-    calls = []
-
-    def handed(weights, n, *args, **kwargs):
-        calls.append(n)
-        return idx
-
-    with parity.patched(torch, "multinomial", handed):
-        theirs.pre_epoch_processing()
-    report.check("MMRec keeps as many edges as ours", calls == [len(idx)], f"{calls} vs {len(idx)}")
+    parity.hand_our_draw(report, ours, theirs, 5)
     report.compare(
         "pruned adjacency (our draw handed over)", ours.pruned.matrix.to_dense(), theirs.masked_adj.to_dense()
     )

@@ -107,18 +107,7 @@ def run(mode, d, ui_layers, item_layers, knn_k, reg_weight, dropout):
             torch.stack([ours.edge_users, ours.edge_items]), *theirs.edge_indices, range(len(PAIRS))
         )
         report.compare("draw weights 1/sqrt(d_u d_i)", ours.edge_weight[to_ours], theirs.edge_values)
-        kept = ours.kept_edges(torch.Generator().manual_seed(5))
-        ours.on_epoch_start(1, torch.Generator().manual_seed(5))  # the same draw
-        idx = parity.their_edge_positions(theirs.edge_indices, ours.edge_users, ours.edge_items, kept)
-        calls = []
-
-        def ours_drawn(weights, n, *args, **kwargs):
-            calls.append(n)
-            return idx
-
-        with parity.patched(torch, "multinomial", ours_drawn):
-            theirs.pre_epoch_processing()
-        report.check("they keep as many edges as ours, int(0.3 E)", calls == [len(idx)], f"{calls} vs {len(idx)}")
+        parity.hand_our_draw(report, ours, theirs, 5, label="they keep as many edges as ours, int(0.3 E)")
         report.compare("principal subgraph (our draw)", ours.principal.matrix.to_dense(), theirs.sub_graph.to_dense())
     else:
         a, b = ours.principal.matrix.to_dense(), theirs.sub_graph.to_dense()
