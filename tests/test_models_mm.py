@@ -16,6 +16,7 @@ from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
+from sea.models import graphs
 from sea.models.base import GraphData, model_class
 from sea.models.freedom import FREEDOMConfig
 from sea.models.graphs import item_item_graph, user_item_adjacency
@@ -142,6 +143,26 @@ def test_freedom_item_graph_is_frozen():
     train(model, data, epochs=2)
     assert torch.equal(model.item_graph.matrix.to_dense(), expected)
     assert not any("graph" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 50])
+def test_the_knn_graph_is_its_definition_whatever_the_chunk(monkeypatch, chunk_rows):
+    """Built a chunk of rows at a time (never n × n similarities at once), the graph is the
+    definition computed densely: A[i, j] = 1 when j is among i's top-k cosine neighbours
+    (i itself excluded), normalised D^-1/2 A D^-1/2 by the rows' degrees."""
+    n, k = 50, 4
+    feats = torch.randn(n, 6, generator=torch.Generator().manual_seed(3))
+    x = feats / feats.norm(dim=1, keepdim=True)
+    sim = x @ x.T
+    a = torch.zeros(n, n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        best = sorted(others, key=lambda j: -float(sim[i, j]))[:k]
+        a[i, best] = 1.0
+    d = a.sum(1).pow(-0.5)  # each row lists k items: the degrees (out-degrees) are all k
+    expected = d[:, None] * a * d[None, :]
+    monkeypatch.setattr(graphs, "KNN_CHUNK_ELEMENTS", chunk_rows * n)
+    assert torch.allclose(graphs.knn_graph(feats, k).to_dense(), expected, atol=1e-6)
 
 
 def test_freedom_pruning_keeps_the_right_count_renormalised():

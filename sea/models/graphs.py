@@ -36,15 +36,27 @@ def user_item_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_it
     return sym_normalize(rows, cols, torch.ones(len(rows)), n_users + n_items)
 
 
+#: Similarities held at once while building a kNN graph (floats): rows are taken in chunks
+#: of ``KNN_CHUNK_ELEMENTS // n`` (a function of n alone, so every machine builds the same
+#: graph); graphs of up to 4,096 items take one chunk.
+KNN_CHUNK_ELEMENTS = 1 << 24
+
+
 def knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
     """Symmetrically normalised item–item graph: each item linked to its top-``k`` cosine
-    neighbours (itself excluded), as an (n, n) CSR tensor."""
+    neighbours (itself excluded), as an (n, n) CSR tensor. The similarities are computed
+    a chunk of rows at a time (at most ``KNN_CHUNK_ELEMENTS`` floats live at once, never n²)."""
     n = features.shape[0]
     k = min(k, n - 1)
     x = F.normalize(features.float(), dim=1)
-    sim = x @ x.T
-    sim.fill_diagonal_(-float("inf"))
-    nbrs = sim.topk(k, dim=1).indices
+    step = max(1, KNN_CHUNK_ELEMENTS // n)
+    nbrs = torch.empty(n, k, dtype=torch.long)
+    with torch.no_grad():
+        for s in range(0, n, step):
+            sim = x[s : s + step] @ x.T
+            rows = torch.arange(sim.shape[0])
+            sim[rows, rows + s] = -float("inf")  # not its own neighbour
+            nbrs[s : s + step] = sim.topk(k, dim=1).indices
     rows = torch.arange(n).repeat_interleave(k)
     cols = nbrs.reshape(-1)
     return sym_normalize(rows, cols, torch.ones(len(rows)), n)
