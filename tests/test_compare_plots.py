@@ -179,12 +179,15 @@ def test_forty_variants_or_two_give_readable_figures_and_the_same_bytes_twice(tm
 
 
 def test_figures_only_redraws_the_committed_report(tmp_path):
-    """--figures-only on a copy of the committed reports writes the same figures and
-    figures section as committed (they are up to date)."""
+    """--figures-only on a copy of the committed reports (the JSON, the CSV files behind the
+    figures) writes the same figures and figures section as committed (they are up to date)."""
     (tmp_path / "reports").mkdir()
     for rel in ("reports/compare.md", "reports/compare.json"):
         shutil.copy2(ROOT / rel, tmp_path / rel)
     shutil.copytree(ROOT / "reports/tuning", tmp_path / "reports/tuning")
+    (tmp_path / "reports/compare_plots").mkdir()
+    for csv in (ROOT / "reports/compare_plots").glob("*.csv"):  # the per-user deltas and curves behind two figures
+        shutil.copy2(csv, tmp_path / "reports/compare_plots" / csv.name)
     subprocess.run(
         [sys.executable, str(ROOT / "scripts/compare.py"), "--figures-only"],
         cwd=tmp_path,
