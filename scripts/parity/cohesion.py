@@ -59,11 +59,7 @@ def run(ui_layers=2, item_layers=1, knn_k=3, user_k=3, reg_weight=0.1, seed=0):
     ours = Ours.build(data, cfg, ["image", "text"])
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "toy"))
-        np.save(
-            os.path.join(tmp, "toy", "u_u.npy"),
-            parity.user_graph_dict(gen_uu, users, items, N_USERS, tie_order=True),
-            allow_pickle=True,
-        )
+        handed = {"u_u.npy": parity.user_graph_dict(gen_uu, users, items, N_USERS, tie_order=True)}
         config = {
             "embedding_size": 64,
             "feat_embed_dim": 64,
@@ -81,9 +77,10 @@ def run(ui_layers=2, item_layers=1, knn_k=3, user_k=3, reg_weight=0.1, seed=0):
             "device": torch.device("cpu"),
         }
         np.random.seed(seed)
-        theirs = s.ref.COHESION(
-            config, parity.Dataset(N_USERS, N_ITEMS, users, items, torch.tensor(V), torch.tensor(T))
-        )
+        with parity.handed_files(s.ref, handed):
+            theirs = s.ref.COHESION(
+                config, parity.Dataset(N_USERS, N_ITEMS, users, items, torch.tensor(V), torch.tensor(T))
+            )
     # on CPU their result_embed stays a registered Parameter (nn.Parameter(...).to(cpu) is the
     # same object) and forward's `self.result_embed = torch.cat(...)` would raise; on CUDA
     # .to() returns a plain tensor. Unregistered (dead: overwritten by every forward).

@@ -358,6 +358,33 @@ def hand_our_draw(report, ours, theirs, seed: int, *, label: str = "MMRec keeps 
     report.check(label, calls == [len(idx)], f"{calls} vs {len(idx)}")
 
 
+class _HandedNumpy:
+    """numpy as a reference module sees it, except that ``np.load`` of a handed file name
+    returns the handed object (as ``np.load(path, allow_pickle=True)`` of a pickled dict
+    would, ``.item()`` included); any other file loads without pickle."""
+
+    def __init__(self, files: dict[str, object]):
+        self._files = files
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def load(self, path, *args, **kwargs):
+        name = os.path.basename(os.fspath(path))
+        if name not in self._files:
+            return np.load(path, allow_pickle=False)
+        boxed = np.empty((), dtype=object)
+        boxed[()] = self._files[name]
+        return boxed
+
+
+def handed_files(ref: types.ModuleType, files: dict[str, object]):
+    """The reference's pickled ``.npy`` inputs (DRAGON's, DualGNN's, MENTOR's, COHESION's
+    user-graph dict, DA-MRS's item-graph dict) handed in memory while ``ref``'s model is
+    built: nothing is pickled to disk or unpickled."""
+    return patched(ref, "np", _HandedNumpy(files))
+
+
 def same_draw(drop, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``drop(x)`` and the mask it drew (0 or 1/(1-p) per entry): the draw made again
     from the same generator state on ones."""

@@ -91,7 +91,7 @@ def run(cfg, seed):
     tie_rows = sum(sorted(graph_dict[i][0]) != sorted(plain[i][0]) for i in range(N_ITEMS))
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "toy"))
-        np.save(os.path.join(tmp, "toy", "item_graph_dict_2.npy"), graph_dict, allow_pickle=True)
+        handed = {"item_graph_dict_2.npy": graph_dict}
         config = {
             "embedding_size": cfg["embedding_dim"],
             "lambda_coeff": 0.9,
@@ -110,7 +110,8 @@ def run(cfg, seed):
         dataset = parity.Dataset(
             data.n_users, N_ITEMS, tu, ti, data.features["image"].clone(), data.features["text"].clone()
         )
-        theirs = s.ref.DAMRS(config, dataset)
+        with parity.handed_files(s.ref, handed):
+            theirs = s.ref.DAMRS(config, dataset)
     with torch.no_grad():
         theirs.user_embedding.weight.copy_(ours.user.weight)
         theirs.item_id_embedding.weight.copy_(ours.item.weight)

@@ -67,11 +67,7 @@ def run(d, hidden, knn_k, k_user, lam):
     ours = DRAGON.build(data, cfg, ["image", "text"])
     with tempfile.TemporaryDirectory() as tmp:  # fresh: MMRec caches mm_adj_<k>.pt there
         os.makedirs(os.path.join(tmp, "hand"))
-        np.save(
-            os.path.join(tmp, "hand", "user_graph_dict.npy"),
-            parity.user_graph_dict(gen_uu, tu, ti, N_USERS),
-            allow_pickle=True,
-        )
+        handed = {"user_graph_dict.npy": parity.user_graph_dict(gen_uu, tu, ti, N_USERS)}
         config = {
             "train_batch_size": 16,
             "embedding_size": 64,
@@ -90,7 +86,7 @@ def run(d, hidden, knn_k, k_user, lam):
         dataset = parity.Dataset(
             N_USERS, N_ITEMS, tu, ti, torch.from_numpy(FEATS["image"]), torch.from_numpy(FEATS["text"])
         )
-        with parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
+        with parity.handed_files(s.ref, handed), parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
             theirs = s.ref.DRAGON(config, dataset)
     # On the CPU, result_embed's .to(device) returns the Parameter itself, which forward() may
     # not re-assign a plain tensor; on a GPU it is a plain tensor: make it one.

@@ -75,11 +75,7 @@ def run(modalities, d, k_user, lam):
     feat = {m: torch.from_numpy(FEATS[m]) if m in modalities else None for m in ("image", "text")}
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "hand"))
-        np.save(
-            os.path.join(tmp, "hand", "user_graph_dict.npy"),
-            parity.user_graph_dict(gen_uu, tu, ti, N_USERS),
-            allow_pickle=True,
-        )
+        handed = {"user_graph_dict.npy": parity.user_graph_dict(gen_uu, tu, ti, N_USERS)}
         config = {
             "train_batch_size": 16,
             "embedding_size": 64,
@@ -92,7 +88,7 @@ def run(modalities, d, k_user, lam):
         }
         np.random.seed(0)
         dataset = parity.Dataset(N_USERS, N_ITEMS, *THEIR_ORDER, feat["image"], feat["text"])
-        with parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
+        with parity.handed_files(s.ref, handed), parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
             theirs = s.ref.DualGNN(config, dataset)
     # On the CPU, result_embed's .to(device) returns the Parameter itself, which forward() may
     # not re-assign a plain tensor; on a GPU it is a plain tensor: make it one.

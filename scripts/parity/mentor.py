@@ -58,7 +58,6 @@ def build(item_layers, weights):
     ours = MENTOR.build(data, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "hand"))
-        np.save(os.path.join(tmp, "hand", "u_u.npy"), {}, allow_pickle=True)
         config = {
             "embedding_size": D,
             "feat_embed_dim": D,
@@ -79,7 +78,8 @@ def build(item_layers, weights):
         }
         np.random.seed(0)
         feat = {m: torch.from_numpy(FEATS[m].copy()) for m in FEATS}
-        theirs = s.ref.MENTOR(config, parity.Dataset(N, N, USERS, ITEMS, feat["image"], feat["text"]))
+        with parity.handed_files(s.ref, {"u_u.npy": {}}):  # an empty user graph
+            theirs = s.ref.MENTOR(config, parity.Dataset(N, N, USERS, ITEMS, feat["image"], feat["text"]))
     # on the CPU their result_embed* stay registered Parameters (nn.Parameter(...).to(cpu) is the
     # same object) and forward's re-assignment would raise; on a GPU plain tensors: made so
     for name in [n for n in theirs._parameters if n.startswith("result_embed")]:
