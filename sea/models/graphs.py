@@ -47,16 +47,8 @@ def knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
     neighbours (itself excluded), as an (n, n) CSR tensor. The similarities are computed
     a chunk of rows at a time (at most ``KNN_CHUNK_ELEMENTS`` floats live at once, never n²)."""
     n = features.shape[0]
-    k = min(k, n - 1)
-    x = F.normalize(features.float(), dim=1)
-    step = max(1, KNN_CHUNK_ELEMENTS // n)
-    nbrs = torch.empty(n, k, dtype=torch.long)
-    with torch.no_grad():
-        for s in range(0, n, step):
-            sim = x[s : s + step] @ x.T
-            rows = torch.arange(sim.shape[0])
-            sim[rows, rows + s] = -float("inf")  # not its own neighbour
-            nbrs[s : s + step] = sim.topk(k, dim=1).indices
+    nbrs, _ = knn_lists(features, k, max(1, KNN_CHUNK_ELEMENTS // n), exclude_self=True)
+    k = nbrs.shape[1]
     rows = torch.arange(n).repeat_interleave(k)
     cols = nbrs.reshape(-1)
     return sym_normalize(rows, cols, torch.ones(len(rows)), n)
@@ -132,15 +124,21 @@ class FrozenGraph(torch.nn.Module):
         return spmm(self.matrix, x, self.transpose)
 
 
-def knn_lists(x: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_lists(x: torch.Tensor, k: int, chunk: int, *, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, cosines), each ``[n, k]``: every row's ``k`` most cosine-similar rows of
-    ``x`` (itself included, as in MMRec), by ``chunk`` rows of the similarity at a time (at
-    most ``[chunk, n]`` floats live at once). No gradient."""
+    ``x`` (itself included, as in MMRec, unless ``exclude_self``), by ``chunk`` rows of the
+    similarity at a time (at most ``[chunk, n]`` floats live at once). No gradient."""
     n = x.shape[0]
-    k = min(k, n)
+    k = min(k, n - 1 if exclude_self else n)
+    parts = []
     with torch.no_grad():
         x = F.normalize(x.float(), dim=1)
-        parts = [(x[s : s + chunk] @ x.T).topk(k, dim=1) for s in range(0, n, chunk)]
+        for s in range(0, n, chunk):
+            sim = x[s : s + chunk] @ x.T
+            if exclude_self:
+                rows = torch.arange(sim.shape[0])
+                sim[rows, rows + s] = -float("inf")
+            parts.append(sim.topk(k, dim=1))
     return torch.cat([p.indices for p in parts]), torch.cat([p.values for p in parts])
 
 
