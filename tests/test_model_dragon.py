@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step
+from model_checks import assert_fit_learns, assert_sea_reads_its_splits
+from test_sea import grads_missing, make, make_batch, make_setup, step
 
 from sea.config import load_params
 from sea.errors import ConfigError
@@ -17,7 +18,6 @@ from sea.models.base import GraphData, model_class
 from sea.models.dragon import DRAGON, DRAGONConfig
 from sea.models.graphs import co_occurrence_topk, user_user_graph
 from sea.models.separation import Features
-from sea.train import fit
 
 # ------------------------------------------------------------------ the definition, densely
 
@@ -221,21 +221,7 @@ def test_graphs_switched_off_and_one_modality():
 def test_dragon_sea_feeds_each_modalitys_split_to_its_mlp():
     data = hand_data()
     plain, sea = build(data), build(data, separation="sea")
-    for key, p in plain.named_parameters():  # the separation leaves the backbone's initialisation alone
-        assert torch.equal(p, sea.get_parameter(key)), key
-    with torch.no_grad():
-        emb = sea(data)
-        split = {
-            m: data.features[m] @ sea.separation.split[m].weight.T + sea.separation.split[m].bias
-            for m in ("image", "text")
-        }
-        as_features = GraphData(
-            data.n_users, data.n_items, data.train_users, data.train_items, data.adj, split, data.csr
-        )
-        expected = plain(as_features)  # plain DRAGON reading the materialised splits as its features
-    torch.testing.assert_close(emb.user, expected.user)
-    torch.testing.assert_close(emb.item, expected.item)
-    assert "split" in emb.extras and plain(data).extras == {}
+    assert_sea_reads_its_splits(plain, sea, data)
 
 
 def test_dragon_sea_adds_the_separation_terms_and_trains_every_parameter():
@@ -260,11 +246,7 @@ def test_gradients_reach_every_parameter():
 
 def test_trains():
     model, data = make("dragon", {"embedding_dim": 16, "mlp_hidden_dim": 32, "user_knn_k": 10})
-    setup = make_setup("dragon", modalities=list(data.features), train={"max_epochs": 6, "patience": 6})
-    result = fit(model, data, setup, 5, log=lambda s: None, progress=False)
-    losses = [row["loss"] for row in result.history]
-    assert losses[-1] < 0.7 * losses[0]
-    assert recall_at_10(model, data) > 0.4  # random top-10 recalls about 1/6
+    assert_fit_learns("dragon", model, data)
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_checks import assert_fit_learns, assert_sea_reads_its_splits
 from test_model_dragon import dense_adjacency, dense_user_graph, hand_data
-from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step
+from test_sea import grads_missing, make, make_batch, make_setup, step
 
 from sea.config import load_params
 from sea.errors import ConfigError
 from sea.models.base import GraphData, model_class
 from sea.models.dualgnn import DualGNN, DualGNNConfig
 from sea.models.separation import Features
-from sea.train import fit
 
 # ------------------------------------------------------------------ the definition, densely
 
@@ -138,21 +138,7 @@ def test_user_graph_switched_off_and_one_modality():
 def test_dualgnn_sea_feeds_each_modalitys_split_to_its_mlp_and_trains_every_parameter():
     data = hand_data()
     plain, sea = build(data), build(data, separation="sea")
-    for key, p in plain.named_parameters():  # the separation leaves the backbone's initialisation alone
-        assert torch.equal(p, sea.get_parameter(key)), key
-    with torch.no_grad():
-        emb = sea(data)
-        split = {
-            m: data.features[m] @ sea.separation.split[m].weight.T + sea.separation.split[m].bias
-            for m in ("image", "text")
-        }
-        as_features = GraphData(
-            data.n_users, data.n_items, data.train_users, data.train_items, data.adj, split, data.csr
-        )
-        expected = plain(as_features)
-    torch.testing.assert_close(emb.user, expected.user)
-    torch.testing.assert_close(emb.item, expected.item)
-    assert "split" in emb.extras and plain(data).extras == {}
+    assert_sea_reads_its_splits(plain, sea, data)
     model, toy = make("dualgnn", {"separation": "sea", "embedding_dim": 8, "mlp_hidden_dim": 16})
     parts = step(model, toy, make_batch(toy), torch.optim.Adam(model.main_parameters(), lr=1e-2))
     assert {"bpr", "reg", "club", "solosim"} <= set(parts)
@@ -178,11 +164,7 @@ def test_gradients_reach_every_parameter():
 
 def test_trains():
     model, data = make("dualgnn", {"embedding_dim": 16, "mlp_hidden_dim": 32, "user_knn_k": 10})
-    setup = make_setup("dualgnn", modalities=list(data.features), train={"max_epochs": 6, "patience": 6})
-    result = fit(model, data, setup, 5, log=lambda s: None, progress=False)
-    losses = [row["loss"] for row in result.history]
-    assert losses[-1] < 0.7 * losses[0]
-    assert recall_at_10(model, data) > 0.4  # random top-10 recalls about 1/6
+    assert_fit_learns("dualgnn", model, data)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import assert_training_lowers_loss, edge_batch
 
-from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
@@ -106,13 +106,6 @@ def reference(model: LATTICE, data: GraphData) -> tuple[torch.Tensor, torch.Tens
     return out[:n_users], out[n_users:] + F.normalize(h, dim=1)
 
 
-def a_batch(data: GraphData, negatives: int = 2) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    return Batch(
-        data.train_users, data.train_items, torch.randint(data.n_items, (len(data.train_users), negatives), generator=g)
-    )
-
-
 # ------------------------------------------------------------------ graphs
 
 
@@ -180,7 +173,7 @@ def test_one_modality():
 def test_reg_term_is_half_the_squared_norms_over_the_batch():
     data = tiny_data()
     model = build(data, reg_weight=1e-3)
-    emb, batch = model.train()(data), a_batch(data)
+    emb, batch = model.train()(data), edge_batch(data, 2)
     term = model.extra_losses(emb, batch)["reg"]
     u, p, n = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
     expected = 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(batch.users)
@@ -194,7 +187,7 @@ def test_reg_term_is_half_the_squared_norms_over_the_batch():
 def test_gradients_match_the_dense_definition_and_reach_every_parameter():
     data = tiny_data()
     model = build(data, lambda_coeff=0.5)
-    batch = a_batch(data, negatives=1)
+    batch = edge_batch(data, 1)
 
     def loss_of(user, item):
         return bpr_loss(user[batch.users], item[batch.pos], item[batch.neg[:, 0]])
@@ -215,7 +208,7 @@ def test_learned_graph_is_rebuilt_once_per_epoch_then_reused_detached():
     data = tiny_data()
     model = build(data)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    batch = a_batch(data, negatives=1)
+    batch = edge_batch(data, 1)
 
     def step() -> dict[str, bool]:
         emb = model(data)
@@ -251,29 +244,7 @@ def test_learned_graph_is_rebuilt_once_per_epoch_then_reused_detached():
 def test_a_short_training_run_lowers_the_loss():
     data = tiny_data()
     model = build(data)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batch = a_batch(data, negatives=1)
-
-    def loss() -> torch.Tensor:
-        emb = model(data)
-        terms = model.extra_losses(emb, batch)
-        return bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg[:, 0]]) + sum(
-            t.weight * t.value for t in terms.values()
-        )
-
-    model.eval()
-    with torch.no_grad():
-        before = loss().item()
-    model.train()
-    for epoch in range(1, 11):
-        model.on_epoch_start(epoch, torch.Generator())
-        for _ in range(3):
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        assert loss().item() < 0.8 * before
+    assert_training_lowers_loss(model, data, edge_batch(data, 1))
 
 
 # ------------------------------------------------------------------ config
@@ -332,7 +303,7 @@ def test_with_the_separation_the_projections_read_the_split(compose):
 def test_with_the_separation_every_main_parameter_gets_gradient():
     data = tiny_data()
     model = build(data, separation="sea", head_dim=2)
-    batch = a_batch(data, negatives=1)
+    batch = edge_batch(data, 1)
     model.train().on_epoch_start(1, torch.Generator())
     emb = model(data)
     model.auxiliary_step(emb, batch)

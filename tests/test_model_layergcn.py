@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from model_checks import assert_training_lowers_loss, edge_batch
 
-from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
@@ -30,12 +30,6 @@ def build(data: GraphData, **overrides) -> LayerGCN:
     torch.manual_seed(0)
     cfg = LayerGCNConfig.from_dict({"embedding_dim": 4} | overrides, "layergcn")
     return LayerGCN.build(data, cfg)
-
-
-def a_batch(data: GraphData, negatives: int = 1) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    neg = torch.randint(data.n_items, (len(data.train_users), negatives), generator=g)
-    return Batch(data.train_users, data.train_items, neg)
 
 
 # ------------------------------------------------------------------ the definition, densely
@@ -127,7 +121,7 @@ def test_dropout_zero_trains_over_the_whole_graph():
 def test_reg_term_is_half_the_squared_layer0_norms_over_the_batch():
     data = tiny_data()
     model = build(data, reg_weight=1e-3, dropout=0.0)
-    batch = a_batch(data, negatives=2)
+    batch = edge_batch(data, 2)
     emb = model.train()(data)
     term = model.extra_losses(emb, batch)["reg"]
     u, p, n = model.user.weight[batch.users], model.item.weight[batch.pos], model.item.weight[batch.neg]
@@ -186,7 +180,7 @@ def test_degree_sensitive_draws_keep_low_degree_edges_more_often():
 def test_gradients_match_the_dense_definition_and_reach_every_parameter():
     data = tiny_data()
     model = build(data, dropout=0.2, reg_weight=1e-2)
-    batch = a_batch(data)
+    batch = edge_batch(data, 1)
     model.train().on_epoch_start(1, torch.Generator().manual_seed(5))
 
     def loss_of(user, item):
@@ -211,30 +205,7 @@ def test_gradients_match_the_dense_definition_and_reach_every_parameter():
 def test_a_short_training_run_lowers_the_loss():
     data = tiny_data()
     model = build(data, dropout=0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batch = a_batch(data)
-
-    def loss() -> torch.Tensor:
-        emb = model(data)
-        terms = model.extra_losses(emb, batch)
-        return bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]) + sum(
-            t.weight * t.value for t in terms.values()
-        )
-
-    model.eval()
-    with torch.no_grad():
-        before = loss().item()
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    for epoch in range(1, 11):
-        model.on_epoch_start(epoch, g)
-        for _ in range(3):
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        assert loss().item() < 0.8 * before
+    assert_training_lowers_loss(model, data, edge_batch(data, 1))
 
 
 # ------------------------------------------------------------------ config

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from model_checks import assert_training_lowers_loss, edge_batch
 
-from sea.batch import Batch
 from sea.config import load_params
 from sea.errors import ConfigError
 from sea.losses import bpr_loss
@@ -38,12 +38,6 @@ def build(data: GraphData, modalities=("image", "text"), **overrides) -> MMGCF:
         with torch.no_grad():
             model.alpha.fill_(0.7)
     return model
-
-
-def a_batch(data: GraphData, negatives: int = 1) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    neg = torch.randint(data.n_items, (len(data.train_users), negatives), generator=g)
-    return Batch(data.train_users, data.train_items, neg)
 
 
 # ------------------------------------------------------------------ the definition, densely
@@ -190,7 +184,7 @@ def test_dropout_zero_trains_over_the_whole_graph():
 def test_reg_term_is_the_squared_layer0_norms_over_twice_the_batch(negatives):
     data = tiny_data()
     model = build(data, reg_weight=1e-2, dropout=0.0)
-    batch = a_batch(data, negatives)
+    batch = edge_batch(data, negatives)
     emb = model.train()(data)
     term = model.extra_losses(emb, batch)["reg"]
     u, p, n = model.user.weight[batch.users], model.item.weight[batch.pos], model.item.weight[batch.neg]
@@ -206,7 +200,7 @@ def test_reg_term_is_the_squared_layer0_norms_over_twice_the_batch(negatives):
 def test_gradients_match_the_dense_definition_and_reach_every_parameter(fusion, weighting):
     data = tiny_data()
     model = build(data, fusion_mode=fusion, weighting=weighting, dropout=0.2, reg_weight=1e-2)
-    batch = a_batch(data)
+    batch = edge_batch(data, 1)
     model.train().on_epoch_start(1, torch.Generator().manual_seed(5))
 
     def loss_of(user, item):
@@ -232,30 +226,7 @@ def test_gradients_match_the_dense_definition_and_reach_every_parameter(fusion, 
 def test_a_short_training_run_lowers_the_loss():
     data = tiny_data()
     model = build(data, dropout=0.1, weighting="alpha")
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batch = a_batch(data)
-
-    def loss() -> torch.Tensor:
-        emb = model(data)
-        terms = model.extra_losses(emb, batch)
-        return bpr_loss(emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]) + sum(
-            t.weight * t.value for t in terms.values()
-        )
-
-    model.eval()
-    with torch.no_grad():
-        before = loss().item()
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    for epoch in range(1, 11):
-        model.on_epoch_start(epoch, g)
-        for _ in range(3):
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        assert loss().item() < 0.8 * before
+    assert_training_lowers_loss(model, data, edge_batch(data, 1))
 
 
 def test_separation_adds_its_terms_and_leaves_the_backbone_initialisation():
@@ -263,7 +234,7 @@ def test_separation_adds_its_terms_and_leaves_the_backbone_initialisation():
     plain, split = build(data), build(data, separation="sea")
     for name, p in plain.named_parameters():
         assert torch.equal(p, dict(split.named_parameters())[name]), name
-    batch = a_batch(data)
+    batch = edge_batch(data, 1)
     split.train().on_epoch_start(1, torch.Generator().manual_seed(0))
     emb = split(data)
     assert "split" in emb.extras

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from model_checks import assert_seeded_dropout, assert_terms_match, record_targets
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10
 
 from sea.batch import Batch
@@ -212,19 +213,6 @@ def test_the_edge_dropout_is_seeded_scaled_and_has_its_rate():
 # ------------------------------------------------------------------ the loss terms
 
 
-def record_targets(model: SelfCF) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Wrap model.targets to keep its (input, output) pairs."""
-    seen, original = [], model.targets
-
-    def targets(x):
-        y = original(x)
-        seen.append((x.detach().clone(), y))
-        return y
-
-    model.targets = targets
-    return seen
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_every_term_and_its_gradients_match_the_definition(dropout):
     data = tiny_data()
@@ -250,25 +238,12 @@ def test_every_term_and_its_gradients_match_the_definition(dropout):
         "iu": neg_cos(predict(model, i), ut),
         "reg": 0.5 * (u.pow(2).sum() + i.pow(2).sum()),  # MMRec's L2Loss, not divided by the batch size
     }
-    for k in want:
-        assert terms[k].value.item() == pytest.approx(want[k].item(), rel=1e-5, abs=1e-6), k
-    params = list(model.parameters())
-    got = torch.autograd.grad(sum(t.weight * t.value for t in terms.values()), params)
-    expected = torch.autograd.grad(sum(terms[k].weight * want[k] for k in want), params)
-    for (name, _), a, b in zip(model.named_parameters(), got, expected):
-        assert torch.allclose(a, b, atol=1e-6), name
+    assert_terms_match(model, terms, want)
 
 
 def test_the_targets_dropout_is_seeded_and_has_its_rate():
     model = build(tiny_data(), dropout=0.3)
-    x = torch.randn(400, 50) + 5.0
-    torch.manual_seed(1)
-    a = model.targets(x)
-    torch.manual_seed(1)
-    b = model.targets(x)
-    c = model.targets(x)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert abs((a == 0).float().mean().item() - 0.3) < 0.02
+    assert_seeded_dropout(model.targets, 0.3)
 
 
 def test_the_negatives_are_not_read_and_a_zero_weight_drops_its_term():
