@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from model_checks import assert_seeded_dropout, assert_terms_match, record_targets
+from test_model_bm3 import BATCH, TRAIN, dense_adjacency
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10
 
 from sea.batch import Batch
@@ -22,9 +23,8 @@ from sea.models.base import GraphData, model_class
 from sea.models.selfcf import SelfCF, SelfCFConfig, mirror_entries
 from sea.train import fit, train_step
 
-# ------------------------------------------------------------------ a hand-sized graph
+# ------------------------------------------------------------------ a hand-sized graph (BM3's, without features)
 
-TRAIN = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0), (3, 4), (3, 2), (3, 1)]  # 4 users, 5 items
 N_USERS, N_ITEMS = 4, 5
 
 
@@ -37,16 +37,6 @@ def build(data: GraphData, **cfg) -> SelfCF:
     torch.manual_seed(0)
     setup = make_setup("selfcf", {"embedding_dim": 3} | cfg)
     return SelfCF.build(data, setup.model_cfg)
-
-
-def dense_adjacency() -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the training pairs, from the list above."""
-    n = N_USERS + N_ITEMS
-    a = np.zeros((n, n))
-    for u, i in TRAIN:
-        a[u, N_USERS + i] = a[N_USERS + i, u] = 1.0
-    d = a.sum(1) ** -0.5
-    return torch.tensor(d[:, None] * a * d[None, :], dtype=torch.float32)
 
 
 def online_by_hand(model: SelfCF, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +57,6 @@ def predict(model: SelfCF, x: torch.Tensor) -> torch.Tensor:
 def neg_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """−mean_b a_b·b_b / (‖a_b‖‖b_b‖), written out (a row dropped out whole has cosine 0)."""
     return -((a * b).sum(1) / (a.pow(2).sum(1).sqrt() * b.pow(2).sum(1).sqrt()).clamp_min(1e-8)).mean()
-
-
-# 6 pairs (neither the number of users nor of items), a user and an item twice
-BATCH = Batch(
-    torch.tensor([0, 1, 3, 3, 2, 1]), torch.tensor([1, 2, 4, 1, 3, 1]), torch.tensor([[3], [0], [0], [2], [1], [4]])
-)
 
 
 # ------------------------------------------------------------------ registry and config
@@ -117,7 +101,7 @@ def test_eval_vectors_and_scores_match_the_definition(layers):
     with torch.no_grad():
         emb = model(data)
         scores = model.score(emb, torch.arange(N_USERS))
-        hu, hi = online_by_hand(model, dense_adjacency())
+        hu, hi = online_by_hand(model, dense_adjacency(N_USERS, N_ITEMS))
         again = model(data)
     assert torch.allclose(emb.user, torch.cat([predict(model, hu), hu], 1), atol=1e-6)
     assert torch.allclose(emb.item, torch.cat([hi, predict(model, hi)], 1), atol=1e-6)
@@ -131,7 +115,7 @@ def test_training_vectors_without_edge_dropout_are_the_online_ones():
     data = tiny_data()
     model = build(data, edge_dropout=0.0).train()
     emb = model(data)
-    hu, hi = online_by_hand(model, dense_adjacency())
+    hu, hi = online_by_hand(model, dense_adjacency(N_USERS, N_ITEMS))
     assert torch.allclose(emb.user, hu, atol=1e-6) and torch.allclose(emb.item, hi, atol=1e-6)
 
 
@@ -151,7 +135,7 @@ def test_mirror_entries_map_each_entry_to_its_transpose_and_refuse_an_asymmetric
 def test_the_dropped_adjacency_and_its_transpose_match_a_dense_mask():
     data = tiny_data()
     model = build(data)
-    dense = dense_adjacency()
+    dense = dense_adjacency(N_USERS, N_ITEMS)
     nz = dense.nonzero()  # row-major: the CSR order of the entries
     keep = torch.tensor([k % 3 != 1 for k in range(len(nz))])  # drops u->i and i->u of different edges
     adj, transpose = model.dropped_adjacency(keep, torch.tensor(2.5))
@@ -175,7 +159,8 @@ def test_training_forward_over_the_dropped_graph_and_its_gradients_match_dense()
     torch.manual_seed(5)
     emb = model(data)
     (adj,) = drawn
-    assert not torch.equal(adj, dense_adjacency())  # edges were dropped (the rate drawn with seed 5 is > 0)
+    # edges were dropped (the rate drawn with seed 5 is > 0)
+    assert not torch.equal(adj, dense_adjacency(N_USERS, N_ITEMS))
     hu, hi = online_by_hand(model, adj)
     assert torch.allclose(emb.user, hu, atol=1e-6) and torch.allclose(emb.item, hi, atol=1e-6)
     # the backward multiplies by the dropped graph's transpose (it is not symmetric)
@@ -188,7 +173,7 @@ def test_training_forward_over_the_dropped_graph_and_its_gradients_match_dense()
 
 def test_the_edge_dropout_is_seeded_scaled_and_has_its_rate():
     model = build(tiny_data(), edge_dropout=0.6)
-    dense = dense_adjacency()
+    dense = dense_adjacency(N_USERS, N_ITEMS)
     torch.manual_seed(3)
     a = model.draw_adjacency()[0].to_dense()
     torch.manual_seed(3)
@@ -222,7 +207,7 @@ def test_every_term_and_its_gradients_match_the_definition(dropout):
     terms = model.train().extra_losses(model(data), BATCH)
     assert set(terms) == {"ui", "iu", "reg"}
     assert [t.weight for t in terms.values()] == [0.5, 0.5, 0.3]
-    hu, hi = online_by_hand(model, dense_adjacency())
+    hu, hi = online_by_hand(model, dense_adjacency(N_USERS, N_ITEMS))
     u, i = hu[BATCH.users], hi[BATCH.pos]
     # the targets: dropped-out copies of the batch's rows (one mask per pair, as MMRec's)
     assert len(seen) == 2

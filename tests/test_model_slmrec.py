@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
+from test_model_bm3 import BATCH, dense_adjacency, tiny_data
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10
 
 from sea.batch import Batch
@@ -21,37 +20,13 @@ from sea.models.base import GraphData, model_class
 from sea.models.slmrec import SLMRec, SLMRecConfig
 from sea.train import fit, train_step
 
-# ------------------------------------------------------------------ a hand-sized graph
-
-TRAIN = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0), (3, 4), (3, 2), (3, 1)]  # 4 users, 5 items
-# 6 pairs (neither the number of users nor of items), a user and an item twice
-BATCH = Batch(
-    torch.tensor([0, 1, 3, 3, 2, 1]), torch.tensor([1, 2, 4, 1, 3, 1]), torch.tensor([[3], [0], [0], [2], [1], [4]])
-)
-
-
-def tiny_data(dims=None) -> GraphData:
-    dims = dims or {"image": 6, "text": 4}
-    rows = [(u, i, "train") for u, i in TRAIN] + [(0, 2, "valid"), (1, 3, "test"), (2, 4, "test"), (3, 0, "valid")]
-    inter = pd.DataFrame(rows, columns=["user", "item", "split"])
-    g = np.random.default_rng(3)
-    return GraphData.build(inter, 5, {m: g.normal(size=(5, d)).astype(np.float32) for m, d in dims.items()})
+# ------------------------------------------------------------------ a hand-sized graph (BM3's: 4 users, 5 items)
 
 
 def build(data: GraphData, **cfg) -> SLMRec:
     torch.manual_seed(0)
     setup = make_setup("slmrec", {"embedding_dim": 4} | cfg, modalities=list(data.features))
     return SLMRec.build(data, setup.model_cfg, setup.model.modalities, setup.loss, setup.club)
-
-
-def dense_adjacency(n_users: int, n_items: int) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the training pairs, from the list above."""
-    n = n_users + n_items
-    a = np.zeros((n, n))
-    for u, i in TRAIN:
-        a[u, n_users + i] = a[n_users + i, u] = 1.0
-    d = a.sum(1) ** -0.5
-    return torch.tensor(d[:, None] * a * d[None, :], dtype=torch.float32)
 
 
 def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
