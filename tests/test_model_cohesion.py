@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from model_checks import assert_fit_learns
-from test_model_dragon import dense_adjacency, dense_user_graph
+from test_model_dragon import dense_adjacency, dense_user_graph, hand_data
 from test_sea import grads_missing, make, make_batch, make_setup
 
 from sea.batch import Batch
@@ -75,15 +74,6 @@ def expected_vectors(model: COHESION, data: GraphData, knn_k: int, user_k: int, 
     item = item + hop if model.item_layers > 0 else item
     s_user = dense_user_graph(data.train_users.numpy(), data.train_items.numpy(), U, data.n_items, user_k)
     return user + s_user @ user, item
-
-
-def hand_data() -> GraphData:
-    """5 users, 6 items; user 4 shares no item with anyone."""
-    train = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 3), (2, 1), (2, 2), (2, 4), (3, 3), (3, 5), (4, 4)]
-    rows = [(u, i, "train") for u, i in train] + [(0, 3, "valid"), (1, 2, "test"), (3, 0, "valid"), (4, 5, "test")]
-    g = np.random.default_rng(7)
-    feats = {"image": g.normal(size=(6, 5)).astype(np.float32), "text": g.normal(size=(6, 4)).astype(np.float32)}
-    return GraphData.build(pd.DataFrame(rows, columns=["user", "item", "split"]), 6, feats)
 
 
 def build(data: GraphData, **cfg) -> COHESION:
