@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from test_model_mmgcn import hand_data, lrelu, np_
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10, step
 
 from sea.batch import Batch
@@ -20,30 +20,13 @@ from sea.models.base import GraphData, model_class
 from sea.models.mvgae import MVGAE, MVGAEConfig
 from sea.train import fit
 
-# ------------------------------------------------------------------ the definition, densely
-
-
-def hand_data(modalities=("image", "text")) -> GraphData:
-    """5 users, 6 items; item 5 has no training edge (an isolated node)."""
-    train = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 3), (2, 1), (2, 2), (2, 4), (3, 3), (4, 4), (4, 0)]
-    rows = [(u, i, "train") for u, i in train] + [(0, 3, "valid"), (1, 2, "test"), (3, 5, "valid"), (4, 5, "test")]
-    g = np.random.default_rng(3)
-    feats = {"image": g.normal(size=(6, 7)).astype(np.float32), "text": g.normal(size=(6, 5)).astype(np.float32)}
-    return GraphData.build(pd.DataFrame(rows, columns=["user", "item", "split"]), 6, {m: feats[m] for m in modalities})
+# ------------------------------------------------------------------ the definition (MMGCN's hand graph)
 
 
 def build(data: GraphData, **cfg) -> MVGAE:
     torch.manual_seed(0)
     setup = make_setup("mvgae", {"embedding_dim": 4, "latent_dim": 3} | cfg, modalities=list(data.features))
     return MVGAE.build(data, setup.model_cfg, setup.model.modalities)
-
-
-def np_(t: torch.Tensor) -> np.ndarray:
-    return t.detach().double().numpy()
-
-
-def lrelu(x):
-    return np.where(x > 0, x, 0.01 * x)
 
 
 def sig(x):
