@@ -7,6 +7,8 @@ these helpers only compare.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from test_sea import make_setup, recall_at_10
@@ -14,6 +16,7 @@ from test_sea import make_setup, recall_at_10
 from sea.batch import Batch
 from sea.losses import bpr_loss
 from sea.models.base import GraphData, Recommender
+from sea.models.separation import Features
 from sea.train import fit
 
 
@@ -22,6 +25,23 @@ def edge_batch(data: GraphData, negatives: int) -> Batch:
     g = torch.Generator().manual_seed(1)
     neg = torch.randint(data.n_items, (len(data.train_users), negatives), generator=g)
     return Batch(data.train_users, data.train_items, neg)
+
+
+def with_features(data: GraphData, features: dict[str, torch.Tensor]) -> GraphData:
+    """``data``'s graph with other item features."""
+    return dataclasses.replace(data, features=features)
+
+
+def assert_one_modality_is_its_own_vectors(model: Recommender, data: GraphData) -> None:
+    """A multimodal model built on one modality has no fusion and returns that modality's
+    vectors (``model.modality_vectors``) as its user and item vectors."""
+    (m,) = data.features
+    assert model.fusion is None and model.modalities == [m]
+    with torch.no_grad():
+        emb = model(data)
+        h = model.modality_vectors(data, Features(data.features), m)
+    torch.testing.assert_close(emb.user, h[: data.n_users])
+    torch.testing.assert_close(emb.item, h[data.n_users :])
 
 
 def assert_terms_match(model: Recommender, terms: dict, want: dict[str, torch.Tensor]) -> None:
@@ -102,10 +122,7 @@ def assert_sea_reads_its_splits(plain: Recommender, sea: Recommender, data: Grap
         split = {
             m: x @ sea.separation.split[m].weight.T + sea.separation.split[m].bias for m, x in data.features.items()
         }
-        as_features = GraphData(
-            data.n_users, data.n_items, data.train_users, data.train_items, data.adj, split, data.csr
-        )
-        expected = plain(as_features)
+        expected = plain(with_features(data, split))
     torch.testing.assert_close(emb.user, expected.user)
     torch.testing.assert_close(emb.item, expected.item)
     assert "split" in emb.extras and plain(data).extras == {}

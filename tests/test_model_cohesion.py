@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_checks import assert_fit_learns
+from model_checks import assert_fit_learns, with_features
 from test_model_dragon import dense_adjacency, dense_user_graph, hand_data
 from test_sea import grads_missing, make, make_batch, make_setup
 
@@ -136,8 +136,7 @@ def test_graphs_switched_off_and_one_modality():
     np.testing.assert_allclose(emb.item.numpy(), item, rtol=1e-5, atol=1e-6)
     # without the user hop: u = ũ, where the definition gave ũ + S_U ũ
     np.testing.assert_allclose(emb.user.numpy() + s_user @ emb.user.numpy(), user, rtol=1e-5, atol=1e-6)
-    features = {"text": data.features["text"]}
-    text = GraphData(data.n_users, data.n_items, data.train_users, data.train_items, data.adj, features, data.csr)
+    text = with_features(data, {"text": data.features["text"]})
     one = build(text)
     assert one.modalities == ["text"] and one(text).user.shape == (5, 8)
 

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from model_checks import assert_fit_learns, assert_sea_reads_its_splits
+from model_checks import (
+    assert_fit_learns,
+    assert_one_modality_is_its_own_vectors,
+    assert_sea_reads_its_splits,
+    with_features,
+)
 from test_sea import grads_missing, make, make_batch, make_setup, step
 
 from sea.config import load_params
@@ -17,7 +22,6 @@ from sea.errors import ConfigError
 from sea.models.base import GraphData, model_class
 from sea.models.dragon import DRAGON, DRAGONConfig
 from sea.models.graphs import co_occurrence_topk, user_user_graph
-from sea.models.separation import Features
 
 # ------------------------------------------------------------------ the definition, densely
 
@@ -197,22 +201,8 @@ def test_graphs_switched_off_and_one_modality():
     torch.testing.assert_close(full.item, plain.item + torch.sparse.mm(model.item_graph.matrix, plain.item))
     torch.testing.assert_close(full.user, plain.user + torch.sparse.mm(model.user_graph.matrix, plain.user))
     # one modality: no fusion weight, the modality's own vectors
-    text = GraphData(
-        data.n_users,
-        data.n_items,
-        data.train_users,
-        data.train_items,
-        data.adj,
-        {"text": data.features["text"]},
-        data.csr,
-    )
-    single = build(text, user_knn_k=0, item_layers=0)
-    assert single.fusion is None and single.modalities == ["text"]
-    with torch.no_grad():
-        emb = single(text)
-        h = single.modality_vectors(text, Features(text.features), "text")
-    torch.testing.assert_close(emb.user, h[:5])
-    torch.testing.assert_close(emb.item, h[5:])
+    text = with_features(data, {"text": data.features["text"]})
+    assert_one_modality_is_its_own_vectors(build(text, user_knn_k=0, item_layers=0), text)
 
 
 # ------------------------------------------------------------------ DRAGON+SEA

@@ -8,7 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_checks import assert_fit_learns, assert_sea_reads_its_splits
+from model_checks import (
+    assert_fit_learns,
+    assert_one_modality_is_its_own_vectors,
+    assert_sea_reads_its_splits,
+    with_features,
+)
 from test_model_dragon import dense_adjacency, dense_user_graph, hand_data
 from test_sea import grads_missing, make, make_batch, make_setup, step
 
@@ -16,7 +21,6 @@ from sea.config import load_params
 from sea.errors import ConfigError
 from sea.models.base import GraphData, model_class
 from sea.models.dualgnn import DualGNN, DualGNNConfig
-from sea.models.separation import Features
 
 # ------------------------------------------------------------------ the definition, densely
 
@@ -120,16 +124,8 @@ def test_user_graph_switched_off_and_one_modality():
         full, plain = model(data), bare(data)
     torch.testing.assert_close(full.item, plain.item)
     torch.testing.assert_close(full.user, plain.user + torch.sparse.mm(model.user_graph.matrix, plain.user))
-    text = GraphData(
-        data.n_users, data.n_items, data.train_users, data.train_items, data.adj, {"text": data.features["text"]}
-    )
-    single = build(text, user_knn_k=0)
-    assert single.fusion is None and single.modalities == ["text"]
-    with torch.no_grad():
-        emb = single(text)
-        h = single.modality_vectors(text, Features(text.features), "text")
-    torch.testing.assert_close(emb.user, h[:5])
-    torch.testing.assert_close(emb.item, h[5:])
+    text = with_features(data, {"text": data.features["text"]})
+    assert_one_modality_is_its_own_vectors(build(text, user_knn_k=0), text)
 
 
 # ------------------------------------------------------------------ DualGNN+SEA

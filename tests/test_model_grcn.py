@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from model_checks import assert_fit_learns
+from model_checks import assert_fit_learns, with_features
 from test_sea import grads_missing, make, make_batch, make_setup, step
 
 from sea.batch import Batch
@@ -162,9 +162,7 @@ def test_forward_is_deterministic_and_the_same_in_training_and_eval():
 
 def test_one_modality():
     data = hand_data()
-    text = GraphData(
-        data.n_users, data.n_items, data.train_users, data.train_items, data.adj, {"text": data.features["text"]}
-    )
+    text = with_features(data, {"text": data.features["text"]})
     model = build(text)
     assert model.modalities == ["text"] and model.confidence.shape == (11, 1)
     check_forward(model, text)

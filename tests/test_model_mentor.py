@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_checks import assert_fit_learns
+from model_checks import assert_fit_learns, with_features
 from test_model_dragon import dense_adjacency, hand_data
 from test_sea import grads_missing, make, make_batch, make_setup, step
 
@@ -227,9 +227,7 @@ def test_reg_and_the_total_loss_are_the_authors_times_ln2():
 
 def test_one_modality_has_no_fusion_weight():
     data = hand_data()
-    text = GraphData(
-        data.n_users, data.n_items, data.train_users, data.train_items, data.adj, {"text": data.features["text"]}
-    )
+    text = with_features(data, {"text": data.features["text"]})
     model = build(text)
     assert model.fusion is None and model.views == ["id", "text"] and model.predictor.in_features == 4
     emb = model.train()(text)

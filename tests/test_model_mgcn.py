@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from model_checks import assert_fit_learns
+from model_checks import assert_fit_learns, with_features
 from test_sea import grads_missing, make, make_batch, make_setup, step, train
 
 from sea.batch import Batch
@@ -243,7 +243,7 @@ def test_mgcn_sea_projects_the_split_features():
         emb = model.eval()(data)
         # the same model reading the materialised split as its raw features, without the separation
         model.separation = None
-        other = model(GraphData(**{**data.__dict__, "features": split}))
+        other = model(with_features(data, split))
     assert torch.allclose(emb.item, other.item, atol=1e-5) and torch.allclose(emb.user, other.user, atol=1e-5)
 
 
