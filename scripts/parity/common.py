@@ -360,8 +360,8 @@ def hand_our_draw(report, ours, theirs, seed: int, *, label: str = "MMRec keeps 
 
 class _HandedNumpy:
     """numpy as a reference module sees it, except that ``np.load`` of a handed file name
-    returns the handed object (as ``np.load(path, allow_pickle=True)`` of a pickled dict
-    would, ``.item()`` included); any other file loads without pickle."""
+    returns the handed object boxed in a 0-d object array (so the reference's ``.item()``
+    unboxes it) without touching the disk; any other file loads with pickling refused."""
 
     def __init__(self, files: dict[str, object]):
         self._files = files

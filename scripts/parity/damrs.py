@@ -14,9 +14,6 @@ gradients, and the full objective. ``--float64``: both sides in float64.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import common as parity
 import numpy as np
 import torch
@@ -89,29 +86,27 @@ def run(cfg, seed):
     graph_dict = authors_item_graph_dict(tu, ti, cfg["behaviour_knn_k"], stable_ties=True)
     plain = authors_item_graph_dict(tu, ti, cfg["behaviour_knn_k"], stable_ties=False)
     tie_rows = sum(sorted(graph_dict[i][0]) != sorted(plain[i][0]) for i in range(N_ITEMS))
-    with tempfile.TemporaryDirectory() as tmp:
-        os.makedirs(os.path.join(tmp, "toy"))
-        handed = {"item_graph_dict_2.npy": graph_dict}
-        config = {
-            "embedding_size": cfg["embedding_dim"],
-            "lambda_coeff": 0.9,
-            "cf_model": "lightgcn",
-            "knn_k": cfg["knn_k"],
-            "n_mm_layers": cfg["mm_layers"],
-            "n_ui_layers": cfg["ui_layers"],
-            "reg_weight": 0.0,
-            "kl_weight": cfg["kl_weight"],
-            "neighbor_weight": cfg["neighbor_weight"],
-            "data_path": tmp + "/",
-            "dataset": "toy",
-            "item_graph_dict_file": "item_graph_dict_2.npy",
-            "device": torch.device("cpu"),
-        }
-        dataset = parity.Dataset(
-            data.n_users, N_ITEMS, tu, ti, data.features["image"].clone(), data.features["text"].clone()
-        )
-        with parity.handed_files(s.ref, handed):
-            theirs = s.ref.DAMRS(config, dataset)
+    handed = {"item_graph_dict_2.npy": graph_dict}
+    config = {
+        "embedding_size": cfg["embedding_dim"],
+        "lambda_coeff": 0.9,
+        "cf_model": "lightgcn",
+        "knn_k": cfg["knn_k"],
+        "n_mm_layers": cfg["mm_layers"],
+        "n_ui_layers": cfg["ui_layers"],
+        "reg_weight": 0.0,
+        "kl_weight": cfg["kl_weight"],
+        "neighbor_weight": cfg["neighbor_weight"],
+        "data_path": "handed/",  # nothing is read from disk: handed_files
+        "dataset": "toy",
+        "item_graph_dict_file": "item_graph_dict_2.npy",
+        "device": torch.device("cpu"),
+    }
+    dataset = parity.Dataset(
+        data.n_users, N_ITEMS, tu, ti, data.features["image"].clone(), data.features["text"].clone()
+    )
+    with parity.handed_files(s.ref, handed):
+        theirs = s.ref.DAMRS(config, dataset)
     with torch.no_grad():
         theirs.user_embedding.weight.copy_(ours.user.weight)
         theirs.item_id_embedding.weight.copy_(ours.item.weight)

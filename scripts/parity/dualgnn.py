@@ -20,9 +20,6 @@ and the gradients / ln 2.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import common as parity
 import numpy as np
 import torch
@@ -73,23 +70,21 @@ def run(modalities, d, k_user, lam):
     torch.manual_seed(0)
     ours = DualGNN.build(data, cfg, list(modalities))
     feat = {m: torch.from_numpy(FEATS[m]) if m in modalities else None for m in ("image", "text")}
-    with tempfile.TemporaryDirectory() as tmp:
-        os.makedirs(os.path.join(tmp, "hand"))
-        handed = {"user_graph_dict.npy": parity.user_graph_dict(gen_uu, tu, ti, N_USERS)}
-        config = {
-            "train_batch_size": 16,
-            "embedding_size": 64,
-            "aggr_mode": "add",
-            "reg_weight": lam,
-            "data_path": tmp + "/",
-            "dataset": "hand",
-            "user_graph_dict_file": "user_graph_dict.npy",
-            "device": torch.device("cpu"),
-        }
-        np.random.seed(0)
-        dataset = parity.Dataset(N_USERS, N_ITEMS, *THEIR_ORDER, feat["image"], feat["text"])
-        with parity.handed_files(s.ref, handed), parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
-            theirs = s.ref.DualGNN(config, dataset)
+    handed = {"user_graph_dict.npy": parity.user_graph_dict(gen_uu, tu, ti, N_USERS)}
+    config = {
+        "train_batch_size": 16,
+        "embedding_size": 64,
+        "aggr_mode": "add",
+        "reg_weight": lam,
+        "data_path": "handed/",  # nothing is read from disk: handed_files
+        "dataset": "hand",
+        "user_graph_dict_file": "user_graph_dict.npy",
+        "device": torch.device("cpu"),
+    }
+    np.random.seed(0)
+    dataset = parity.Dataset(N_USERS, N_ITEMS, *THEIR_ORDER, feat["image"], feat["text"])
+    with parity.handed_files(s.ref, handed), parity.patched(s.ref, "GCN", parity.gcn_of_width(s.ref, d)):
+        theirs = s.ref.DualGNN(config, dataset)
     # On the CPU, result_embed's .to(device) returns the Parameter itself, which forward() may
     # not re-assign a plain tensor; on a GPU it is a plain tensor: make it one.
     del theirs._parameters["result_embed"]
