@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from model_checks import assert_terms_match
 from test_model_bm3 import BATCH, dense_adjacency, tiny_data
 from test_sea import grads_missing, make, make_batch, make_setup, recall_at_10
 
@@ -92,18 +93,6 @@ def fac_by_hand(model: SLMRec, views: list[torch.Tensor], n_users: int, items: t
     return loss
 
 
-def check_terms_and_gradients(model: SLMRec, terms: dict, want: dict) -> None:
-    for k in want:
-        assert terms[k].value.item() == pytest.approx(want[k].item(), rel=1e-5, abs=1e-6), k
-    params = list(model.parameters())
-    got = torch.autograd.grad(
-        sum(t.weight * t.value for t in terms.values()), params, allow_unused=True, retain_graph=True
-    )
-    expected = torch.autograd.grad(sum(terms[k].weight * want[k] for k in want), params, allow_unused=True)
-    for (name, _), a, b in zip(model.named_parameters(), got, expected, strict=True):
-        assert a is not None and b is not None and torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
-
-
 # ------------------------------------------------------------------ registry and config
 
 
@@ -173,7 +162,7 @@ def test_fac_infonce_and_weight_decay_match_the_definition(dims):
         "ssl": fac_by_hand(model, views, data.n_users, BATCH.pos),
         "weight_decay": 0.5 * sum(p.pow(2).sum() for p in model.parameters()),
     }
-    check_terms_and_gradients(model, terms, want)
+    assert_terms_match(model, terms, want, rtol=1e-4)
     # the weight decay's gradient is Adam's coupled weight_decay: λ·θ
     params = list(model.parameters())
     grads = torch.autograd.grad(terms["weight_decay"].weight * terms["weight_decay"].value, params)
@@ -223,7 +212,7 @@ def test_augmented_tasks_match_the_definition_with_the_draws_replayed(task):
     user, item = fused(model, views_by_hand(model, data), data.n_users)
     want["infonce"] = nce(user[BATCH.users], item[BATCH.pos], model.temperature)
     want["weight_decay"] = 0.5 * sum(p.pow(2).sum() for p in model.parameters())
-    check_terms_and_gradients(model, terms, want)
+    assert_terms_match(model, terms, want, rtol=1e-4)
 
 
 def test_the_draws_are_seeded_uniform_and_only_in_training():
